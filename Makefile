@@ -1,0 +1,71 @@
+# chat-service: `make run` serves on the embedded defaults; `make test` runs
+# the whole suite. Both install what they need first (into .venv and
+# node_modules), so a fresh clone needs nothing else.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+STAMP_PY := $(VENV)/.installed
+STAMP_NODE := node_modules/.installed
+
+.PHONY: all install run test check lint typecheck buf-lint buf-breaking generate check-generated bench fmt clean
+
+all: check test
+
+install: $(STAMP_PY) $(STAMP_NODE)
+
+$(STAMP_PY): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(STAMP_NODE): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: $(STAMP_PY)
+	$(PY) -m chat_service
+
+test: $(STAMP_PY)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+check: lint typecheck buf-lint buf-breaking check-generated
+
+lint: $(STAMP_PY)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP_PY)
+	$(VENV)/bin/mypy
+
+buf-lint: $(STAMP_NODE)
+	$(BUF) lint
+	$(BUF) format --diff --exit-code proto
+
+buf-breaking: $(STAMP_NODE)
+	tools/buf-breaking
+
+# Regenerate generated/ from proto/ (and refresh the vendored googleapis
+# protos from the installed wheel).
+generate: $(STAMP_PY) $(STAMP_NODE)
+	$(PY) tools/vendor_googleapis.py --write
+	$(BUF) generate
+
+# Fails when generated/ or third_party/ differ from what the protos and
+# wheels produce now.
+check-generated: $(STAMP_PY) $(STAMP_NODE)
+	$(PY) tools/vendor_googleapis.py --check
+	tools/check-generated
+
+bench: $(STAMP_PY)
+	$(PY) -m bench $(BENCH_ARGS)
+
+fmt: $(STAMP_PY) $(STAMP_NODE)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+	$(BUF) format -w proto
+
+clean:
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache

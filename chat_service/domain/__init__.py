@@ -1,0 +1,1 @@
+"""The chat domain: plain data and rules, no I/O, no frameworks."""

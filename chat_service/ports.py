@@ -1,0 +1,311 @@
+"""What the core needs from the outside world, stated as protocols.
+
+Adapters (adapters/) implement these; bootstrap.py picks them; unit tests use
+the fakes in tests/fakes.py. Nothing here knows gRPC, SQLite, MongoDB, Redis
+or Kafka.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from chat_service.domain.content import MessageContent
+from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus
+from chat_service.domain.events import DomainEvent, OutboxEntry
+from chat_service.domain.model import (
+    Conversation,
+    ConversationState,
+    IdempotencyRecord,
+    Message,
+    ProcessingHints,
+)
+
+# --------------------------------------------------------------------- store
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached; the operation may be retried later."""
+
+
+class VersionConflict(StoreError):
+    """The conversation changed since it was read (its version moved on)."""
+
+
+class DuplicateMessage(StoreError):
+    """A message with this (tenant, message_id) is already stored."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"message {message_id!r} already stored")
+        self.message_id = message_id
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationChange:
+    """Everything one step of the pipeline writes, applied atomically.
+
+    `conversation` is the new state. With `expected_version` 0 it is created
+    (and must have version 1); otherwise the stored conversation must still
+    have `expected_version`, and is replaced by `conversation` (whose version
+    is expected_version + 1), else VersionConflict. `messages` are inserted
+    (DuplicateMessage on a known (tenant, message_id) or (conversation,
+    sequence)), `events` appended to the outbox in order, and `record`, when
+    given, saved as the idempotency record of its message id.
+    """
+
+    conversation: Conversation
+    expected_version: int
+    messages: tuple[Message, ...] = ()
+    events: tuple[DomainEvent, ...] = ()
+    record: IdempotencyRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationQuery:
+    """Filters of ListConversations; all of them are ANDed."""
+
+    status: ConversationStatus | None = None
+    channel: Channel | None = None
+    user_id: str = ""
+    start_time: datetime | None = None  # created_at >= start_time
+    end_time: datetime | None = None  # created_at < end_time
+    # Case-insensitive substring of any message text of the conversation.
+    search_query: str = ""
+    descending: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationCursor:
+    """Position after the last conversation of a page: (created_at, id)."""
+
+    created_at: datetime
+    conversation_id: str
+
+
+class ConversationStore(Protocol):
+    """Durable conversations, messages, idempotency records and the outbox.
+
+    Every read is scoped by tenant: asking for another tenant's data returns
+    nothing. Any method may raise StoreUnavailable.
+    """
+
+    async def get_conversation(
+        self, tenant_id: str, conversation_id: str
+    ) -> Conversation | None: ...
+
+    async def list_conversations(
+        self,
+        tenant_id: str,
+        query: ConversationQuery,
+        *,
+        limit: int,
+        after: ConversationCursor | None = None,
+    ) -> Sequence[Conversation]:
+        """Ordered by (created_at, conversation_id), descending if query says so."""
+        ...
+
+    async def list_messages(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        limit: int,
+        after_sequence: int | None = None,
+        descending: bool = False,
+    ) -> Sequence[Message]:
+        """By sequence. `after_sequence` is exclusive, in the list's direction
+        (descending: sequences below it)."""
+        ...
+
+    def iter_messages(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        after_sequence: int = 0,
+        through_sequence: int | None = None,
+    ) -> AsyncIterator[Message]:
+        """Ascending by sequence, in (after_sequence, through_sequence], read in
+        bounded batches so memory does not grow with the conversation."""
+        ...
+
+    async def get_message(self, tenant_id: str, message_id: str) -> Message | None: ...
+
+    async def get_record(self, tenant_id: str, message_id: str) -> IdempotencyRecord | None: ...
+
+    async def write(self, change: ConversationChange) -> None:
+        """Apply a change atomically; VersionConflict or DuplicateMessage leave
+        nothing written."""
+        ...
+
+    async def update_delivery_status(
+        self,
+        tenant_id: str,
+        message_id: str,
+        status: DeliveryStatus,
+        event: DomainEvent | None = None,
+    ) -> bool:
+        """Move a message's delivery status forward (never backwards; FAILED and
+        READ are final), writing `event` with it. Returns whether it moved."""
+        ...
+
+    async def claim_outbox(
+        self, owner: str, *, limit: int, lease_seconds: float
+    ) -> Sequence[OutboxEntry]:
+        """Unpublished events not leased by another owner, oldest first, leased
+        to `owner` for `lease_seconds`."""
+        ...
+
+    async def mark_published(self, owner: str, positions: Sequence[int]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# -------------------------------------------------------------- coordination
+
+
+class LockTimeout(Exception):
+    """The lock was not acquired in time."""
+
+
+class CoordinationUnavailable(Exception):
+    """The coordination backend (Redis) cannot be reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class LockLease:
+    """A held lock. `fencing_token` grows with every grant of the same key."""
+
+    key: str
+    fencing_token: int
+
+
+class ConversationLocks(Protocol):
+    def hold(
+        self, tenant_id: str, conversation_id: str, *, timeout: float
+    ) -> AbstractAsyncContextManager[LockLease]:
+        """Hold the conversation's lock; waiters are served in arrival order.
+        Raises LockTimeout when not granted within `timeout` seconds."""
+        ...
+
+
+class IdempotencyGuard(Protocol):
+    def claim(
+        self, tenant_id: str, key: str, *, timeout: float
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold the key exclusively: a concurrent request with the same key
+        waits until this one is done (then finds its stored result). Raises
+        LockTimeout when not granted within `timeout` seconds."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    retry_after: float = 0.0  # seconds until a token is available
+
+
+class RateLimiter(Protocol):
+    async def acquire(self, tenant_id: str, cost: int = 1) -> RateDecision: ...
+
+
+# -------------------------------------------------------------------- engine
+
+
+class EngineFailure(Exception):
+    """The engine did not produce a usable reply. `reason`: "timeout",
+    "unavailable" or "error"."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRequest:
+    tenant_id: str
+    conversation_id: str
+    message_id: str
+    user_id: str
+    channel: Channel
+    content: MessageContent
+    context: ConversationState
+    hints: ProcessingHints
+    recent_messages: tuple[Message, ...]
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedInput:
+    slot: str = ""
+    type: str = ""
+    suggestions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EngineReply:
+    contents: tuple[MessageContent, ...]
+    state: ConversationState
+    next_expected_inputs: tuple[ExpectedInput, ...] = ()
+    confidence_scores: Mapping[str, float] = field(default_factory=dict)
+    escalate: bool = False
+
+
+class Engine(Protocol):
+    """The bot engine. Raises EngineFailure; the caller bounds the time."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def process(self, request: EngineRequest) -> EngineReply: ...
+
+
+# ------------------------------------------------------------------ delivery
+
+
+class DeliveryError(Exception):
+    """A channel refused or failed a delivery. `retryable`: try again later."""
+
+    def __init__(self, detail: str, *, retryable: bool) -> None:
+        super().__init__(detail)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReceipt:
+    platform_message_id: str = ""
+
+
+class ChannelSender(Protocol):
+    """Hands one stored outbound message to its channel's platform."""
+
+    async def send(self, conversation: Conversation, message: Message) -> DeliveryReceipt: ...
+
+
+# -------------------------------------------------------------------- events
+
+
+class EventPublisher(Protocol):
+    """Publishes outbox events (to Kafka in production). Returns only when
+    every entry is acknowledged; raises if any may not be."""
+
+    async def publish(self, entries: Sequence[OutboxEntry]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------- clock
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
