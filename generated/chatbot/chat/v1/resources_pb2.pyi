@@ -335,8 +335,10 @@ class Message(_message.Message):
     """The end user of the conversation."""
     @_builtins.property
     def content(self) -> _content_pb2.MessageContent:
-        """The normalized content. For replies, the content as the engine produced
-        it; a channel that cannot show all of it received a degraded form.
+        """The normalized content. Replies are stored as delivered: adapted to what
+        the channel can show (a carousel becomes a text list on SMS) and split
+        where the channel's length limit requires, one stored message per
+        platform message.
         """
 
     @_builtins.property
