@@ -11,8 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import google.api
-import google.rpc
+# googleapis-common-protos has no py.typed marker.
+import google.api  # type: ignore[import-untyped]
+import google.rpc  # type: ignore[import-untyped]
 
 FILES = {
     "google/api/annotations.proto": google.api,

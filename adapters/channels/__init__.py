@@ -1,0 +1,1 @@
+"""Channel connectors: one module per platform, each a ChannelSender."""

@@ -1,0 +1,51 @@
+"""The MCP Engine over gRPC (chatbot.mcp.v1.EngineService), at MCP_ENGINE_URL.
+
+One long-lived channel per process (HTTP/2 multiplexes the calls). Every
+call carries a deadline, so the engine can stop work nobody waits for. Any
+failure becomes EngineFailure with a reason the pipeline reports:
+"timeout" (DEADLINE_EXCEEDED), "unavailable" (UNAVAILABLE: the engine is
+down or unreachable) or "error" (anything else).
+"""
+
+from __future__ import annotations
+
+import grpc
+from chatbot.mcp.v1 import engine_service_pb2 as pb
+from chatbot.mcp.v1 import engine_service_pb2_grpc
+
+from adapters.engine.mapping import reply_from_proto, request_to_proto
+from chat_service.ports import EngineFailure, EngineReply, EngineRequest
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Our own retries are the fallback reply; don't let grpc retry behind us.
+    ("grpc.enable_retries", 0),
+]
+
+
+class GrpcEngine:
+    name = "mcp"
+
+    def __init__(self, target: str, *, timeout: float) -> None:
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = engine_service_pb2_grpc.EngineServiceStub(self._channel)
+        self._timeout = timeout
+
+    async def process(self, request: EngineRequest) -> EngineReply:
+        try:
+            response: pb.ProcessMessageResponse = await self._stub.ProcessMessage(
+                request_to_proto(request), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            reason = {
+                grpc.StatusCode.DEADLINE_EXCEEDED: "timeout",
+                grpc.StatusCode.UNAVAILABLE: "unavailable",
+            }.get(code, "error")
+            raise EngineFailure(reason, f"{code.name}: {error.details()}") from error
+        return reply_from_proto(response)
+
+    async def close(self) -> None:
+        await self._channel.close(grace=None)

@@ -1,0 +1,1 @@
+"""In-process coordination for the single-process embedded default."""

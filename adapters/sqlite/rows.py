@@ -1,0 +1,158 @@
+"""Domain objects <-> SQLite rows: columns for what is filtered or sorted on,
+JSON (in the shared serialization shape) for the structured rest."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus, MessageRole
+from chat_service.domain.model import Conversation, IdempotencyRecord, Message
+from chat_service.domain.serialization import (
+    Document,
+    channel_metadata_from_dict,
+    channel_metadata_to_dict,
+    content_from_dict,
+    content_to_dict,
+    conversation_state_from_dict,
+    conversation_state_to_dict,
+    send_result_from_dict,
+    send_result_to_dict,
+)
+
+Params = dict[str, Any]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(value: datetime) -> int:
+    """Microseconds since the epoch; exact (integer timedelta arithmetic)."""
+    if value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: store times must be timezone-aware")
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def dump_json(document: Document) -> str:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
+def load_json(text: str) -> Document:
+    document: Document = json.loads(text)
+    return document
+
+
+def search_text(message: Message) -> str:
+    """What the search filter of ListConversations matches against."""
+    return message.content.text.casefold()
+
+
+# ------------------------------------------------------------- conversations
+
+
+def conversation_params(conversation: Conversation) -> Params:
+    return {
+        "conversation_id": conversation.conversation_id,
+        "tenant_id": conversation.tenant_id,
+        "user_id": conversation.user_id,
+        "channel": conversation.channel.value,
+        "status": conversation.status.value,
+        "created_at": to_micros(conversation.created_at),
+        "updated_at": to_micros(conversation.updated_at),
+        "last_sequence": conversation.last_sequence,
+        "version": conversation.version,
+        "session_id": conversation.session_id,
+        "status_reason": conversation.status_reason,
+        "state": dump_json(conversation_state_to_dict(conversation.state)),
+        "channel_metadata": dump_json(channel_metadata_to_dict(conversation.channel_metadata)),
+    }
+
+
+def conversation_from_row(row: sqlite3.Row) -> Conversation:
+    return Conversation(
+        conversation_id=row["conversation_id"],
+        tenant_id=row["tenant_id"],
+        user_id=row["user_id"],
+        channel=Channel(row["channel"]),
+        status=ConversationStatus(row["status"]),
+        created_at=from_micros(row["created_at"]),
+        updated_at=from_micros(row["updated_at"]),
+        last_sequence=row["last_sequence"],
+        version=row["version"],
+        session_id=row["session_id"],
+        status_reason=row["status_reason"],
+        state=conversation_state_from_dict(load_json(row["state"])),
+        channel_metadata=channel_metadata_from_dict(load_json(row["channel_metadata"])),
+    )
+
+
+# ------------------------------------------------------------------ messages
+
+
+def message_params(message: Message) -> Params:
+    return {
+        "conversation_id": message.conversation_id,
+        "sequence": message.sequence,
+        "tenant_id": message.tenant_id,
+        "message_id": message.message_id,
+        "role": message.role.value,
+        "channel": message.channel.value,
+        "user_id": message.user_id,
+        "content": dump_json(content_to_dict(message.content)),
+        "search_text": search_text(message),
+        "created_at": to_micros(message.created_at),
+        "delivery_status": message.delivery_status.value,
+        "client_time": None if message.client_time is None else to_micros(message.client_time),
+        "channel_metadata": dump_json(channel_metadata_to_dict(message.channel_metadata)),
+        "reply_to_message_id": message.reply_to_message_id,
+        "fingerprint": message.fingerprint,
+    }
+
+
+def message_from_row(row: sqlite3.Row) -> Message:
+    client_time = row["client_time"]
+    return Message(
+        message_id=row["message_id"],
+        tenant_id=row["tenant_id"],
+        conversation_id=row["conversation_id"],
+        sequence=row["sequence"],
+        role=MessageRole(row["role"]),
+        channel=Channel(row["channel"]),
+        user_id=row["user_id"],
+        content=content_from_dict(load_json(row["content"])),
+        created_at=from_micros(row["created_at"]),
+        delivery_status=DeliveryStatus(row["delivery_status"]),
+        client_time=None if client_time is None else from_micros(client_time),
+        channel_metadata=channel_metadata_from_dict(load_json(row["channel_metadata"])),
+        reply_to_message_id=row["reply_to_message_id"],
+        fingerprint=row["fingerprint"],
+    )
+
+
+# ------------------------------------------------------------------- records
+
+
+def record_params(record: IdempotencyRecord) -> Params:
+    return {
+        "tenant_id": record.tenant_id,
+        "message_id": record.message_id,
+        "fingerprint": record.fingerprint,
+        "result": dump_json(send_result_to_dict(record.result)),
+        "created_at": to_micros(record.created_at),
+    }
+
+
+def record_from_row(row: sqlite3.Row) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        tenant_id=row["tenant_id"],
+        message_id=row["message_id"],
+        fingerprint=row["fingerprint"],
+        result=send_result_from_dict(load_json(row["result"])),
+        created_at=from_micros(row["created_at"]),
+    )

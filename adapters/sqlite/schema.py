@@ -1,0 +1,134 @@
+"""The SQLite schema, applied as numbered migrations.
+
+`PRAGMA user_version` holds the number of migrations applied; opening a
+database applies the missing ones, each in its own transaction, so opening
+is idempotent and safe for two processes at once. To change the schema,
+append a migration; never edit a released one.
+
+Times are INTEGER microseconds since the epoch (UTC): exact, compact, and
+ordered by SQLite's integer comparison. Structured parts (content, state,
+channel metadata, results, events) are JSON text in the shape of
+chat_service.domain.serialization. Only features of SQLite 3.15+ are used
+(row values in the keyset pagination), nothing newer such as STRICT tables
+or RETURNING, so older system libraries can open the file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from chat_service.ports import StoreUnavailable
+
+MIN_SQLITE_VERSION = (3, 15, 0)
+
+_V1 = (
+    """
+    CREATE TABLE conversations (
+        conversation_id  TEXT PRIMARY KEY,
+        tenant_id        TEXT NOT NULL,
+        user_id          TEXT NOT NULL,
+        channel          TEXT NOT NULL,
+        status           TEXT NOT NULL,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        last_sequence    INTEGER NOT NULL,
+        version          INTEGER NOT NULL,
+        session_id       TEXT NOT NULL,
+        status_reason    TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        channel_metadata TEXT NOT NULL
+    )
+    """,
+    # Keyset pagination of ListConversations, and its common filters.
+    """
+    CREATE INDEX conversations_by_tenant_created
+        ON conversations (tenant_id, created_at, conversation_id)
+    """,
+    "CREATE INDEX conversations_by_tenant_user ON conversations (tenant_id, user_id)",
+    """
+    CREATE INDEX conversations_by_tenant_status_channel
+        ON conversations (tenant_id, status, channel)
+    """,
+    """
+    CREATE TABLE messages (
+        conversation_id     TEXT NOT NULL,
+        sequence            INTEGER NOT NULL,
+        tenant_id           TEXT NOT NULL,
+        message_id          TEXT NOT NULL,
+        role                TEXT NOT NULL,
+        channel             TEXT NOT NULL,
+        user_id             TEXT NOT NULL,
+        content             TEXT NOT NULL,
+        search_text         TEXT NOT NULL,  -- content text, casefolded
+        created_at          INTEGER NOT NULL,
+        delivery_status     TEXT NOT NULL,
+        client_time         INTEGER,
+        channel_metadata    TEXT NOT NULL,
+        reply_to_message_id TEXT NOT NULL,
+        fingerprint         TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, sequence),
+        UNIQUE (tenant_id, message_id)
+    )
+    """,
+    """
+    CREATE TABLE idempotency_records (
+        tenant_id   TEXT NOT NULL,
+        message_id  TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        result      TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, message_id)
+    )
+    """,
+    # AUTOINCREMENT: positions are never reused, even once published rows
+    # are pruned, so a position orders events for good.
+    """
+    CREATE TABLE outbox (
+        position      INTEGER PRIMARY KEY AUTOINCREMENT,
+        event         TEXT NOT NULL,
+        claimed_by    TEXT,
+        claimed_until INTEGER,
+        published_at  INTEGER
+    )
+    """,
+    # Claims scan only what is left to publish, however long the history.
+    "CREATE INDEX outbox_unpublished ON outbox (position) WHERE published_at IS NULL",
+)
+
+# MIGRATIONS[n] takes a database from version n to version n + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    """Bring the database up to SCHEMA_VERSION. The connection must be in
+    autocommit mode (isolation_level=None)."""
+    if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+        raise StoreUnavailable(
+            f"SQLite {sqlite3.sqlite_version} is too old; "
+            f"{'.'.join(map(str, MIN_SQLITE_VERSION))} or newer is needed"
+        )
+    while (version := _user_version(connection)) < SCHEMA_VERSION:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated while this one waited.
+            if _user_version(connection) == version:
+                for statement in MIGRATIONS[version]:
+                    connection.execute(statement)
+                # PRAGMA takes no parameters; the value is our own integer.
+                connection.execute(f"PRAGMA user_version = {version + 1:d}")
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.rollback()
+            raise
+    if version > SCHEMA_VERSION:
+        raise StoreUnavailable(
+            f"database schema version {version} is newer than this release's "
+            f"({SCHEMA_VERSION}); refusing to use it"
+        )
+
+
+def _user_version(connection: sqlite3.Connection) -> int:
+    row = connection.execute("PRAGMA user_version").fetchone()
+    return int(row[0])

@@ -1,0 +1,71 @@
+"""`python -m chat_service [serve]` runs the service; `... token` prints a dev token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from chat_service.config import ConfigError, Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chat_service", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve gRPC (the default)")
+    token = commands.add_parser(
+        "token", help="print a JWT signed with the development key the server uses"
+    )
+    token.add_argument("--tenant", required=True, help="the tenant_id claim")
+    token.add_argument("--user", default="dev", help="the sub claim (default: dev)")
+    token.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        help="a scope to grant; repeat for several (default: chat:read chat:write)",
+    )
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "token":
+        return _print_token(settings, args.tenant, args.user, args.scopes, args.ttl)
+    return _serve(settings)
+
+
+def _serve(settings: Settings) -> int:
+    from chat_service.grpc_api.server import serve
+    from chat_service.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format, settings.service_name)
+    try:
+        asyncio.run(serve(settings))
+    except (ConfigError, OSError) as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _print_token(
+    settings: Settings, tenant: str, user: str, scopes: list[str] | None, ttl: int
+) -> int:
+    from chat_service.auth import DEV_SCOPES, load_or_create_dev_key
+
+    if settings.jwt.configured:
+        print(
+            "a JWT key is configured: tokens come from your identity provider, not this command",
+            file=sys.stderr,
+        )
+        return 2
+    key = load_or_create_dev_key(settings.data_dir)
+    print(key.mint(tenant, user, scopes or DEV_SCOPES, ttl_seconds=ttl))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The composition root: picks an adapter for every port from the settings
+and builds the use cases. The one module that knows every adapter.
+
+Nothing is built at import time; `build_services` is called by the server
+(and by tests) with explicit settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from adapters.channels.web import WebSender
+from adapters.engine.builtin import BuiltinEngine
+from adapters.memory.clock import SystemClock
+from adapters.memory.locks import InProcessConversationLocks, InProcessIdempotencyGuard
+from adapters.memory.log_publisher import LogPublisher
+from adapters.memory.rate_limit import InProcessRateLimiter
+from adapters.sqlite.store import SqliteStore
+from chat_service.auth import JwtVerifier, load_or_create_dev_key
+from chat_service.config import ConfigError, Settings
+from chat_service.domain.enums import Channel
+from chat_service.pipeline.admission import TenantAdmission
+from chat_service.pipeline.conversations import ConversationQueries, UpdateConversationStatus
+from chat_service.pipeline.delivery import DeliveryQueue
+from chat_service.pipeline.outbox_relay import OutboxRelay
+from chat_service.pipeline.send_message import SendMessage, SendSettings
+from chat_service.pipeline.writer import ConversationWriter
+from chat_service.ports import ChannelSender, ConversationStore, Engine, EventPublisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """The built core and the background work it needs, with its shutdown."""
+
+    settings: Settings
+    store: ConversationStore
+    verifier: JwtVerifier
+    admission: TenantAdmission
+    send_message: SendMessage
+    queries: ConversationQueries
+    update_status: UpdateConversationStatus
+    delivery: DeliveryQueue
+    relay: OutboxRelay
+    publisher: EventPublisher
+    engine: Engine
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox relay"))
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Finish deliveries, publish what is in the outbox, then close
+        adapters; each step bounded so that shutdown always ends."""
+        await self.delivery.close(timeout)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.relay.drain(timeout)
+        for close in reversed(self._closers):
+            try:
+                await close()
+            except Exception:
+                log.exception("error while closing")
+
+
+async def build_services(settings: Settings) -> Services:
+    _refuse_unavailable_parts(settings)
+    clock = SystemClock()
+    store = await SqliteStore.open(
+        settings.data_dir / "chat.sqlite3", synchronous=settings.sqlite_synchronous
+    )
+    closers: list[Callable[[], Awaitable[None]]] = [store.close]
+    publisher: EventPublisher = LogPublisher()
+    closers.append(publisher.close)
+    engine = await _engine(settings, closers)
+    relay = OutboxRelay(store, publisher)
+    writer = ConversationWriter(store, [lambda _change: relay.wake()])
+    senders: dict[Channel, ChannelSender] = {Channel.WEB: WebSender()}
+    delivery = DeliveryQueue(
+        store=store, senders=senders, clock=clock, listeners=[lambda _m, _s: relay.wake()]
+    )
+    locks = InProcessConversationLocks()
+    return Services(
+        settings=settings,
+        store=store,
+        verifier=_verifier(settings),
+        admission=TenantAdmission(InProcessRateLimiter(settings.rate_limit_for)),
+        send_message=SendMessage(
+            store=store,
+            writer=writer,
+            locks=locks,
+            idempotency=InProcessIdempotencyGuard(),
+            engine=engine,
+            delivery=delivery,
+            clock=clock,
+            settings=SendSettings(
+                engine_timeout=settings.engine_timeout,
+                lock_timeout=settings.lock_timeout,
+                fallback_text=settings.fallback_text,
+            ),
+        ),
+        queries=ConversationQueries(store),
+        update_status=UpdateConversationStatus(
+            store=store, writer=writer, locks=locks, clock=clock, lock_timeout=settings.lock_timeout
+        ),
+        delivery=delivery,
+        relay=relay,
+        publisher=publisher,
+        engine=engine,
+        _closers=closers,
+    )
+
+
+async def _engine(settings: Settings, closers: list[Callable[[], Awaitable[None]]]) -> Engine:
+    if not settings.mcp_engine_url:
+        return BuiltinEngine()
+    from adapters.engine.grpc_engine import GrpcEngine
+
+    engine = GrpcEngine(settings.mcp_engine_url, timeout=settings.engine_timeout)
+    closers.append(engine.close)
+    return engine
+
+
+def _verifier(settings: Settings) -> JwtVerifier:
+    jwt = settings.jwt
+    if jwt.configured:
+        try:
+            return JwtVerifier(
+                public_key_pem=jwt.public_key_pem,
+                secret=jwt.secret,
+                algorithms=jwt.algorithms,
+                issuer=jwt.issuer,
+                audience=jwt.audience,
+                leeway_seconds=jwt.leeway_seconds,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"JWT settings: {exc}") from exc
+    key = load_or_create_dev_key(settings.data_dir)
+    log.warning(
+        "no JWT key configured (JWT_PUBLIC_KEY / JWT_SECRET): accepting tokens signed with the "
+        "development key %s; mint one with `python -m chat_service token`",
+        key.path,
+    )
+    return key.verifier(leeway_seconds=jwt.leeway_seconds)
+
+
+def _refuse_unavailable_parts(settings: Settings) -> None:
+    """Production adapters not in this build yet: fail loudly rather than
+    silently run on the embedded parts while the operator expects others."""
+    missing = {
+        "MONGODB_URI": settings.mongodb_uri,
+        "REDIS_URL": settings.redis_url,
+        "KAFKA_BROKERS": ",".join(settings.kafka_brokers),
+    }
+    unsupported = [name for name, value in missing.items() if value]
+    if unsupported:
+        raise ConfigError(
+            f"{', '.join(unsupported)}: not supported by this version yet; unset to run on the "
+            "embedded defaults (SQLite, in-process coordination, logged events)"
+        )

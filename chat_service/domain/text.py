@@ -1,0 +1,92 @@
+"""Plain-text rules shared by validation and channel formatting.
+
+Kept apart from validation.py and channels.py because both need them and
+validation also needs the channel rules: this module breaks the cycle.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_LINE_BREAK = re.compile(r"\r\n?")
+
+
+def normalize_text(text: str) -> str:
+    """The stored form of message text (content.proto, MessageContent.text).
+
+    NFC, so that the same words compare and search the same however the
+    client composed them; line breaks as "\\n"; control characters other than
+    "\\n" and "\\t" removed (they render as garbage or break platform
+    payloads); surrounding white space trimmed. Idempotent.
+    """
+    text = unicodedata.normalize("NFC", text)
+    text = _LINE_BREAK.sub("\n", text)
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+    return text.strip()
+
+
+# Where a long text may be cut, best first, and whether the cut goes before
+# the match (a break: its white space is dropped, a message boundary replaces
+# it) or after it (a sentence's closing punctuation stays with its sentence).
+_BREAKS: tuple[tuple[re.Pattern[str], bool], ...] = (
+    (re.compile(r"\n[ \t]*\n"), True),  # paragraph
+    (re.compile(r"\n"), True),  # line
+    # sentence: ASCII and ideographic stops, then closing quotes or brackets
+    (re.compile("[.!?\u2026]+[\"')\\]\u201d\u2019]*(?=\\s)|[\u3002\uff01\uff1f]+"), False),
+)
+# White space, except the no-break spaces, which exist to forbid a break there.
+_WORD_BREAK = re.compile(r"[^\S\u00a0\u2007\u202f]")
+
+
+def split_text(text: str, limit: int) -> tuple[str, ...]:
+    """Cut `text` into parts of at most `limit` code points.
+
+    Prefers a paragraph break, then a line break, then a sentence end, as
+    long as the part keeps at least half the limit; else the last word
+    boundary; a word longer than the limit is the only thing cut hard (and
+    never in front of a combining mark). Parts are trimmed; no other
+    character is lost or reordered. Empty text gives no parts.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be positive, got {limit}")
+    parts: list[str] = []
+    rest = text.strip()
+    while len(rest) > limit:
+        cut = _cut_position(rest, limit)
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        parts.append(rest)
+    return tuple(parts)
+
+
+def _cut_position(text: str, limit: int) -> int:
+    # The window includes the character just past the limit: a break right
+    # after a full-length part is a good one.
+    window = text[: limit + 1]
+    for pattern, before in _BREAKS:
+        # A part much shorter than the limit would waste a platform message.
+        cut = _last_cut(pattern, window, limit, before=before, minimum=max(1, limit // 2))
+        if cut:
+            return cut
+    return _last_cut(_WORD_BREAK, window, limit, before=True, minimum=1) or _hard_cut(text, limit)
+
+
+def _last_cut(
+    pattern: re.Pattern[str], window: str, limit: int, *, before: bool, minimum: int
+) -> int:
+    """The last cut of `pattern` in [minimum, limit], or 0."""
+    best = 0
+    for match in pattern.finditer(window):
+        cut = match.start() if before else match.end()
+        if minimum <= cut <= limit:
+            best = cut
+    return best
+
+
+def _hard_cut(text: str, limit: int) -> int:
+    cut = limit
+    while cut > 1 and unicodedata.combining(text[cut]):
+        cut -= 1
+    return cut

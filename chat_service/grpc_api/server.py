@@ -1,0 +1,112 @@
+"""The gRPC server: ChatService, health, reflection, and a graceful drain.
+
+On SIGTERM (or SIGINT) the server reports NOT_SERVING on health and keeps
+serving for SHUTDOWN_DELAY_SECONDS, so that load balancers see it and stop
+sending; then it stops taking new calls, lets in-flight calls finish within
+SHUTDOWN_GRACE_SECONDS, finishes deliveries and publishes what is left in
+the outbox, and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from chatbot.chat.v1 import chat_service_pb2, chat_service_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from chat_service.auth import Principal
+from chat_service.bootstrap import Services, build_services
+from chat_service.config import Settings
+from chat_service.grpc_api.auth_interceptor import AuthInterceptor
+from chat_service.grpc_api.error_interceptor import ErrorTranslationInterceptor
+from chat_service.grpc_api.servicer import ChatServicer
+
+log = logging.getLogger(__name__)
+
+# grpc-stubs predates grpc_health's asyncio servicer, hence the ignore.
+AsyncHealthServicer = health.aio.HealthServicer  # type: ignore[attr-defined]
+
+CHAT_SERVICE_NAME = chat_service_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+
+SERVER_OPTIONS = [
+    # Ping idle connections so dead peers (and their streams) are noticed,
+    # and let clients ping every 10 s without being told off.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def build_server(services: Services) -> tuple[grpc.aio.Server, Any]:
+    settings = services.settings
+
+    async def admit(principal: Principal, method: str) -> None:
+        await services.admission.admit(principal.tenant_id)
+
+    server = grpc.aio.server(
+        interceptors=[
+            ErrorTranslationInterceptor(domain=settings.service_name),
+            AuthInterceptor(services.verifier, domain=settings.service_name, admit=admit),
+        ],
+        options=SERVER_OPTIONS,
+    )
+    chat_service_pb2_grpc.add_ChatServiceServicer_to_server(
+        ChatServicer(
+            send_message=services.send_message,
+            queries=services.queries,
+            update_status=services.update_status,
+        ),
+        server,
+    )
+    health_servicer = AsyncHealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (CHAT_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return server, health_servicer
+
+
+async def serve(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve until `stop` is set or SIGTERM/SIGINT arrives."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    services = await build_services(settings)
+    server, health_servicer = build_server(services)
+    try:
+        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    except RuntimeError as exc:
+        await services.close()
+        raise OSError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+    await server.start()
+    services.start()
+    for name in ("", CHAT_SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("%s serving gRPC on %s:%d", settings.service_name, settings.host, port)
+    if on_ready is not None:
+        on_ready(port)
+    try:
+        await stop.wait()
+    finally:
+        log.info("draining: NOT_SERVING, finishing in-flight calls")
+        await health_servicer.enter_graceful_shutdown()
+        await asyncio.sleep(settings.shutdown_delay_seconds)
+        await server.stop(settings.shutdown_grace_seconds)
+        await services.close()
+        log.info("stopped")

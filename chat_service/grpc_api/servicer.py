@@ -1,0 +1,154 @@
+"""ChatService's gRPC handlers: map the request, run the use case, map the result.
+
+No logic lives here: authentication and the rate limit ran in the
+interceptors, errors raised by the use cases become statuses in the error
+interceptor. RPCs whose use case is not built yet answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from chatbot.chat.v1 import chat_service_pb2 as pb
+from chatbot.chat.v1 import chat_service_pb2_grpc
+
+from chat_service.domain.enums import SortOrder
+from chat_service.domain.errors import Unimplemented
+from chat_service.grpc_api.auth_interceptor import current_principal
+from chat_service.grpc_api.mappers import (
+    conversation_to_proto,
+    inbound_from_send_request,
+    message_to_proto,
+    send_result_to_response,
+)
+from chat_service.grpc_api.mappers_enums import (
+    channel_from_proto,
+    conversation_status_from_proto,
+    sort_order_from_proto,
+)
+from chat_service.grpc_api.mappers_wellknown import timestamp_to_datetime
+from chat_service.pipeline.conversations import ConversationQueries, UpdateConversationStatus
+from chat_service.pipeline.send_message import SendMessage
+from chat_service.ports import ConversationQuery
+
+Context = Any  # grpc.aio.ServicerContext; its stubs are not generic-friendly here
+
+IDEMPOTENT_REPLAY_HEADER = "x-idempotent-replay"
+
+
+class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
+    def __init__(
+        self,
+        *,
+        send_message: SendMessage,
+        queries: ConversationQueries,
+        update_status: UpdateConversationStatus,
+    ) -> None:
+        self._send_message = send_message
+        self._queries = queries
+        self._update_status = update_status
+
+    async def SendMessage(
+        self, request: pb.SendMessageRequest, context: Context
+    ) -> pb.SendMessageResponse:
+        tenant_id = current_principal().tenant_id
+        outcome = await self._send_message(inbound_from_send_request(request, tenant_id))
+        if outcome.replayed:
+            context.set_trailing_metadata(((IDEMPOTENT_REPLAY_HEADER, "true"),))
+        return send_result_to_response(outcome.result)
+
+    async def GetConversation(
+        self, request: pb.GetConversationRequest, context: Context
+    ) -> pb.GetConversationResponse:
+        conversation = await self._queries.get(
+            current_principal().tenant_id, request.conversation_id
+        )
+        return pb.GetConversationResponse(conversation=conversation_to_proto(conversation))
+
+    async def ListConversations(
+        self, request: pb.ListConversationsRequest, context: Context
+    ) -> pb.ListConversationsResponse:
+        query = ConversationQuery(
+            status=conversation_status_from_proto(request.status),
+            channel=channel_from_proto(request.channel),
+            user_id=request.user_id,
+            start_time=(
+                timestamp_to_datetime(request.start_time, field="start_time")
+                if request.HasField("start_time")
+                else None
+            ),
+            end_time=(
+                timestamp_to_datetime(request.end_time, field="end_time")
+                if request.HasField("end_time")
+                else None
+            ),
+            search_query=request.search_query,
+            descending=sort_order_from_proto(request.order) is not SortOrder.ASCENDING,
+        )
+        page = await self._queries.list_conversations(
+            current_principal().tenant_id,
+            query,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListConversationsResponse(
+            conversations=[conversation_to_proto(c) for c in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def ListMessages(
+        self, request: pb.ListMessagesRequest, context: Context
+    ) -> pb.ListMessagesResponse:
+        page = await self._queries.list_messages(
+            current_principal().tenant_id,
+            request.conversation_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            descending=sort_order_from_proto(request.order) is SortOrder.DESCENDING,
+        )
+        return pb.ListMessagesResponse(
+            messages=[message_to_proto(m) for m in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def UpdateConversationStatus(
+        self, request: pb.UpdateConversationStatusRequest, context: Context
+    ) -> pb.UpdateConversationStatusResponse:
+        conversation = await self._update_status(
+            current_principal().tenant_id,
+            request.conversation_id,
+            conversation_status_from_proto(request.status),
+            request.reason,
+        )
+        return pb.UpdateConversationStatusResponse(conversation=conversation_to_proto(conversation))
+
+    # Not built yet: answered UNIMPLEMENTED until their issue lands.
+
+    async def ExportConversation(
+        self, request: Any, context: Context
+    ) -> AsyncIterator[pb.ExportConversationResponse]:
+        raise _not_yet("ExportConversation")
+        yield  # an async generator, as grpc expects of a streaming handler
+
+    async def StreamConversation(
+        self, request_iterator: Any, context: Context
+    ) -> AsyncIterator[pb.StreamConversationResponse]:
+        raise _not_yet("StreamConversation")
+        yield  # an async generator, as grpc expects of a streaming handler
+
+    async def WatchConversations(
+        self, request: Any, context: Context
+    ) -> AsyncIterator[pb.WatchConversationsResponse]:
+        raise _not_yet("WatchConversations")
+        yield  # an async generator, as grpc expects of a streaming handler
+
+    async def HandleWebhook(self, request: Any, context: Context) -> Any:
+        raise _not_yet("HandleWebhook")
+
+    async def VerifyWebhook(self, request: Any, context: Context) -> Any:
+        raise _not_yet("VerifyWebhook")
+
+
+def _not_yet(method: str) -> Unimplemented:
+    return Unimplemented(f"{method} is not implemented yet", reason="NOT_IMPLEMENTED_YET")

@@ -1,0 +1,223 @@
+"""Reading conversations and messages, and changing a conversation's status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from chat_service.domain.enums import ConversationStatus
+from chat_service.domain.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    conversation_not_found,
+)
+from chat_service.domain.model import Conversation, Message
+from chat_service.pipeline.errors import port_errors
+from chat_service.pipeline.events import status_changed
+from chat_service.pipeline.page_tokens import decode_token, encode_token, query_digest
+from chat_service.pipeline.writer import ConversationWriter
+from chat_service.ports import (
+    Clock,
+    ConversationChange,
+    ConversationCursor,
+    ConversationLocks,
+    ConversationQuery,
+    ConversationStore,
+)
+
+CONVERSATIONS_DEFAULT_PAGE = 20
+CONVERSATIONS_MAX_PAGE = 100
+MESSAGES_DEFAULT_PAGE = 50
+MESSAGES_MAX_PAGE = 1000
+MAX_USER_ID = 255
+MAX_SEARCH_QUERY = 200
+MAX_STATUS_REASON = 500
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: Sequence[T]
+    next_page_token: str
+
+
+def _page_size(size: int, default: int, maximum: int, violations: list[FieldViolation]) -> int:
+    if size < 0:
+        violations.append(FieldViolation("page_size", f"must not be negative, got {size}"))
+    return default if size <= 0 else min(size, maximum)
+
+
+def _require_id(conversation_id: str) -> None:
+    if not conversation_id:
+        raise InvalidArgument.of("conversation_id", "is required")
+
+
+class ConversationQueries:
+    def __init__(self, store: ConversationStore) -> None:
+        self._store = store
+
+    async def get(self, tenant_id: str, conversation_id: str) -> Conversation:
+        _require_id(conversation_id)
+        with port_errors():
+            conversation = await self._store.get_conversation(tenant_id, conversation_id)
+        if conversation is None:
+            raise conversation_not_found(conversation_id)
+        return conversation
+
+    async def list_conversations(
+        self, tenant_id: str, query: ConversationQuery, *, page_size: int, page_token: str
+    ) -> Page[Conversation]:
+        violations: list[FieldViolation] = []
+        limit = _page_size(
+            page_size, CONVERSATIONS_DEFAULT_PAGE, CONVERSATIONS_MAX_PAGE, violations
+        )
+        if len(query.user_id) > MAX_USER_ID:
+            violations.append(
+                FieldViolation("user_id", f"must be at most {MAX_USER_ID} characters")
+            )
+        if len(query.search_query) > MAX_SEARCH_QUERY:
+            violations.append(
+                FieldViolation(
+                    "search_query",
+                    f"must be at most {MAX_SEARCH_QUERY} characters, got {len(query.search_query)}",
+                )
+            )
+        if query.start_time and query.end_time and query.end_time <= query.start_time:
+            violations.append(FieldViolation("end_time", "must be after start_time"))
+        if violations:
+            raise InvalidArgument(violations)
+        digest = query_digest("conversations", query)
+        after = None
+        if page_token:
+            position = decode_token(page_token, digest=digest)
+            after = _cursor_from(position)
+        with port_errors():
+            items = await self._store.list_conversations(
+                tenant_id, query, limit=limit + 1, after=after
+            )
+        token = ""
+        if len(items) > limit:
+            items = items[:limit]
+            last = items[-1]
+            token = encode_token(
+                {"t": last.created_at.isoformat(), "id": last.conversation_id}, digest=digest
+            )
+        return Page(items, token)
+
+    async def list_messages(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        page_size: int,
+        page_token: str,
+        descending: bool,
+    ) -> Page[Message]:
+        _require_id(conversation_id)
+        violations: list[FieldViolation] = []
+        limit = _page_size(page_size, MESSAGES_DEFAULT_PAGE, MESSAGES_MAX_PAGE, violations)
+        if violations:
+            raise InvalidArgument(violations)
+        digest = query_digest("messages", conversation_id, descending)
+        after: int | None = None
+        if page_token:
+            sequence = decode_token(page_token, digest=digest).get("s")
+            if not isinstance(sequence, int) or isinstance(sequence, bool):
+                raise InvalidArgument.of("page_token", "is not a page token this service issued")
+            after = sequence
+        await self.get(tenant_id, conversation_id)  # NOT_FOUND before an empty page
+        with port_errors():
+            items = await self._store.list_messages(
+                tenant_id,
+                conversation_id,
+                limit=limit + 1,
+                after_sequence=after,
+                descending=descending,
+            )
+        token = ""
+        if len(items) > limit:
+            items = items[:limit]
+            token = encode_token({"s": items[-1].sequence}, digest=digest)
+        return Page(items, token)
+
+
+def _cursor_from(position: object) -> ConversationCursor:
+    try:
+        assert isinstance(position, dict)
+        created = datetime.fromisoformat(position["t"])
+        conversation_id = position["id"]
+        if not isinstance(conversation_id, str) or created.tzinfo is None:
+            raise ValueError
+    except (AssertionError, KeyError, TypeError, ValueError):
+        raise InvalidArgument.of("page_token", "is not a page token this service issued") from None
+    return ConversationCursor(created_at=created, conversation_id=conversation_id)
+
+
+class UpdateConversationStatus:
+    def __init__(
+        self,
+        *,
+        store: ConversationStore,
+        writer: ConversationWriter,
+        locks: ConversationLocks,
+        clock: Clock,
+        lock_timeout: float,
+    ) -> None:
+        self._store = store
+        self._writer = writer
+        self._locks = locks
+        self._clock = clock
+        self._lock_timeout = lock_timeout
+
+    async def __call__(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        status: ConversationStatus | None,
+        reason: str = "",
+    ) -> Conversation:
+        violations = []
+        if not conversation_id:
+            violations.append(FieldViolation("conversation_id", "is required"))
+        if status is None:
+            violations.append(FieldViolation("status", "is required"))
+        if len(reason) > MAX_STATUS_REASON:
+            violations.append(
+                FieldViolation("reason", f"must be at most {MAX_STATUS_REASON} characters")
+            )
+        if violations:
+            raise InvalidArgument(violations)
+        assert status is not None
+        with port_errors():
+            async with self._locks.hold(tenant_id, conversation_id, timeout=self._lock_timeout):
+                conversation = await self._store.get_conversation(tenant_id, conversation_id)
+                if conversation is None:
+                    raise conversation_not_found(conversation_id)
+                if conversation.status is status:
+                    return conversation
+                if not conversation.status.can_become(status):
+                    raise FailedPrecondition(
+                        f"cannot go from {conversation.status.value} to {status.value}",
+                        reason="INVALID_STATUS_TRANSITION",
+                        metadata={"from": conversation.status.value, "to": status.value},
+                    )
+                now = self._clock.now()
+                updated = replace(
+                    conversation,
+                    status=status,
+                    status_reason=reason,
+                    updated_at=now,
+                    version=conversation.version + 1,
+                )
+                await self._writer.write(
+                    ConversationChange(
+                        conversation=updated,
+                        expected_version=conversation.version,
+                        events=(status_changed(updated, conversation.status, now, reason),),
+                    )
+                )
+                return updated

@@ -1,0 +1,416 @@
+"""SendMessage: one end-user message in, the bot's reply stored and on its way out.
+
+The steps of DESIGN.md's pipeline (authentication and the tenant's rate
+limit happen at the edge, before this use case runs):
+
+  validate and normalize -> claim the message id -> take the conversation's
+  lock -> load or create the conversation -> store the inbound message with
+  its events -> ask the engine (fallback on timeout or error) -> format the
+  reply for the channel -> store the replies, the new state, their events and
+  the idempotency record -> hand the replies to delivery -> release.
+
+Retries are safe at every point. A retry of a finished call finds the
+idempotency record and returns the stored result. A retry after a crash
+between the two writes finds the inbound message without a record and
+resumes from the engine call. Reply ids derive from the inbound id, so even
+two processes racing on one message cannot store two sets of replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from chat_service.domain.channels import format_for_channel
+from chat_service.domain.content import MessageContent
+from chat_service.domain.enums import ConversationStatus, DeliveryStatus, MessageRole
+from chat_service.domain.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    conversation_not_found,
+)
+from chat_service.domain.events import DomainEvent, EventType
+from chat_service.domain.model import (
+    Conversation,
+    IdempotencyRecord,
+    InboundMessage,
+    Message,
+    ProcessingHints,
+    SendResult,
+)
+from chat_service.domain.validation import request_fingerprint, validate_content, validate_inbound
+from chat_service.pipeline.delivery import DeliveryQueue
+from chat_service.pipeline.errors import port_errors
+from chat_service.pipeline.events import conversation_event, message_event, status_changed
+from chat_service.pipeline.writer import ConversationWriter
+from chat_service.ports import (
+    Clock,
+    ConversationChange,
+    ConversationLocks,
+    ConversationStore,
+    DuplicateMessage,
+    Engine,
+    EngineFailure,
+    EngineReply,
+    EngineRequest,
+    IdempotencyGuard,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SendSettings:
+    engine_timeout: float
+    lock_timeout: float
+    fallback_text: str
+    history_size: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    result: SendResult
+    # True when the result is the stored answer to an earlier call.
+    replayed: bool
+
+
+def reply_message_id(inbound_message_id: str, index: int) -> str:
+    # "/" is outside the client id alphabet, so no client id can collide.
+    return f"{inbound_message_id}/reply-{index + 1}"
+
+
+class SendMessage:
+    def __init__(
+        self,
+        *,
+        store: ConversationStore,
+        writer: ConversationWriter,
+        locks: ConversationLocks,
+        idempotency: IdempotencyGuard,
+        engine: Engine,
+        delivery: DeliveryQueue,
+        clock: Clock,
+        settings: SendSettings,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self._store = store
+        self._writer = writer
+        self._locks = locks
+        self._idempotency = idempotency
+        self._engine = engine
+        self._delivery = delivery
+        self._clock = clock
+        self._settings = settings
+        self._new_id = new_id
+
+    async def __call__(self, inbound: InboundMessage, *, field_prefix: str = "") -> SendOutcome:
+        msg = validate_inbound(inbound, field_prefix=field_prefix)
+        if not msg.message_id:
+            msg = replace(msg, message_id=self._new_id())
+        fingerprint = request_fingerprint(msg)
+        timeout = self._settings.lock_timeout
+        with port_errors():
+            async with self._idempotency.claim(msg.tenant_id, msg.message_id, timeout=timeout):
+                replay = await self._stored_result(msg, fingerprint, field_prefix)
+                if replay is not None:
+                    return SendOutcome(replay, replayed=True)
+                stored = await self._store.get_message(msg.tenant_id, msg.message_id)
+                if stored is not None and stored.fingerprint != fingerprint:
+                    raise _reused_id(field_prefix)
+                conversation_id = (
+                    stored.conversation_id if stored else msg.conversation_id or self._new_id()
+                )
+                async with self._locks.hold(msg.tenant_id, conversation_id, timeout=timeout):
+                    if stored is None:
+                        return await self._process_new(
+                            msg, conversation_id, fingerprint, field_prefix
+                        )
+                    return await self._resume(msg, stored, field_prefix)
+
+    async def _stored_result(
+        self, msg: InboundMessage, fingerprint: str, field_prefix: str
+    ) -> SendResult | None:
+        record = await self._store.get_record(msg.tenant_id, msg.message_id)
+        if record is None:
+            return None
+        if record.fingerprint != fingerprint:
+            raise _reused_id(field_prefix)
+        return record.result
+
+    async def _process_new(
+        self, msg: InboundMessage, conversation_id: str, fingerprint: str, field_prefix: str
+    ) -> SendOutcome:
+        conversation = await self._load_or_create(msg, conversation_id, field_prefix)
+        now = self._clock.now()
+        hints = msg.processing_hints
+        events: list[DomainEvent] = []
+        if conversation.version == 0:
+            events.append(conversation_event(EventType.CONVERSATION_STARTED, conversation, now))
+        inbound = Message(
+            message_id=msg.message_id,
+            tenant_id=msg.tenant_id,
+            conversation_id=conversation.conversation_id,
+            sequence=conversation.last_sequence + 1,
+            role=MessageRole.USER,
+            channel=conversation.channel,
+            user_id=conversation.user_id,
+            content=msg.content,
+            created_at=now,
+            delivery_status=DeliveryStatus.SENT,
+            client_time=msg.timestamp,
+            channel_metadata=msg.channel_metadata,
+            fingerprint=fingerprint,
+        )
+        updated = replace(
+            conversation,
+            last_sequence=inbound.sequence,
+            updated_at=now,
+            version=conversation.version + 1,
+        )
+        events.append(message_event(EventType.MESSAGE_RECEIVED, inbound))
+        if hints.require_human_review and updated.status is not ConversationStatus.ESCALATED:
+            previous = updated.status
+            updated = replace(updated, status=ConversationStatus.ESCALATED)
+            events.append(status_changed(updated, previous, now, "require_human_review"))
+
+        automate = (
+            updated.status is not ConversationStatus.ESCALATED and not hints.bypass_automation
+        )
+        record = None
+        if not automate:
+            # Nobody answers: the inbound write is the whole call, record included.
+            result = SendResult(
+                message_id=inbound.message_id,
+                conversation_id=updated.conversation_id,
+                sequence=inbound.sequence,
+                state=updated.state,
+            )
+            record = IdempotencyRecord(msg.tenant_id, msg.message_id, fingerprint, result, now)
+        change = ConversationChange(
+            conversation=updated,
+            expected_version=conversation.version,
+            messages=(inbound,),
+            events=tuple(events),
+            record=record,
+        )
+        try:
+            await self._writer.write(change)
+        except DuplicateMessage:
+            # Another process stored this id meanwhile (its claim outlived
+            # ours); its result wins if it is complete.
+            replay = await self._stored_result(msg, fingerprint, field_prefix)
+            if replay is not None:
+                return SendOutcome(replay, replayed=True)
+            raise Aborted(
+                "this message is being processed by another request; retry later",
+                reason="MESSAGE_IN_PROGRESS",
+                retry_after=1.0,
+            ) from None
+        if record is not None:
+            return SendOutcome(record.result, replayed=False)
+        result = await self._answer(updated, inbound, hints)
+        return SendOutcome(result, replayed=False)
+
+    async def _resume(
+        self, msg: InboundMessage, inbound: Message, field_prefix: str
+    ) -> SendOutcome:
+        """The inbound message is stored but was never answered (a crash or a
+        lost store between the two writes): answer it now."""
+        replay = await self._stored_result(msg, inbound.fingerprint, field_prefix)
+        if replay is not None:  # finished while we waited for the lock
+            return SendOutcome(replay, replayed=True)
+        conversation = await self._store.get_conversation(msg.tenant_id, inbound.conversation_id)
+        if conversation is None:  # cannot happen: both were written together
+            raise conversation_not_found(inbound.conversation_id)
+        log.info("resuming unanswered message %s", inbound.message_id)
+        return SendOutcome(
+            await self._answer(conversation, inbound, msg.processing_hints), replayed=False
+        )
+
+    async def _load_or_create(
+        self, msg: InboundMessage, conversation_id: str, field_prefix: str
+    ) -> Conversation:
+        assert msg.channel is not None  # validated
+        if not msg.conversation_id:
+            now = self._clock.now()
+            return Conversation(
+                conversation_id=conversation_id,
+                tenant_id=msg.tenant_id,
+                user_id=msg.user_id,
+                channel=msg.channel,
+                status=ConversationStatus.ACTIVE,
+                created_at=now,
+                updated_at=now,
+                session_id=msg.session_id,
+                channel_metadata=replace(
+                    msg.channel_metadata, platform_message_id="", additional_data={}
+                ),
+            )
+        conversation = await self._store.get_conversation(msg.tenant_id, conversation_id)
+        if conversation is None:
+            raise conversation_not_found(conversation_id)
+        if conversation.status.is_closed:
+            raise FailedPrecondition(
+                f"conversation is {conversation.status.value}; start a new one",
+                reason="CONVERSATION_CLOSED",
+                metadata={"conversation_id": conversation_id, "status": conversation.status.value},
+            )
+        mismatch = {
+            "channel": conversation.channel != msg.channel,
+            "user_id": conversation.user_id != msg.user_id,
+        }
+        if any(mismatch.values()):
+            fields = [f"{field_prefix}{name}" for name, differs in mismatch.items() if differs]
+            raise FailedPrecondition(
+                f"{' and '.join(fields)} differ from the conversation's",
+                reason="CONVERSATION_MISMATCH",
+                metadata={"conversation_id": conversation_id, "fields": ",".join(fields)},
+            )
+        return conversation
+
+    async def _answer(
+        self, conversation: Conversation, inbound: Message, hints: ProcessingHints
+    ) -> SendResult:
+        """Ask the engine, store the formatted replies, hand them to delivery."""
+        started = time.monotonic()
+        reply, fallback_reason = await self._ask_engine(conversation, inbound, hints)
+        latency_ms = (time.monotonic() - started) * 1000
+        now = self._clock.now()
+        events: list[DomainEvent] = []
+        if fallback_reason:
+            log.warning(
+                "engine %s failed (%s) for conversation %s; fallback reply",
+                self._engine.name,
+                fallback_reason,
+                conversation.conversation_id,
+            )
+            reply = EngineReply(
+                contents=(MessageContent.of_text(self._settings.fallback_text),),
+                state=conversation.state,
+            )
+        parts = [
+            part
+            for content in reply.contents
+            for part in format_for_channel(content, conversation.channel)
+        ]
+        replies = tuple(
+            Message(
+                message_id=reply_message_id(inbound.message_id, index),
+                tenant_id=conversation.tenant_id,
+                conversation_id=conversation.conversation_id,
+                sequence=conversation.last_sequence + 1 + index,
+                role=MessageRole.BOT,
+                channel=conversation.channel,
+                user_id=conversation.user_id,
+                content=part,
+                created_at=now,
+                delivery_status=DeliveryStatus.PENDING,
+                reply_to_message_id=inbound.message_id,
+            )
+            for index, part in enumerate(parts)
+        )
+        updated = replace(
+            conversation,
+            last_sequence=conversation.last_sequence + len(replies),
+            state=reply.state,
+            updated_at=now,
+            version=conversation.version + 1,
+        )
+        if fallback_reason:
+            events.append(
+                conversation_event(
+                    EventType.FALLBACK_USED, updated, now, {"reason": fallback_reason}
+                )
+            )
+        events.extend(message_event(EventType.MESSAGE_SENT, message) for message in replies)
+        if reply.escalate and updated.status is not ConversationStatus.ESCALATED:
+            previous = updated.status
+            updated = replace(updated, status=ConversationStatus.ESCALATED)
+            events.append(status_changed(updated, previous, now, "engine_escalation"))
+        result = SendResult(
+            message_id=inbound.message_id,
+            conversation_id=conversation.conversation_id,
+            sequence=inbound.sequence,
+            state=updated.state,
+            replies=replies,
+            response=reply.contents[0] if reply.contents else None,
+            engine="fallback" if fallback_reason else self._engine.name,
+            engine_latency_ms=latency_ms,
+            fallback_used=bool(fallback_reason),
+            fallback_reason=fallback_reason,
+            confidence_scores=dict(reply.confidence_scores),
+        )
+        record = IdempotencyRecord(
+            conversation.tenant_id, inbound.message_id, inbound.fingerprint, result, now
+        )
+        await self._writer.write(
+            ConversationChange(
+                conversation=updated,
+                expected_version=conversation.version,
+                messages=replies,
+                events=tuple(events),
+                record=record,
+            )
+        )
+        # Enqueued while the conversation is still locked, so deliveries of
+        # one conversation are queued in sequence order.
+        self._delivery.submit(updated, replies)
+        return result
+
+    async def _ask_engine(
+        self, conversation: Conversation, inbound: Message, hints: ProcessingHints
+    ) -> tuple[EngineReply, str]:
+        """The engine's reply (validated), or an empty reply and why it failed."""
+        history = await self._store.list_messages(
+            conversation.tenant_id,
+            conversation.conversation_id,
+            limit=self._settings.history_size,
+            after_sequence=inbound.sequence,
+            descending=True,
+        )
+        request = EngineRequest(
+            tenant_id=conversation.tenant_id,
+            conversation_id=conversation.conversation_id,
+            message_id=inbound.message_id,
+            user_id=conversation.user_id,
+            channel=conversation.channel,
+            content=inbound.content,
+            context=conversation.state,
+            hints=hints,
+            recent_messages=tuple(reversed(history)),
+            sequence=inbound.sequence,
+        )
+        empty = EngineReply(contents=(), state=conversation.state)
+        try:
+            async with asyncio.timeout(self._settings.engine_timeout):
+                reply = await self._engine.process(request)
+        except TimeoutError:
+            return empty, "timeout"
+        except EngineFailure as failure:
+            return empty, failure.reason
+        except Exception:
+            # An engine bug must cost the user a fallback, not an error.
+            log.exception("engine %s raised", self._engine.name)
+            return empty, "error"
+        try:
+            contents = tuple(
+                validate_content(content, field_prefix=f"response_contents[{index}].")
+                for index, content in enumerate(reply.contents)
+            )
+        except InvalidArgument as invalid:
+            log.warning("engine %s gave an invalid reply: %s", self._engine.name, invalid.message)
+            return empty, "invalid_reply"
+        return replace(reply, contents=contents), ""
+
+
+def _reused_id(field_prefix: str) -> InvalidArgument:
+    return InvalidArgument.of(
+        f"{field_prefix}message_id",
+        "was already used for a different message; use a new id for a new message",
+        reason="MESSAGE_ID_REUSED",
+    )

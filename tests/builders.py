@@ -1,0 +1,158 @@
+"""Small factories of domain objects for tests: sensible defaults, override
+what the test is about."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from chat_service.domain.content import MessageContent
+from chat_service.domain.enums import (
+    Channel,
+    ConversationStatus,
+    DeliveryStatus,
+    MessageRole,
+)
+from chat_service.domain.events import DomainEvent, EventType
+from chat_service.domain.model import (
+    Conversation,
+    ConversationState,
+    IdempotencyRecord,
+    Message,
+    SendResult,
+)
+from chat_service.ports import ConversationChange
+
+TENANT = "tenant-a"
+OTHER_TENANT = "tenant-b"
+# A fixed, microsecond-precise instant: what stores keep, they give back equal.
+T0 = datetime(2026, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
+
+_ids = itertools.count(1)
+
+
+def new_id(prefix: str) -> str:
+    """Unique within the test run, readable in failure output."""
+    return f"{prefix}-{next(_ids)}"
+
+
+def make_conversation(**overrides: Any) -> Conversation:
+    """A stored-looking conversation: version 1, no messages yet."""
+    fields: dict[str, Any] = {
+        "conversation_id": new_id("conv"),
+        "tenant_id": TENANT,
+        "user_id": "user-1",
+        "channel": Channel.WEB,
+        "status": ConversationStatus.ACTIVE,
+        "created_at": T0,
+        "updated_at": T0,
+        "version": 1,
+    }
+    return Conversation(**(fields | overrides))
+
+
+def make_message(
+    conversation: Conversation, sequence: int, text: str = "hello", **overrides: Any
+) -> Message:
+    fields: dict[str, Any] = {
+        "message_id": new_id("msg"),
+        "tenant_id": conversation.tenant_id,
+        "conversation_id": conversation.conversation_id,
+        "sequence": sequence,
+        "role": MessageRole.USER,
+        "channel": conversation.channel,
+        "user_id": conversation.user_id,
+        "content": MessageContent.of_text(text),
+        "created_at": conversation.created_at + timedelta(seconds=sequence),
+        "delivery_status": DeliveryStatus.PENDING,
+    }
+    return Message(**(fields | overrides))
+
+
+def make_event(
+    conversation: Conversation,
+    event_type: EventType = EventType.MESSAGE_RECEIVED,
+    message: Message | None = None,
+    **overrides: Any,
+) -> DomainEvent:
+    fields: dict[str, Any] = {
+        "event_id": new_id("evt"),
+        "event_type": event_type,
+        "tenant_id": conversation.tenant_id,
+        "conversation_id": conversation.conversation_id,
+        "occurred_at": conversation.updated_at,
+        "channel": conversation.channel,
+        "user_id": conversation.user_id,
+    }
+    if message is not None:
+        fields |= {
+            "message_type": message.content.type,
+            "message_id": message.message_id,
+            "sequence": message.sequence,
+        }
+    return DomainEvent(**(fields | overrides))
+
+
+def make_send_result(message: Message, *replies: Message, **overrides: Any) -> SendResult:
+    fields: dict[str, Any] = {
+        "message_id": message.message_id,
+        "conversation_id": message.conversation_id,
+        "sequence": message.sequence,
+        "state": ConversationState(current_intent="greet", slots={"name": "Ada"}),
+        "replies": replies,
+        "response": replies[0].content if replies else None,
+        "engine": "rules",
+        "engine_latency_ms": 12.5,
+        "confidence_scores": {"greet": 0.93},
+    }
+    return SendResult(**(fields | overrides))
+
+
+def make_record(message: Message, *replies: Message, **overrides: Any) -> IdempotencyRecord:
+    fields: dict[str, Any] = {
+        "tenant_id": message.tenant_id,
+        "message_id": message.message_id,
+        "fingerprint": f"sha256:{message.message_id}",
+        "result": make_send_result(message, *replies),
+        "created_at": message.created_at,
+    }
+    return IdempotencyRecord(**(fields | overrides))
+
+
+def create_change(
+    conversation: Conversation,
+    messages: Iterable[Message] = (),
+    events: Iterable[DomainEvent] = (),
+    record: IdempotencyRecord | None = None,
+) -> ConversationChange:
+    """Creates `conversation` (as version 1) with its first messages."""
+    messages = tuple(messages)
+    created = dataclasses.replace(
+        conversation, version=1, last_sequence=_last_sequence(conversation, messages)
+    )
+    return ConversationChange(created, 0, messages, tuple(events), record)
+
+
+def update_change(
+    conversation: Conversation,
+    messages: Iterable[Message] = (),
+    events: Iterable[DomainEvent] = (),
+    record: IdempotencyRecord | None = None,
+    **changes: Any,
+) -> ConversationChange:
+    """Moves the stored `conversation` one version on, appending `messages`."""
+    messages = tuple(messages)
+    updated = dataclasses.replace(
+        conversation,
+        version=conversation.version + 1,
+        last_sequence=_last_sequence(conversation, messages),
+        **changes,
+    )
+    return ConversationChange(updated, conversation.version, messages, tuple(events), record)
+
+
+def _last_sequence(conversation: Conversation, messages: tuple[Message, ...]) -> int:
+    return max((m.sequence for m in messages), default=conversation.last_sequence)

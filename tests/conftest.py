@@ -1,0 +1,34 @@
+"""Suite-wide rules.
+
+A skipped or xfailed test is not a passing one: the run fails if any test
+was skipped, and the summary says how many ran.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+_not_run: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        _not_run.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _not_run and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    passed = len(terminalreporter.stats.get("passed", []))
+    if _not_run:
+        terminalreporter.write_line(
+            f"FAILED: {len(_not_run)} test(s) skipped or xfailed; every test must run:",
+            red=True,
+        )
+        for nodeid in _not_run:
+            terminalreporter.write_line(f"  {nodeid}", red=True)
+    else:
+        terminalreporter.write_line(f"all {passed} tests ran; none skipped", green=True)

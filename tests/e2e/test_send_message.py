@@ -1,0 +1,158 @@
+"""SendMessage over real gRPC against the real service process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import pytest
+from chatbot.chat.v1 import chat_service_pb2 as pb
+from chatbot.chat.v1 import chat_service_pb2_grpc, resources_pb2
+
+from tests.support.grpc_client import bearer, rich_error, text_request
+from tests.support.service import ServiceProcess
+
+
+def tenant() -> str:
+    return f"tenant-{uuid.uuid4().hex[:8]}"
+
+
+async def test_reply_is_stored_after_the_message(
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
+) -> None:
+    auth = bearer(service.token(tenant()))
+
+    reply = await stub.SendMessage(text_request("hello", message_id="m-1"), metadata=auth)
+
+    assert reply.message_id == "m-1"
+    assert reply.processing_metadata.engine == "builtin"
+    assert reply.processing_metadata.sequence == 1
+    assert list(reply.processing_metadata.reply_sequences) == [2]
+    assert reply.response.text.startswith("Hello")
+    assert reply.conversation_state.current_intent == "greeting"
+    listed = await stub.ListMessages(
+        pb.ListMessagesRequest(conversation_id=reply.conversation_id), metadata=auth
+    )
+    assert [(m.sequence, m.role) for m in listed.messages] == [
+        (1, resources_pb2.MESSAGE_ROLE_USER),
+        (2, resources_pb2.MESSAGE_ROLE_BOT),
+    ]
+    assert listed.messages[0].content.text == "hello"
+
+
+async def test_retry_returns_the_same_result_and_stores_nothing_new(
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
+) -> None:
+    auth = bearer(service.token(tenant()))
+    request = text_request("hi there", message_id=str(uuid.uuid4()))
+
+    first = await stub.SendMessage(request, metadata=auth)
+    call = stub.SendMessage(request, metadata=auth)
+    again = await call
+
+    assert again == first
+    assert ("x-idempotent-replay", "true") in tuple(await call.trailing_metadata())
+    listed = await stub.ListMessages(
+        pb.ListMessagesRequest(conversation_id=first.conversation_id), metadata=auth
+    )
+    assert len(listed.messages) == 2
+    conversations = await stub.ListConversations(pb.ListConversationsRequest(), metadata=auth)
+    assert len(conversations.conversations) == 1
+
+
+async def test_fifty_concurrent_messages_on_one_conversation(
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
+) -> None:
+    auth = bearer(service.token(tenant()))
+    first = await stub.SendMessage(text_request("start"), metadata=auth)
+    conversation_id = first.conversation_id
+
+    replies = await asyncio.gather(
+        *(
+            stub.SendMessage(
+                text_request(f"message {n}", conversation_id=conversation_id), metadata=auth
+            )
+            for n in range(49)
+        )
+    )
+
+    listed = await stub.ListMessages(
+        pb.ListMessagesRequest(conversation_id=conversation_id, page_size=1000), metadata=auth
+    )
+    sequences = [m.sequence for m in listed.messages]
+    assert sequences == list(range(1, 101))
+    assert len({m.message_id for m in listed.messages}) == 100
+    given = sorted(
+        s
+        for r in (first, *replies)
+        for s in (r.processing_metadata.sequence, *r.processing_metadata.reply_sequences)
+    )
+    assert given == list(range(1, 101))
+    conversation = await stub.GetConversation(
+        pb.GetConversationRequest(conversation_id=conversation_id), metadata=auth
+    )
+    assert conversation.conversation.last_sequence == 100
+
+
+async def test_a_new_conversation_per_message_without_conversation_id(
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
+) -> None:
+    auth = bearer(service.token(tenant()))
+
+    one = await stub.SendMessage(text_request("a"), metadata=auth)
+    two = await stub.SendMessage(text_request("b"), metadata=auth)
+
+    assert one.conversation_id != two.conversation_id
+    assert one.message_id
+    assert two.message_id
+    assert one.message_id != two.message_id
+
+
+async def test_unknown_conversation_is_not_found(
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
+) -> None:
+    auth = bearer(service.token(tenant()))
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SendMessage(text_request("hi", conversation_id="nope"), metadata=auth)
+
+    error = rich_error(caught.value)
+    assert error.code is grpc.StatusCode.NOT_FOUND
+    assert error.reason == "CONVERSATION_NOT_FOUND"
+    assert error.domain == "chat-service"
+
+
+async def test_replies_on_the_web_channel_become_sent(
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
+) -> None:
+    auth = bearer(service.token(tenant()))
+    reply = await stub.SendMessage(text_request("help"), metadata=auth)
+    assert reply.replies[0].delivery_status == resources_pb2.DELIVERY_STATUS_PENDING
+
+    for _ in range(100):
+        listed = await stub.ListMessages(
+            pb.ListMessagesRequest(conversation_id=reply.conversation_id), metadata=auth
+        )
+        if listed.messages[-1].delivery_status == resources_pb2.DELIVERY_STATUS_SENT:
+            break
+        await asyncio.sleep(0.02)
+    assert listed.messages[-1].delivery_status == resources_pb2.DELIVERY_STATUS_SENT
+
+
+async def test_channels_without_a_connector_fail_delivery_visibly(
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
+) -> None:
+    auth = bearer(service.token(tenant()))
+    reply = await stub.SendMessage(
+        text_request("hi", channel=resources_pb2.CHANNEL_WHATSAPP), metadata=auth
+    )
+
+    for _ in range(100):
+        listed = await stub.ListMessages(
+            pb.ListMessagesRequest(conversation_id=reply.conversation_id), metadata=auth
+        )
+        if listed.messages[-1].delivery_status == resources_pb2.DELIVERY_STATUS_FAILED:
+            break
+        await asyncio.sleep(0.02)
+    assert listed.messages[-1].delivery_status == resources_pb2.DELIVERY_STATUS_FAILED

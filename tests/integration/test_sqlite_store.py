@@ -1,0 +1,224 @@
+"""What only the SQLite store has to show: durability, its schema, its
+threads. The shared behaviour is in test_store_contract.py."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from adapters.sqlite import SqliteStore
+from adapters.sqlite.schema import SCHEMA_VERSION
+from chat_service.domain.enums import DeliveryStatus
+from chat_service.ports import StoreUnavailable, VersionConflict
+from tests.builders import (
+    TENANT,
+    create_change,
+    make_conversation,
+    make_event,
+    make_message,
+    make_record,
+    update_change,
+)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "nested" / "dirs" / "chat.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = await SqliteStore.open(db_path)
+    yield opened
+    await opened.close()
+
+
+def user_version(path: Path) -> int:
+    assert path.is_file()  # else connect() would create it
+    with closing(sqlite3.connect(path)) as connection:
+        return int(connection.execute("PRAGMA user_version").fetchone()[0])
+
+
+# ------------------------------------------------------- durability, schema
+
+
+async def test_data_survives_close_and_reopen(db_path: Path) -> None:
+    store = await SqliteStore.open(db_path, synchronous="FULL")
+    conversation = make_conversation()
+    message = make_message(conversation, 1)
+    published, pending = (make_event(conversation, message=message) for _ in "12")
+    change = create_change(conversation, [message], [published, pending], make_record(message))
+    await store.write(change)
+    await store.update_delivery_status(TENANT, message.message_id, DeliveryStatus.SENT)
+    [first, _] = await store.claim_outbox("relay", limit=10, lease_seconds=0)
+    await store.mark_published("relay", [first.position])
+    await store.close()
+
+    reopened = await SqliteStore.open(db_path)
+    try:
+        cid = conversation.conversation_id
+        assert await reopened.get_conversation(TENANT, cid) == change.conversation
+        sent = dataclasses.replace(message, delivery_status=DeliveryStatus.SENT)
+        assert await reopened.list_messages(TENANT, cid, limit=10) == [sent]
+        assert await reopened.get_record(TENANT, message.message_id) == change.record
+        remaining = await reopened.claim_outbox("relay", limit=10, lease_seconds=0)
+        assert [entry.event for entry in remaining] == [pending]
+    finally:
+        await reopened.close()
+
+
+async def test_opening_creates_directories_and_schema_idempotently(db_path: Path) -> None:
+    for _ in range(2):
+        store = await SqliteStore.open(db_path)
+        await store.close()
+
+    assert user_version(db_path) == SCHEMA_VERSION
+
+
+async def test_a_database_from_a_newer_release_is_refused(db_path: Path) -> None:
+    await (await SqliteStore.open(db_path)).close()
+    with closing(sqlite3.connect(db_path)) as connection:
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        connection.commit()
+
+    with pytest.raises(StoreUnavailable, match="newer"):
+        await SqliteStore.open(db_path)
+
+
+async def test_an_unusable_file_makes_the_store_unavailable(tmp_path: Path) -> None:
+    not_a_database = tmp_path / "junk.db"
+    not_a_database.write_bytes(b"this is not an SQLite database, just junk " * 100)
+
+    with pytest.raises(StoreUnavailable):
+        await SqliteStore.open(not_a_database)
+    with pytest.raises(StoreUnavailable):
+        await SqliteStore.open(tmp_path)  # a directory
+
+
+async def test_a_closed_store_is_unavailable(store: SqliteStore) -> None:
+    await store.close()
+
+    with pytest.raises(StoreUnavailable):
+        await store.get_conversation(TENANT, "any")
+    with pytest.raises(StoreUnavailable):
+        await store.write(create_change(make_conversation()))
+    await store.close()  # closing twice is fine
+
+
+async def test_a_lock_held_past_the_busy_timeout_makes_the_store_unavailable(
+    db_path: Path,
+) -> None:
+    store = await SqliteStore.open(db_path, busy_timeout=0.05)
+    change = create_change(make_conversation())
+    try:
+        with closing(sqlite3.connect(db_path, isolation_level=None)) as other_process:
+            other_process.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreUnavailable):
+                await store.write(change)
+            other_process.execute("ROLLBACK")
+
+        assert await store.get_conversation(TENANT, change.conversation.conversation_id) is None
+        await store.write(change)  # usable again once the lock is gone
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------- concurrency
+
+
+async def test_concurrent_writers_leave_a_consistent_database(
+    store: SqliteStore, db_path: Path
+) -> None:
+    shared = create_change(make_conversation())
+    await store.write(shared)
+    shared_id = shared.conversation.conversation_id
+
+    async def converse_alone() -> str:
+        """Creates its own conversation and appends to it twice."""
+        conversation = make_conversation()
+        change = create_change(conversation, [make_message(conversation, 1)])
+        await store.write(change)
+        for sequence in (2, 3):
+            message = make_message(change.conversation, sequence)
+            change = update_change(
+                change.conversation, [message], [make_event(conversation, message=message)]
+            )
+            await store.write(change)
+        return conversation.conversation_id
+
+    async def append_to_shared(text: str) -> None:
+        """Read, append one message, write; start over when another won."""
+        while True:
+            current = await store.get_conversation(TENANT, shared_id)
+            assert current is not None
+            message = make_message(current, current.last_sequence + 1, text)
+            try:
+                await store.write(
+                    update_change(current, [message], [make_event(current, message=message)])
+                )
+                return
+            except VersionConflict:
+                continue
+
+    texts = [f"writer {n}" for n in range(25)]
+    alone_ids = await asyncio.gather(
+        *(converse_alone() for _ in range(50)), *(append_to_shared(t) for t in texts)
+    )
+
+    for conversation_id in alone_ids[:50]:
+        assert conversation_id is not None
+        conversation = await store.get_conversation(TENANT, conversation_id)
+        assert conversation is not None
+        assert (conversation.version, conversation.last_sequence) == (3, 3)
+        messages = await store.list_messages(TENANT, conversation_id, limit=10)
+        assert [m.sequence for m in messages] == [1, 2, 3]
+    conversation = await store.get_conversation(TENANT, shared_id)
+    assert conversation is not None
+    assert (conversation.version, conversation.last_sequence) == (26, 25)
+    messages = [m async for m in store.iter_messages(TENANT, shared_id)]
+    assert [m.sequence for m in messages] == list(range(1, 26))
+    assert sorted(m.content.text for m in messages) == sorted(texts)
+    events = await store.claim_outbox("relay", limit=1000, lease_seconds=60)
+    assert len(events) == 50 * 2 + 25
+    with closing(sqlite3.connect(db_path)) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_the_event_loop_runs_while_a_write_waits(store: SqliteStore, db_path: Path) -> None:
+    ticks = 0
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    change = create_change(make_conversation(), [], [make_event(make_conversation())])
+    heart = asyncio.create_task(heartbeat())
+    # Another connection holds the write lock, so the store's write must
+    # wait for it (SQLite's busy timeout) on its writer thread.
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as blocker:
+        blocker.execute("BEGIN IMMEDIATE")
+        write = asyncio.create_task(store.write(change))
+        await asyncio.sleep(0.2)
+        ticks_while_blocked = ticks
+        write_was_waiting = not write.done()
+        # Reads go on beside the pending write (WAL, separate read threads).
+        read_while_blocked = await store.get_conversation(TENANT, "unknown")
+        blocker.execute("COMMIT")
+    await write
+    heart.cancel()
+
+    assert write_was_waiting
+    assert ticks_while_blocked >= 10
+    assert read_while_blocked is None
+    cid = change.conversation.conversation_id
+    assert await store.get_conversation(TENANT, cid) == change.conversation
+    [entry] = await store.claim_outbox("relay", limit=10, lease_seconds=0)
+    assert entry.event == change.events[0]

@@ -1,0 +1,590 @@
+"""The ConversationStore contract, run against every store implementation.
+
+To add a store, add a factory to STORE_FACTORIES; the tests stay as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from adapters.sqlite import SqliteStore
+from chat_service.domain.content import MessageContent
+from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus, MessageRole
+from chat_service.domain.events import DomainEvent, EventType
+from chat_service.domain.model import Conversation, Message
+from chat_service.ports import (
+    ConversationCursor,
+    ConversationQuery,
+    ConversationStore,
+    DuplicateMessage,
+    VersionConflict,
+)
+from tests.builders import (
+    OTHER_TENANT,
+    T0,
+    TENANT,
+    create_change,
+    make_conversation,
+    make_event,
+    make_message,
+    make_record,
+    update_change,
+)
+from tests.fakes import InMemoryStore
+
+# Stores must read iter_messages in batches; factories make them small so
+# that a test with MORE_THAN_A_BATCH messages crosses batch boundaries.
+SMALL_BATCH = 4
+MORE_THAN_A_BATCH = 11
+
+StoreFactory = Callable[[pytest.FixtureRequest], Awaitable[ConversationStore]]
+
+
+async def _memory_store(request: pytest.FixtureRequest) -> ConversationStore:
+    return InMemoryStore()
+
+
+async def _sqlite_store(request: pytest.FixtureRequest) -> ConversationStore:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    return await SqliteStore.open(tmp_path / "store" / "chat.db", iter_batch_size=SMALL_BATCH)
+
+
+STORE_FACTORIES: dict[str, StoreFactory] = {
+    "memory": _memory_store,
+    "sqlite": _sqlite_store,
+}
+
+
+@pytest.fixture(params=list(STORE_FACTORIES))
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[ConversationStore]:
+    opened = await STORE_FACTORIES[request.param](request)
+    yield opened
+    await opened.close()
+
+
+# ------------------------------------------------------------------ helpers
+
+
+async def create(
+    store: ConversationStore, conversation: Conversation | None = None, texts: tuple[str, ...] = ()
+) -> tuple[Conversation, list[Message]]:
+    """Stores a new conversation holding one message per text."""
+    conversation = conversation or make_conversation()
+    messages = [make_message(conversation, i, text) for i, text in enumerate(texts, start=1)]
+    change = create_change(conversation, messages)
+    await store.write(change)
+    return change.conversation, messages
+
+
+async def outbox_events(store: ConversationStore) -> list[DomainEvent]:
+    """Every unpublished event; the zero lease leaves them claimable by others."""
+    entries = await store.claim_outbox("inspector", limit=10_000, lease_seconds=0)
+    return [entry.event for entry in entries]
+
+
+async def all_conversations(
+    store: ConversationStore, tenant_id: str, query: ConversationQuery, page_size: int
+) -> list[list[Conversation]]:
+    """Walks every page of a listing (failing fast if the pages never end)."""
+    pages: list[list[Conversation]] = []
+    after: ConversationCursor | None = None
+    for _ in range(100):
+        page = list(await store.list_conversations(tenant_id, query, limit=page_size, after=after))
+        if not page:
+            return pages
+        pages.append(page)
+        after = ConversationCursor(page[-1].created_at, page[-1].conversation_id)
+    pytest.fail("pagination never reached an empty page")
+
+
+async def status_of(store: ConversationStore, message_id: str) -> DeliveryStatus:
+    message = await store.get_message(TENANT, message_id)
+    assert message is not None
+    return message.delivery_status
+
+
+def ids(conversations: list[Conversation]) -> list[str]:
+    return [c.conversation_id for c in conversations]
+
+
+# ----------------------------------------------------- create, read, scoping
+
+
+async def test_a_created_conversation_and_its_messages_read_back_equal(
+    store: ConversationStore,
+) -> None:
+    conversation = make_conversation(session_id="s-1", status_reason="new")
+    inbound = make_message(
+        conversation,
+        1,
+        content=MessageContent.of_text("Grüß Gott", language="de"),
+        client_time=T0 - timedelta(seconds=3),
+        fingerprint="sha256:abc",
+    )
+    reply = make_message(
+        conversation, 2, "Hello!", role=MessageRole.BOT, reply_to_message_id=inbound.message_id
+    )
+    event = make_event(conversation, EventType.CONVERSATION_STARTED, metadata={"a": [1, "x"]})
+    change = create_change(conversation, [inbound, reply], [event])
+
+    await store.write(change)
+
+    assert await store.get_conversation(TENANT, conversation.conversation_id) == change.conversation
+    assert await store.get_message(TENANT, inbound.message_id) == inbound
+    assert await store.get_message(TENANT, reply.message_id) == reply
+    assert await store.list_messages(TENANT, conversation.conversation_id, limit=10) == [
+        inbound,
+        reply,
+    ]
+    assert await outbox_events(store) == [event]
+
+
+async def test_an_update_replaces_the_conversation(store: ConversationStore) -> None:
+    conversation, _ = await create(store, texts=("hi",))
+    message = make_message(conversation, 2)
+    change = update_change(
+        conversation,
+        [message],
+        status=ConversationStatus.ESCALATED,
+        updated_at=T0 + timedelta(minutes=1),
+    )
+
+    await store.write(change)
+
+    stored = await store.get_conversation(TENANT, conversation.conversation_id)
+    assert stored == change.conversation
+    assert stored.version == 2
+    assert stored.last_sequence == 2
+
+
+async def test_unknown_ids_read_as_absent(store: ConversationStore) -> None:
+    assert await store.get_conversation(TENANT, "no-such-conversation") is None
+    assert await store.get_message(TENANT, "no-such-message") is None
+    assert await store.get_record(TENANT, "no-such-message") is None
+    assert await store.list_messages(TENANT, "no-such-conversation", limit=10) == []
+
+
+async def test_another_tenant_sees_nothing(store: ConversationStore) -> None:
+    conversation, messages = await create(store, texts=("secret",))
+    await store.write(update_change(conversation, record=make_record(messages[0]), updated_at=T0))
+    cid, mid = conversation.conversation_id, messages[0].message_id
+
+    assert await store.get_conversation(OTHER_TENANT, cid) is None
+    assert await store.get_message(OTHER_TENANT, mid) is None
+    assert await store.get_record(OTHER_TENANT, mid) is None
+    assert await store.list_messages(OTHER_TENANT, cid, limit=10) == []
+    assert [m async for m in store.iter_messages(OTHER_TENANT, cid)] == []
+    everything = ConversationQuery(search_query="secret")
+    assert await store.list_conversations(OTHER_TENANT, everything, limit=10) == []
+    assert not await store.update_delivery_status(OTHER_TENANT, mid, DeliveryStatus.SENT)
+    # ...while the owner still sees all of it, untouched.
+    assert await store.get_message(TENANT, mid) == messages[0]
+    assert ids(list(await store.list_conversations(TENANT, everything, limit=10))) == [cid]
+
+
+async def test_another_tenant_cannot_update_a_conversation(store: ConversationStore) -> None:
+    conversation, _ = await create(store)
+    hijack = update_change(dataclasses.replace(conversation, tenant_id=OTHER_TENANT))
+
+    with pytest.raises(VersionConflict):
+        await store.write(hijack)
+
+    assert await store.get_conversation(TENANT, conversation.conversation_id) == conversation
+
+
+async def test_the_same_message_id_under_two_tenants_is_fine(store: ConversationStore) -> None:
+    ours, _ = await create(store)
+    theirs, _ = await create(store, make_conversation(tenant_id=OTHER_TENANT))
+    our_message = make_message(ours, 1, message_id="shared-id")
+    their_message = make_message(theirs, 1, message_id="shared-id")
+
+    await store.write(update_change(ours, [our_message]))
+    await store.write(update_change(theirs, [their_message]))
+
+    assert await store.get_message(TENANT, "shared-id") == our_message
+    assert await store.get_message(OTHER_TENANT, "shared-id") == their_message
+
+
+# ------------------------------------------------------------ refused writes
+
+
+async def test_a_stale_version_conflicts_and_writes_nothing(store: ConversationStore) -> None:
+    conversation, _ = await create(store)
+    await store.write(update_change(conversation))  # now at version 2
+    current = await store.get_conversation(TENANT, conversation.conversation_id)
+    message = make_message(conversation, 1)
+    stale = update_change(
+        conversation,  # still at version 1
+        [message],
+        [make_event(conversation, message=message)],
+        make_record(message),
+        status=ConversationStatus.COMPLETED,
+    )
+
+    with pytest.raises(VersionConflict):
+        await store.write(stale)
+
+    assert await store.get_conversation(TENANT, conversation.conversation_id) == current
+    assert await store.get_message(TENANT, message.message_id) is None
+    assert await store.get_record(TENANT, message.message_id) is None
+    assert await outbox_events(store) == []
+
+
+async def test_creating_an_existing_conversation_conflicts(store: ConversationStore) -> None:
+    conversation, _ = await create(store)
+
+    with pytest.raises(VersionConflict):
+        await store.write(create_change(dataclasses.replace(conversation, user_id="someone")))
+
+    assert await store.get_conversation(TENANT, conversation.conversation_id) == conversation
+
+
+async def test_updating_a_missing_conversation_conflicts(store: ConversationStore) -> None:
+    never_stored = make_conversation()
+
+    with pytest.raises(VersionConflict):
+        await store.write(update_change(never_stored))
+
+    assert await store.get_conversation(TENANT, never_stored.conversation_id) is None
+
+
+async def test_a_reused_message_id_is_a_duplicate_and_writes_nothing(
+    store: ConversationStore,
+) -> None:
+    _, [first] = await create(store, texts=("first",))
+    elsewhere, _ = await create(store)  # the id is taken tenant-wide
+    again = make_message(elsewhere, 1, message_id=first.message_id)
+    change = update_change(
+        elsewhere, [again], [make_event(elsewhere, message=again)], make_record(again)
+    )
+
+    with pytest.raises(DuplicateMessage) as raised:
+        await store.write(change)
+
+    assert raised.value.message_id == first.message_id
+    assert await store.get_conversation(TENANT, elsewhere.conversation_id) == elsewhere
+    assert await store.get_message(TENANT, first.message_id) == first
+    assert await store.list_messages(TENANT, elsewhere.conversation_id, limit=10) == []
+    assert await store.get_record(TENANT, first.message_id) is None
+    assert await outbox_events(store) == []
+
+
+async def test_a_taken_sequence_is_a_duplicate_and_writes_nothing(
+    store: ConversationStore,
+) -> None:
+    conversation, [first] = await create(store, texts=("first",))
+    fresh = make_message(conversation, 2)
+    clash = make_message(conversation, 1)  # sequence 1 is taken
+    change = update_change(
+        conversation,
+        [fresh, clash],
+        [make_event(conversation, message=fresh)],
+        make_record(fresh),
+    )
+
+    with pytest.raises(DuplicateMessage) as raised:
+        await store.write(change)
+
+    assert raised.value.message_id == clash.message_id
+    assert await store.get_conversation(TENANT, conversation.conversation_id) == conversation
+    assert await store.list_messages(TENANT, conversation.conversation_id, limit=10) == [first]
+    assert await store.get_message(TENANT, fresh.message_id) is None
+    assert await store.get_record(TENANT, fresh.message_id) is None
+    assert await outbox_events(store) == []
+
+
+# ---------------------------------------------------------------- records
+
+
+async def test_an_idempotency_record_reads_back_equal(store: ConversationStore) -> None:
+    conversation, [inbound] = await create(store, texts=("hi",))
+    reply = make_message(conversation, 2, "Hello!", role=MessageRole.BOT)
+    record = make_record(inbound, reply)
+
+    await store.write(update_change(conversation, [reply], record=record))
+
+    assert await store.get_record(TENANT, inbound.message_id) == record
+
+
+# --------------------------------------------------------- list_conversations
+
+
+async def test_list_filters_by_status_channel_and_user(store: ConversationStore) -> None:
+    match, _ = await create(
+        store, make_conversation(status=ConversationStatus.ESCALATED, channel=Channel.SLACK)
+    )
+    await create(store, make_conversation(channel=Channel.SLACK))
+    await create(store, make_conversation(status=ConversationStatus.ESCALATED))
+    mine, _ = await create(store, make_conversation(user_id="user-2"))
+
+    by_status_and_channel = ConversationQuery(
+        status=ConversationStatus.ESCALATED, channel=Channel.SLACK
+    )
+    assert ids(list(await store.list_conversations(TENANT, by_status_and_channel, limit=10))) == [
+        match.conversation_id
+    ]
+    by_user = ConversationQuery(user_id="user-2")
+    assert ids(list(await store.list_conversations(TENANT, by_user, limit=10))) == [
+        mine.conversation_id
+    ]
+
+
+async def test_list_filters_by_a_half_open_time_range(store: ConversationStore) -> None:
+    created = [
+        (await create(store, make_conversation(created_at=T0 + timedelta(hours=h))))[0]
+        for h in range(5)
+    ]
+    query = ConversationQuery(
+        start_time=T0 + timedelta(hours=1), end_time=T0 + timedelta(hours=3), descending=False
+    )
+
+    found = await store.list_conversations(TENANT, query, limit=10)
+
+    assert ids(list(found)) == ids(created[1:3])
+
+
+async def test_list_searches_message_text_case_insensitively(store: ConversationStore) -> None:
+    street, _ = await create(store, texts=("Hello", "Die STRASSE ist lang"))
+    refund, _ = await create(store, texts=("I want a REFUND please",))
+    await create(store, texts=("ok, thx",))
+
+    async def search(text: str) -> set[str]:
+        query = ConversationQuery(search_query=text)
+        return set(ids(list(await store.list_conversations(TENANT, query, limit=10))))
+
+    assert await search("refund") == {refund.conversation_id}
+    assert await search("Straße") == {street.conversation_id}  # casefold: ß -> ss
+    assert await search("E") == {street.conversation_id, refund.conversation_id}
+    assert await search("absent") == set()
+
+
+async def test_search_takes_percent_and_underscore_literally(store: ConversationStore) -> None:
+    literal, _ = await create(store, texts=("save 100%_off today",))
+    await create(store, texts=("save 1000 offers",))  # what % and _ as wildcards would match
+
+    for text in ("100%_off", "0%_o", "%", "_"):
+        query = ConversationQuery(search_query=text)
+        found = await store.list_conversations(TENANT, query, limit=10)
+        assert ids(list(found)) == [literal.conversation_id], text
+
+
+async def test_list_orders_by_creation_time_then_id(store: ConversationStore) -> None:
+    later, _ = await create(
+        store, make_conversation(conversation_id="b", created_at=T0 + timedelta(seconds=1))
+    )
+    tie_b, _ = await create(store, make_conversation(conversation_id="a2", created_at=T0))
+    tie_a, _ = await create(store, make_conversation(conversation_id="a1", created_at=T0))
+
+    newest_first = await store.list_conversations(TENANT, ConversationQuery(), limit=10)
+    oldest_first = await store.list_conversations(
+        TENANT, ConversationQuery(descending=False), limit=10
+    )
+
+    assert ids(list(newest_first)) == ["b", "a2", "a1"]
+    assert ids(list(oldest_first)) == ["a1", "a2", "b"]
+    assert list(oldest_first) == [tie_a, tie_b, later]
+
+
+@pytest.mark.parametrize("descending", [True, False])
+async def test_keyset_pages_cover_everything_once_in_order(
+    store: ConversationStore, descending: bool
+) -> None:
+    # 13 conversations over 5 distinct times: pages end inside runs of ties.
+    created = [
+        (await create(store, make_conversation(created_at=T0 + timedelta(seconds=i % 5))))[0]
+        for i in range(13)
+    ]
+    await create(store, make_conversation(tenant_id=OTHER_TENANT))
+    expected = sorted(created, key=lambda c: (c.created_at, c.conversation_id), reverse=descending)
+
+    pages = await all_conversations(
+        store, TENANT, ConversationQuery(descending=descending), page_size=4
+    )
+
+    assert [len(page) for page in pages] == [4, 4, 4, 1]
+    assert [c for page in pages for c in page] == expected
+
+
+async def test_keyset_pages_respect_filters(store: ConversationStore) -> None:
+    wanted = [
+        (await create(store, make_conversation(created_at=T0 + timedelta(seconds=i))))[0]
+        for i in range(5)
+    ]
+    for i in range(5):
+        await create(
+            store,
+            make_conversation(
+                created_at=T0 + timedelta(seconds=i), status=ConversationStatus.COMPLETED
+            ),
+        )
+    query = ConversationQuery(status=ConversationStatus.ACTIVE, descending=False)
+
+    pages = await all_conversations(store, TENANT, query, page_size=2)
+
+    assert [c for page in pages for c in page] == wanted
+
+
+# ------------------------------------------------------------------ messages
+
+
+async def test_list_messages_in_both_directions_from_a_sequence(
+    store: ConversationStore,
+) -> None:
+    conversation, messages = await create(store, texts=tuple(f"m{i}" for i in range(1, 8)))
+    cid = conversation.conversation_id
+
+    async def sequences(
+        limit: int, after: int | None = None, descending: bool = False
+    ) -> list[int]:
+        found = await store.list_messages(
+            TENANT, cid, limit=limit, after_sequence=after, descending=descending
+        )
+        return [m.sequence for m in found]
+
+    assert await sequences(limit=3) == [1, 2, 3]
+    assert await sequences(limit=3, after=3) == [4, 5, 6]
+    assert await sequences(limit=10, after=5) == [6, 7]
+    assert await sequences(limit=10, after=7) == []
+    assert await sequences(limit=3, descending=True) == [7, 6, 5]
+    assert await sequences(limit=3, descending=True, after=5) == [4, 3, 2]
+    assert await sequences(limit=10, descending=True, after=2) == [1]
+    assert await store.list_messages(TENANT, cid, limit=10) == messages
+
+
+async def test_iter_messages_yields_the_range_across_batches(store: ConversationStore) -> None:
+    texts = tuple(f"m{i}" for i in range(1, MORE_THAN_A_BATCH * 2 + 1))
+    conversation, messages = await create(store, texts=texts)
+    cid, last = conversation.conversation_id, len(texts)
+
+    async def sequences(**kwargs: int) -> list[int]:
+        return [m.sequence async for m in store.iter_messages(TENANT, cid, **kwargs)]
+
+    assert [m async for m in store.iter_messages(TENANT, cid)] == messages
+    assert await sequences(after_sequence=3, through_sequence=17) == list(range(4, 18))
+    assert await sequences(after_sequence=SMALL_BATCH) == list(range(SMALL_BATCH + 1, last + 1))
+    assert await sequences(through_sequence=SMALL_BATCH * 2) == list(range(1, SMALL_BATCH * 2 + 1))
+    assert await sequences(after_sequence=last) == []
+    assert await sequences(after_sequence=9, through_sequence=9) == []
+
+
+# ------------------------------------------------------------- delivery status
+
+
+async def test_delivery_status_only_moves_forward(store: ConversationStore) -> None:
+    conversation, [message] = await create(store, texts=("hi",))
+    mid = message.message_id
+    sent, read = (make_event(conversation, EventType.DELIVERY_UPDATED, message) for _ in "12")
+
+    assert await store.update_delivery_status(TENANT, mid, DeliveryStatus.SENT, sent)
+    assert await status_of(store, mid) is DeliveryStatus.SENT
+    assert await store.update_delivery_status(TENANT, mid, DeliveryStatus.READ, read)
+    for backwards in (DeliveryStatus.READ, DeliveryStatus.DELIVERED, DeliveryStatus.SENT):
+        refused = make_event(conversation, EventType.DELIVERY_UPDATED, message)
+        assert not await store.update_delivery_status(TENANT, mid, backwards, refused)
+
+    assert await store.get_message(TENANT, mid) == dataclasses.replace(
+        message, delivery_status=DeliveryStatus.READ
+    )
+    assert await outbox_events(store) == [sent, read]  # only the moves wrote theirs
+
+
+async def test_failed_is_final(store: ConversationStore) -> None:
+    conversation, [message] = await create(store, texts=("hi",))
+    mid = message.message_id
+
+    assert await store.update_delivery_status(TENANT, mid, DeliveryStatus.FAILED)
+    for later in (DeliveryStatus.SENT, DeliveryStatus.READ, DeliveryStatus.FAILED):
+        refused = make_event(conversation, EventType.DELIVERY_UPDATED, message)
+        assert not await store.update_delivery_status(TENANT, mid, later, refused)
+
+    assert await status_of(store, mid) is DeliveryStatus.FAILED
+    assert await outbox_events(store) == []
+
+
+async def test_an_unknown_message_does_not_move(store: ConversationStore) -> None:
+    conversation = make_conversation()
+    event = make_event(conversation, EventType.DELIVERY_UPDATED)
+
+    assert not await store.update_delivery_status(TENANT, "nope", DeliveryStatus.SENT, event)
+    assert await outbox_events(store) == []
+
+
+# -------------------------------------------------------------------- outbox
+
+
+async def _fill_outbox(store: ConversationStore, count: int) -> list[DomainEvent]:
+    conversation = make_conversation()
+    events = [
+        make_event(conversation, EventType.MESSAGE_RECEIVED, metadata={"n": n, "nested": {"x": n}})
+        for n in range(count)
+    ]
+    created = create_change(conversation, events=events[:2])
+    await store.write(created)
+    await store.write(update_change(created.conversation, events=events[2:]))
+    return events
+
+
+async def test_claims_come_oldest_first_and_equal_to_what_was_written(
+    store: ConversationStore,
+) -> None:
+    events = await _fill_outbox(store, 5)
+
+    first = await store.claim_outbox("relay-1", limit=3, lease_seconds=60)
+    rest = await store.claim_outbox("relay-1", limit=10, lease_seconds=60)
+
+    assert [entry.event for entry in first] == events[:3]
+    positions = [entry.position for entry in first]
+    assert positions == sorted(positions)
+    # The same owner gets its own leased rows back: it may retry a publish.
+    assert [entry.event for entry in rest] == events
+
+
+async def test_another_owner_cannot_claim_leased_rows(store: ConversationStore) -> None:
+    events = await _fill_outbox(store, 4)
+
+    held = await store.claim_outbox("relay-1", limit=2, lease_seconds=60)
+    other = await store.claim_outbox("relay-2", limit=10, lease_seconds=60)
+
+    assert [entry.event for entry in held] == events[:2]
+    assert [entry.event for entry in other] == events[2:]
+    assert await store.claim_outbox("relay-3", limit=10, lease_seconds=60) == []
+
+
+async def test_an_expired_lease_can_be_claimed_by_another_owner(
+    store: ConversationStore,
+) -> None:
+    events = await _fill_outbox(store, 2)
+    await store.claim_outbox("relay-1", limit=10, lease_seconds=0.05)
+
+    await asyncio.sleep(0.1)
+    taken_over = await store.claim_outbox("relay-2", limit=10, lease_seconds=60)
+
+    assert [entry.event for entry in taken_over] == events
+
+
+async def test_published_rows_are_never_claimed_again(store: ConversationStore) -> None:
+    events = await _fill_outbox(store, 4)
+    claimed = await store.claim_outbox("relay-1", limit=3, lease_seconds=0)
+
+    await store.mark_published("relay-1", [entry.position for entry in claimed[:2]])
+
+    remaining = await store.claim_outbox("relay-2", limit=10, lease_seconds=0)
+    assert [entry.event for entry in remaining] == events[2:]
+    assert await store.claim_outbox("relay-1", limit=10, lease_seconds=0) == remaining
+
+
+async def test_marking_rows_another_owner_holds_changes_nothing(
+    store: ConversationStore,
+) -> None:
+    events = await _fill_outbox(store, 2)
+    held = await store.claim_outbox("relay-1", limit=10, lease_seconds=0)
+
+    await store.mark_published("relay-2", [entry.position for entry in held])
+
+    assert await outbox_events(store) == events

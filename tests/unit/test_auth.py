@@ -1,0 +1,344 @@
+"""JWT verification and the development key."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from chat_service.auth import (
+    DEV_ISSUER,
+    DEV_KEY_FILENAME,
+    SCOPE_AGENT,
+    SCOPE_READ,
+    SCOPE_WRITE,
+    DevKey,
+    JwtVerifier,
+    Principal,
+    load_or_create_dev_key,
+)
+from chat_service.domain.errors import Unauthenticated
+
+SECRET = "s" * 32
+ED_KEY = ed25519.Ed25519PrivateKey.generate()
+OTHER_ED_KEY = ed25519.Ed25519PrivateKey.generate()
+
+
+def _public_pem(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | Any) -> bytes:
+    public: Any = key.public_key()
+    pem: bytes = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem
+
+
+def _claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "tenant_id": "tenant-a",
+        "sub": "user-1",
+        "scope": f"{SCOPE_READ} {SCOPE_WRITE}",
+        "iat": now,
+        "exp": now + 300,
+    }
+    claims.update(overrides)
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def _eddsa_token(key: ed25519.Ed25519PrivateKey = ED_KEY, **claims: Any) -> str:
+    return jwt.encode(_claims(**claims), key, algorithm="EdDSA")
+
+
+def _eddsa_verifier(**options: Any) -> JwtVerifier:
+    return JwtVerifier(public_key_pem=_public_pem(ED_KEY), **options)
+
+
+def _reason(verify: Callable[[], Principal]) -> str:
+    with pytest.raises(Unauthenticated) as raised:
+        verify()
+    return raised.value.reason
+
+
+# -------------------------------------------------------------- valid tokens
+
+
+def test_valid_eddsa_token_gives_the_principal() -> None:
+    principal = _eddsa_verifier().verify(_eddsa_token())
+    assert principal == Principal(
+        tenant_id="tenant-a", subject="user-1", scopes=frozenset({SCOPE_READ, SCOPE_WRITE})
+    )
+
+
+def test_valid_hs256_token_gives_the_principal() -> None:
+    token = jwt.encode(_claims(tenant_id="tenant-h"), SECRET, algorithm="HS256")
+    principal = JwtVerifier(secret=SECRET).verify(token)
+    assert principal.tenant_id == "tenant-h"
+
+
+@pytest.mark.parametrize(
+    ("make_key", "algorithm"),
+    [
+        (lambda: ec.generate_private_key(ec.SECP256R1()), "ES256"),
+        (lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256"),
+    ],
+    ids=["ES256", "RS256"],
+)
+def test_ec_and_rsa_public_keys_verify_their_algorithm(
+    make_key: Callable[[], Any], algorithm: str
+) -> None:
+    key = make_key()
+    verifier = JwtVerifier(public_key_pem=_public_pem(key))
+    assert verifier.algorithms == {algorithm}
+    token = jwt.encode(_claims(), key, algorithm=algorithm)
+    assert verifier.verify(token).tenant_id == "tenant-a"
+
+
+def test_scopes_come_from_scope_and_scp_in_either_form() -> None:
+    verifier = _eddsa_verifier()
+    token = _eddsa_token(scope=SCOPE_READ, scp=[SCOPE_AGENT, 7, ""])
+    assert verifier.verify(token).scopes == {SCOPE_READ, SCOPE_AGENT}
+    token = _eddsa_token(scope=None, scp=f"{SCOPE_WRITE}  {SCOPE_AGENT}")
+    assert verifier.verify(token).scopes == {SCOPE_WRITE, SCOPE_AGENT}
+    assert verifier.verify(_eddsa_token(scope=None)).scopes == frozenset()
+
+
+def test_missing_subject_is_empty() -> None:
+    assert _eddsa_verifier().verify(_eddsa_token(sub=None)).subject == ""
+
+
+def test_issuer_and_audience_are_accepted_when_they_match() -> None:
+    verifier = _eddsa_verifier(issuer="https://issuer", audience="chat")
+    token = _eddsa_token(iss="https://issuer", aud=["other", "chat"])
+    assert verifier.verify(token).tenant_id == "tenant-a"
+
+
+def test_audience_is_not_checked_when_none_is_configured() -> None:
+    assert _eddsa_verifier().verify(_eddsa_token(aud="anyone")).tenant_id == "tenant-a"
+
+
+# ------------------------------------------------------------ refused tokens
+
+
+def test_expired_token() -> None:
+    token = _eddsa_token(exp=int(time.time()) - 60)
+    assert _reason(lambda: _eddsa_verifier().verify(token)) == "TOKEN_EXPIRED"
+
+
+def test_leeway_absorbs_clock_skew() -> None:
+    token = _eddsa_token(exp=int(time.time()) - 5)
+    assert _eddsa_verifier(leeway_seconds=30).verify(token).tenant_id == "tenant-a"
+
+
+def test_token_not_yet_valid() -> None:
+    token = _eddsa_token(nbf=int(time.time()) + 600)
+    assert _reason(lambda: _eddsa_verifier().verify(token)) == "TOKEN_NOT_YET_VALID"
+
+
+def test_token_signed_by_another_key() -> None:
+    token = _eddsa_token(OTHER_ED_KEY)
+    assert _reason(lambda: _eddsa_verifier().verify(token)) == "TOKEN_INVALID"
+
+
+def test_tampered_payload() -> None:
+    header, _, signature = _eddsa_token().split(".")
+    forged_payload = jwt.utils.base64url_encode(
+        json.dumps(_claims(tenant_id="tenant-b")).encode()
+    ).decode()
+    token = f"{header}.{forged_payload}.{signature}"
+    assert _reason(lambda: _eddsa_verifier().verify(token)) == "TOKEN_INVALID"
+
+
+def test_unsigned_token() -> None:
+    token = jwt.encode(_claims(), "", algorithm="none")
+    assert _reason(lambda: _eddsa_verifier().verify(token)) == "TOKEN_INVALID"
+
+
+def test_public_key_is_never_used_as_an_hmac_secret() -> None:
+    # The classic algorithm confusion: HS256 "signed" with the public key.
+    import hashlib
+    import hmac
+
+    header = jwt.utils.base64url_encode(b'{"alg":"HS256","typ":"JWT"}')
+    payload = jwt.utils.base64url_encode(json.dumps(_claims()).encode())
+    signing_input = header + b"." + payload
+    mac = hmac.new(_public_pem(ED_KEY), signing_input, hashlib.sha256).digest()
+    token = (signing_input + b"." + jwt.utils.base64url_encode(mac)).decode()
+    assert _reason(lambda: _eddsa_verifier().verify(token)) == "TOKEN_INVALID"
+
+
+def test_algorithm_not_allowed_even_with_a_valid_signature() -> None:
+    verifier = JwtVerifier(public_key_pem=_public_pem(ED_KEY), secret=SECRET, algorithms=["HS256"])
+    assert _reason(lambda: verifier.verify(_eddsa_token())) == "TOKEN_INVALID"
+    hs_token = jwt.encode(_claims(), SECRET, algorithm="HS256")
+    assert verifier.verify(hs_token).tenant_id == "tenant-a"
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"iss": "https://evil"}, "TOKEN_WRONG_ISSUER"),
+        ({"iss": None}, "TOKEN_WRONG_ISSUER"),
+        ({"aud": "other"}, "TOKEN_WRONG_AUDIENCE"),
+        ({"aud": None}, "TOKEN_WRONG_AUDIENCE"),
+    ],
+    ids=["wrong-issuer", "no-issuer", "wrong-audience", "no-audience"],
+)
+def test_configured_issuer_and_audience_must_match(claims: dict[str, Any], reason: str) -> None:
+    verifier = _eddsa_verifier(issuer="https://issuer", audience="chat")
+    token = _eddsa_token(**{"iss": "https://issuer", "aud": "chat", **claims})
+    assert _reason(lambda: verifier.verify(token)) == reason
+
+
+@pytest.mark.parametrize("tenant", [None, "", 42, ["tenant-a"]])
+def test_missing_or_malformed_tenant_claim(tenant: object) -> None:
+    token = _eddsa_token(tenant_id=tenant)
+    assert _reason(lambda: _eddsa_verifier().verify(token)) == "TENANT_CLAIM_MISSING"
+
+
+def test_expiry_is_required() -> None:
+    token = _eddsa_token(exp=None)
+    assert _reason(lambda: _eddsa_verifier().verify(token)) == "TOKEN_INVALID"
+
+
+def test_empty_and_malformed_tokens() -> None:
+    verifier = _eddsa_verifier()
+    assert _reason(lambda: verifier.verify("")) == "TOKEN_MISSING"
+    assert _reason(lambda: verifier.verify("not.a.jwt")) == "TOKEN_INVALID"
+    assert _reason(lambda: verifier.verify("ünïcode")) == "TOKEN_INVALID"
+
+
+def test_error_messages_never_repeat_the_token() -> None:
+    verifier = _eddsa_verifier(issuer="https://issuer")
+    tokens = [
+        _eddsa_token(exp=int(time.time()) - 60),
+        _eddsa_token(OTHER_ED_KEY),
+        _eddsa_token(iss="https://evil"),
+        _eddsa_token(iss="https://issuer", tenant_id=None),
+        "garbage-token-value",
+    ]
+    for token in tokens:
+        with pytest.raises(Unauthenticated) as raised:
+            verifier.verify(token)
+        assert token not in str(raised.value)
+        assert token.split(".")[0] not in raised.value.message
+
+
+# ----------------------------------------------------------------- set-up
+
+
+def test_a_verifier_needs_a_key() -> None:
+    with pytest.raises(ValueError, match="public key or an HS256 secret"):
+        JwtVerifier()
+
+
+def test_a_short_hs256_secret_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        JwtVerifier(secret="short")
+
+
+def test_an_algorithm_without_its_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="RS256"):
+        JwtVerifier(secret=SECRET, algorithms=["HS256", "RS256"])
+
+
+def test_a_non_pem_public_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a PEM public key"):
+        JwtVerifier(public_key_pem="-----BEGIN NOTHING-----")
+
+
+# ------------------------------------------------------------------ dev key
+
+
+def test_dev_key_is_created_private_and_reused(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var" / "nested"
+    first = load_or_create_dev_key(data_dir)
+    path = data_dir / DEV_KEY_FILENAME
+    assert first.path == path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    second = load_or_create_dev_key(data_dir)
+    assert second.public_key_pem() == first.public_key_pem()
+    assert [p.name for p in data_dir.iterdir()] == [DEV_KEY_FILENAME]  # no temporary left
+
+
+def test_dev_tokens_verify_with_the_dev_verifier(tmp_path: Path) -> None:
+    key = load_or_create_dev_key(tmp_path)
+    token = key.mint("tenant-d", "alice", {SCOPE_READ, SCOPE_AGENT}, ttl_seconds=60)
+    assert jwt.decode(token, options={"verify_signature": False})["iss"] == DEV_ISSUER
+    assert key.verifier().verify(token) == Principal(
+        tenant_id="tenant-d", subject="alice", scopes=frozenset({SCOPE_READ, SCOPE_AGENT})
+    )
+
+
+def test_dev_verifier_refuses_other_keys_issuers_and_expired_tokens(tmp_path: Path) -> None:
+    key = load_or_create_dev_key(tmp_path / "a")
+    other = load_or_create_dev_key(tmp_path / "b")
+    verifier = key.verifier(leeway_seconds=0)
+    assert _reason(lambda: verifier.verify(other.mint("t"))) == "TOKEN_INVALID"
+    assert _reason(lambda: verifier.verify(key.mint("t", issuer="x"))) == "TOKEN_WRONG_ISSUER"
+    assert _reason(lambda: verifier.verify(key.mint("t", ttl_seconds=-1))) == "TOKEN_EXPIRED"
+
+
+def test_a_corrupt_dev_key_file_is_reported_not_replaced(tmp_path: Path) -> None:
+    path = tmp_path / DEV_KEY_FILENAME
+    path.write_text("not a key")
+    with pytest.raises(ValueError, match="delete it"):
+        load_or_create_dev_key(tmp_path)
+    assert path.read_text() == "not a key"
+
+
+def _load_together(data_dir: Path, count: int) -> list[DevKey]:
+    """Load the dev key from `count` threads released at the same moment."""
+    barrier = threading.Barrier(count)
+    keys: list[DevKey] = []
+
+    def load() -> None:
+        barrier.wait()
+        keys.append(load_or_create_dev_key(data_dir))
+
+    threads = [threading.Thread(target=load) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return keys
+
+
+def test_concurrent_creation_in_threads_yields_one_key(tmp_path: Path) -> None:
+    for attempt in range(5):
+        data_dir = tmp_path / str(attempt)
+        keys = _load_together(data_dir, 8)
+        on_disk = load_or_create_dev_key(data_dir).public_key_pem()
+        assert len(keys) == 8
+        assert {key.public_key_pem() for key in keys} == {on_disk}
+
+
+def _public_key_in_child(data_dir: str, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    results.put(load_or_create_dev_key(Path(data_dir)).public_key_pem())
+
+
+def test_concurrent_creation_in_processes_yields_one_key(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(4)
+    results = context.Queue()
+    processes = [
+        context.Process(target=_public_key_in_child, args=(str(tmp_path), barrier, results))
+        for _ in range(4)
+    ]
+    for process in processes:
+        process.start()
+    keys = {results.get(timeout=30) for _ in processes}
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    assert keys == {load_or_create_dev_key(tmp_path).public_key_pem()}

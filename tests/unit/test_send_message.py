@@ -1,0 +1,407 @@
+"""SendMessage, the core use case, on fakes: every branch of the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from adapters.memory.locks import InProcessConversationLocks, InProcessIdempotencyGuard
+from chat_service.domain.channels import rules_for
+from chat_service.domain.content import MessageContent, QuickReply
+from chat_service.domain.enums import (
+    Channel,
+    ConversationStatus,
+    DeliveryStatus,
+    MessageRole,
+    MessageType,
+)
+from chat_service.domain.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from chat_service.domain.errors import Unavailable as UnavailableError
+from chat_service.domain.events import EventType
+from chat_service.domain.model import ConversationState, InboundMessage, ProcessingHints
+from chat_service.pipeline.delivery import DeliveryPolicy, DeliveryQueue
+from chat_service.pipeline.send_message import SendMessage, SendSettings
+from chat_service.pipeline.writer import ConversationWriter
+from chat_service.ports import (
+    ConversationChange,
+    EngineFailure,
+    EngineReply,
+    StoreUnavailable,
+)
+from tests.builders import T0
+from tests.fakes import InMemoryStore, RecordingSender, ScriptedEngine, SteppingClock
+
+TENANT = "acme"
+
+
+@dataclass
+class Core:
+    store: InMemoryStore
+    engine: ScriptedEngine
+    sender: RecordingSender
+    delivery: DeliveryQueue
+    send: SendMessage
+
+    async def events(self) -> list[EventType]:
+        entries = await self.store.claim_outbox("test", limit=10_000, lease_seconds=60)
+        return [entry.event.event_type for entry in entries]
+
+
+def build_core(store: InMemoryStore | None = None, *, engine_timeout: float = 0.5) -> Core:
+    store = store or InMemoryStore()
+    engine = ScriptedEngine()
+    sender = RecordingSender()
+    clock = SteppingClock(T0)
+    delivery = DeliveryQueue(
+        store=store,
+        senders={Channel.WEB: sender, Channel.SMS: sender},
+        clock=clock,
+        policy=DeliveryPolicy(attempts=3, first_backoff=0.001),
+    )
+    send = SendMessage(
+        store=store,
+        writer=ConversationWriter(store),
+        locks=InProcessConversationLocks(),
+        idempotency=InProcessIdempotencyGuard(),
+        engine=engine,
+        delivery=delivery,
+        clock=clock,
+        settings=SendSettings(
+            engine_timeout=engine_timeout, lock_timeout=5.0, fallback_text="Sorry, try later."
+        ),
+    )
+    return Core(store, engine, sender, delivery, send)
+
+
+@pytest.fixture
+async def core() -> AsyncIterator[Core]:
+    built = build_core()
+    yield built
+    await built.delivery.close(1.0)
+
+
+def inbound(text: str = "hello", **overrides: object) -> InboundMessage:
+    fields: dict[str, object] = {
+        "tenant_id": TENANT,
+        "message_id": "",
+        "conversation_id": "",
+        "user_id": "user-1",
+        "channel": Channel.WEB,
+        "content": MessageContent.of_text(text),
+    }
+    fields.update(overrides)
+    return InboundMessage(**fields)  # type: ignore[arg-type]
+
+
+async def test_new_conversation_gets_inbound_and_reply_in_sequence(core: Core) -> None:
+    outcome = await core.send(inbound("hi there", message_id="m-1"))
+
+    result = outcome.result
+    assert not outcome.replayed
+    assert result.message_id == "m-1"
+    assert result.sequence == 1
+    assert [r.sequence for r in result.replies] == [2]
+    assert result.replies[0].role is MessageRole.BOT
+    assert result.replies[0].reply_to_message_id == "m-1"
+    assert result.response == MessageContent.of_text("echo: hi there")
+    assert result.state.current_intent == "echo"
+    conversation = await core.store.get_conversation(TENANT, result.conversation_id)
+    assert conversation is not None
+    assert conversation.last_sequence == 2
+    assert conversation.state.current_intent == "echo"
+    assert await core.events() == [
+        EventType.CONVERSATION_STARTED,
+        EventType.MESSAGE_RECEIVED,
+        EventType.MESSAGE_SENT,
+    ]
+
+
+async def test_retry_with_same_id_replays_without_side_effects(core: Core) -> None:
+    first = await core.send(inbound("hi", message_id="m-1"))
+    await core.delivery.wait_idle(1.0)
+    events_before = await core.events()
+
+    again = await core.send(inbound("hi", message_id="m-1"))
+
+    assert again.replayed
+    assert again.result == first.result
+    assert len(core.engine.requests) == 1
+    assert len(core.sender.delivered) == 1
+    messages = await core.store.list_messages(TENANT, first.result.conversation_id, limit=10)
+    assert [m.sequence for m in messages] == [1, 2]
+    assert await core.events() == events_before
+
+
+async def test_concurrent_duplicates_are_processed_once(core: Core) -> None:
+    outcomes = await asyncio.gather(*(core.send(inbound("hi", message_id="dup")) for _ in range(5)))
+
+    assert all(o.result == outcomes[0].result for o in outcomes)
+    assert sum(not o.replayed for o in outcomes) == 1
+    assert len(core.engine.requests) == 1
+
+
+async def test_reused_id_with_other_content_is_rejected(core: Core) -> None:
+    await core.send(inbound("hi", message_id="m-1"))
+
+    with pytest.raises(InvalidArgument) as caught:
+        await core.send(inbound("something else", message_id="m-1"))
+
+    assert caught.value.reason == "MESSAGE_ID_REUSED"
+    assert [v.field for v in caught.value.violations] == ["message_id"]
+
+
+async def test_generated_message_id_when_empty(core: Core) -> None:
+    outcome = await core.send(inbound("hi"))
+
+    assert outcome.result.message_id
+    assert await core.store.get_message(TENANT, outcome.result.message_id) is not None
+
+
+async def test_fifty_concurrent_messages_on_one_conversation(core: Core) -> None:
+    first = await core.send(inbound("start"))
+    conversation_id = first.result.conversation_id
+
+    await asyncio.gather(
+        *(
+            core.send(inbound(f"message {n}", message_id=f"c-{n}", conversation_id=conversation_id))
+            for n in range(49)
+        )
+    )
+
+    messages = await core.store.list_messages(TENANT, conversation_id, limit=1000)
+    assert [m.sequence for m in messages] == list(range(1, 101))
+    # FIFO per conversation: every inbound message is followed by its reply.
+    for user, bot in zip(messages[::2], messages[1::2], strict=True):
+        assert user.role is MessageRole.USER
+        assert bot.reply_to_message_id == user.message_id
+
+
+async def test_engine_timeout_gives_fallback_and_keeps_state() -> None:
+    core = build_core(engine_timeout=0.05)
+    first = await core.send(inbound("hi"))
+    core.engine.delay = 1.0
+
+    outcome = await core.send(
+        inbound("are you there?", conversation_id=first.result.conversation_id)
+    )
+
+    result = outcome.result
+    assert result.fallback_used
+    assert result.fallback_reason == "timeout"
+    assert result.engine == "fallback"
+    assert result.replies[0].content.text == "Sorry, try later."
+    assert result.state == first.result.state
+    assert [r.sequence for r in result.replies] == [4]
+    assert EventType.FALLBACK_USED in await core.events()
+    await core.delivery.close(1.0)
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (EngineFailure("unavailable", "connection refused"), "unavailable"),
+        (EngineFailure("error", "INTERNAL"), "error"),
+        (RuntimeError("engine bug"), "error"),
+    ],
+)
+async def test_engine_failures_give_fallback(core: Core, failure: Exception, reason: str) -> None:
+    core.engine.failure = failure
+
+    result = (await core.send(inbound("hi"))).result
+
+    assert result.fallback_used
+    assert result.fallback_reason == reason
+    assert result.replies[0].content.text == "Sorry, try later."
+
+
+async def test_invalid_engine_reply_gives_fallback(core: Core) -> None:
+    core.engine.reply = EngineReply(
+        contents=(
+            MessageContent(
+                type=MessageType.QUICK_REPLY,
+                text="pick",
+                quick_replies=(QuickReply(title="x" * 21, payload="p"),),
+            ),
+        ),
+        state=ConversationState(current_intent="bad"),
+    )
+
+    result = (await core.send(inbound("hi"))).result
+
+    assert result.fallback_reason == "invalid_reply"
+    assert result.state.current_intent == ""
+
+
+async def test_human_review_escalates_and_the_bot_stays_silent(core: Core) -> None:
+    first = await core.send(
+        inbound("hi", processing_hints=ProcessingHints(require_human_review=True))
+    )
+
+    assert first.result.replies == ()
+    assert first.result.engine == "none"
+    conversation_id = first.result.conversation_id
+    second = await core.send(inbound("hello?", conversation_id=conversation_id))
+
+    assert second.result.replies == ()
+    assert core.engine.requests == []
+    conversation = await core.store.get_conversation(TENANT, conversation_id)
+    assert conversation is not None
+    assert conversation.status is ConversationStatus.ESCALATED
+    assert conversation.last_sequence == 2
+    assert EventType.STATUS_CHANGED in await core.events()
+
+
+async def test_bypass_automation_stores_without_asking(core: Core) -> None:
+    outcome = await core.send(
+        inbound("note", processing_hints=ProcessingHints(bypass_automation=True))
+    )
+
+    assert outcome.result.replies == ()
+    assert core.engine.requests == []
+    again = await core.send(
+        inbound(
+            "note",
+            message_id=outcome.result.message_id,
+            processing_hints=ProcessingHints(bypass_automation=True),
+        )
+    )
+    assert again.replayed
+
+
+async def test_engine_can_escalate(core: Core) -> None:
+    core.engine.reply = EngineReply(
+        contents=(MessageContent.of_text("A person will take over."),),
+        state=ConversationState(current_intent="handoff"),
+        escalate=True,
+    )
+
+    result = (await core.send(inbound("agent please"))).result
+
+    conversation = await core.store.get_conversation(TENANT, result.conversation_id)
+    assert conversation is not None
+    assert conversation.status is ConversationStatus.ESCALATED
+    assert len(result.replies) == 1
+
+
+async def test_unknown_and_foreign_conversations_are_not_found(core: Core) -> None:
+    theirs = await core.send(inbound("hi", tenant_id="other-tenant"))
+
+    for conversation_id in ("no-such-conversation", theirs.result.conversation_id):
+        with pytest.raises(NotFound):
+            await core.send(inbound("hi", conversation_id=conversation_id))
+
+
+async def test_closed_conversation_refuses_messages(core: Core) -> None:
+    first = await core.send(inbound("hi"))
+    conversation = await core.store.get_conversation(TENANT, first.result.conversation_id)
+    assert conversation is not None
+    closed = dataclasses.replace(
+        conversation, status=ConversationStatus.COMPLETED, version=conversation.version + 1
+    )
+    await core.store.write(ConversationChange(closed, expected_version=conversation.version))
+
+    with pytest.raises(FailedPrecondition) as caught:
+        await core.send(inbound("again", conversation_id=conversation.conversation_id))
+    assert caught.value.reason == "CONVERSATION_CLOSED"
+
+
+async def test_other_user_or_channel_is_a_mismatch(core: Core) -> None:
+    first = await core.send(inbound("hi"))
+    conversation_id = first.result.conversation_id
+
+    with pytest.raises(FailedPrecondition) as caught:
+        await core.send(inbound("hi", conversation_id=conversation_id, user_id="intruder"))
+    assert caught.value.reason == "CONVERSATION_MISMATCH"
+    with pytest.raises(FailedPrecondition):
+        await core.send(inbound("hi", conversation_id=conversation_id, channel=Channel.SMS))
+
+
+async def test_long_sms_reply_is_split_into_stored_parts(core: Core) -> None:
+    words = " ".join(f"word{n}" for n in range(450))  # ~3,500 characters
+    core.engine.reply = EngineReply(
+        contents=(MessageContent.of_text(words),), state=ConversationState()
+    )
+
+    result = (await core.send(inbound("tell me a story", channel=Channel.SMS))).result
+
+    limit = rules_for(Channel.SMS).max_text_length
+    assert len(result.replies) >= 3
+    assert all(len(r.content.text) <= limit for r in result.replies)
+    assert [r.sequence for r in result.replies] == list(range(2, 2 + len(result.replies)))
+    assert " ".join(r.content.text for r in result.replies).split() == words.split()
+    assert result.response == MessageContent.of_text(words)
+
+
+class FailSecondWrite(InMemoryStore):
+    """A store that goes down after the inbound message was written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.down_after = 1
+
+    async def write(self, change: ConversationChange) -> None:
+        self.writes += 1
+        if self.writes > self.down_after:
+            raise StoreUnavailable("disk gone")
+        await super().write(change)
+
+
+async def test_retry_after_a_failed_reply_write_resumes_without_duplicates() -> None:
+    store = FailSecondWrite()
+    core = build_core(store)
+
+    with pytest.raises(UnavailableError):
+        await core.send(inbound("hi", message_id="m-1"))
+    store.down_after = 100
+    outcome = await core.send(inbound("hi", message_id="m-1"))
+
+    assert not outcome.replayed
+    messages = await store.list_messages(TENANT, outcome.result.conversation_id, limit=10)
+    assert [(m.sequence, m.role) for m in messages] == [(1, MessageRole.USER), (2, MessageRole.BOT)]
+    assert (await core.send(inbound("hi", message_id="m-1"))).replayed
+    await core.delivery.close(1.0)
+
+
+class StealsTheConversation(InMemoryStore):
+    """Between our read and our write, another writer moves the version on
+    (as when a lock was lost)."""
+
+    async def write(self, change: ConversationChange) -> None:
+        if change.expected_version == 1:
+            current = await self.get_conversation(
+                change.conversation.tenant_id, change.conversation.conversation_id
+            )
+            assert current is not None
+            await super().write(
+                ConversationChange(dataclasses.replace(current, version=2), expected_version=1)
+            )
+        await super().write(change)
+
+
+async def test_version_conflict_is_aborted_and_writes_nothing() -> None:
+    store = StealsTheConversation()
+    core = build_core(store)
+
+    with pytest.raises(Aborted) as caught:
+        await core.send(inbound("hi", message_id="m-1"))
+
+    assert caught.value.reason == "CONVERSATION_CHANGED"
+    assert await store.get_record(TENANT, "m-1") is None
+    await core.delivery.close(1.0)
+
+
+async def test_replies_are_delivered_and_marked_sent(core: Core) -> None:
+    result = (await core.send(inbound("hi"))).result
+    assert result.replies[0].delivery_status is DeliveryStatus.PENDING
+
+    assert await core.delivery.wait_idle(1.0)
+
+    stored = await core.store.get_message(TENANT, result.replies[0].message_id)
+    assert stored is not None
+    assert stored.delivery_status is DeliveryStatus.SENT
+    assert core.sender.delivered == [result.replies[0]]
