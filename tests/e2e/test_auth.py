@@ -15,8 +15,6 @@ from chat_service.auth import SCOPE_READ, load_or_create_dev_key
 from tests.support.grpc_client import Metadata, bearer, rich_error, text_request
 from tests.support.service import ServiceProcess
 
-Stub = chat_service_pb2_grpc.ChatServiceAsyncStub
-
 
 def tenant() -> str:
     return f"tenant-{uuid.uuid4().hex[:8]}"
@@ -37,13 +35,17 @@ async def _expect(call: Awaitable[object], code: grpc.StatusCode, reason: str) -
         ((("authorization", "Basic dXNlcjpwYXNz"),), "TOKEN_INVALID"),
     ],
 )
-async def test_missing_or_malformed_token(stub: Stub, metadata: Metadata, reason: str) -> None:
+async def test_missing_or_malformed_token(
+    stub: chat_service_pb2_grpc.ChatServiceAsyncStub, metadata: Metadata, reason: str
+) -> None:
     await _expect(
         stub.SendMessage(text_request(), metadata=metadata), grpc.StatusCode.UNAUTHENTICATED, reason
     )
 
 
-async def test_expired_token(service: ServiceProcess, stub: Stub) -> None:
+async def test_expired_token(
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
+) -> None:
     token = service.token(tenant(), ttl=-120)  # past the 30 s leeway
 
     await _expect(
@@ -53,7 +55,9 @@ async def test_expired_token(service: ServiceProcess, stub: Stub) -> None:
     )
 
 
-async def test_token_signed_with_another_key(stub: Stub, tmp_path: Path) -> None:
+async def test_token_signed_with_another_key(
+    stub: chat_service_pb2_grpc.ChatServiceAsyncStub, tmp_path: Path
+) -> None:
     forged = load_or_create_dev_key(tmp_path).mint(tenant())
 
     await _expect(
@@ -63,7 +67,9 @@ async def test_token_signed_with_another_key(stub: Stub, tmp_path: Path) -> None
     )
 
 
-async def test_tenant_header_must_match_the_token(service: ServiceProcess, stub: Stub) -> None:
+async def test_tenant_header_must_match_the_token(
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
+) -> None:
     auth = bearer(service.token("acme"), ("x-tenant-id", "globex"))
 
     await _expect(
@@ -73,7 +79,9 @@ async def test_tenant_header_must_match_the_token(service: ServiceProcess, stub:
     )
 
 
-async def test_read_scope_cannot_write(service: ServiceProcess, stub: Stub) -> None:
+async def test_read_scope_cannot_write(
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
+) -> None:
     auth = bearer(service.token(tenant(), scopes=[SCOPE_READ]))
 
     await stub.ListConversations(pb.ListConversationsRequest(), metadata=auth)
@@ -85,7 +93,7 @@ async def test_read_scope_cannot_write(service: ServiceProcess, stub: Stub) -> N
 
 
 async def test_another_tenants_conversation_does_not_exist_for_you(
-    service: ServiceProcess, stub: Stub
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
 ) -> None:
     owner = bearer(service.token(tenant()))
     intruder = bearer(service.token(tenant()))
