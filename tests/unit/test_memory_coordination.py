@@ -1,0 +1,110 @@
+"""In-process locks, idempotency claims and rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from adapters.memory.locks import InProcessIdempotencyGuard, KeyedLocks
+from adapters.memory.rate_limit import InProcessRateLimiter
+from chat_service.config import RateLimit
+from chat_service.ports import LockTimeout
+
+
+async def test_waiters_are_served_in_arrival_order() -> None:
+    locks = KeyedLocks()
+    order: list[int] = []
+
+    async def worker(n: int) -> None:
+        async with locks.acquire("k", timeout=5):
+            order.append(n)
+            await asyncio.sleep(0)
+
+    async with locks.acquire("k", timeout=5):
+        tasks = []
+        for n in range(20):
+            tasks.append(asyncio.create_task(worker(n)))
+            await asyncio.sleep(0)  # each task queues before the next starts
+    await asyncio.gather(*tasks)
+
+    assert order == list(range(20))
+    assert len(locks) == 0  # nothing left behind
+
+
+async def test_fencing_tokens_grow_per_grant() -> None:
+    locks = KeyedLocks()
+    tokens = []
+    for _ in range(3):
+        async with locks.acquire("k", timeout=1) as lease:
+            tokens.append(lease.fencing_token)
+    assert tokens == sorted(tokens)
+    assert len(set(tokens)) == 3
+
+
+async def test_lock_timeout_and_cleanup_after_it() -> None:
+    locks = KeyedLocks()
+    async with locks.acquire("k", timeout=1):
+        with pytest.raises(LockTimeout):
+            async with locks.acquire("k", timeout=0.01):
+                pass
+    assert len(locks) == 0
+
+
+async def test_cancelled_waiter_frees_its_place() -> None:
+    locks = KeyedLocks()
+    async with locks.acquire("k", timeout=1):
+        waiter = asyncio.create_task(locks.acquire("k", timeout=5).__aenter__())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    async with locks.acquire("k", timeout=0.1):
+        pass
+    assert len(locks) == 0
+
+
+async def test_different_keys_do_not_wait_for_each_other() -> None:
+    locks = KeyedLocks()
+    async with locks.acquire("a", timeout=1), locks.acquire("b", timeout=0.01):
+        assert len(locks) == 2
+
+
+async def test_idempotency_claims_are_exclusive_per_tenant_and_key() -> None:
+    guard = InProcessIdempotencyGuard()
+    async with guard.claim("t1", "m", timeout=1), guard.claim("t2", "m", timeout=0.01):
+        with pytest.raises(LockTimeout):
+            async with guard.claim("t1", "m", timeout=0.01):
+                pass
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_token_bucket_allows_the_burst_then_refills() -> None:
+    time = FakeTime()
+    limiter = InProcessRateLimiter(lambda tenant: RateLimit(rate=2.0, burst=3), clock=time)
+
+    assert [(await limiter.acquire("t")).allowed for _ in range(4)] == [True, True, True, False]
+    refused = await limiter.acquire("t")
+    assert refused.retry_after == pytest.approx(0.5)
+    time.now += 0.5
+    assert (await limiter.acquire("t")).allowed
+    time.now += 100  # never more than the burst saved up
+    assert [(await limiter.acquire("t")).allowed for _ in range(4)] == [True, True, True, False]
+
+
+async def test_tenants_have_their_own_buckets_and_limits() -> None:
+    limits = {"small": RateLimit(rate=1, burst=1)}
+    limiter = InProcessRateLimiter(
+        lambda tenant: limits.get(tenant, RateLimit(rate=10, burst=10)), clock=FakeTime()
+    )
+
+    assert (await limiter.acquire("small")).allowed
+    assert not (await limiter.acquire("small")).allowed
+    assert all([(await limiter.acquire("big")).allowed for _ in range(10)])
