@@ -14,6 +14,7 @@ from dataclasses import replace
 from chat_service.domain.content import Button, MessageContent, QuickReply
 from chat_service.domain.enums import ButtonType, MessageType
 from chat_service.domain.model import ConversationState, JsonValue
+from chat_service.domain.validation import MAX_TEXT_LENGTH
 from chat_service.ports import EngineReply, EngineRequest, ExpectedInput
 
 _GREETING = re.compile(r"^\s*(hi|hello|hey|hola|good (morning|afternoon|evening))\b", re.I)
@@ -85,7 +86,10 @@ class BuiltinEngine:
         if content.media is not None:
             kind = content.type.value if content.type else "file"
             return _reply(state, f"share_{kind}", slots, f"Thanks, I received your {kind}.", 0.9)
-        return _reply(state, "fallback", slots, f"You said: {text}" if text else "Got it.", 0.3)
+        echo = f"You said: {text}" if text else "Got it."
+        if len(echo) > MAX_TEXT_LENGTH:  # a reply must fit the content rules too
+            echo = echo[: MAX_TEXT_LENGTH - 1] + "…"
+        return _reply(state, "fallback", slots, echo, 0.3)
 
 
 def _reply(

@@ -12,9 +12,10 @@ from typing import Any
 
 from chatbot.chat.v1 import chat_service_pb2 as pb
 from chatbot.chat.v1 import chat_service_pb2_grpc
+from google.protobuf.message import Message
 
 from chat_service.domain.enums import SortOrder
-from chat_service.domain.errors import Unimplemented
+from chat_service.domain.errors import FieldViolation, InvalidArgument, Unimplemented
 from chat_service.grpc_api.auth_interceptor import current_principal
 from chat_service.grpc_api.mappers import (
     conversation_to_proto,
@@ -69,6 +70,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def ListConversations(
         self, request: pb.ListConversationsRequest, context: Context
     ) -> pb.ListConversationsResponse:
+        _known_enums(request, "status", "channel", "order")
         query = ConversationQuery(
             status=conversation_status_from_proto(request.status),
             channel=channel_from_proto(request.channel),
@@ -100,6 +102,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: Context
     ) -> pb.ListMessagesResponse:
+        _known_enums(request, "order")
         page = await self._queries.list_messages(
             current_principal().tenant_id,
             request.conversation_id,
@@ -115,6 +118,7 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     async def UpdateConversationStatus(
         self, request: pb.UpdateConversationStatusRequest, context: Context
     ) -> pb.UpdateConversationStatusResponse:
+        _known_enums(request, "status")
         conversation = await self._update_status(
             current_principal().tenant_id,
             request.conversation_id,
@@ -148,6 +152,19 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
 
     async def VerifyWebhook(self, request: Any, context: Context) -> Any:
         raise _not_yet("VerifyWebhook")
+
+
+def _known_enums(request: Message, *fields: str) -> None:
+    """Refuse enum numbers this server does not know (a newer client's value):
+    read as "unset" they would silently widen a filter."""
+    violations = []
+    for name in fields:
+        number = getattr(request, name)
+        enum = request.DESCRIPTOR.fields_by_name[name].enum_type
+        if enum is not None and enum.values_by_number.get(number) is None:
+            violations.append(FieldViolation(name, f"unknown {enum.name} value {number}"))
+    if violations:
+        raise InvalidArgument(violations)
 
 
 def _not_yet(method: str) -> Unimplemented:

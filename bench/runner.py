@@ -1,0 +1,48 @@
+"""Runs the selected scenarios in an order that makes their ratios fair.
+
+The machines are shared and noisy, so absolute figures drift between runs.
+Each baseline a selected scenario needs is measured first and again last,
+the other scenarios in between, and a scenario's ratios use the mean of
+its baseline's before and after runs: a slow drift then weighs on both
+sides of the ratio alike.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterable, Sequence
+
+import grpc
+
+from bench.load import LoadSettings
+from bench.report import Report, Run
+from bench.scenarios import PAYLOAD_BYTES, Scenario, scenario_named
+
+
+def run_order(selected: Iterable[Scenario]) -> list[Scenario]:
+    """Baselines (selected or needed), then the rest, then the baselines again."""
+    chosen = list(dict.fromkeys(selected))
+    baselines = list(
+        dict.fromkeys(
+            scenario if scenario.baseline is None else scenario_named(scenario.baseline)
+            for scenario in chosen
+        )
+    )
+    others = [scenario for scenario in chosen if scenario not in baselines]
+    return [*baselines, *others, *baselines]
+
+
+async def run_bench(selected: Sequence[Scenario], settings: LoadSettings) -> Report:
+    runs = []
+    for scenario in run_order(selected):
+        runs.append(Run(scenario.name, await scenario.run(settings)))
+    return Report(
+        settings=settings,
+        cpu_count=os.cpu_count() or 0,
+        python=platform.python_version(),
+        grpcio=grpc.__version__,
+        payload_bytes=PAYLOAD_BYTES,
+        runs=tuple(runs),
+        baselines={s.name: s.baseline for s in selected if s.baseline is not None},
+    )

@@ -1,0 +1,129 @@
+"""The servers under load, each started as a child process on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.children import Child, free_port, running_child, temporary_directory
+from chat_service.auth import load_or_create_dev_key
+
+START_TIMEOUT_SECONDS = 30.0
+
+# Generous enough never to throttle the bench's single tenant.
+UNLIMITED_RATE = "1000000000"
+
+# The service reads these; a scenario starts from none of them set (the
+# embedded defaults) whatever the bench's own environment holds, and adds
+# its own (MONGODB_URI, ...) on top.
+_SERVICE_VARIABLES = (
+    "MONGODB_URI",
+    "REDIS_URL",
+    "KAFKA_BROKERS",
+    "MCP_ENGINE_URL",
+    "SECURITY_HUB_URL",
+    "RATE_LIMIT_TENANTS",
+    "JWT_PUBLIC_KEY",
+    "JWT_PUBLIC_KEY_FILE",
+    "JWT_SECRET",
+    "JWT_SECRET_FILE",
+    "JWT_ALGORITHMS",
+    "JWT_ISSUER",
+    "JWT_AUDIENCE",
+)
+
+
+@asynccontextmanager
+async def running_echo_server() -> AsyncIterator[str]:
+    """The bare grpc.aio echo server (bench.echo_server); yields its address."""
+    async with (
+        temporary_directory("bench-echo-") as directory,
+        running_child(
+            "echo server",
+            "bench.echo_server",
+            log_path=directory / "echo.log",
+            capture_stdout=True,
+        ) as child,
+    ):
+        yield f"127.0.0.1:{await _reported_port(child)}"
+
+
+async def _reported_port(child: Child) -> int:
+    stdout = child.process.stdout
+    assert stdout is not None  # started with capture_stdout
+    try:
+        line = await asyncio.wait_for(stdout.readline(), START_TIMEOUT_SECONDS)
+    except TimeoutError:
+        raise await child.failure("did not report its port") from None
+    if not line.strip().isdigit():
+        await child.process.wait()
+        raise await child.failure(f"reported {line!r} instead of its port")
+    return int(line)
+
+
+@dataclass(frozen=True, slots=True)
+class RunningService:
+    address: str
+    data_dir: Path
+
+    async def token(self, tenant_id: str) -> str:
+        """A token signed with the development key this service trusts."""
+        key = await asyncio.to_thread(load_or_create_dev_key, self.data_dir)
+        return key.mint(tenant_id, "bench")
+
+
+@asynccontextmanager
+async def running_chat_service(
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[RunningService]:
+    """`python -m chat_service` on a fresh data directory, serving when yielded.
+
+    `env` adds to (or overrides) the settings below: a scenario's store,
+    coordination and event parts.
+    """
+    async with temporary_directory("bench-service-") as data_dir:
+        port = free_port()
+        settings = {
+            **dict.fromkeys(_SERVICE_VARIABLES, ""),
+            "SERVICE_HOST": "127.0.0.1",
+            "SERVICE_PORT": str(port),
+            "DATA_DIR": str(data_dir),
+            "LOG_LEVEL": "WARNING",
+            "RATE_LIMIT_PER_SECOND": UNLIMITED_RATE,
+            "RATE_LIMIT_BURST": UNLIMITED_RATE,
+            "SHUTDOWN_DELAY_SECONDS": "0",
+            **(env or {}),
+        }
+        async with running_child(
+            "chat service", "chat_service", log_path=data_dir / "service.log", env=settings
+        ) as child:
+            address = f"127.0.0.1:{port}"
+            await _wait_serving(child, address)
+            yield RunningService(address, data_dir)
+
+
+async def _wait_serving(child: Child, address: str) -> None:
+    """Until grpc.health.v1 says SERVING; an error with the log if the child dies first."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if child.exited:
+                raise await child.failure("exited while starting")
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            except grpc.aio.AioRpcError:
+                pass  # not listening yet
+            else:
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            if time.monotonic() > deadline:
+                raise await child.failure(f"not SERVING after {START_TIMEOUT_SECONDS} s")
+            await asyncio.sleep(0.05)
