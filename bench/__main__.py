@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.children import ChildFailed
 from bench.load import LoadSettings
 from bench.report import format_table, report_json
 from bench.runner import run_bench
@@ -32,18 +33,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     selected = [scenario_named(name) for name in args.scenarios or [s.name for s in SCENARIOS]]
 
-    report = asyncio.run(run_bench(selected, settings))
+    try:
+        report = asyncio.run(run_bench(selected, settings, progress=_to_stderr))
+    except ChildFailed as error:
+        print(f"BENCH FAILED: a server under test failed: {error}", file=sys.stderr)
+        return 1
 
     print(format_table(report), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(report_json(report), indent=2) + "\n")
     problems = report.problems()
     if problems:
-        print("\nBENCH FAILED: calls failed, the figures above are not valid:", file=sys.stderr)
+        print("\nBENCH FAILED: the figures above are not valid:", file=sys.stderr)
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
     return 0
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _parser() -> argparse.ArgumentParser:

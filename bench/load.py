@@ -41,7 +41,7 @@ class LoadResult:
     p50_ms: float  # NaN when no call completed in the window
     p99_ms: float
     errors: Mapping[str, int]  # failed calls by kind (a gRPC code's name, or an exception's)
-    error_samples: tuple[str, ...]  # the first few failures' messages
+    error_samples: tuple[str, ...]  # the first few distinct failure messages
 
     @property
     def calls_per_second(self) -> float:
@@ -67,8 +67,9 @@ async def run_load(caller_for: CallerFactory, settings: LoadSettings) -> LoadRes
                 await call()
             except Exception as error:  # every failure is data, never a crash of the bench
                 errors[_kind(error)] += 1
-                if len(samples) < ERROR_SAMPLES:
-                    samples.append(_describe(error))
+                description = _describe(error)
+                if len(samples) < ERROR_SAMPLES and description not in samples:
+                    samples.append(description)
                 continue
             ended = clock()
             if measure_from <= ended <= measure_until:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import grpc
 
@@ -33,9 +33,21 @@ def run_order(selected: Iterable[Scenario]) -> list[Scenario]:
     return [*baselines, *others, *baselines]
 
 
-async def run_bench(selected: Sequence[Scenario], settings: LoadSettings) -> Report:
+def _quiet(line: str) -> None:
+    pass
+
+
+async def run_bench(
+    selected: Sequence[Scenario],
+    settings: LoadSettings,
+    *,
+    progress: Callable[[str], None] = _quiet,
+) -> Report:
+    """Runs the scenarios (and their baselines); `progress` hears of each run as it starts."""
+    order = run_order(selected)
     runs = []
-    for scenario in run_order(selected):
+    for number, scenario in enumerate(order, 1):
+        progress(f"run {number}/{len(order)}: {scenario.name}")
         runs.append(Run(scenario.name, await scenario.run(settings)))
     return Report(
         settings=settings,
