@@ -37,6 +37,8 @@ SCOPE_AGENT = "chat:agent"
 DEV_ISSUER = "chat-service-dev"
 DEV_KEY_FILENAME = "dev-jwt-ed25519.pem"
 DEV_SCOPES = frozenset({SCOPE_READ, SCOPE_WRITE})
+# Verified tokens remembered (see JwtVerifier.verify); each entry is small.
+VERIFIED_TOKENS_CACHED = 10_000
 
 # HS256 keys shorter than the hash are brute-forceable (RFC 7518, 3.2).
 MIN_HS256_SECRET_BYTES = 32
@@ -113,6 +115,7 @@ class JwtVerifier:
         if leeway_seconds < 0:
             raise ValueError("the JWT leeway must not be negative")
         self._keys: Mapping[str, _VerificationKey] = keys
+        self._verified: dict[str, tuple[Principal, float]] = {}
         self._issuer = issuer or None
         self._audience = audience or None
         self._leeway = leeway_seconds
@@ -124,16 +127,29 @@ class JwtVerifier:
     def verify(self, token: str) -> Principal:
         if not token:
             raise Unauthenticated("a bearer token is required", reason=TOKEN_MISSING)
+        # A client sends the same token with every call: checking a signature
+        # each time costs more than the rest of authentication, so verified
+        # tokens are remembered until they expire (a token cannot change).
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires = cached
+            if time.time() <= expires + self._leeway:
+                return principal
+            del self._verified[token]
         claims = self._verified_claims(token)
         tenant_id = claims.get("tenant_id")
         if not isinstance(tenant_id, str) or not tenant_id:
             raise Unauthenticated("the token has no tenant_id claim", reason=TENANT_CLAIM_MISSING)
         subject = claims.get("sub")
-        return Principal(
+        principal = Principal(
             tenant_id=tenant_id,
             subject=subject if isinstance(subject, str) else "",
             scopes=_scopes_of(claims),
         )
+        if len(self._verified) >= VERIFIED_TOKENS_CACHED:
+            self._verified.pop(next(iter(self._verified)))  # the oldest entry
+        self._verified[token] = (principal, float(claims["exp"]))
+        return principal
 
     def _verified_claims(self, token: str) -> dict[str, Any]:
         try:

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from adapters.channels.web import WebSender
 from adapters.engine.builtin import BuiltinEngine
 from adapters.memory.clock import SystemClock
 from adapters.memory.locks import InProcessConversationLocks, InProcessIdempotencyGuard
@@ -81,9 +80,13 @@ async def build_services(settings: Settings) -> Services:
     engine = await _engine(settings, closers)
     relay = OutboxRelay(store, publisher)
     writer = ConversationWriter(store, [lambda _change: relay.wake()])
-    senders: dict[Channel, ChannelSender] = {Channel.WEB: WebSender()}
+    senders: dict[Channel, ChannelSender] = {}  # platform connectors: not in this version
     delivery = DeliveryQueue(
-        store=store, senders=senders, clock=clock, listeners=[lambda _m, _s: relay.wake()]
+        store=store,
+        senders=senders,
+        clock=clock,
+        listeners=[lambda _m, _s: relay.wake()],
+        delivered_by_storing=(Channel.WEB,),
     )
     locks = InProcessConversationLocks()
     return Services(

@@ -265,6 +265,12 @@ class Engine(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def history_size(self) -> int:
+        """How many earlier messages the engine wants with each request (0: none,
+        so none are read)."""
+        ...
+
     async def process(self, request: EngineRequest) -> EngineReply: ...
 
 

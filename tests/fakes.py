@@ -218,6 +218,7 @@ class ScriptedEngine:
     """Engine port: answers from a script, or fails, or stalls, as told."""
 
     name = "scripted"
+    history_size = 20
 
     def __init__(self, reply: EngineReply | None = None) -> None:
         self.reply = reply

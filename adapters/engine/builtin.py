@@ -30,6 +30,7 @@ _MENU = (
 
 class BuiltinEngine:
     name = "builtin"
+    history_size = 0  # the rules look at the current message only
 
     async def process(self, request: EngineRequest) -> EngineReply:
         content = request.content

@@ -27,6 +27,7 @@ CHANNEL_OPTIONS = [
 
 class GrpcEngine:
     name = "mcp"
+    history_size = 20  # ProcessMessageRequest.recent_messages: "at most 20"
 
     def __init__(self, target: str, *, timeout: float) -> None:
         self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)

@@ -8,12 +8,14 @@ operation, and the event loop never waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from chat_service.ports import StoreUnavailable
 
@@ -94,3 +96,122 @@ class ConnectionPool:
         self._executor.shutdown(wait=True)
         for connection in self._connections:
             connection.close()
+
+
+class GroupCommitWriter:
+    """Runs write units of work on one connection, many per transaction.
+
+    Every write of the store goes through here. The writer thread takes all
+    units queued since its last commit (up to `max_batch`), runs them in one
+    `BEGIN IMMEDIATE` transaction, each inside its own SAVEPOINT, and
+    commits once: a unit that raises rolls back only its own changes and gets
+    its own exception, the others commit together. Under load this turns
+    many small commits (and as many thread hand-offs) into a few large ones;
+    alone, a unit commits as soon as it is queued. If BEGIN or COMMIT fails,
+    no unit of the batch took effect and each gets the error.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, *, name: str, max_batch: int = 64) -> None:
+        self._connection = connection
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Unit[Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    async def run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        self._queue.put(_Unit(work, future, loop))
+        return await future
+
+    def close(self) -> None:
+        """Blocking: finishes the queued units, then closes the connection."""
+        self._queue.put(None)
+        self._thread.join()
+        self._connection.close()
+
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    unit = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if unit is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(unit)
+            _deliver(self._commit(batch))
+
+    def _commit(
+        self, batch: list[_Unit[Any]]
+    ) -> list[tuple[_Unit[Any], Any, BaseException | None]]:
+        connection = self._connection
+        outcomes: list[tuple[_Unit[Any], Any, BaseException | None]] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for unit in batch:
+                connection.execute("SAVEPOINT unit")
+                try:
+                    result = unit.work(connection)
+                except Exception as error:
+                    connection.execute("ROLLBACK TO unit")
+                    outcomes.append((unit, None, _translated(error)))
+                else:
+                    outcomes.append((unit, result, None))
+                connection.execute("RELEASE unit")
+            connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            if connection.in_transaction:
+                connection.rollback()
+            failure = _translated(error)
+            return [(unit, None, failure) for unit in batch]
+        return outcomes
+
+
+class _Unit(Generic[_T]):
+    __slots__ = ("future", "loop", "work")
+
+    def __init__(
+        self,
+        work: Callable[[sqlite3.Connection], _T],
+        future: asyncio.Future[_T],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.work = work
+        self.future = future
+        self.loop = loop
+
+
+def _translated(error: BaseException) -> BaseException:
+    if isinstance(error, sqlite3.Error) and means_unavailable(error):
+        unavailable = StoreUnavailable(f"SQLite: {error}")
+        unavailable.__cause__ = error
+        return unavailable
+    return error
+
+
+def _deliver(outcomes: list[tuple[_Unit[Any], Any, BaseException | None]]) -> None:
+    """Resolve the batch's futures with one wake-up per event loop."""
+    by_loop: dict[
+        asyncio.AbstractEventLoop, list[tuple[_Unit[Any], Any, BaseException | None]]
+    ] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, resolved in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+            loop.call_soon_threadsafe(_resolve, resolved)
+
+
+def _resolve(outcomes: list[tuple[_Unit[Any], Any, BaseException | None]]) -> None:
+    for unit, result, error in outcomes:
+        if unit.future.done():  # the caller was cancelled
+            continue
+        if error is None:
+            unit.future.set_result(result)
+        else:
+            unit.future.set_exception(error)

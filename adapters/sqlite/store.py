@@ -14,14 +14,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from adapters.sqlite.connections import (
     SYNCHRONOUS_MODES,
     ConnectionPool,
+    GroupCommitWriter,
     connect,
     means_unavailable,
 )
@@ -58,7 +59,7 @@ class SqliteStore:
     """The ConversationStore port on SQLite. Build it with `open()`."""
 
     def __init__(
-        self, writer: ConnectionPool, readers: ConnectionPool, *, iter_batch_size: int
+        self, writer: GroupCommitWriter, readers: ConnectionPool, *, iter_batch_size: int
     ) -> None:
         self._writer = writer
         self._readers = readers
@@ -90,7 +91,7 @@ class SqliteStore:
             raise ValueError("readers and iter_batch_size must be positive")
         connections = await asyncio.to_thread(_open_connections, path, mode, readers, busy_timeout)
         return cls(
-            ConnectionPool(connections[:1], name="sqlite-writer"),
+            GroupCommitWriter(connections[0], name="sqlite-writer"),
             ConnectionPool(connections[1:], name="sqlite-reader"),
             iter_batch_size=iter_batch_size,
         )
@@ -190,7 +191,9 @@ class SqliteStore:
     async def write(self, change: ConversationChange) -> None:
         if change.conversation.version != change.expected_version + 1:
             raise ValueError("the new conversation version must be expected_version + 1")
-        await self._write(lambda c: _write_change(c, change))
+        # Encoded here, so the writer thread holds the write lock for SQL only.
+        encoded = _EncodedChange.of(change)
+        await self._write(lambda c: _write_change(c, encoded))
 
     async def update_delivery_status(
         self,
@@ -357,20 +360,6 @@ def _positive(limit: int) -> int:
 # ------------------------------------------------------------- transactions
 
 
-@contextmanager
-def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE takes the write lock up front, so a transaction never
-    fails half-way for want of it; any exception rolls everything back."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.rollback()
-        raise
-
-
 _INSERT_CONVERSATION = """
 INSERT INTO conversations (
     conversation_id, tenant_id, user_id, channel, status, created_at, updated_at,
@@ -414,41 +403,58 @@ _APPEND_EVENT = "INSERT INTO outbox (event) VALUES (?)"
 _UNIQUENESS = frozenset({sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE})
 
 
-def _write_change(connection: sqlite3.Connection, change: ConversationChange) -> None:
-    new = change.conversation
-    # Encoded before the transaction, so the write lock is held for SQL only.
-    conversation = conversation_params(new)
-    messages = [(message.message_id, message_params(message)) for message in change.messages]
-    events = _event_rows(change.events)
-    record = None if change.record is None else record_params(change.record)
+@dataclass(frozen=True, slots=True)
+class _EncodedChange:
+    """A ConversationChange as SQL parameters, encoded before it reaches the
+    writer thread so that the write lock is held for SQL only."""
 
-    with _transaction(connection):
-        if change.expected_version == 0:
-            try:
-                connection.execute(_INSERT_CONVERSATION, conversation)
-            except sqlite3.IntegrityError as error:
-                raise VersionConflict(
-                    f"conversation {new.conversation_id!r} already exists"
-                ) from error
-        else:
-            replaced = connection.execute(
-                _REPLACE_CONVERSATION, conversation | {"expected_version": change.expected_version}
+    conversation_id: str
+    expected_version: int
+    conversation: Params
+    messages: list[tuple[str, Params]]
+    events: list[tuple[str]]
+    record: Params | None
+
+    @classmethod
+    def of(cls, change: ConversationChange) -> _EncodedChange:
+        return cls(
+            conversation_id=change.conversation.conversation_id,
+            expected_version=change.expected_version,
+            conversation=conversation_params(change.conversation),
+            messages=[(m.message_id, message_params(m)) for m in change.messages],
+            events=_event_rows(change.events),
+            record=None if change.record is None else record_params(change.record),
+        )
+
+
+def _write_change(connection: sqlite3.Connection, change: _EncodedChange) -> None:
+    if change.expected_version == 0:
+        try:
+            connection.execute(_INSERT_CONVERSATION, change.conversation)
+        except sqlite3.IntegrityError as error:
+            raise VersionConflict(
+                f"conversation {change.conversation_id!r} already exists"
+            ) from error
+    else:
+        replaced = connection.execute(
+            _REPLACE_CONVERSATION,
+            change.conversation | {"expected_version": change.expected_version},
+        )
+        if replaced.rowcount != 1:
+            raise VersionConflict(
+                f"conversation {change.conversation_id!r} is not at version "
+                f"{change.expected_version}"
             )
-            if replaced.rowcount != 1:
-                raise VersionConflict(
-                    f"conversation {new.conversation_id!r} is not at version "
-                    f"{change.expected_version}"
-                )
-        for message_id, params in messages:
-            try:
-                connection.execute(_INSERT_MESSAGE, params)
-            except sqlite3.IntegrityError as error:
-                if error.sqlite_errorcode in _UNIQUENESS:
-                    raise DuplicateMessage(message_id) from error
-                raise
-        connection.executemany(_APPEND_EVENT, events)
-        if record is not None:
-            connection.execute(_SAVE_RECORD, record)
+    for message_id, params in change.messages:
+        try:
+            connection.execute(_INSERT_MESSAGE, params)
+        except sqlite3.IntegrityError as error:
+            if error.sqlite_errorcode in _UNIQUENESS:
+                raise DuplicateMessage(message_id) from error
+            raise
+    connection.executemany(_APPEND_EVENT, change.events)
+    if change.record is not None:
+        connection.execute(_SAVE_RECORD, change.record)
 
 
 def _advance_delivery_status(
@@ -459,18 +465,17 @@ def _advance_delivery_status(
     event: DomainEvent | None,
 ) -> bool:
     events = _event_rows(() if event is None else (event,))
-    with _transaction(connection):
-        row = connection.execute(
-            "SELECT delivery_status FROM messages WHERE tenant_id = ? AND message_id = ?",
-            (tenant_id, message_id),
-        ).fetchone()
-        if row is None or not DeliveryStatus(row["delivery_status"]).can_advance_to(status):
-            return False
-        connection.execute(
-            "UPDATE messages SET delivery_status = ? WHERE tenant_id = ? AND message_id = ?",
-            (status.value, tenant_id, message_id),
-        )
-        connection.executemany(_APPEND_EVENT, events)
+    row = connection.execute(
+        "SELECT delivery_status FROM messages WHERE tenant_id = ? AND message_id = ?",
+        (tenant_id, message_id),
+    ).fetchone()
+    if row is None or not DeliveryStatus(row["delivery_status"]).can_advance_to(status):
+        return False
+    connection.execute(
+        "UPDATE messages SET delivery_status = ? WHERE tenant_id = ? AND message_id = ?",
+        (status.value, tenant_id, message_id),
+    )
+    connection.executemany(_APPEND_EVENT, events)
     return True
 
 
@@ -493,28 +498,24 @@ LIMIT :limit
 def _claim_outbox(
     connection: sqlite3.Connection, owner: str, limit: int, lease_micros: int
 ) -> list[OutboxEntry]:
-    with _transaction(connection):
-        now = _now_micros()
-        rows = connection.execute(
-            _CLAIMABLE, {"owner": owner, "now": now, "limit": limit}
-        ).fetchall()
-        connection.executemany(
-            "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE position = ?",
-            [(owner, now + lease_micros, row["position"]) for row in rows],
-        )
+    now = _now_micros()
+    rows = connection.execute(_CLAIMABLE, {"owner": owner, "now": now, "limit": limit}).fetchall()
+    connection.executemany(
+        "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE position = ?",
+        [(owner, now + lease_micros, row["position"]) for row in rows],
+    )
     return [OutboxEntry(row["position"], event_from_dict(load_json(row["event"]))) for row in rows]
 
 
 def _mark_published(connection: sqlite3.Connection, owner: str, positions: Sequence[int]) -> None:
     # Only rows this owner holds: once its lease has passed to another
     # owner, that owner publishes (again) and marks; delivery is at least once.
-    with _transaction(connection):
-        now = _now_micros()
-        connection.executemany(
-            "UPDATE outbox SET published_at = ?"
-            " WHERE position = ? AND claimed_by = ? AND published_at IS NULL",
-            [(now, position, owner) for position in positions],
-        )
+    now = _now_micros()
+    connection.executemany(
+        "UPDATE outbox SET published_at = ?"
+        " WHERE position = ? AND claimed_by = ? AND published_at IS NULL",
+        [(now, position, owner) for position in positions],
+    )
 
 
 def _now_micros() -> int:

@@ -1,7 +1,9 @@
 """Delivery of stored replies to their channel, off the caller's path.
 
 Replies are stored PENDING first and delivered afterwards, so a crash can
-never leave a delivered message that is not stored. Each conversation has
+never leave a delivered message that is not stored. Channels whose clients
+read the store directly (the web widget) are delivered by storing: their
+replies are stored SENT and never queued. Each conversation has
 its own queue, worked by one task at a time, so a conversation's messages
 reach the platform in sequence order while conversations proceed in
 parallel. A failed attempt is retried with exponential backoff when the
@@ -53,8 +55,10 @@ class DeliveryQueue:
         clock: Clock,
         policy: DeliveryPolicy = DeliveryPolicy(),
         listeners: Iterable[DeliveryListener] = (),
+        delivered_by_storing: Iterable[Channel] = (),
     ) -> None:
         self._store = store
+        self._delivered_by_storing = frozenset(delivered_by_storing)
         self._senders = dict(senders)
         self._clock = clock
         self._policy = policy
@@ -65,7 +69,17 @@ class DeliveryQueue:
     def subscribe(self, listener: DeliveryListener) -> None:
         self._listeners.append(listener)
 
+    def initial_status(self, channel: Channel) -> DeliveryStatus:
+        """What a reply on `channel` is stored as: SENT where storing it is
+        delivering it (the web widget reads its conversation), PENDING where a
+        platform still has to take it."""
+        if channel in self._delivered_by_storing:
+            return DeliveryStatus.SENT
+        return DeliveryStatus.PENDING
+
     def submit(self, conversation: Conversation, messages: Iterable[Message]) -> None:
+        if conversation.channel in self._delivered_by_storing:
+            return
         key = f"{conversation.tenant_id}/{conversation.conversation_id}"
         queue = self._queues.setdefault(key, deque())
         queue.extend((conversation, message) for message in messages)

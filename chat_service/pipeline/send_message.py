@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from chat_service.domain.channels import format_for_channel
@@ -69,7 +69,6 @@ class SendSettings:
     engine_timeout: float
     lock_timeout: float
     fallback_text: str
-    history_size: int = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +115,15 @@ class SendMessage:
         timeout = self._settings.lock_timeout
         with port_errors():
             async with self._idempotency.claim(msg.tenant_id, msg.message_id, timeout=timeout):
-                replay = await self._stored_result(msg, fingerprint, field_prefix)
-                if replay is not None:
-                    return SendOutcome(replay, replayed=True)
+                # A record is only ever written with or after its message, so
+                # an unknown message id (the usual case) needs no second read.
                 stored = await self._store.get_message(msg.tenant_id, msg.message_id)
-                if stored is not None and stored.fingerprint != fingerprint:
-                    raise _reused_id(field_prefix)
+                if stored is not None:
+                    replay = await self._stored_result(msg, fingerprint, field_prefix)
+                    if replay is not None:
+                        return SendOutcome(replay, replayed=True)
+                    if stored.fingerprint != fingerprint:
+                        raise _reused_id(field_prefix)
                 conversation_id = (
                     stored.conversation_id if stored else msg.conversation_id or self._new_id()
                 )
@@ -309,7 +311,7 @@ class SendMessage:
                 user_id=conversation.user_id,
                 content=part,
                 created_at=now,
-                delivery_status=DeliveryStatus.PENDING,
+                delivery_status=self._delivery.initial_status(conversation.channel),
                 reply_to_message_id=inbound.message_id,
             )
             for index, part in enumerate(parts)
@@ -366,13 +368,15 @@ class SendMessage:
         self, conversation: Conversation, inbound: Message, hints: ProcessingHints
     ) -> tuple[EngineReply, str]:
         """The engine's reply (validated), or an empty reply and why it failed."""
-        history = await self._store.list_messages(
-            conversation.tenant_id,
-            conversation.conversation_id,
-            limit=self._settings.history_size,
-            after_sequence=inbound.sequence,
-            descending=True,
-        )
+        history: Sequence[Message] = ()
+        if self._engine.history_size > 0:
+            history = await self._store.list_messages(
+                conversation.tenant_id,
+                conversation.conversation_id,
+                limit=self._engine.history_size,
+                after_sequence=inbound.sequence,
+                descending=True,
+            )
         request = EngineRequest(
             tenant_id=conversation.tenant_id,
             conversation_id=conversation.conversation_id,

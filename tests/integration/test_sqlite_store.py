@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from adapters.sqlite import SqliteStore
+from adapters.sqlite.connections import GroupCommitWriter, connect
 from adapters.sqlite.schema import SCHEMA_VERSION
 from chat_service.domain.enums import DeliveryStatus
 from chat_service.ports import StoreUnavailable, VersionConflict
@@ -222,3 +224,45 @@ async def test_the_event_loop_runs_while_a_write_waits(store: SqliteStore, db_pa
     assert await store.get_conversation(TENANT, cid) == change.conversation
     [entry] = await store.claim_outbox("relay", limit=10, lease_seconds=0)
     assert entry.event == change.events[0]
+
+
+# ------------------------------------------------------------ group commit
+
+
+class _CountingWriter(GroupCommitWriter):
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.batches: list[int] = []
+        super().__init__(connection, name="test-writer")
+
+    def _commit(self, batch: list[Any]) -> list[Any]:
+        self.batches.append(len(batch))
+        return super()._commit(batch)
+
+
+async def test_group_commit_isolates_a_failing_unit(tmp_path: Path) -> None:
+    connection = connect(tmp_path / "g.db", busy_timeout=1)
+    connection.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+    writer = _CountingWriter(connection)
+
+    def insert(n: int) -> Callable[[sqlite3.Connection], int]:
+        def work(c: sqlite3.Connection) -> int:
+            c.execute("INSERT INTO t (n) VALUES (?)", (n,))
+            if n == 7:
+                raise ValueError("unit 7 fails after writing")
+            return n
+
+        return work
+
+    results = await asyncio.gather(
+        *(writer.run(insert(n)) for n in range(20)), return_exceptions=True
+    )
+    writer.close()
+
+    assert isinstance(results[7], ValueError)
+    assert [r for i, r in enumerate(results) if i != 7] == [n for n in range(20) if n != 7]
+    check = connect(tmp_path / "g.db", busy_timeout=1)
+    rows = [row[0] for row in check.execute("SELECT n FROM t ORDER BY n")]
+    check.close()
+    assert rows == [n for n in range(20) if n != 7]
+    assert sum(writer.batches) == 20
+    assert len(writer.batches) < 20  # units queued together were committed together

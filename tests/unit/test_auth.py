@@ -342,3 +342,34 @@ def test_concurrent_creation_in_processes_yields_one_key(tmp_path: Path) -> None
         process.join(timeout=30)
         assert process.exitcode == 0
     assert keys == {load_or_create_dev_key(tmp_path).public_key_pem()}
+
+
+def test_a_verified_token_is_remembered_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = _eddsa_verifier()
+    now = time.time()
+    token = _eddsa_token(exp=int(now) + 60)
+    checked: list[str] = []
+    check = verifier._verified_claims
+
+    def counting_check(t: str) -> dict[str, Any]:
+        checked.append(t)
+        return check(t)
+
+    monkeypatch.setattr(verifier, "_verified_claims", counting_check)
+    first = verifier.verify(token)
+
+    assert verifier.verify(token) is first
+    assert checked == [token]  # the second call did not check the signature again
+
+    # Past exp by the cache's clock: the token is checked in full again.
+    monkeypatch.setattr(time, "time", lambda: now + 120)
+    verifier.verify(token)
+    assert checked == [token, token]
+
+
+def test_a_rejected_token_is_never_remembered() -> None:
+    verifier = _eddsa_verifier()
+    forged = _eddsa_token(ed25519.Ed25519PrivateKey.generate())
+
+    for _ in range(2):
+        assert _reason(lambda: verifier.verify(forged)) == "TOKEN_INVALID"

@@ -163,3 +163,22 @@ async def test_a_channel_without_connector_fails_at_once() -> None:
     stored = await store.get_message(messages[0].tenant_id, messages[0].message_id)
     assert stored is not None
     assert stored.delivery_status is DeliveryStatus.FAILED
+
+
+async def test_channels_delivered_by_storing_are_never_queued() -> None:
+    store = InMemoryStore()
+    sender = RecordingSender()
+    queue = DeliveryQueue(
+        store=store,
+        senders={Channel.WEB: sender},
+        clock=SteppingClock(T0),
+        delivered_by_storing=(Channel.WEB,),
+    )
+    conversation, messages = await _stored_replies(store, 2)
+
+    queue.submit(conversation, messages)
+
+    assert queue.initial_status(Channel.WEB) is DeliveryStatus.SENT
+    assert queue.initial_status(Channel.SMS) is DeliveryStatus.PENDING
+    assert queue.pending == 0
+    assert sender.attempts == 0
