@@ -14,20 +14,34 @@ from dataclasses import dataclass, field
 
 from adapters.engine.builtin import BuiltinEngine
 from adapters.memory.clock import SystemClock
+from adapters.memory.live_bus import InProcessLiveBus
 from adapters.memory.locks import InProcessConversationLocks, InProcessIdempotencyGuard
 from adapters.memory.log_publisher import LogPublisher
 from adapters.memory.rate_limit import InProcessRateLimiter
 from adapters.sqlite.store import SqliteStore
 from chat_service.auth import JwtVerifier, load_or_create_dev_key
 from chat_service.config import ConfigError, Settings
-from chat_service.domain.enums import Channel
+from chat_service.domain.enums import Channel, DeliveryStatus
+from chat_service.domain.errors import Unavailable
+from chat_service.domain.model import Message
 from chat_service.pipeline.admission import TenantAdmission
+from chat_service.pipeline.conversation_stream import ConversationStreams, StreamServices
 from chat_service.pipeline.conversations import ConversationQueries, UpdateConversationStatus
 from chat_service.pipeline.delivery import DeliveryQueue
+from chat_service.pipeline.export import ExportConversation
+from chat_service.pipeline.live import LiveFeed
 from chat_service.pipeline.outbox_relay import OutboxRelay
+from chat_service.pipeline.read_receipts import MarkRead
 from chat_service.pipeline.send_message import SendMessage, SendSettings
+from chat_service.pipeline.watch import EventTail, WatchConversations
 from chat_service.pipeline.writer import ConversationWriter
-from chat_service.ports import ChannelSender, ConversationStore, Engine, EventPublisher
+from chat_service.ports import (
+    ChannelSender,
+    ConversationChange,
+    ConversationStore,
+    Engine,
+    EventPublisher,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +57,10 @@ class Services:
     send_message: SendMessage
     queries: ConversationQueries
     update_status: UpdateConversationStatus
+    streams: ConversationStreams
+    watch: WatchConversations
+    export: ExportConversation
+    tail: EventTail
     delivery: DeliveryQueue
     relay: OutboxRelay
     publisher: EventPublisher
@@ -50,8 +68,20 @@ class Services:
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        await self.tail.start_position()
         self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox relay"))
+        self._tasks.append(asyncio.create_task(self.tail.run(), name="event tail"))
+
+    def end_streams(self) -> None:
+        """Ends every open stream (UNAVAILABLE): they never finish by themselves."""
+        self.streams.close_all(
+            Unavailable(
+                "the server is shutting down; reconnect to another instance",
+                reason="SERVER_DRAINING",
+                retry_after=0.1,
+            )
+        )
 
     async def close(self, timeout: float = 5.0) -> None:
         """Finish deliveries, publish what is in the outbox, then close
@@ -79,39 +109,71 @@ async def build_services(settings: Settings) -> Services:
     closers.append(publisher.close)
     engine = await _engine(settings, closers)
     relay = OutboxRelay(store, publisher)
-    writer = ConversationWriter(store, [lambda _change: relay.wake()])
+    tail = EventTail(store)
+    bus = InProcessLiveBus()
+    live = LiveFeed(bus)
+
+    def committed(change: ConversationChange) -> None:
+        relay.wake()
+        tail.wake()
+        live.committed(change)
+
+    def delivery_changed(message: Message, status: DeliveryStatus) -> None:
+        relay.wake()
+        tail.wake()
+        live.delivery_changed(message, status)
+
+    writer = ConversationWriter(store, [committed])
     senders: dict[Channel, ChannelSender] = {}  # platform connectors: not in this version
     delivery = DeliveryQueue(
         store=store,
         senders=senders,
         clock=clock,
-        listeners=[lambda _m, _s: relay.wake()],
+        listeners=[delivery_changed],
         delivered_by_storing=(Channel.WEB,),
     )
     locks = InProcessConversationLocks()
+    admission = TenantAdmission(InProcessRateLimiter(settings.rate_limit_for))
+    send_message = SendMessage(
+        store=store,
+        writer=writer,
+        locks=locks,
+        idempotency=InProcessIdempotencyGuard(),
+        engine=engine,
+        delivery=delivery,
+        clock=clock,
+        settings=SendSettings(
+            engine_timeout=settings.engine_timeout,
+            lock_timeout=settings.lock_timeout,
+            fallback_text=settings.fallback_text,
+        ),
+    )
+    streams = ConversationStreams(
+        StreamServices(
+            store=store,
+            writer=writer,
+            bus=bus,
+            send_message=send_message,
+            mark_read=MarkRead(store=store, clock=clock, on_change=delivery_changed),
+            admission=admission,
+            clock=clock,
+            buffer_size=settings.stream_buffer_size,
+        )
+    )
     return Services(
         settings=settings,
         store=store,
         verifier=_verifier(settings),
-        admission=TenantAdmission(InProcessRateLimiter(settings.rate_limit_for)),
-        send_message=SendMessage(
-            store=store,
-            writer=writer,
-            locks=locks,
-            idempotency=InProcessIdempotencyGuard(),
-            engine=engine,
-            delivery=delivery,
-            clock=clock,
-            settings=SendSettings(
-                engine_timeout=settings.engine_timeout,
-                lock_timeout=settings.lock_timeout,
-                fallback_text=settings.fallback_text,
-            ),
-        ),
+        admission=admission,
+        send_message=send_message,
         queries=ConversationQueries(store),
         update_status=UpdateConversationStatus(
             store=store, writer=writer, locks=locks, clock=clock, lock_timeout=settings.lock_timeout
         ),
+        streams=streams,
+        watch=WatchConversations(store, tail, buffer_size=settings.stream_buffer_size),
+        export=ExportConversation(store),
+        tail=tail,
         delivery=delivery,
         relay=relay,
         publisher=publisher,

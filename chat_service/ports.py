@@ -7,7 +7,7 @@ or Kafka.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +16,7 @@ from typing import Protocol
 from chat_service.domain.content import MessageContent
 from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus
 from chat_service.domain.events import DomainEvent, OutboxEntry
+from chat_service.domain.live import LiveEvent
 from chat_service.domain.model import (
     Conversation,
     ConversationState,
@@ -165,6 +166,19 @@ class ConversationStore(Protocol):
 
     async def mark_published(self, owner: str, positions: Sequence[int]) -> None: ...
 
+    async def read_events(
+        self, *, after_position: int, limit: int, tenant_id: str | None = None
+    ) -> Sequence[OutboxEntry]:
+        """The outbox read as the event log: entries after `after_position`,
+        oldest first, published or not; only `tenant_id`'s when given. Positions
+        become visible in increasing order (what live tails and resumable
+        watches rely on)."""
+        ...
+
+    async def last_event_position(self) -> int:
+        """The position of the newest event (0 when there is none)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -306,6 +320,30 @@ class EventPublisher(Protocol):
     async def publish(self, entries: Sequence[OutboxEntry]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------- live bus
+
+LiveListener = Callable[[LiveEvent], None]
+
+
+class LiveBus(Protocol):
+    """Fan-out of live events to whoever listens on a topic, in this process
+    or (with Redis) in any process of the service.
+
+    Delivery is best effort and at most once, in publishing order per topic
+    and publisher; listeners recover anything missed from the store.
+    """
+
+    def publish(self, topic: str, event: LiveEvent) -> None:
+        """Hand the event over; never blocks, never raises."""
+        ...
+
+    def subscribe(self, topic: str, listener: LiveListener) -> Callable[[], None]:
+        """Call `listener` (on the event loop; it must not block) with every
+        event published on `topic` from now on. Returns the unsubscribe
+        function."""
+        ...
 
 
 # --------------------------------------------------------------------- clock

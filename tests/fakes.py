@@ -207,6 +207,19 @@ class InMemoryStore:
             if row.entry.position in positions and row.claimed_by == owner:
                 row.published = True
 
+    async def read_events(
+        self, *, after_position: int, limit: int, tenant_id: str | None = None
+    ) -> Sequence[OutboxEntry]:
+        return [
+            row.entry
+            for row in self._outbox
+            if row.entry.position > after_position
+            and (tenant_id is None or row.entry.event.tenant_id == tenant_id)
+        ][:limit]
+
+    async def last_event_position(self) -> int:
+        return self._outbox[-1].entry.position if self._outbox else 0
+
     async def close(self) -> None:
         return None
 

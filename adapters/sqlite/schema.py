@@ -95,8 +95,16 @@ _V1 = (
     "CREATE INDEX outbox_unpublished ON outbox (position) WHERE published_at IS NULL",
 )
 
+# Version 2: the outbox is also read as the event log, per tenant
+# (WatchConversations), so it gets a tenant column and an index for that.
+_V2 = (
+    "ALTER TABLE outbox ADD COLUMN tenant_id TEXT NOT NULL DEFAULT ''",
+    "UPDATE outbox SET tenant_id = json_extract(event, '$.tenant_id')",
+    "CREATE INDEX outbox_by_tenant ON outbox (tenant_id, position)",
+)
+
 # MIGRATIONS[n] takes a database from version n to version n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -216,6 +216,30 @@ class SqliteStore:
         if positions:
             await self._write(lambda c: _mark_published(c, owner, positions))
 
+    async def read_events(
+        self, *, after_position: int, limit: int, tenant_id: str | None = None
+    ) -> Sequence[OutboxEntry]:
+        # One writer commits positions in order, so a reader never sees a
+        # later position before an earlier one.
+        if tenant_id is None:
+            sql = "SELECT position, event FROM outbox WHERE position > ? ORDER BY position LIMIT ?"
+            params: tuple[object, ...] = (after_position, _positive(limit))
+        else:
+            sql = (
+                "SELECT position, event FROM outbox WHERE tenant_id = ? AND position > ?"
+                " ORDER BY position LIMIT ?"
+            )
+            params = (tenant_id, after_position, _positive(limit))
+        return await self._read_all(sql, params, _outbox_entry)
+
+    async def last_event_position(self) -> int:
+        found = await self._read_all(
+            "SELECT coalesce(max(position), 0) AS last FROM outbox",
+            (),
+            lambda row: int(row["last"]),
+        )
+        return found[0]
+
     # ----------------------------------------------------------- plumbing
 
     async def _read_all(
@@ -398,7 +422,7 @@ INSERT OR REPLACE INTO idempotency_records (tenant_id, message_id, fingerprint, 
 VALUES (:tenant_id, :message_id, :fingerprint, :result, :created_at)
 """
 
-_APPEND_EVENT = "INSERT INTO outbox (event) VALUES (?)"
+_APPEND_EVENT = "INSERT INTO outbox (tenant_id, event) VALUES (?, ?)"
 
 _UNIQUENESS = frozenset({sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE})
 
@@ -412,7 +436,7 @@ class _EncodedChange:
     expected_version: int
     conversation: Params
     messages: list[tuple[str, Params]]
-    events: list[tuple[str]]
+    events: list[tuple[str, str]]
     record: Params | None
 
     @classmethod
@@ -479,8 +503,8 @@ def _advance_delivery_status(
     return True
 
 
-def _event_rows(events: Iterable[DomainEvent]) -> list[tuple[str]]:
-    return [(dump_json(event_to_dict(event)),) for event in events]
+def _event_rows(events: Iterable[DomainEvent]) -> list[tuple[str, str]]:
+    return [(event.tenant_id, dump_json(event_to_dict(event))) for event in events]
 
 
 # ------------------------------------------------------------------- outbox
@@ -504,7 +528,11 @@ def _claim_outbox(
         "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE position = ?",
         [(owner, now + lease_micros, row["position"]) for row in rows],
     )
-    return [OutboxEntry(row["position"], event_from_dict(load_json(row["event"]))) for row in rows]
+    return [_outbox_entry(row) for row in rows]
+
+
+def _outbox_entry(row: sqlite3.Row) -> OutboxEntry:
+    return OutboxEntry(row["position"], event_from_dict(load_json(row["event"])))
 
 
 def _mark_published(connection: sqlite3.Connection, owner: str, positions: Sequence[int]) -> None:

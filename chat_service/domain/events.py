@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from chat_service.domain.enums import Channel, MessageType
+from chat_service.domain.enums import Channel, ConversationStatus, MessageType
 from chat_service.domain.model import JsonObject
 
 
@@ -36,6 +36,8 @@ class DomainEvent:
     message_id: str = ""
     sequence: int = 0
     metadata: JsonObject = field(default_factory=_empty)
+    # The conversation's status right after the event (what Watch filters on).
+    conversation_status: ConversationStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -456,6 +456,7 @@ def event_to_dict(event: DomainEvent) -> Document:
             "message_id": event.message_id,
             "sequence": event.sequence,
             "metadata": dict(event.metadata),
+            "conversation_status": _enum_value(event.conversation_status),
         },
     )
 
@@ -475,6 +476,7 @@ def event_from_dict(data: Mapping[str, Any]) -> DomainEvent:
             message_id=str,
             sequence=int,
             metadata=dict,
+            conversation_status=_optional(ConversationStatus),
         ),
     )
 

@@ -260,4 +260,7 @@ def event_to_proto(event: DomainEvent) -> conversation_event_pb2.ConversationEve
         metadata=dict_to_struct_or_none(event.metadata),
         message_id=event.message_id,
         sequence=event.sequence,
+        conversation_status=(
+            event.conversation_status.value if event.conversation_status is not None else ""
+        ),
     )

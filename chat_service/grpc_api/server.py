@@ -65,6 +65,10 @@ def build_server(services: Services) -> tuple[grpc.aio.Server, Any]:
             send_message=services.send_message,
             queries=services.queries,
             update_status=services.update_status,
+            streams=services.streams,
+            watch=services.watch,
+            export=services.export,
+            error_domain=settings.service_name,
         ),
         server,
     )
@@ -95,7 +99,7 @@ async def serve(
         await services.close()
         raise OSError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
     await server.start()
-    services.start()
+    await services.start()
     for name in ("", CHAT_SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving gRPC on %s:%d", settings.service_name, settings.host, port)
@@ -107,6 +111,9 @@ async def serve(
         log.info("draining: NOT_SERVING, finishing in-flight calls")
         await health_servicer.enter_graceful_shutdown()
         await asyncio.sleep(settings.shutdown_delay_seconds)
-        await server.stop(settings.shutdown_grace_seconds)
+        stopping = asyncio.ensure_future(server.stop(settings.shutdown_grace_seconds))
+        await asyncio.sleep(0)  # new calls are refused from here on
+        services.end_streams()
+        await stopping
         await services.close()
         log.info("stopped")

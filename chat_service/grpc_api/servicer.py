@@ -29,8 +29,16 @@ from chat_service.grpc_api.mappers_enums import (
     sort_order_from_proto,
 )
 from chat_service.grpc_api.mappers_wellknown import timestamp_to_datetime
+from chat_service.grpc_api.streaming import (
+    export_conversation,
+    stream_conversation,
+    watch_conversations,
+)
+from chat_service.pipeline.conversation_stream import ConversationStreams
 from chat_service.pipeline.conversations import ConversationQueries, UpdateConversationStatus
+from chat_service.pipeline.export import ExportConversation
 from chat_service.pipeline.send_message import SendMessage
+from chat_service.pipeline.watch import WatchConversations
 from chat_service.ports import ConversationQuery
 
 Context = Any  # grpc.aio.ServicerContext; its stubs are not generic-friendly here
@@ -45,10 +53,18 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         send_message: SendMessage,
         queries: ConversationQueries,
         update_status: UpdateConversationStatus,
+        streams: ConversationStreams,
+        watch: WatchConversations,
+        export: ExportConversation,
+        error_domain: str,
     ) -> None:
         self._send_message = send_message
         self._queries = queries
         self._update_status = update_status
+        self._streams = streams
+        self._watch = watch
+        self._export = export
+        self._error_domain = error_domain
 
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Context
@@ -127,25 +143,30 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         )
         return pb.UpdateConversationStatusResponse(conversation=conversation_to_proto(conversation))
 
-    # Not built yet: answered UNIMPLEMENTED until their issue lands.
-
     async def ExportConversation(
-        self, request: Any, context: Context
+        self, request: pb.ExportConversationRequest, context: Context
     ) -> AsyncIterator[pb.ExportConversationResponse]:
-        raise _not_yet("ExportConversation")
-        yield  # an async generator, as grpc expects of a streaming handler
+        tenant_id = current_principal().tenant_id
+        async for chunk in export_conversation(request, self._export, tenant_id):
+            yield chunk
 
     async def StreamConversation(
-        self, request_iterator: Any, context: Context
+        self, request_iterator: AsyncIterator[pb.StreamConversationRequest], context: Context
     ) -> AsyncIterator[pb.StreamConversationResponse]:
-        raise _not_yet("StreamConversation")
-        yield  # an async generator, as grpc expects of a streaming handler
+        tenant_id = current_principal().tenant_id
+        async for frame in stream_conversation(
+            request_iterator, self._streams, tenant_id, error_domain=self._error_domain
+        ):
+            yield frame
 
     async def WatchConversations(
-        self, request: Any, context: Context
+        self, request: pb.WatchConversationsRequest, context: Context
     ) -> AsyncIterator[pb.WatchConversationsResponse]:
-        raise _not_yet("WatchConversations")
-        yield  # an async generator, as grpc expects of a streaming handler
+        tenant_id = current_principal().tenant_id
+        async for response in watch_conversations(request, self._watch, tenant_id, context):
+            yield response
+
+    # Not built yet: answered UNIMPLEMENTED until their issue lands.
 
     async def HandleWebhook(self, request: Any, context: Context) -> Any:
         raise _not_yet("HandleWebhook")

@@ -141,6 +141,7 @@ class DeliveryQueue:
                 )
                 if final:
                     await self._record(
+                        conversation,
                         message,
                         DeliveryStatus.FAILED,
                         {"error": str(error), "attempts": attempt, "dead_letter": True},
@@ -153,11 +154,17 @@ class DeliveryQueue:
                     if receipt.platform_message_id
                     else {}
                 )
-                await self._record(message, DeliveryStatus.SENT, metadata)
+                await self._record(conversation, message, DeliveryStatus.SENT, metadata)
                 return
 
-    async def _record(self, message: Message, status: DeliveryStatus, metadata: JsonObject) -> None:
-        event = delivery_updated(message, status, self._clock.now(), metadata)
+    async def _record(
+        self,
+        conversation: Conversation,
+        message: Message,
+        status: DeliveryStatus,
+        metadata: JsonObject,
+    ) -> None:
+        event = delivery_updated(conversation, message, status, self._clock.now(), metadata)
         try:
             moved = await self._store.update_delivery_status(
                 message.tenant_id, message.message_id, status, event

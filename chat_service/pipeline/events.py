@@ -31,11 +31,15 @@ def conversation_event(
         user_id=conversation.user_id,
         sequence=conversation.last_sequence,
         metadata=metadata or {},
+        conversation_status=conversation.status,
     )
 
 
 def message_event(
-    event_type: EventType, message: Message, metadata: JsonObject | None = None
+    event_type: EventType,
+    message: Message,
+    status: ConversationStatus,
+    metadata: JsonObject | None = None,
 ) -> DomainEvent:
     return DomainEvent(
         event_id=_new_id(),
@@ -49,6 +53,7 @@ def message_event(
         message_id=message.message_id,
         sequence=message.sequence,
         metadata={"role": message.role.value, **(metadata or {})},
+        conversation_status=status,
     )
 
 
@@ -67,9 +72,16 @@ def status_changed(
 
 
 def delivery_updated(
-    message: Message, status: DeliveryStatus, at: datetime, metadata: JsonObject | None = None
+    conversation: Conversation,
+    message: Message,
+    status: DeliveryStatus,
+    at: datetime,
+    metadata: JsonObject | None = None,
 ) -> DomainEvent:
     event = message_event(
-        EventType.DELIVERY_UPDATED, message, {"delivery_status": status.value, **(metadata or {})}
+        EventType.DELIVERY_UPDATED,
+        message,
+        conversation.status,
+        {"delivery_status": status.value, **(metadata or {})},
     )
     return replace(event, occurred_at=at)

@@ -174,7 +174,7 @@ class SendMessage:
             updated_at=now,
             version=conversation.version + 1,
         )
-        events.append(message_event(EventType.MESSAGE_RECEIVED, inbound))
+        events.append(message_event(EventType.MESSAGE_RECEIVED, inbound, updated.status))
         if hints.require_human_review and updated.status is not ConversationStatus.ESCALATED:
             previous = updated.status
             updated = replace(updated, status=ConversationStatus.ESCALATED)
@@ -329,7 +329,9 @@ class SendMessage:
                     EventType.FALLBACK_USED, updated, now, {"reason": fallback_reason}
                 )
             )
-        events.extend(message_event(EventType.MESSAGE_SENT, message) for message in replies)
+        events.extend(
+            message_event(EventType.MESSAGE_SENT, message, updated.status) for message in replies
+        )
         if reply.escalate and updated.status is not ConversationStatus.ESCALATED:
             previous = updated.status
             updated = replace(updated, status=ConversationStatus.ESCALATED)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
@@ -15,8 +16,9 @@ import pytest
 
 from adapters.sqlite import SqliteStore
 from adapters.sqlite.connections import GroupCommitWriter, connect
-from adapters.sqlite.schema import SCHEMA_VERSION
+from adapters.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from chat_service.domain.enums import DeliveryStatus
+from chat_service.domain.serialization import event_to_dict
 from chat_service.ports import StoreUnavailable, VersionConflict
 from tests.builders import (
     TENANT,
@@ -266,3 +268,22 @@ async def test_group_commit_isolates_a_failing_unit(tmp_path: Path) -> None:
     assert rows == [n for n in range(20) if n != 7]
     assert sum(writer.batches) == 20
     assert len(writer.batches) < 20  # units queued together were committed together
+
+
+async def test_a_version_1_database_is_migrated_with_its_events(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    conversation = make_conversation()
+    event = make_event(conversation)
+    with closing(connect(path, busy_timeout=1)) as old:
+        for statement in MIGRATIONS[0]:
+            old.execute(statement)
+        old.execute("PRAGMA user_version = 1")
+        old.execute("INSERT INTO outbox (event) VALUES (?)", (json.dumps(event_to_dict(event)),))
+
+    store = await SqliteStore.open(path)
+    try:
+        log = await store.read_events(after_position=0, limit=10, tenant_id=event.tenant_id)
+    finally:
+        await store.close()
+
+    assert [entry.event for entry in log] == [event]

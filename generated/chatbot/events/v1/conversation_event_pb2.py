@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*chatbot/events/v1/conversation_event.proto\x12\x11\x63hatbot.events.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x03\n\x11\x43onversationEvent\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x1d\n\nevent_type\x18\x02 \x01(\tR\teventType\x12\x1b\n\ttenant_id\x18\x03 \x01(\tR\x08tenantId\x12\'\n\x0f\x63onversation_id\x18\x04 \x01(\tR\x0e\x63onversationId\x12\x38\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ttimestamp\x12\x18\n\x07\x63hannel\x18\x06 \x01(\tR\x07\x63hannel\x12\x17\n\x07user_id\x18\x07 \x01(\tR\x06userId\x12!\n\x0cmessage_type\x18\x08 \x01(\tR\x0bmessageType\x12\x33\n\x08metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.StructR\x08metadata\x12\x1d\n\nmessage_id\x18\n \x01(\tR\tmessageId\x12\x1a\n\x08sequence\x18\x0b \x01(\x03R\x08sequenceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*chatbot/events/v1/conversation_event.proto\x12\x11\x63hatbot.events.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x03\n\x11\x43onversationEvent\x12\x19\n\x08\x65vent_id\x18\x01 \x01(\tR\x07\x65ventId\x12\x1d\n\nevent_type\x18\x02 \x01(\tR\teventType\x12\x1b\n\ttenant_id\x18\x03 \x01(\tR\x08tenantId\x12\'\n\x0f\x63onversation_id\x18\x04 \x01(\tR\x0e\x63onversationId\x12\x38\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ttimestamp\x12\x18\n\x07\x63hannel\x18\x06 \x01(\tR\x07\x63hannel\x12\x17\n\x07user_id\x18\x07 \x01(\tR\x06userId\x12!\n\x0cmessage_type\x18\x08 \x01(\tR\x0bmessageType\x12\x33\n\x08metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.StructR\x08metadata\x12\x1d\n\nmessage_id\x18\n \x01(\tR\tmessageId\x12\x1a\n\x08sequence\x18\x0b \x01(\x03R\x08sequence\x12/\n\x13\x63onversation_status\x18\x0c \x01(\tR\x12\x63onversationStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,5 +34,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatbot.events.v1.conversat
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONVERSATIONEVENT']._serialized_start=129
-  _globals['_CONVERSATIONEVENT']._serialized_end=532
+  _globals['_CONVERSATIONEVENT']._serialized_end=581
 # @@protoc_insertion_point(module_scope)

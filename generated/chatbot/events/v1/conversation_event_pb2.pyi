@@ -48,6 +48,7 @@ class ConversationEvent(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    CONVERSATION_STATUS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique per event (a UUID); the key for dropping duplicates."""
     event_type: _builtins.str
@@ -77,6 +78,10 @@ class ConversationEvent(_message.Message):
     """Message events: the message's sequence in its conversation. Other
     events: the conversation's last sequence when it happened.
     """
+    conversation_status: _builtins.str
+    """The conversation's status right after the event: "active", "completed",
+    "abandoned", "escalated" or "error".
+    """
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """When the change happened."""
@@ -99,10 +104,11 @@ class ConversationEvent(_message.Message):
         metadata: _struct_pb2.Struct | None = ...,
         message_id: _builtins.str = ...,
         sequence: _builtins.int = ...,
+        conversation_status: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "conversation_id", b"conversation_id", "event_id", b"event_id", "event_type", b"event_type", "message_id", b"message_id", "message_type", b"message_type", "metadata", b"metadata", "sequence", b"sequence", "tenant_id", b"tenant_id", "timestamp", b"timestamp", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "conversation_id", b"conversation_id", "conversation_status", b"conversation_status", "event_id", b"event_id", "event_type", b"event_type", "message_id", b"message_id", "message_type", b"message_type", "metadata", b"metadata", "sequence", b"sequence", "tenant_id", b"tenant_id", "timestamp", b"timestamp", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

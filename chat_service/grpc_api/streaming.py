@@ -1,0 +1,328 @@
+"""The streaming RPCs: StreamConversation, WatchConversations, ExportConversation.
+
+The protocols are specified in chat_service.proto; the logic lives in the
+pipeline (conversation_stream, watch, export). This module reads frames,
+maps domain items to protobuf frames, and formats exports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from chatbot.chat.v1 import chat_service_pb2 as pb
+from google.protobuf import json_format
+
+from chat_service.domain.enums import Channel, ConversationStatus, ExportFormat
+from chat_service.domain.errors import ChatError, FieldViolation, InvalidArgument
+from chat_service.domain.live import (
+    DeliveryChanged,
+    MessageStored,
+    ReadThrough,
+    StatusChanged,
+    TypingChanged,
+)
+from chat_service.domain.model import Message
+from chat_service.grpc_api.errors import to_status
+from chat_service.grpc_api.mappers import (
+    conversation_to_proto,
+    event_to_proto,
+    inbound_from_stream_message,
+)
+from chat_service.grpc_api.mappers import message_to_proto as message_proto
+from chat_service.grpc_api.mappers_enums import (
+    channel_from_proto,
+    conversation_status_from_proto,
+    conversation_status_to_proto,
+    delivery_status_to_proto,
+    export_format_from_proto,
+    message_role_to_proto,
+)
+from chat_service.pipeline.conversation_stream import (
+    Acked,
+    ConversationStream,
+    ConversationStreams,
+    Opened,
+    Refused,
+    StreamItem,
+    StreamOpenRequest,
+)
+from chat_service.pipeline.export import ExportConversation
+from chat_service.pipeline.page_tokens import decode_token, encode_token
+from chat_service.pipeline.watch import WatchConversations
+
+log = logging.getLogger(__name__)
+
+EXPORT_CHUNK_BYTES = 64 * 1024
+_WATCH_QUERY = "watch"
+
+# ---------------------------------------------------------- StreamConversation
+
+
+async def stream_conversation(
+    frames: AsyncIterator[pb.StreamConversationRequest],
+    streams: ConversationStreams,
+    tenant_id: str,
+    *,
+    error_domain: str,
+) -> AsyncIterator[pb.StreamConversationResponse]:
+    first = await anext(frames, None)
+    if first is None:
+        return  # the client closed before saying anything
+    if first.WhichOneof("frame") != "open":
+        raise InvalidArgument.of("open", "the first frame of a stream must be `open`")
+    stream = await streams.open(tenant_id, _open_request(first.open))
+    reader = asyncio.create_task(_read_frames(frames, stream), name=f"stream {stream.id} reader")
+    try:
+        async for item in stream.items():
+            yield _stream_frame(item, error_domain)
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        stream.close()
+
+
+def _open_request(frame: pb.StreamOpen) -> StreamOpenRequest:
+    return StreamOpenRequest(
+        conversation_id=frame.conversation_id,
+        user_id=frame.user_id,
+        channel=channel_from_proto(frame.channel),
+        session_id=frame.session_id,
+        resume_after=(
+            frame.resume_after_sequence if frame.HasField("resume_after_sequence") else None
+        ),
+    )
+
+
+async def _read_frames(
+    frames: AsyncIterator[pb.StreamConversationRequest], stream: ConversationStream
+) -> None:
+    """The client's frames, one at a time, until it stops sending (the
+    stream stays open for output) or the stream ends."""
+    conversation = stream.conversation
+    try:
+        async for frame in frames:
+            kind = frame.WhichOneof("frame")
+            if kind == "message":
+                try:
+                    inbound = inbound_from_stream_message(
+                        frame.message,
+                        tenant_id=stream.tenant_id,
+                        conversation_id=conversation.conversation_id,
+                        user_id=conversation.user_id,
+                        channel=conversation.channel,
+                        session_id=conversation.session_id,
+                    )
+                except ChatError as error:
+                    await stream.refuse(frame.message.message_id, error)
+                    continue
+                await stream.send(inbound)
+            elif kind == "typing":
+                stream.typing(frame.typing.typing)
+            elif kind == "read":
+                await stream.read(frame.read.read_through_sequence)
+            elif kind == "open":
+                stream.fail(InvalidArgument.of("open", "a stream takes `open` only once"))
+                return
+            else:
+                await stream.refuse("", InvalidArgument.of("frame", "the frame is empty"))
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # the call broke (client gone): nothing to answer
+        log.debug("stream %s: reading frames stopped: %s", stream.id, error)
+
+
+def _stream_frame(item: StreamItem, error_domain: str) -> pb.StreamConversationResponse:
+    if isinstance(item, MessageStored):
+        return pb.StreamConversationResponse(message=message_proto(item.message))
+    if isinstance(item, Opened):
+        return pb.StreamConversationResponse(
+            opened=pb.StreamOpened(
+                conversation=conversation_to_proto(item.conversation),
+                replay_through_sequence=item.replay_through,
+            )
+        )
+    if isinstance(item, Acked):
+        return pb.StreamConversationResponse(
+            ack=pb.MessageAck(
+                message_id=item.message_id, sequence=item.sequence, duplicate=item.duplicate
+            )
+        )
+    if isinstance(item, Refused):
+        return pb.StreamConversationResponse(
+            error=pb.StreamError(
+                message_id=item.message_id, status=to_status(item.error, domain=error_domain)
+            )
+        )
+    if isinstance(item, DeliveryChanged):
+        return pb.StreamConversationResponse(
+            delivery=pb.DeliveryUpdate(
+                message_id=item.message_id,
+                sequence=item.sequence,
+                status=delivery_status_to_proto(item.status),
+            )
+        )
+    if isinstance(item, TypingChanged):
+        return pb.StreamConversationResponse(
+            typing=pb.TypingIndicator(role=message_role_to_proto(item.role), typing=item.typing)
+        )
+    if isinstance(item, ReadThrough):
+        return pb.StreamConversationResponse(
+            read=pb.ReadReceipt(
+                role=message_role_to_proto(item.role), read_through_sequence=item.sequence
+            )
+        )
+    assert isinstance(item, StatusChanged)
+    return pb.StreamConversationResponse(
+        status=pb.StatusChange(
+            from_status=conversation_status_to_proto(item.previous),
+            to_status=conversation_status_to_proto(item.current),
+            reason=item.reason,
+        )
+    )
+
+
+# ---------------------------------------------------------- WatchConversations
+
+
+async def watch_conversations(
+    request: pb.WatchConversationsRequest,
+    watches: WatchConversations,
+    tenant_id: str,
+    context: Any,
+) -> AsyncIterator[pb.WatchConversationsResponse]:
+    channels, statuses = _watch_filters(request)
+    resume_after = None
+    if request.resume_token:
+        position = decode_token(
+            request.resume_token, digest=_WATCH_QUERY, field="resume_token"
+        ).get("p")
+        if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+            raise InvalidArgument.of("resume_token", "is not a resume token this service issued")
+        resume_after = position
+    watch = watches.open(tenant_id, channels=channels, statuses=statuses, resume_after=resume_after)
+    try:
+        # Headers now: the client knows the watch is listening before the
+        # first event, however long that takes.
+        await context.send_initial_metadata(())
+        async for entry in watch.entries():
+            yield pb.WatchConversationsResponse(
+                event=event_to_proto(entry.event),
+                resume_token=encode_token({"p": entry.position}, digest=_WATCH_QUERY),
+            )
+    finally:
+        watch.close()
+
+
+def _watch_filters(
+    request: pb.WatchConversationsRequest,
+) -> tuple[frozenset[Channel], frozenset[ConversationStatus]]:
+    violations = []
+    channels = set()
+    for index, number in enumerate(request.channels):
+        channel = channel_from_proto(number)
+        if channel is None:
+            violations.append(FieldViolation(f"channels[{index}]", f"unknown channel {number}"))
+        else:
+            channels.add(channel)
+    statuses = set()
+    for index, value in enumerate(request.statuses):
+        status = conversation_status_from_proto(value)
+        if status is None:
+            violations.append(FieldViolation(f"statuses[{index}]", f"unknown status {value}"))
+        else:
+            statuses.add(status)
+    if violations:
+        raise InvalidArgument(violations)
+    return frozenset(channels), frozenset(statuses)
+
+
+# ---------------------------------------------------------- ExportConversation
+
+_CONTENT_TYPES = {
+    ExportFormat.JSON_LINES: "application/x-ndjson",
+    ExportFormat.CSV: "text/csv",
+}
+CSV_COLUMNS = (
+    "sequence",
+    "message_id",
+    "role",
+    "create_time",
+    "type",
+    "text",
+    "media_url",
+    "delivery_status",
+)
+
+
+async def export_conversation(
+    request: pb.ExportConversationRequest, export: ExportConversation, tenant_id: str
+) -> AsyncIterator[pb.ExportConversationResponse]:
+    violations = []
+    if not request.conversation_id:
+        violations.append(FieldViolation("conversation_id", "is required"))
+    export_format = export_format_from_proto(request.format)
+    if export_format is None:
+        violations.append(FieldViolation("format", "is required: JSON_LINES or CSV"))
+    if violations:
+        raise InvalidArgument(violations)
+    assert export_format is not None
+    _, messages = await export.open(tenant_id, request.conversation_id)
+    encode = _json_line if export_format is ExportFormat.JSON_LINES else _CsvLines().line
+    content_type = _CONTENT_TYPES[export_format]
+    chunk = bytearray(_csv_header() if export_format is ExportFormat.CSV else b"")
+    async for message in messages:
+        line = encode(message)
+        if chunk and len(chunk) + len(line) > EXPORT_CHUNK_BYTES:
+            yield pb.ExportConversationResponse(content_type=content_type, data=bytes(chunk))
+            content_type = ""  # on the first chunk only
+            chunk.clear()
+        chunk += line
+    if chunk or content_type:
+        yield pb.ExportConversationResponse(content_type=content_type, data=bytes(chunk))
+
+
+def _json_line(message: Message) -> bytes:
+    text = json_format.MessageToJson(
+        message_proto(message), indent=None, preserving_proto_field_name=True
+    )
+    return text.encode() + b"\n"
+
+
+class _CsvLines:
+    """RFC 4180 rows, one message each."""
+
+    def __init__(self) -> None:
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\r\n")
+
+    def line(self, message: Message) -> bytes:
+        content = message.content
+        self._writer.writerow(
+            (
+                message.sequence,
+                message.message_id,
+                message.role.value,
+                message.created_at.isoformat(),
+                content.type.value if content.type else "",
+                content.text,
+                content.media.url if content.media else "",
+                message.delivery_status.value,
+            )
+        )
+        row = self._buffer.getvalue().encode()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        return row
+
+
+def _csv_header() -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow(CSV_COLUMNS)
+    return buffer.getvalue().encode()

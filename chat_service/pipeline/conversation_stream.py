@@ -1,0 +1,369 @@
+"""StreamConversation: one client's live view of a conversation, and its input.
+
+A stream listens on the conversation's live topic before it reads the
+conversation, then replays what the client asked for from the store, then
+goes live. Messages carry gap-free sequences, so the stream can check every
+live message against the last one it sent: older ones are dropped, and a gap
+(a live event lost or late) is filled from the store. Whatever the bus does,
+the client sees every message once, in order.
+
+Memory is bounded per stream: at most `buffer_size` items wait for a slow
+client. Past that the stream ends with RESOURCE_EXHAUSTED (the client
+reconnects with resume_after_sequence), so one slow reader can never make
+the server hold an unbounded backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from chat_service.domain.enums import Channel, ConversationStatus, MessageRole
+from chat_service.domain.errors import (
+    ChatError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+    conversation_not_found,
+)
+from chat_service.domain.events import EventType
+from chat_service.domain.live import (
+    LiveEvent,
+    MessageStored,
+    ReadThrough,
+    TypingChanged,
+    conversation_topic,
+)
+from chat_service.domain.model import Conversation, InboundMessage, Message
+from chat_service.domain.validation import MAX_SESSION_ID_LENGTH, MAX_USER_ID_LENGTH
+from chat_service.pipeline.admission import TenantAdmission
+from chat_service.pipeline.errors import port_errors
+from chat_service.pipeline.events import conversation_event
+from chat_service.pipeline.read_receipts import MarkRead
+from chat_service.pipeline.send_message import SendMessage
+from chat_service.pipeline.writer import ConversationWriter
+from chat_service.ports import Clock, ConversationChange, ConversationStore, LiveBus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpenRequest:
+    conversation_id: str = ""
+    user_id: str = ""
+    channel: Channel | None = None
+    session_id: str = ""
+    resume_after: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    conversation: Conversation
+    replay_through: int
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    message_id: str
+    sequence: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A client frame was refused; the stream goes on."""
+
+    message_id: str
+    error: ChatError
+
+
+StreamItem: TypeAlias = Opened | Acked | Refused | LiveEvent
+
+
+class _Wake:
+    """Queued to wake the reader when the stream fails."""
+
+
+_WAKE = _Wake()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamServices:
+    """What a stream works with."""
+
+    store: ConversationStore
+    writer: ConversationWriter
+    bus: LiveBus
+    send_message: SendMessage
+    mark_read: MarkRead
+    admission: TenantAdmission
+    clock: Clock
+    buffer_size: int
+
+
+class ConversationStreams:
+    """Opens streams, and ends them all when the server drains."""
+
+    def __init__(self, services: StreamServices) -> None:
+        self._services = services
+        self._open: set[ConversationStream] = set()
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    async def open(self, tenant_id: str, request: StreamOpenRequest) -> ConversationStream:
+        _validate_open(request)
+        conversation_id = request.conversation_id or str(uuid.uuid4())
+        stream = ConversationStream(
+            self._services,
+            tenant_id,
+            conversation_id,
+            request.resume_after,
+            on_close=self._open.discard,
+        )
+        try:
+            stream.conversation = await self._conversation_for(tenant_id, conversation_id, request)
+        except BaseException:
+            stream.close()
+            raise
+        self._open.add(stream)
+        return stream
+
+    def close_all(self, error: ChatError) -> None:
+        for stream in tuple(self._open):
+            stream.fail(error)
+
+    async def _conversation_for(
+        self, tenant_id: str, conversation_id: str, request: StreamOpenRequest
+    ) -> Conversation:
+        if not request.conversation_id:
+            return await self._start(tenant_id, conversation_id, request)
+        with port_errors():
+            conversation = await self._services.store.get_conversation(tenant_id, conversation_id)
+        if conversation is None:
+            raise conversation_not_found(conversation_id)
+        if request.user_id and request.user_id != conversation.user_id:
+            raise FailedPrecondition(
+                "open.user_id differs from the conversation's",
+                reason="CONVERSATION_MISMATCH",
+                metadata={"conversation_id": conversation_id, "fields": "open.user_id"},
+            )
+        if request.resume_after is not None and request.resume_after > conversation.last_sequence:
+            raise InvalidArgument.of(
+                "open.resume_after_sequence",
+                f"is past the conversation's last sequence ({conversation.last_sequence})",
+            )
+        return conversation
+
+    async def _start(
+        self, tenant_id: str, conversation_id: str, request: StreamOpenRequest
+    ) -> Conversation:
+        assert request.channel is not None  # validated
+        now = self._services.clock.now()
+        conversation = Conversation(
+            conversation_id=conversation_id,
+            tenant_id=tenant_id,
+            user_id=request.user_id,
+            channel=request.channel,
+            status=ConversationStatus.ACTIVE,
+            created_at=now,
+            updated_at=now,
+            version=1,
+            session_id=request.session_id,
+        )
+        started = conversation_event(EventType.CONVERSATION_STARTED, conversation, now)
+        with port_errors():
+            await self._services.writer.write(
+                ConversationChange(conversation, expected_version=0, events=(started,))
+            )
+        return conversation
+
+
+def _validate_open(request: StreamOpenRequest) -> None:
+    violations = []
+    if request.resume_after is not None and request.resume_after < 0:
+        violations.append(FieldViolation("open.resume_after_sequence", "must not be negative"))
+    if len(request.user_id) > MAX_USER_ID_LENGTH:
+        violations.append(
+            FieldViolation("open.user_id", f"must be at most {MAX_USER_ID_LENGTH} characters")
+        )
+    if len(request.session_id) > MAX_SESSION_ID_LENGTH:
+        violations.append(
+            FieldViolation("open.session_id", f"must be at most {MAX_SESSION_ID_LENGTH} characters")
+        )
+    if not request.conversation_id:
+        if not request.user_id:
+            violations.append(FieldViolation("open.user_id", "is required to start a conversation"))
+        if request.channel is None:
+            violations.append(FieldViolation("open.channel", "is required to start a conversation"))
+        if request.resume_after is not None:
+            violations.append(
+                FieldViolation("open.resume_after_sequence", "needs a conversation_id")
+            )
+    if violations:
+        raise InvalidArgument(violations)
+
+
+class ConversationStream:
+    def __init__(
+        self,
+        services: StreamServices,
+        tenant_id: str,
+        conversation_id: str,
+        resume_after: int | None,
+        *,
+        on_close: Callable[[ConversationStream], None],
+    ) -> None:
+        self.id = str(uuid.uuid4())
+        self.tenant_id = tenant_id
+        self.conversation_id = conversation_id
+        self.conversation: Conversation  # set by ConversationStreams.open
+        self._services = services
+        self._resume_after = resume_after
+        self._on_close = on_close
+        self._out: asyncio.Queue[StreamItem | _Wake] = asyncio.Queue(services.buffer_size)
+        # Live events that arrive while the replay runs wait here.
+        self._pending: list[LiveEvent] | None = []
+        self._fatal: ChatError | None = None
+        self._last = 0  # the last message sequence sent to the client
+        self._topic = conversation_topic(tenant_id, conversation_id)
+        # Listening starts before the conversation is read: see the module doc.
+        self._unsubscribe: Callable[[], None] | None = services.bus.subscribe(
+            self._topic, self._on_live
+        )
+
+    def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._on_close(self)
+
+    def fail(self, error: ChatError) -> None:
+        """End the stream with `error` as soon as the client reads."""
+        if self._fatal is None:
+            self._fatal = error
+        # A full queue means the reader is not waiting: it checks _fatal first.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._out.put_nowait(_WAKE)
+
+    # ------------------------------------------------------------- output
+
+    async def items(self) -> AsyncIterator[StreamItem]:
+        """Opened, the replay, then live items until the client leaves or a
+        fatal error (raised) ends the stream."""
+        conversation = self.conversation
+        yield Opened(conversation, replay_through=conversation.last_sequence)
+        if self._resume_after is None:
+            self._last = conversation.last_sequence
+        else:
+            self._last = self._resume_after
+            async for message in self._messages(self._last, conversation.last_sequence):
+                self._check()
+                # Counted as sent once handed over: the yield only returns
+                # after the transport took it.
+                self._last = message.sequence
+                yield MessageStored(message)
+        pending, self._pending = self._pending or [], None
+        for event in pending:
+            async for item in self._deliverable(event):
+                yield item
+        while True:
+            self._check()
+            queued = await self._out.get()
+            if isinstance(queued, _Wake):
+                continue
+            async for deliverable in self._deliverable(queued):
+                yield deliverable
+
+    def _on_live(self, event: LiveEvent) -> None:
+        if isinstance(event, TypingChanged | ReadThrough) and event.origin == self.id:
+            return  # the client knows what it said itself
+        if self._pending is not None:
+            if len(self._pending) >= self._services.buffer_size:
+                self.fail(self._overflow())
+            else:
+                self._pending.append(event)
+            return
+        try:
+            self._out.put_nowait(event)
+        except asyncio.QueueFull:
+            self.fail(self._overflow())
+
+    async def _deliverable(self, item: StreamItem) -> AsyncIterator[StreamItem]:
+        if not isinstance(item, MessageStored):
+            yield item
+            return
+        sequence = item.message.sequence
+        if sequence <= self._last:
+            return  # already sent (replayed, or a duplicate)
+        if sequence > self._last + 1:
+            # A gap: earlier messages' events were lost or are late. The
+            # store has them.
+            async for message in self._messages(self._last, sequence - 1):
+                self._last = message.sequence
+                yield MessageStored(message)
+        self._last = sequence
+        yield item
+
+    async def _messages(self, after: int, through: int) -> AsyncIterator[Message]:
+        with port_errors():
+            async for message in self._services.store.iter_messages(
+                self.tenant_id, self.conversation_id, after_sequence=after, through_sequence=through
+            ):
+                yield message
+
+    def _check(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _overflow(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            "the client reads too slowly; reconnect with resume_after_sequence",
+            reason="STREAM_BUFFER_FULL",
+            metadata={"resume_after_sequence": str(self._last)},
+        )
+
+    # -------------------------------------------------------------- input
+
+    async def send(self, inbound: InboundMessage) -> None:
+        """An end-user message from the client: handled as SendMessage."""
+        try:
+            if not inbound.message_id:
+                raise InvalidArgument.of("message.message_id", "is required on a stream")
+            await self._services.admission.admit(self.tenant_id)
+            outcome = await self._services.send_message(inbound, field_prefix="message.")
+        except ChatError as error:
+            await self._out.put(Refused(inbound.message_id, error))
+            return
+        result = outcome.result
+        await self._out.put(Acked(result.message_id, result.sequence, outcome.replayed))
+
+    def typing(self, typing: bool) -> None:
+        self._services.bus.publish(
+            self._topic, TypingChanged(MessageRole.USER, typing, origin=self.id)
+        )
+
+    async def read(self, through_sequence: int) -> None:
+        try:
+            await self._services.mark_read(
+                self.tenant_id,
+                self.conversation_id,
+                through_sequence,
+                field="read.read_through_sequence",
+            )
+        except ChatError as error:
+            await self._out.put(Refused("", error))
+            return
+        self._services.bus.publish(
+            self._topic, ReadThrough(MessageRole.USER, through_sequence, origin=self.id)
+        )
+
+    async def refuse(self, message_id: str, error: ChatError) -> None:
+        await self._out.put(Refused(message_id, error))
