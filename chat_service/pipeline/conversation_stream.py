@@ -129,7 +129,7 @@ class ConversationStreams:
             on_close=self._open.discard,
         )
         try:
-            stream.conversation = await self._conversation_for(tenant_id, conversation_id, request)
+            stream.start(await self._conversation_for(tenant_id, conversation_id, request))
         except BaseException:
             stream.close()
             raise
@@ -224,7 +224,7 @@ class ConversationStream:
         self.id = str(uuid.uuid4())
         self.tenant_id = tenant_id
         self.conversation_id = conversation_id
-        self.conversation: Conversation  # set by ConversationStreams.open
+        self.conversation: Conversation  # set by start()
         self._services = services
         self._resume_after = resume_after
         self._on_close = on_close
@@ -238,6 +238,12 @@ class ConversationStream:
         self._unsubscribe: Callable[[], None] | None = services.bus.subscribe(
             self._topic, self._on_live
         )
+
+    def start(self, conversation: Conversation) -> None:
+        """The conversation as read after listening began."""
+        self.conversation = conversation
+        resume_after = self._resume_after
+        self._last = conversation.last_sequence if resume_after is None else resume_after
 
     def close(self) -> None:
         if self._unsubscribe is not None:
@@ -260,10 +266,7 @@ class ConversationStream:
         fatal error (raised) ends the stream."""
         conversation = self.conversation
         yield Opened(conversation, replay_through=conversation.last_sequence)
-        if self._resume_after is None:
-            self._last = conversation.last_sequence
-        else:
-            self._last = self._resume_after
+        if self._resume_after is not None:
             async for message in self._messages(self._last, conversation.last_sequence):
                 self._check()
                 # Counted as sent once handed over: the yield only returns
