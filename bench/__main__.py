@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="scenarios:\n" + "\n".join(f"  {s.name:<22} {s.summary}" for s in SCENARIOS),
+        epilog="scenarios:\n" + "\n".join(f"  {s.name}\n      {s.summary}" for s in SCENARIOS),
     )
     parser.add_argument(
         "--scenario",

@@ -31,7 +31,7 @@ ERROR_SAMPLES = 5
 class LoadSettings:
     concurrency: int = 32
     warmup_seconds: float = 1.0
-    duration_seconds: float = 5.0
+    duration_seconds: float = 4.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,6 +131,7 @@ def format_table(report: Report) -> str:
         f"grpcio {report.grpcio}",
         f"{settings.concurrency} concurrent callers, ~{report.payload_bytes}-byte messages, "
         f"warm-up {settings.warmup_seconds:g} s + {settings.duration_seconds:g} s measured per run",
+        "a call is one RPC, or one round trip on a caller's own stream",
         "",
         row("run", "calls/s", "p50 ms", "p99 ms", "errors"),
     ]

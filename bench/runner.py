@@ -21,16 +21,21 @@ from bench.scenarios import PAYLOAD_BYTES, Scenario, scenario_named
 
 
 def run_order(selected: Iterable[Scenario]) -> list[Scenario]:
-    """Baselines (selected or needed), then the rest, then the baselines again."""
+    """Baselines (selected or needed), then the rest, then the baselines again.
+
+    The rest run in the order of their baselines, so that with one scenario
+    per baseline each runs exactly midway between its baseline's two runs.
+    """
     chosen = list(dict.fromkeys(selected))
-    baselines = list(
-        dict.fromkeys(
-            scenario if scenario.baseline is None else scenario_named(scenario.baseline)
-            for scenario in chosen
-        )
-    )
+    baselines = list(dict.fromkeys(_baseline_of(scenario) for scenario in chosen))
     others = [scenario for scenario in chosen if scenario not in baselines]
+    others.sort(key=lambda scenario: baselines.index(_baseline_of(scenario)))
     return [*baselines, *others, *baselines]
+
+
+def _baseline_of(scenario: Scenario) -> Scenario:
+    """The scenario it is compared against; a baseline is its own."""
+    return scenario if scenario.baseline is None else scenario_named(scenario.baseline)
 
 
 def _quiet(line: str) -> None:

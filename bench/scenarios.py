@@ -2,24 +2,27 @@
 
 A scenario that names a `baseline` is reported as ratios against that
 scenario's figures from the same bench run; a scenario without one is a
-baseline. To add one (streams, SendMessage on MongoDB/Redis/Kafka), write
-its coroutine and list it in SCENARIOS: start what it needs, hand the
-running service to a load function, return the LoadResult.
+baseline. To add one (SendMessage on MongoDB/Redis/Kafka, ...), write its
+coroutine and list it in SCENARIOS: start what it needs, hand the running
+service to a load function, return the LoadResult. On a stream scenario a
+"call" is one round trip on a caller's stream (bench.stream_load).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
 from chatbot.chat.v1 import chat_service_pb2, chat_service_pb2_grpc, content_pb2, resources_pb2
 
-from bench.echo_server import UNARY_METHOD
+from bench.echo_server import BIDI_METHOD, UNARY_METHOD
 from bench.load import Call, LoadResult, LoadSettings, run_load
 from bench.servers import RunningService, running_chat_service, running_echo_server
+from bench.stream_load import run_stream_load
 
 PAYLOAD_BYTES = 100
 ECHO_PAYLOAD = b"x" * PAYLOAD_BYTES
@@ -35,6 +38,10 @@ CALL_TIMEOUT_SECONDS = 10.0
 
 class UnexpectedReply(RuntimeError):
     """The server answered, but not with what the call asked for."""
+
+
+class StreamRefused(RuntimeError):
+    """StreamConversation answered a message with an `error` event."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,37 @@ async def echo_unary(settings: LoadSettings) -> LoadResult:
                 raise UnexpectedReply(f"the echo returned {len(reply)} other bytes")
 
         return await run_load(lambda _: call, settings)
+
+
+async def echo_bidi(settings: LoadSettings) -> LoadResult:
+    async with (
+        running_echo_server() as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        echo = channel.stream_stream(BIDI_METHOD, None, None)  # raw bytes both ways
+        return await run_stream_load(lambda _: EchoStream(echo(None)), settings)
+
+
+class EchoStream:
+    """Ping-pong on the bare echo's bidirectional method."""
+
+    def __init__(self, call: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
+        self._call = call
+
+    async def open(self) -> None:
+        pass  # the echo needs no greeting
+
+    async def round_trip(self) -> None:
+        async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
+            await self._call.write(ECHO_PAYLOAD)
+            reply = await self._call.read()
+        if not isinstance(reply, bytes):  # grpc.aio.EOF
+            raise UnexpectedReply("the echo ended the stream")
+        if reply != ECHO_PAYLOAD:
+            raise UnexpectedReply(f"the echo returned {len(reply)} other bytes")
+
+    def cancel(self) -> None:
+        self._call.cancel()
 
 
 # ------------------------------------------------------------- SendMessage
@@ -110,17 +148,135 @@ async def send_messages(service: RunningService, settings: LoadSettings) -> Load
         return await run_load(caller_for, settings)
 
 
+# ------------------------------------------------------ StreamConversation
+
+
+async def stream_conversation_sqlite(settings: LoadSettings) -> LoadResult:
+    async with running_chat_service() as service:
+        return await stream_conversations(service, settings)
+
+
+async def stream_conversations(
+    service: RunningService, settings: LoadSettings, *, text: str = MESSAGE_TEXT
+) -> LoadResult:
+    """StreamConversation load: each caller chats on a stream of its own.
+
+    A caller's stream opens a new conversation, then each round trip sends
+    one message of `text` and waits for its ack and the bot's reply, so
+    every round trip extends an existing conversation, as SendMessage's
+    callers do.
+    """
+    metadata = (("authorization", f"Bearer {await service.token(BENCH_TENANT)}"),)
+    content = content_pb2.MessageContent(type=content_pb2.MESSAGE_TYPE_TEXT, text=text)
+    run_id = uuid.uuid4().hex[:12]
+    message_ids = (f"bench-{run_id}-{number}" for number in itertools.count(1))
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        stub = chat_service_pb2_grpc.ChatServiceStub(channel)
+
+        def new_session(index: int) -> ConversationStream:
+            # None: frames are written one by one, not drawn from an iterator.
+            call = stub.StreamConversation(None, metadata=metadata)
+            return ConversationStream(call, f"bench-user-{index}", message_ids, content)
+
+        return await run_stream_load(new_session, settings)
+
+
+StreamConversationCall = grpc.aio.StreamStreamCall[
+    chat_service_pb2.StreamConversationRequest, chat_service_pb2.StreamConversationResponse
+]
+
+
+class ConversationStream:
+    """Ping-pong on StreamConversation: one message, then its ack and the bot's reply."""
+
+    def __init__(
+        self,
+        call: StreamConversationCall,
+        user_id: str,
+        message_ids: Iterator[str],
+        content: content_pb2.MessageContent,
+    ) -> None:
+        self._call = call
+        self._user_id = user_id
+        self._message_ids = message_ids  # shared by all streams: ids stay unique per run
+        self._content = content
+
+    async def open(self) -> None:
+        async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
+            await self._call.write(
+                chat_service_pb2.StreamConversationRequest(
+                    open=chat_service_pb2.StreamOpen(
+                        user_id=self._user_id, channel=resources_pb2.CHANNEL_WEB
+                    )
+                )
+            )
+            first = await self._next()
+        if first.WhichOneof("event") != "opened":
+            raise UnexpectedReply(f"the stream opened with {first.WhichOneof('event')!r}")
+
+    async def round_trip(self) -> None:
+        message_id = next(self._message_ids)
+        acked: int | None = None  # the message's sequence, once acknowledged
+        replied = 0  # the last sequence of a bot message seen
+        async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
+            await self._call.write(
+                chat_service_pb2.StreamConversationRequest(
+                    message=chat_service_pb2.StreamMessage(
+                        message_id=message_id, content=self._content
+                    )
+                )
+            )
+            # The reply comes before the ack on the embedded defaults; waiting
+            # for both keeps the round trip whole whatever order a bus gives.
+            while acked is None or replied <= acked:
+                event = await self._next()
+                kind = event.WhichOneof("event")
+                if kind == "ack" and event.ack.message_id == message_id:
+                    acked = event.ack.sequence
+                elif kind == "message" and event.message.role == resources_pb2.MESSAGE_ROLE_BOT:
+                    replied = max(replied, event.message.sequence)
+                elif kind == "error":
+                    raise StreamRefused(_described(event.error))
+                # Anything else (the user's own message, delivery updates) is not this answer.
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def _next(self) -> chat_service_pb2.StreamConversationResponse:
+        event = await self._call.read()
+        if not isinstance(event, chat_service_pb2.StreamConversationResponse):  # grpc.aio.EOF
+            raise UnexpectedReply("the service ended the stream")
+        return event
+
+
+def _described(error: chat_service_pb2.StreamError) -> str:
+    code = next((c.name for c in grpc.StatusCode if c.value[0] == error.status.code), "UNKNOWN")
+    return f"{code}: {error.status.message}"  # no message id: samples are distinct failures
+
+
 # ---------------------------------------------------------------- registry
 
 ECHO_UNARY = "echo-unary"
+ECHO_BIDI = "echo-bidi"
 
 SCENARIOS: Sequence[Scenario] = (
     Scenario(ECHO_UNARY, "bare grpc.aio unary echo of raw bytes", echo_unary),
+    Scenario(
+        ECHO_BIDI,
+        "bare grpc.aio bidirectional echo of raw bytes, ping-pong on a stream per caller",
+        echo_bidi,
+    ),
     Scenario(
         "send-message-sqlite",
         "SendMessage on the embedded defaults (SQLite, in-process, built-in engine)",
         send_message_sqlite,
         baseline=ECHO_UNARY,
+    ),
+    Scenario(
+        "stream-conversation-sqlite",
+        "StreamConversation on the embedded defaults, ping-pong on a conversation per caller",
+        stream_conversation_sqlite,
+        baseline=ECHO_BIDI,
     ),
 )
 
