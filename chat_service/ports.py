@@ -59,6 +59,12 @@ class ConversationChange:
     (DuplicateMessage on a known (tenant, message_id) or (conversation,
     sequence)), `events` appended to the outbox in order, and `record`, when
     given, saved as the idempotency record of its message id.
+
+    `fencing_token` is the token of the conversation lock the writer holds
+    (None: written without the lock, e.g. a conversation being created). The
+    store keeps the highest token that wrote and refuses (VersionConflict) a
+    write with a lower one, so a writer that stalled past its lock lease can
+    never write after the next holder did.
     """
 
     conversation: Conversation
@@ -66,6 +72,7 @@ class ConversationChange:
     messages: tuple[Message, ...] = ()
     events: tuple[DomainEvent, ...] = ()
     record: IdempotencyRecord | None = None
+    fencing_token: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

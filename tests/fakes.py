@@ -50,6 +50,7 @@ class InMemoryStore:
         self._messages: dict[tuple[str, str], Message] = {}  # (tenant, message_id)
         self._records: dict[tuple[str, str], IdempotencyRecord] = {}
         self._outbox: list[_OutboxRow] = []
+        self._fences: dict[str, int] = {}  # conversation id -> highest fencing token
 
     async def get_conversation(self, tenant_id: str, conversation_id: str) -> Conversation | None:
         conversation = self._conversations.get(conversation_id)
@@ -153,6 +154,10 @@ class InMemoryStore:
             or stored.version != change.expected_version
         ):
             raise VersionConflict(f"conversation {new.conversation_id!r} has moved on")
+        fence = self._fences.get(new.conversation_id)
+        token = change.fencing_token
+        if token is not None and fence is not None and token < fence:
+            raise VersionConflict(f"conversation {new.conversation_id!r} is fenced at {fence}")
         taken_ids = set(self._messages)
         taken_sequences = {(m.conversation_id, m.sequence) for m in self._messages.values()}
         for m in change.messages:
@@ -163,6 +168,8 @@ class InMemoryStore:
             taken_sequences.add(slot)
 
         self._conversations[new.conversation_id] = new
+        if token is not None:
+            self._fences[new.conversation_id] = token
         self._messages.update(((m.tenant_id, m.message_id), m) for m in change.messages)
         self._append_events(change.events)
         if change.record is not None:

@@ -9,7 +9,7 @@ a timeout, and a fencing token per grant.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ class _Entry:
 class KeyedLocks:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
-        self._tokens = itertools.count(1)
+        self._last_token = 0
 
     @asynccontextmanager
     async def acquire(self, key: str, *, timeout: float) -> AsyncIterator[LockLease]:
@@ -41,13 +41,20 @@ class KeyedLocks:
             except TimeoutError:
                 raise LockTimeout(f"lock {key!r} not granted within {timeout:g}s") from None
             try:
-                yield LockLease(key=key, fencing_token=next(self._tokens))
+                yield LockLease(key=key, fencing_token=self._next_token())
             finally:
                 entry.lock.release()
         finally:
             entry.users -= 1
             if entry.users == 0:
                 del self._entries[key]
+
+    def _next_token(self) -> int:
+        # Stores keep the highest token that wrote, so tokens must keep
+        # growing across restarts of the process: microseconds of the clock,
+        # bumped when two grants fall in the same microsecond.
+        self._last_token = max(self._last_token + 1, time.time_ns() // 1000)
+        return self._last_token
 
     def __len__(self) -> int:
         """Keys held or waited for (for tests: nothing leaks)."""

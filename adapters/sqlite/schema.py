@@ -103,8 +103,11 @@ _V2 = (
     "CREATE INDEX outbox_by_tenant ON outbox (tenant_id, position)",
 )
 
+# Version 3: the highest lock fencing token that wrote each conversation.
+_V3 = ("ALTER TABLE conversations ADD COLUMN fence INTEGER",)
+
 # MIGRATIONS[n] takes a database from version n to version n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -387,10 +387,10 @@ def _positive(limit: int) -> int:
 _INSERT_CONVERSATION = """
 INSERT INTO conversations (
     conversation_id, tenant_id, user_id, channel, status, created_at, updated_at,
-    last_sequence, version, session_id, status_reason, state, channel_metadata
+    last_sequence, version, session_id, status_reason, state, channel_metadata, fence
 ) VALUES (
     :conversation_id, :tenant_id, :user_id, :channel, :status, :created_at, :updated_at,
-    :last_sequence, :version, :session_id, :status_reason, :state, :channel_metadata
+    :last_sequence, :version, :session_id, :status_reason, :state, :channel_metadata, :fence
 )
 """
 
@@ -399,9 +399,11 @@ UPDATE conversations SET
     user_id = :user_id, channel = :channel, status = :status,
     created_at = :created_at, updated_at = :updated_at,
     last_sequence = :last_sequence, version = :version, session_id = :session_id,
-    status_reason = :status_reason, state = :state, channel_metadata = :channel_metadata
+    status_reason = :status_reason, state = :state, channel_metadata = :channel_metadata,
+    fence = coalesce(:fence, fence)
 WHERE conversation_id = :conversation_id AND tenant_id = :tenant_id
     AND version = :expected_version
+    AND (:fence IS NULL OR fence IS NULL OR fence <= :fence)
 """
 
 _INSERT_MESSAGE = """
@@ -434,6 +436,7 @@ class _EncodedChange:
 
     conversation_id: str
     expected_version: int
+    fencing_token: int | None
     conversation: Params
     messages: list[tuple[str, Params]]
     events: list[tuple[str, str]]
@@ -444,7 +447,8 @@ class _EncodedChange:
         return cls(
             conversation_id=change.conversation.conversation_id,
             expected_version=change.expected_version,
-            conversation=conversation_params(change.conversation),
+            fencing_token=change.fencing_token,
+            conversation=conversation_params(change.conversation) | {"fence": change.fencing_token},
             messages=[(m.message_id, message_params(m)) for m in change.messages],
             events=_event_rows(change.events),
             record=None if change.record is None else record_params(change.record),
@@ -467,7 +471,8 @@ def _write_change(connection: sqlite3.Connection, change: _EncodedChange) -> Non
         if replaced.rowcount != 1:
             raise VersionConflict(
                 f"conversation {change.conversation_id!r} is not at version "
-                f"{change.expected_version}"
+                f"{change.expected_version}, or was written under a newer lock than "
+                f"fencing token {change.fencing_token}"
             )
     for message_id, params in change.messages:
         try:

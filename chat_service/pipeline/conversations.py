@@ -193,7 +193,9 @@ class UpdateConversationStatus:
             raise InvalidArgument(violations)
         assert status is not None
         with port_errors():
-            async with self._locks.hold(tenant_id, conversation_id, timeout=self._lock_timeout):
+            async with self._locks.hold(
+                tenant_id, conversation_id, timeout=self._lock_timeout
+            ) as lease:
                 conversation = await self._store.get_conversation(tenant_id, conversation_id)
                 if conversation is None:
                     raise conversation_not_found(conversation_id)
@@ -218,6 +220,7 @@ class UpdateConversationStatus:
                         conversation=updated,
                         expected_version=conversation.version,
                         events=(status_changed(updated, conversation.status, now, reason),),
+                        fencing_token=lease.fencing_token,
                     )
                 )
                 return updated

@@ -127,12 +127,15 @@ class SendMessage:
                 conversation_id = (
                     stored.conversation_id if stored else msg.conversation_id or self._new_id()
                 )
-                async with self._locks.hold(msg.tenant_id, conversation_id, timeout=timeout):
+                async with self._locks.hold(
+                    msg.tenant_id, conversation_id, timeout=timeout
+                ) as lease:
+                    fence = lease.fencing_token
                     if stored is None:
                         return await self._process_new(
-                            msg, conversation_id, fingerprint, field_prefix
+                            msg, conversation_id, fingerprint, field_prefix, fence
                         )
-                    return await self._resume(msg, stored, field_prefix)
+                    return await self._resume(msg, stored, field_prefix, fence)
 
     async def _stored_result(
         self, msg: InboundMessage, fingerprint: str, field_prefix: str
@@ -145,7 +148,12 @@ class SendMessage:
         return record.result
 
     async def _process_new(
-        self, msg: InboundMessage, conversation_id: str, fingerprint: str, field_prefix: str
+        self,
+        msg: InboundMessage,
+        conversation_id: str,
+        fingerprint: str,
+        field_prefix: str,
+        fence: int,
     ) -> SendOutcome:
         conversation = await self._load_or_create(msg, conversation_id, field_prefix)
         now = self._clock.now()
@@ -199,6 +207,7 @@ class SendMessage:
             messages=(inbound,),
             events=tuple(events),
             record=record,
+            fencing_token=fence,
         )
         try:
             await self._writer.write(change)
@@ -215,11 +224,11 @@ class SendMessage:
             ) from None
         if record is not None:
             return SendOutcome(record.result, replayed=False)
-        result = await self._answer(updated, inbound, hints)
+        result = await self._answer(updated, inbound, hints, fence)
         return SendOutcome(result, replayed=False)
 
     async def _resume(
-        self, msg: InboundMessage, inbound: Message, field_prefix: str
+        self, msg: InboundMessage, inbound: Message, field_prefix: str, fence: int
     ) -> SendOutcome:
         """The inbound message is stored but was never answered (a crash or a
         lost store between the two writes): answer it now."""
@@ -231,7 +240,7 @@ class SendMessage:
             raise conversation_not_found(inbound.conversation_id)
         log.info("resuming unanswered message %s", inbound.message_id)
         return SendOutcome(
-            await self._answer(conversation, inbound, msg.processing_hints), replayed=False
+            await self._answer(conversation, inbound, msg.processing_hints, fence), replayed=False
         )
 
     async def _load_or_create(
@@ -276,7 +285,7 @@ class SendMessage:
         return conversation
 
     async def _answer(
-        self, conversation: Conversation, inbound: Message, hints: ProcessingHints
+        self, conversation: Conversation, inbound: Message, hints: ProcessingHints, fence: int
     ) -> SendResult:
         """Ask the engine, store the formatted replies, hand them to delivery."""
         started = time.monotonic()
@@ -359,6 +368,7 @@ class SendMessage:
                 messages=replies,
                 events=tuple(events),
                 record=record,
+                fencing_token=fence,
             )
         )
         # Enqueued while the conversation is still locked, so deliveries of
