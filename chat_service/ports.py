@@ -348,8 +348,13 @@ class LiveBus(Protocol):
 
     def subscribe(self, topic: str, listener: LiveListener) -> Callable[[], None]:
         """Call `listener` (on the event loop; it must not block) with every
-        event published on `topic` from now on. Returns the unsubscribe
-        function."""
+        event published on `topic` once the subscription is in effect (see
+        `synced`). Returns the unsubscribe function."""
+        ...
+
+    async def synced(self) -> None:
+        """Returns once every subscription made so far is in effect: events
+        published from then on reach its listener."""
         ...
 
 

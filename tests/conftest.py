@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+# Fixtures that start real servers (Redis, MongoDB, Kafka) on free ports.
+pytest_plugins = ["tests.support.redis", "tests.support.kafka"]
+
 _not_run: list[str] = []
 
 

@@ -35,6 +35,9 @@ class InProcessLiveBus:
 
         return unsubscribe
 
+    async def synced(self) -> None:
+        return None  # subscriptions take effect at once in one process
+
     @property
     def topics(self) -> int:
         """Topics with listeners (for tests: nothing leaks)."""

@@ -38,6 +38,14 @@ from chat_service.domain.enums import (
     Priority,
 )
 from chat_service.domain.events import DomainEvent, EventType
+from chat_service.domain.live import (
+    DeliveryChanged,
+    LiveEvent,
+    MessageStored,
+    ReadThrough,
+    StatusChanged,
+    TypingChanged,
+)
 from chat_service.domain.model import (
     ChannelMetadata,
     Conversation,
@@ -479,6 +487,74 @@ def event_from_dict(data: Mapping[str, Any]) -> DomainEvent:
             conversation_status=_optional(ConversationStatus),
         ),
     )
+
+
+# ---------------------------------------------------------------- live events
+
+
+def live_event_to_dict(event: LiveEvent) -> Document:
+    """A live event with its `kind`, the key its decoder dispatches on."""
+    match event:
+        case MessageStored(message=message):
+            return {"kind": "message_stored", "message": message_to_dict(message)}
+        case DeliveryChanged(message_id=message_id, sequence=sequence, status=status):
+            return {
+                "kind": "delivery_changed",
+                "message_id": message_id,
+                "sequence": sequence,
+                "status": status.value,
+            }
+        case StatusChanged(previous=previous, current=current, reason=reason):
+            return {
+                "kind": "status_changed",
+                "previous": previous.value,
+                "current": current.value,
+                "reason": reason,
+            }
+        case TypingChanged(role=role, typing=typing, origin=origin):
+            return {
+                "kind": "typing_changed",
+                "role": role.value,
+                "typing": typing,
+                "origin": origin,
+            }
+        case ReadThrough(role=role, sequence=sequence, origin=origin):
+            return {
+                "kind": "read_through",
+                "role": role.value,
+                "sequence": sequence,
+                "origin": origin,
+            }
+    raise TypeError(f"not a live event: {event!r}")
+
+
+def live_event_from_dict(data: Mapping[str, Any]) -> LiveEvent:
+    kind = data["kind"]
+    if kind == "message_stored":
+        return MessageStored(message_from_dict(data["message"]))
+    if kind == "delivery_changed":
+        return DeliveryChanged(
+            message_id=str(data["message_id"]),
+            sequence=int(data["sequence"]),
+            status=DeliveryStatus(data["status"]),
+        )
+    if kind == "status_changed":
+        return StatusChanged(
+            previous=ConversationStatus(data["previous"]),
+            current=ConversationStatus(data["current"]),
+            reason=str(data["reason"]),
+        )
+    if kind == "typing_changed":
+        return TypingChanged(
+            role=MessageRole(data["role"]), typing=bool(data["typing"]), origin=str(data["origin"])
+        )
+    if kind == "read_through":
+        return ReadThrough(
+            role=MessageRole(data["role"]),
+            sequence=int(data["sequence"]),
+            origin=str(data["origin"]),
+        )
+    raise ValueError(f"unknown live event kind {kind!r}")
 
 
 # -------------------------------------------------------------------- helpers

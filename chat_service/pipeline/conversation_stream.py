@@ -129,6 +129,9 @@ class ConversationStreams:
             on_close=self._open.discard,
         )
         try:
+            # Listening must be in effect before the conversation is read, or
+            # a message stored in between would reach neither.
+            await self._services.bus.synced()
             stream.start(await self._conversation_for(tenant_id, conversation_id, request))
         except BaseException:
             stream.close()

@@ -1,0 +1,140 @@
+"""Session cache and conversation-state cache over Redis.
+
+Sessions: a JSON object per (tenant, session id), kept for an hour after
+its last use (reading it restarts the hour, GETEX).
+
+Conversation state: the engine's state of a conversation with the
+conversation version it belongs to. Processes of the service put states
+after their writes, and those puts can reach Redis out of order, so a put
+never replaces a newer version (a Lua compare on the version); a reader
+that knows the current version can also tell a stale entry from a fresh
+one. Entries expire after `state_ttl`.
+
+Redis down: every call raises CoordinationUnavailable. A caller that can do
+without the cache treats that as a miss; the cache does not decide for it,
+because swallowing a failed put would leave an older state to be read once
+Redis is back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+
+from adapters.redis.client import DEFAULT_PREFIX
+from adapters.redis.errors import coordination_errors
+from chat_service.domain.model import ConversationState
+from chat_service.domain.serialization import (
+    conversation_state_from_dict,
+    conversation_state_to_dict,
+)
+
+SESSION_TTL_SECONDS = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class CachedState:
+    version: int  # the conversation version the state was written with
+    state: ConversationState
+
+
+class SessionCache(Protocol):
+    async def get_session(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
+        """The session, or None; a hit keeps it for another full TTL."""
+        ...
+
+    async def put_session(
+        self, tenant_id: str, session_id: str, session: Mapping[str, Any]
+    ) -> None: ...
+
+    async def get_conversation_state(
+        self, tenant_id: str, conversation_id: str
+    ) -> CachedState | None: ...
+
+    async def put_conversation_state(
+        self, tenant_id: str, conversation_id: str, state: ConversationState, *, version: int
+    ) -> bool:
+        """Stores the state unless a newer version is cached; whether it did."""
+        ...
+
+
+# KEYS: entry; ARGV: version, state JSON, ttl ms. Equal versions overwrite
+# (a retried put), older ones do not.
+_PUT_STATE = """
+local cached = tonumber(redis.call('HGET', KEYS[1], 'version'))
+if cached and cached > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'state', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class RedisSessionCache:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        session_ttl: float = SESSION_TTL_SECONDS,
+        state_ttl: float = SESSION_TTL_SECONDS,
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._session_ttl_ms = round(session_ttl * 1000)
+        self._state_ttl_ms = round(state_ttl * 1000)
+        self._put_state = redis.register_script(_PUT_STATE)
+
+    async def get_session(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
+        with coordination_errors("get session"):
+            raw = await self._redis.getex(
+                self._session_key(tenant_id, session_id), px=self._session_ttl_ms
+            )
+        if raw is None:
+            return None
+        session: dict[str, Any] = json.loads(raw)
+        return session
+
+    async def put_session(
+        self, tenant_id: str, session_id: str, session: Mapping[str, Any]
+    ) -> None:
+        payload = json.dumps(dict(session), separators=(",", ":"), ensure_ascii=False)
+        with coordination_errors("put session"):
+            await self._redis.set(
+                self._session_key(tenant_id, session_id), payload, px=self._session_ttl_ms
+            )
+
+    async def get_conversation_state(
+        self, tenant_id: str, conversation_id: str
+    ) -> CachedState | None:
+        with coordination_errors("get conversation state"):
+            version, state = await self._redis.hmget(
+                self._state_key(tenant_id, conversation_id), ["version", "state"]
+            )
+        if version is None or state is None:
+            return None
+        return CachedState(int(version), conversation_state_from_dict(json.loads(state)))
+
+    async def put_conversation_state(
+        self, tenant_id: str, conversation_id: str, state: ConversationState, *, version: int
+    ) -> bool:
+        payload = json.dumps(
+            conversation_state_to_dict(state), separators=(",", ":"), ensure_ascii=False
+        )
+        with coordination_errors("put conversation state"):
+            stored = await self._put_state(
+                keys=[self._state_key(tenant_id, conversation_id)],
+                args=[version, payload, self._state_ttl_ms],
+            )
+        return bool(stored)
+
+    def _session_key(self, tenant_id: str, session_id: str) -> str:
+        return f"{self._prefix}session:{tenant_id}/{session_id}"
+
+    def _state_key(self, tenant_id: str, conversation_id: str) -> str:
+        return f"{self._prefix}state:{tenant_id}/{conversation_id}"

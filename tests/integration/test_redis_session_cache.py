@@ -1,0 +1,48 @@
+"""The session cache and the conversation-state cache on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+from adapters.redis.session_cache import CachedState, RedisSessionCache
+from chat_service.domain.model import ConversationState
+from tests.support.redis import RedisClients
+
+
+async def test_a_session_round_trips_and_each_read_restarts_its_ttl(
+    redis_clients: RedisClients, redis_prefix: str
+) -> None:
+    cache = RedisSessionCache(redis_clients(), prefix=redis_prefix, session_ttl=0.4)
+    session = {"user": "u1", "cart": [1, 2], "name": "Zoë"}
+    await cache.put_session("t1", "s1", session)
+    assert await cache.get_session("t1", "s1") == session
+    assert await cache.get_session("t2", "s1") is None  # another tenant's
+
+    for _ in range(3):  # 0.75 s in all, well past one TTL
+        await asyncio.sleep(0.25)
+        assert await cache.get_session("t1", "s1") == session
+    await asyncio.sleep(0.5)
+    assert await cache.get_session("t1", "s1") is None
+
+
+async def test_a_conversation_state_is_never_replaced_by_an_older_one(
+    redis_clients: RedisClients, redis_prefix: str
+) -> None:
+    cache = RedisSessionCache(redis_clients(), prefix=redis_prefix)
+    newer = ConversationState(current_intent="pay", slots={"amount": 10})
+    older = ConversationState(current_intent="greet")
+
+    assert await cache.put_conversation_state("t1", "c1", newer, version=3)
+    assert not await cache.put_conversation_state("t1", "c1", older, version=2)
+    assert await cache.get_conversation_state("t1", "c1") == CachedState(3, newer)
+    # The same version again (a retried put) is accepted.
+    assert await cache.put_conversation_state("t1", "c1", newer, version=3)
+    assert await cache.get_conversation_state("t2", "c1") is None
+
+
+async def test_a_conversation_state_expires(redis_clients: RedisClients, redis_prefix: str) -> None:
+    cache = RedisSessionCache(redis_clients(), prefix=redis_prefix, state_ttl=0.2)
+    await cache.put_conversation_state("t1", "c1", ConversationState(), version=1)
+    assert await cache.get_conversation_state("t1", "c1") is not None
+    await asyncio.sleep(0.3)
+    assert await cache.get_conversation_state("t1", "c1") is None
