@@ -1,6 +1,11 @@
 """The composition root: picks an adapter for every port from the settings
 and builds the use cases. The one module that knows every adapter.
 
+Each production part is chosen by its variable alone: MONGODB_URI (store),
+REDIS_URL (locks, idempotency claims, rate limits, live fan-out),
+KAFKA_BROKERS (events), MCP_ENGINE_URL (bot engine); unset, the embedded
+default stands in.
+
 Nothing is built at import time; `build_services` is called by the server
 (and by tests) with explicit settings.
 """
@@ -13,11 +18,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from adapters.engine.builtin import BuiltinEngine
+from adapters.engine.grpc_engine import GrpcEngine
+from adapters.kafka import KafkaPublisher, KafkaSettings
 from adapters.memory.clock import SystemClock
 from adapters.memory.live_bus import InProcessLiveBus
 from adapters.memory.locks import InProcessConversationLocks, InProcessIdempotencyGuard
 from adapters.memory.log_publisher import LogPublisher
 from adapters.memory.rate_limit import InProcessRateLimiter
+from adapters.mongo import MongoStore
+from adapters.redis.client import connect_redis
+from adapters.redis.idempotency import RedisIdempotencyGuard
+from adapters.redis.live_bus import RedisLiveBus
+from adapters.redis.locks import RedisConversationLocks
+from adapters.redis.rate_limit import RedisRateLimiter
 from adapters.sqlite.store import SqliteStore
 from chat_service.auth import JwtVerifier, load_or_create_dev_key
 from chat_service.config import ConfigError, Settings
@@ -30,7 +43,7 @@ from chat_service.pipeline.conversations import ConversationQueries, UpdateConve
 from chat_service.pipeline.delivery import DeliveryQueue
 from chat_service.pipeline.export import ExportConversation
 from chat_service.pipeline.live import LiveFeed
-from chat_service.pipeline.outbox_relay import OutboxRelay
+from chat_service.pipeline.outbox_relay import OutboxRelay, RelaySettings
 from chat_service.pipeline.read_receipts import MarkRead
 from chat_service.pipeline.send_message import SendMessage, SendSettings
 from chat_service.pipeline.watch import EventTail, WatchConversations
@@ -38,12 +51,33 @@ from chat_service.pipeline.writer import ConversationWriter
 from chat_service.ports import (
     ChannelSender,
     ConversationChange,
+    ConversationLocks,
     ConversationStore,
     Engine,
     EventPublisher,
+    IdempotencyGuard,
+    LiveBus,
+    RateLimiter,
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Lifecycle:
+    """What adapters need done when the service starts, and when it stops
+    (closed in reverse order of creation)."""
+
+    starters: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Coordination:
+    locks: ConversationLocks
+    idempotency: IdempotencyGuard
+    limiter: RateLimiter
+    bus: LiveBus
 
 
 @dataclass
@@ -65,10 +99,12 @@ class Services:
     relay: OutboxRelay
     publisher: EventPublisher
     engine: Engine
-    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
+        for start in self.lifecycle.starters:
+            await start()
         await self.tail.start_position()
         self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox relay"))
         self._tasks.append(asyncio.create_task(self.tail.run(), name="event tail"))
@@ -91,7 +127,7 @@ class Services:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.relay.drain(timeout)
-        for close in reversed(self._closers):
+        for close in reversed(self.lifecycle.closers):
             try:
                 await close()
             except Exception:
@@ -99,19 +135,17 @@ class Services:
 
 
 async def build_services(settings: Settings) -> Services:
-    _refuse_unavailable_parts(settings)
+    life = Lifecycle()
     clock = SystemClock()
-    store = await SqliteStore.open(
-        settings.data_dir / "chat.sqlite3", synchronous=settings.sqlite_synchronous
+    store = await _store(settings, life)
+    coordination = _coordination(settings, life)
+    publisher = _publisher(settings, life)
+    engine = _engine(settings, life)
+    relay = OutboxRelay(
+        store, publisher, RelaySettings(batch_size=500 if settings.kafka_brokers else 100)
     )
-    closers: list[Callable[[], Awaitable[None]]] = [store.close]
-    publisher: EventPublisher = LogPublisher()
-    closers.append(publisher.close)
-    engine = await _engine(settings, closers)
-    relay = OutboxRelay(store, publisher)
     tail = EventTail(store)
-    bus = InProcessLiveBus()
-    live = LiveFeed(bus)
+    live = LiveFeed(coordination.bus)
 
     def committed(change: ConversationChange) -> None:
         relay.wake()
@@ -132,13 +166,12 @@ async def build_services(settings: Settings) -> Services:
         listeners=[delivery_changed],
         delivered_by_storing=(Channel.WEB,),
     )
-    locks = InProcessConversationLocks()
-    admission = TenantAdmission(InProcessRateLimiter(settings.rate_limit_for))
+    admission = TenantAdmission(coordination.limiter)
     send_message = SendMessage(
         store=store,
         writer=writer,
-        locks=locks,
-        idempotency=InProcessIdempotencyGuard(),
+        locks=coordination.locks,
+        idempotency=coordination.idempotency,
         engine=engine,
         delivery=delivery,
         clock=clock,
@@ -152,7 +185,7 @@ async def build_services(settings: Settings) -> Services:
         StreamServices(
             store=store,
             writer=writer,
-            bus=bus,
+            bus=coordination.bus,
             send_message=send_message,
             mark_read=MarkRead(store=store, clock=clock, on_change=delivery_changed),
             admission=admission,
@@ -168,7 +201,11 @@ async def build_services(settings: Settings) -> Services:
         send_message=send_message,
         queries=ConversationQueries(store),
         update_status=UpdateConversationStatus(
-            store=store, writer=writer, locks=locks, clock=clock, lock_timeout=settings.lock_timeout
+            store=store,
+            writer=writer,
+            locks=coordination.locks,
+            clock=clock,
+            lock_timeout=settings.lock_timeout,
         ),
         streams=streams,
         watch=WatchConversations(store, tail, buffer_size=settings.stream_buffer_size),
@@ -178,17 +215,67 @@ async def build_services(settings: Settings) -> Services:
         relay=relay,
         publisher=publisher,
         engine=engine,
-        _closers=closers,
+        lifecycle=life,
     )
 
 
-async def _engine(settings: Settings, closers: list[Callable[[], Awaitable[None]]]) -> Engine:
+async def _store(settings: Settings, life: Lifecycle) -> ConversationStore:
+    store: ConversationStore
+    if settings.mongodb_uri:
+        store = await MongoStore.open(
+            settings.mongodb_uri,
+            max_pool_size=settings.max_connections_mongo,
+            timeout_ms=settings.request_timeout_ms,
+        )
+    else:
+        store = await SqliteStore.open(
+            settings.data_dir / "chat.sqlite3", synchronous=settings.sqlite_synchronous
+        )
+    life.closers.append(store.close)
+    return store
+
+
+def _coordination(settings: Settings, life: Lifecycle) -> Coordination:
+    if not settings.redis_url:
+        # One process: everything in memory (DESIGN.md's embedded default).
+        return Coordination(
+            locks=InProcessConversationLocks(),
+            idempotency=InProcessIdempotencyGuard(),
+            limiter=InProcessRateLimiter(settings.rate_limit_for),
+            bus=InProcessLiveBus(),
+        )
+    redis = connect_redis(settings.redis_url, max_connections=settings.max_connections_redis)
+    life.closers.append(redis.aclose)
+    bus = RedisLiveBus(redis)
+    life.starters.append(bus.start)
+    life.closers.append(bus.close)
+    return Coordination(
+        locks=RedisConversationLocks(redis),
+        idempotency=RedisIdempotencyGuard(redis),
+        limiter=RedisRateLimiter(redis, settings.rate_limit_for),
+        bus=bus,
+    )
+
+
+def _publisher(settings: Settings, life: Lifecycle) -> EventPublisher:
+    publisher: EventPublisher
+    if settings.kafka_brokers:
+        kafka = KafkaPublisher(
+            KafkaSettings(brokers=settings.kafka_brokers, topic_prefix=settings.kafka_topic_prefix)
+        )
+        life.starters.append(kafka.start)  # never fails: the outbox waits for Kafka
+        publisher = kafka
+    else:
+        publisher = LogPublisher()
+    life.closers.append(publisher.close)
+    return publisher
+
+
+def _engine(settings: Settings, life: Lifecycle) -> Engine:
     if not settings.mcp_engine_url:
         return BuiltinEngine()
-    from adapters.engine.grpc_engine import GrpcEngine
-
     engine = GrpcEngine(settings.mcp_engine_url, timeout=settings.engine_timeout)
-    closers.append(engine.close)
+    life.closers.append(engine.close)
     return engine
 
 
@@ -213,19 +300,3 @@ def _verifier(settings: Settings) -> JwtVerifier:
         key.path,
     )
     return key.verifier(leeway_seconds=jwt.leeway_seconds)
-
-
-def _refuse_unavailable_parts(settings: Settings) -> None:
-    """Production adapters not in this build yet: fail loudly rather than
-    silently run on the embedded parts while the operator expects others."""
-    missing = {
-        "MONGODB_URI": settings.mongodb_uri,
-        "REDIS_URL": settings.redis_url,
-        "KAFKA_BROKERS": ",".join(settings.kafka_brokers),
-    }
-    unsupported = [name for name, value in missing.items() if value]
-    if unsupported:
-        raise ConfigError(
-            f"{', '.join(unsupported)}: not supported by this version yet; unset to run on the "
-            "embedded defaults (SQLite, in-process coordination, logged events)"
-        )

@@ -167,8 +167,12 @@ class ConversationStore(Protocol):
     async def claim_outbox(
         self, owner: str, *, limit: int, lease_seconds: float
     ) -> Sequence[OutboxEntry]:
-        """Unpublished events not leased by another owner, oldest first, leased
-        to `owner` for `lease_seconds`."""
+        """The oldest unpublished events (at most `limit`), leased to `owner`
+        for `lease_seconds`: a contiguous run from the oldest one, stopping
+        at the first event another owner holds. Nothing while another owner
+        holds the oldest one: one relay at a time publishes the head of the
+        outbox, so events leave in outbox order (and a conversation's events
+        in their order) however many relays run."""
         ...
 
     async def mark_published(self, owner: str, positions: Sequence[int]) -> None: ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 # Fixtures that start real servers (Redis, MongoDB, Kafka) on free ports.
-pytest_plugins = ["tests.support.redis", "tests.support.kafka"]
+pytest_plugins = ["tests.support.redis", "tests.support.kafka", "tests.support.mongo"]
 
 _not_run: list[str] = []
 

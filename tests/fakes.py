@@ -199,12 +199,13 @@ class InMemoryStore:
         self, owner: str, *, limit: int, lease_seconds: float
     ) -> Sequence[OutboxEntry]:
         now = time.monotonic()
-        claimable = [
-            row
-            for row in self._outbox
-            if not row.published
-            and (not row.claimed_by or row.claimed_by == owner or row.claimed_until <= now)
-        ][:limit]
+        claimable: list[_OutboxRow] = []
+        for row in (row for row in self._outbox if not row.published):
+            if len(claimable) == limit:
+                break
+            if row.claimed_by and row.claimed_by != owner and row.claimed_until > now:
+                break  # another owner's: the run from the head ends here
+            claimable.append(row)
         for row in claimable:
             row.claimed_by, row.claimed_until = owner, now + lease_seconds
         return [row.entry for row in claimable]

@@ -515,10 +515,9 @@ def _event_rows(events: Iterable[DomainEvent]) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------- outbox
 
 
-_CLAIMABLE = """
-SELECT position, event FROM outbox
+_OLDEST_UNPUBLISHED = """
+SELECT position, event, claimed_by, claimed_until FROM outbox
 WHERE published_at IS NULL
-    AND (claimed_by IS NULL OR claimed_by = :owner OR claimed_until <= :now)
 ORDER BY position
 LIMIT :limit
 """
@@ -528,7 +527,12 @@ def _claim_outbox(
     connection: sqlite3.Connection, owner: str, limit: int, lease_micros: int
 ) -> list[OutboxEntry]:
     now = _now_micros()
-    rows = connection.execute(_CLAIMABLE, {"owner": owner, "now": now, "limit": limit}).fetchall()
+    rows = []
+    for row in connection.execute(_OLDEST_UNPUBLISHED, {"limit": limit}):
+        held_by = row["claimed_by"]
+        if held_by is not None and held_by != owner and row["claimed_until"] > now:
+            break  # another relay's: the run ends here (at the head: nothing)
+        rows.append(row)
     connection.executemany(
         "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE position = ?",
         [(owner, now + lease_micros, row["position"]) for row in rows],

@@ -25,11 +25,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServiceProcess:
-    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: Mapping[str, str] | None = None, *, name: str = "service"
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.extra_env = dict(env or {})
-        self.log_path = data_dir / "service.log"
+        # Several processes may share one data directory (and store).
+        self.log_path = data_dir / f"{name}.log"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -9,7 +9,9 @@ import pytest
 from adapters.memory.locks import InProcessIdempotencyGuard, KeyedLocks
 from adapters.memory.rate_limit import InProcessRateLimiter
 from chat_service.config import RateLimit
-from chat_service.ports import LockTimeout
+from chat_service.domain.errors import ResourceExhausted
+from chat_service.pipeline.admission import TenantAdmission
+from chat_service.ports import CoordinationUnavailable, LockTimeout, RateDecision
 
 
 async def test_waiters_are_served_in_arrival_order() -> None:
@@ -108,3 +110,23 @@ async def test_tenants_have_their_own_buckets_and_limits() -> None:
     assert (await limiter.acquire("small")).allowed
     assert not (await limiter.acquire("small")).allowed
     assert all([(await limiter.acquire("big")).allowed for _ in range(10)])
+
+
+class DownLimiter:
+    async def acquire(self, tenant_id: str, cost: int = 1) -> RateDecision:
+        raise CoordinationUnavailable("redis down")
+
+
+async def test_admission_lets_calls_through_when_the_limiter_is_down() -> None:
+    await TenantAdmission(DownLimiter()).admit("acme")  # no exception
+
+
+async def test_admission_refuses_past_the_limit_with_retry_info() -> None:
+    limiter = InProcessRateLimiter(lambda tenant: RateLimit(rate=1, burst=1), clock=FakeTime())
+    admission = TenantAdmission(limiter)
+    await admission.admit("acme")
+
+    with pytest.raises(ResourceExhausted) as refused:
+        await admission.admit("acme")
+    assert refused.value.reason == "RATE_LIMITED"
+    assert refused.value.retry_after == pytest.approx(1.0)

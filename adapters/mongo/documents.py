@@ -1,0 +1,166 @@
+"""Domain objects <-> MongoDB documents.
+
+A document is the shared codec's dict (chat_service.domain.serialization)
+plus what MongoDB itself needs: a natural `_id` where there is one, the
+casefolded text the search filter matches, and BSON dates for the TTL
+indexes. Times otherwise stay the codec's ISO-8601 UTC strings: fixed width,
+so they sort as they compare, and exact to the microsecond (a BSON date
+keeps milliseconds, and the store gives back what it was given).
+
+Fields starting with `_` other than `_id` belong to the journalled write
+protocol (journal.py); the decoders ignore them, as they ignore every key
+they do not know.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bson.int64 import Int64
+
+from chat_service.domain.events import OutboxEntry
+from chat_service.domain.model import Conversation, IdempotencyRecord, Message
+from chat_service.domain.serialization import (
+    Document,
+    conversation_from_dict,
+    conversation_to_dict,
+    event_from_dict,
+    event_to_dict,
+    idempotency_record_from_dict,
+    idempotency_record_to_dict,
+    message_from_dict,
+    message_to_dict,
+)
+from chat_service.ports import ConversationChange
+
+CONVERSATIONS = "conversations"
+MESSAGES = "messages"
+RECORDS = "idempotency_records"
+OUTBOX = "outbox"
+COUNTERS = "counters"
+
+# The counter document that numbers outbox events.
+OUTBOX_POSITION = "outbox_position"
+
+
+_CONVERSATION_FIELDS = tuple(field.name for field in dataclasses.fields(Conversation))
+
+
+def conversation_document(conversation: Conversation, *, fencing_token: int | None) -> Document:
+    """A new conversation's document; `_fence` is the highest lock fencing
+    token that wrote it (ConversationChange.fencing_token)."""
+    document = {"_id": conversation.conversation_id, **conversation_to_dict(conversation)}
+    if fencing_token is not None:
+        document["_fence"] = fencing_token
+    return document
+
+
+def conversation_update(conversation: Conversation, *, fencing_token: int | None) -> Document:
+    """The update turning a stored conversation document into `conversation`.
+    An update, not a replacement, so that what is not the conversation's
+    (the fence, the journal's fields) stays unless said otherwise; fields
+    back at their default, which the codec leaves out, are removed."""
+    fields = conversation_to_dict(conversation)
+    update: Document = {"$set": fields}
+    absent = [name for name in _CONVERSATION_FIELDS if name not in fields]
+    if absent:
+        update["$unset"] = dict.fromkeys(absent, "")
+    if fencing_token is not None:
+        update["$max"] = {"_fence": fencing_token}
+    return update
+
+
+def fence_admits(fencing_token: int | None) -> Document:
+    """Filter: no writer with a higher fencing token wrote the conversation
+    (a write without a token is not fenced)."""
+    if fencing_token is None:
+        return {}
+    return {"$or": [{"_fence": {"$exists": False}}, {"_fence": {"$lte": fencing_token}}]}
+
+
+def conversation_from_document(document: Mapping[str, Any]) -> Conversation:
+    return conversation_from_dict(document)
+
+
+def message_document(message: Message) -> Document:
+    # _id is left to the driver (an ObjectId): the message's keys are unique
+    # indexes of their own, and an ObjectId keeps inserts append-only.
+    return {**message_to_dict(message), "search_text": search_text(message)}
+
+
+def message_from_document(document: Mapping[str, Any]) -> Message:
+    return message_from_dict(document)
+
+
+def search_text(message: Message) -> str:
+    """What the search filter of ListConversations matches: casefolded, like
+    the query, so that "Straße" finds "STRASSE" as it does on SQLite."""
+    return message.content.text.casefold()
+
+
+def record_document(record: IdempotencyRecord, *, stored_at: datetime, version: int) -> Document:
+    """`stored_at` (a BSON date) drives the TTL index; `version` is the
+    conversation version of the write that saved it, so that a late repeat of
+    an older write never replaces a newer record (journal.py)."""
+    return {**idempotency_record_to_dict(record), "stored_at": stored_at, "version": version}
+
+
+def record_from_document(document: Mapping[str, Any]) -> IdempotencyRecord:
+    return idempotency_record_from_dict(document)
+
+
+def outbox_document(position: int, event: Document) -> Document:
+    """`event`: as event_to_dict gives it."""
+    # The position is the _id (a repeated insert of the same event is a
+    # duplicate, which makes journal replays idempotent) and is kept again
+    # as a plain field for the claim index: nx-27017 cannot have _id inside
+    # a compound index (see tests/integration/test_mongo_store.py).
+    return {
+        "_id": Int64(position),
+        "position": Int64(position),
+        "event": event,
+        "unpublished": True,
+    }
+
+
+def outbox_entry(document: Mapping[str, Any]) -> OutboxEntry:
+    return OutboxEntry(int(document["position"]), event_from_dict(document["event"]))
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedChange:
+    """A ConversationChange as the documents it writes, encoded once before
+    any of them is (so a retried transaction encodes nothing again)."""
+
+    conversation_id: str
+    tenant_id: str
+    expected_version: int
+    fencing_token: int | None
+    conversation: Document  # to insert, when expected_version is 0
+    conversation_update: Document  # to apply, otherwise
+    messages: tuple[Document, ...]
+    message_ids: tuple[str, ...]  # of `messages`, in the same order
+    events: tuple[Document, ...]  # event_to_dict's, positioned when written
+    record: Document | None
+
+
+def encode_change(change: ConversationChange, *, stored_at: datetime) -> EncodedChange:
+    new = change.conversation
+    return EncodedChange(
+        conversation_id=new.conversation_id,
+        tenant_id=new.tenant_id,
+        expected_version=change.expected_version,
+        fencing_token=change.fencing_token,
+        conversation=conversation_document(new, fencing_token=change.fencing_token),
+        conversation_update=conversation_update(new, fencing_token=change.fencing_token),
+        messages=tuple(message_document(message) for message in change.messages),
+        message_ids=tuple(message.message_id for message in change.messages),
+        events=tuple(event_to_dict(event) for event in change.events),
+        record=None
+        if change.record is None
+        else record_document(change.record, stored_at=stored_at, version=new.version),
+    )

@@ -1,0 +1,549 @@
+"""Atomic conversation changes without transactions: the journalled write.
+
+A standalone MongoDB (and nx-27017, which answers like one) has no
+multi-document transactions, only atomic single-document writes. A change
+(the conversation, its new messages, their outbox events, the idempotency
+record) is then written in this order:
+
+1. Lease. The conversation document is leased to this write
+   (`_lease: {token, until}`): for a new conversation a placeholder
+   `{version: 0}` is inserted; a stored one must still be at
+   `expected_version`, admit the write's fencing token, hold no unfinished
+   change, and have no live lease. A stale version or token is
+   VersionConflict here, before anything is written.
+2. Reserve. The messages are inserted, marked `_write: token`. Their unique
+   indexes claim (tenant, message_id) and (conversation, sequence) for this
+   write, so duplicates are found race-free; on DuplicateMessage the write
+   deletes its reservations and gives the lease back. A reserved message is
+   invisible: readers show a message only at or below its conversation's
+   `last_sequence`, which only the commit moves.
+3. Positions. The events' outbox positions are taken, listed as in flight
+   (positions.py), which holds back readers of the event log at them.
+4. Commit. One update of the conversation document, conditional on the
+   lease still being this write's, sets the new state, removes the lease
+   and journals the rest in it: `_pending: {token, events with their positions, record}`.
+   This single-document write is the commit point: before it readers see
+   none of the change; after it they see the conversation and its messages,
+   and the events and record are durable in `_pending`.
+5. Roll forward. The markers come off the messages, the events go into the
+   outbox (each with its position as `_id`, so a repeat is a no-op), the
+   record is saved (unless a newer one is), the positions are released
+   from in flight, and `_pending` is removed, conditional on its token.
+
+Recovery, when a writer dies part-way (a crash, or MongoDB going away):
+- after step 4 nothing is lost: step 5 is idempotent and is run by whoever
+  meets the unfinished change: the next write of the conversation (before
+  it may take the lease), `get_record` (so a retry finds its record), and
+  every `claim_outbox`, which first finishes all unfinished changes, so the
+  relay publishes every event of every committed change.
+- before step 4 the change was never visible. Its lease runs out after
+  `lease` and the next writer takes it over. Its reservations are deleted
+  by whoever needs their keys, and its positions are declared void by the
+  next `claim_outbox` or event-log read, once the lease is over: a write is
+  abandoned when its conversation's lease and journal no longer name it,
+  since its commit is conditional on the lease. A lease that ran out but
+  was not taken over is revoked first (fencing the writer). Safety never
+  rests on clocks: a writer slower than its lease, or one whose clock is
+  off, loses its lease and gets VersionConflict, nothing written.
+- sequence numbers have no gap: a committed `last_sequence` covers exactly
+  the messages reserved, and kept, by the write that committed it.
+
+Delivery status updates are journalled on the message document: the new
+status and its event (`_events.<token>`, positioned in flight) in one
+conditional update, then the event into the outbox, then the position
+released and the journal entry removed. A writer that died before its
+update is fenced by `_void.<token>`, which its update's condition excludes.
+
+A write that is fenced or loses a race gets VersionConflict or
+DuplicateMessage with nothing visible written, as with transactions. What
+the journal cannot give: the events and the record of a committed change
+reach their collections a moment after the conversation (step 5), or after
+a crash only once someone finishes the change as above.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
+
+from adapters.mongo.documents import (
+    CONVERSATIONS,
+    COUNTERS,
+    MESSAGES,
+    OUTBOX,
+    RECORDS,
+    EncodedChange,
+    fence_admits,
+    outbox_document,
+)
+from adapters.mongo.errors import first_failed_index, is_duplicate_key
+from adapters.mongo.filters import all_of
+from adapters.mongo.positions import PositionRegistry
+from adapters.mongo.schema import Collection, Database
+from chat_service.domain.enums import DeliveryStatus
+from chat_service.domain.serialization import Document
+from chat_service.ports import DuplicateMessage, StoreUnavailable, VersionConflict
+
+log = logging.getLogger(__name__)
+
+# Bounds the loops that step over other writers' leftovers; each round
+# makes progress unless another writer keeps racing this one, which the
+# conversation locks of the pipeline rule out in practice.
+_ROUNDS = 4
+
+
+class Journal:
+    """The journalled write protocol over the store's collections."""
+
+    def __init__(self, database: Database, *, lease: timedelta, time_limit: float) -> None:
+        if lease <= timedelta(0):
+            raise ValueError("the write lease must be positive")
+        self._conversations: Collection = database[CONVERSATIONS]
+        self._messages: Collection = database[MESSAGES]
+        self._records: Collection = database[RECORDS]
+        self._outbox: Collection = database[OUTBOX]
+        self._positions = PositionRegistry(database[COUNTERS], time_limit=time_limit)
+        self._lease_micros = lease // timedelta(microseconds=1)
+
+    # ------------------------------------------------------------- writes
+
+    async def write(self, change: EncodedChange) -> None:
+        token = _new_token()
+        until = await self._take_lease(change, token)
+        try:
+            await self._reserve(change, token)
+            positions = await self._take_positions(change, token, until)
+            pending = await self._commit(change, token, positions)
+        except ConnectionFailure:
+            # MongoDB is out of reach: undoing would only wait for it again.
+            # What is left is invisible, and settled by whoever meets it.
+            raise
+        except Exception:
+            if not await self._abandon(change, token):
+                raise
+            # The commit applied after all; only its answer was lost.
+            pending = None
+        try:
+            await self._roll_forward(change.conversation_id, pending)
+        except PyMongoError as error:
+            # Committed and durable: the next writer, a record lookup or the
+            # outbox relay's next claim rolls it forward.
+            log.warning(
+                "change of %s committed, roll-forward deferred: %s", change.conversation_id, error
+            )
+
+    async def advance_delivery_status(
+        self, tenant_id: str, message_id: str, status: DeliveryStatus, event: Document | None
+    ) -> bool:
+        # A lost round means the status moved forward (at most four times),
+        # or this writer was slower than its lease: rounds are few.
+        for _ in range(2 * _ROUNDS):
+            found = await self._messages.find_one(
+                {"tenant_id": tenant_id, "message_id": message_id},
+                {
+                    "tenant_id": 1,
+                    "conversation_id": 1,
+                    "sequence": 1,
+                    "delivery_status": 1,
+                    "_write": 1,
+                },
+            )
+            if found is None or not await self.is_visible(found):
+                return False
+            current = DeliveryStatus(found["delivery_status"])
+            if not current.can_advance_to(status):
+                return False
+            key, token = found["_id"], _new_token()
+            update: Document = {"delivery_status": status.value}
+            where: Document = {"_id": key, "delivery_status": current.value}
+            if event is not None:
+                until = now_micros() + self._lease_micros
+                [position] = await self._positions.take(
+                    1, token=token, until=until, owner={"message_key": key}
+                )
+                update[f"_events.{token}"] = outbox_document(position, event)
+                where[f"_void.{token}"] = {"$exists": False}
+            moved = await self._messages.update_one(where, {"$set": update})
+            if moved.matched_count == 1:
+                if event is not None:
+                    await self._finish_quietly(self._finish_delivery(key, token))
+                return True
+            if event is not None:
+                await self._positions.release(token)  # taken for nothing: void
+        raise StoreUnavailable(f"delivery status of {message_id!r}: kept losing its lease")
+
+    # ------------------------------------------------------------ readers
+
+    async def visible_bound(self, tenant_id: str, conversation_id: str) -> int | None:
+        """The highest sequence readers may see in the conversation, None when
+        the conversation does not exist (for this tenant)."""
+        found = await self._conversations.find_one(
+            {"_id": conversation_id, "tenant_id": tenant_id, "version": {"$gt": 0}},
+            {"last_sequence": 1},
+        )
+        return None if found is None else int(found.get("last_sequence", 0))
+
+    async def is_visible(self, message: Mapping[str, Any]) -> bool:
+        if "_write" not in message:
+            return True
+        bound = await self.visible_bound(message["tenant_id"], message["conversation_id"])
+        return bound is not None and int(message["sequence"]) <= bound
+
+    async def record_in_flight(self, tenant_id: str, message_id: str) -> Document | None:
+        """The record of a committed change not rolled forward yet: finishes the
+        change of the message's conversation, then reads the record."""
+        message = await self._messages.find_one(
+            {"tenant_id": tenant_id, "message_id": message_id}, {"conversation_id": 1}
+        )
+        if message is None:
+            return None
+        unfinished = await self._conversations.find_one(
+            {"_id": message["conversation_id"], "_pending.token": {"$exists": True}}, {"_id": 1}
+        )
+        if unfinished is None:
+            return None
+        await self.finish(message["conversation_id"])
+        return await self._records.find_one({"tenant_id": tenant_id, "message_id": message_id})
+
+    async def settled_through(self) -> int:
+        """The event log's readable end: every position up to it is in the
+        outbox or void. Settles what dead writers left in flight first."""
+        counter = await self._positions.read()
+        if await self._settle_abandoned(counter.in_flight):
+            counter = await self._positions.read()
+        return counter.settled_through
+
+    # ----------------------------------------------------------- recovery
+
+    async def finish(self, conversation_id: str) -> None:
+        """Rolls forward the conversation's committed change, if one is unfinished."""
+        await self._roll_forward(conversation_id, None)
+
+    async def finish_unfinished(self, limit: int) -> None:
+        """Rolls forward up to `limit` unfinished changes (the sparse index
+        holds only those), and settles positions left by dead writers."""
+        unfinished = self._conversations.find(
+            {"_pending.token": {"$exists": True}}, {"_id": 1}
+        ).limit(limit)
+        for found in await unfinished.to_list():
+            await self.finish(found["_id"])
+        await self._settle_abandoned((await self._positions.read()).in_flight)
+
+    async def _settle_abandoned(self, in_flight: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Settles the entries whose lease is over: their writes are finished
+        if they committed, else fenced and their positions declared void.
+        Returns whether there were any."""
+        now = now_micros()
+        expired = {token: entry for token, entry in in_flight.items() if entry["until"] <= now}
+        for token, entry in expired.items():
+            if "message_key" in entry:
+                await self._settle_delivery(entry["message_key"], token)
+            elif await self._is_abandoned(entry["conversation_id"], token):
+                await self._positions.release(token)
+            else:
+                await self.finish(entry["conversation_id"])
+        return bool(expired)
+
+    async def _settle_delivery(self, message_key: object, token: str) -> None:
+        # One conditional update decides: either the writer's update is in
+        # (finish it), or from now on it can never be (void).
+        voided = await self._messages.update_one(
+            {"_id": message_key, f"_events.{token}": {"$exists": False}},
+            {"$set": {f"_void.{token}": True}},
+        )
+        if voided.matched_count == 1:
+            await self._positions.release(token)
+        else:
+            await self._finish_delivery(message_key, token)
+
+    # -------------------------------------------------------------- steps
+
+    async def _take_lease(self, change: EncodedChange, token: str) -> int:
+        """Returns when the lease ends (wall-clock microseconds)."""
+        conversation_id, tenant_id = change.conversation_id, change.tenant_id
+        for _ in range(_ROUNDS):
+            now = now_micros()
+            until = now + self._lease_micros
+            lease = {"token": token, "until": until}
+            free = {"$or": [{"_lease": {"$exists": False}}, {"_lease.until": {"$lte": now}}]}
+            if change.expected_version == 0:
+                if await self._insert_placeholder(change, lease):
+                    return until
+                # A placeholder whose creator died may be taken over.
+                taken = await self._conversations.update_one(
+                    all_of({"_id": conversation_id, "tenant_id": tenant_id, "version": 0}, free),
+                    {"$set": {"_lease": lease}},
+                )
+                if taken.matched_count == 1:
+                    return until
+                raise VersionConflict(f"conversation {conversation_id!r} already exists")
+            held = await self._conversations.update_one(
+                all_of(
+                    {
+                        "_id": conversation_id,
+                        "tenant_id": tenant_id,
+                        "version": change.expected_version,
+                        "_pending": {"$exists": False},
+                    },
+                    free,
+                    fence_admits(change.fencing_token),
+                ),
+                {"$set": {"_lease": lease}},
+            )
+            if held.matched_count == 1:
+                return until
+            current = await self._conversations.find_one(
+                {"_id": conversation_id, "tenant_id": tenant_id},
+                {"version": 1, "_pending": 1, "_fence": 1},
+            )
+            if current is None or current.get("version") != change.expected_version:
+                raise VersionConflict(
+                    f"conversation {conversation_id!r} is not at version {change.expected_version}"
+                )
+            fence = current.get("_fence")
+            if (
+                change.fencing_token is not None
+                and fence is not None
+                and fence > change.fencing_token
+            ):
+                raise VersionConflict(
+                    f"conversation {conversation_id!r} was written under a newer lock "
+                    f"(fencing token {fence}) than {change.fencing_token}"
+                )
+            if "_pending" not in current:
+                raise VersionConflict(
+                    f"conversation {conversation_id!r} is being written by another writer"
+                )
+            # The change that made this version is still rolling forward.
+            await self.finish(conversation_id)
+        raise VersionConflict(f"conversation {conversation_id!r} kept changing")
+
+    async def _insert_placeholder(self, change: EncodedChange, lease: Document) -> bool:
+        placeholder = {
+            "_id": change.conversation_id,
+            "tenant_id": change.tenant_id,
+            "version": 0,
+            "_lease": lease,
+        }
+        try:
+            await self._conversations.insert_one(placeholder)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def _reserve(self, change: EncodedChange, token: str) -> None:
+        documents = [{**message, "_write": token} for message in change.messages]
+        message_ids = list(change.message_ids)
+        for _ in range(_ROUNDS + len(documents)):
+            if not documents:
+                return
+            try:
+                await self._messages.insert_many(documents, ordered=True)
+                return
+            except BulkWriteError as error:
+                if not is_duplicate_key(error):
+                    raise
+                # Those before the failed one are in; retry from it once
+                # whatever blocked it turns out to be abandoned.
+                failed = first_failed_index(error)
+                documents, message_ids = documents[failed:], message_ids[failed:]
+                if not await self._clear_abandoned(documents[0], token):
+                    raise DuplicateMessage(message_ids[0]) from error
+        raise DuplicateMessage(message_ids[0])
+
+    async def _clear_abandoned(self, message: Document, token: str) -> bool:
+        """Deletes the abandoned reservations holding this message's keys.
+        False when a key is genuinely taken: by a committed message, by a
+        write still at work, or by this very change."""
+        blockers = await self._messages.find(
+            {
+                "$or": [
+                    {"tenant_id": message["tenant_id"], "message_id": message["message_id"]},
+                    {
+                        "conversation_id": message["conversation_id"],
+                        "sequence": message["sequence"],
+                    },
+                ]
+            },
+            {"conversation_id": 1, "_write": 1},
+        ).to_list()
+        for blocker in blockers:
+            writer = blocker.get("_write")
+            if writer is None or writer == token:
+                return False
+            if not await self._is_abandoned(blocker["conversation_id"], writer):
+                return False
+        for blocker in blockers:
+            await self._messages.delete_one({"_id": blocker["_id"], "_write": blocker["_write"]})
+        return True  # (also when the blockers vanished meanwhile: try again)
+
+    async def _is_abandoned(self, conversation_id: str, writer: str) -> bool:
+        """Whether the write `writer` of this conversation can never commit;
+        revokes its lease if that ran out (so that it cannot)."""
+        for _ in range(2):
+            current = await self._conversations.find_one(
+                # Whole subdocuments: nx-27017 flattens dotted projections.
+                {"_id": conversation_id},
+                {"_lease": 1, "_pending": 1},
+            )
+            if current is None:
+                return True  # a creation that gave up its placeholder
+            if current.get("_pending", {}).get("token") == writer:
+                return False  # committed; being rolled forward
+            lease = current.get("_lease")
+            if lease is None or lease.get("token") != writer:
+                return True  # its writer lost the lease, so it can never commit
+            if lease["until"] > now_micros():
+                return False  # its writer may still be at work
+            revoked = await self._conversations.update_one(
+                {"_id": conversation_id, "_lease.token": writer}, {"$unset": {"_lease": ""}}
+            )
+            if revoked.matched_count == 1:
+                return True
+        return False
+
+    async def _take_positions(self, change: EncodedChange, token: str, until: int) -> range:
+        if not change.events:
+            return range(0)
+        return await self._positions.take(
+            len(change.events),
+            token=token,
+            until=until,
+            owner={"conversation_id": change.conversation_id},
+        )
+
+    async def _commit(self, change: EncodedChange, token: str, positions: range) -> Document:
+        pending: Document = {
+            "token": token,
+            "events": [
+                outbox_document(position, event)
+                for position, event in zip(positions, change.events, strict=True)
+            ],
+        }
+        if change.record is not None:
+            pending["record"] = change.record
+        # The lease alone admits the commit: while it is held nobody else
+        # writes, so the fence checked with it still holds.
+        update = change.conversation_update
+        committed = await self._conversations.update_one(
+            {"_id": change.conversation_id, "tenant_id": change.tenant_id, "_lease.token": token},
+            {
+                **update,
+                "$set": {**update["$set"], "_pending": pending},
+                "$unset": {**update.get("$unset", {}), "_lease": ""},
+            },
+        )
+        if committed.matched_count != 1:
+            raise VersionConflict(
+                f"conversation {change.conversation_id!r}: the write lost its lease "
+                "(it took longer than the lease, and another writer took over)"
+            )
+        return pending
+
+    async def _roll_forward(self, conversation_id: str, pending: Document | None) -> None:
+        if pending is None:
+            found = await self._conversations.find_one({"_id": conversation_id}, {"_pending": 1})
+            pending = None if found is None else found.get("_pending")
+            if not pending:
+                return
+        token = pending["token"]
+        await self._messages.update_many(
+            {"conversation_id": conversation_id, "_write": token}, {"$unset": {"_write": ""}}
+        )
+        events = pending.get("events", [])
+        if events:
+            await _insert_missing(self._outbox, events)
+            await self._positions.release(token)
+        record = pending.get("record")
+        if record is not None:
+            await _save_record_unless_newer(self._records, record)
+        await self._conversations.update_one(
+            {"_id": conversation_id, "_pending.token": token}, {"$unset": {"_pending": ""}}
+        )
+
+    async def _abandon(self, change: EncodedChange, token: str) -> bool:
+        """Undoes a write that failed at or before its commit; returns True when
+        the commit turns out to have applied (its answer was lost)."""
+        conversation_id = change.conversation_id
+        try:
+            # First the lease: once it is gone, this write can never commit,
+            # so what follows cannot race our own late commit.
+            if change.expected_version == 0:
+                await self._conversations.delete_one(
+                    {"_id": conversation_id, "version": 0, "_lease.token": token}
+                )
+            else:
+                await self._conversations.update_one(
+                    {"_id": conversation_id, "_lease.token": token}, {"$unset": {"_lease": ""}}
+                )
+            current = await self._conversations.find_one({"_id": conversation_id}, {"_pending": 1})
+            if current is not None and current.get("_pending", {}).get("token") == token:
+                return True
+            await self._messages.delete_many({"conversation_id": conversation_id, "_write": token})
+            if change.events:  # positions taken or not: releasing is harmless
+                await self._positions.release(token)
+        except PyMongoError as error:
+            # What is left is invisible, and settled by whoever meets it.
+            log.warning("could not undo a failed write of %s: %s", conversation_id, error)
+        return False
+
+    async def _finish_delivery(self, message_key: object, token: str) -> None:
+        found = await self._messages.find_one({"_id": message_key}, {"_events": 1})
+        event = None if found is None else found.get("_events", {}).get(token)
+        if event is not None:
+            await _insert_missing(self._outbox, [event])
+        await self._positions.release(token)
+        await self._messages.update_one({"_id": message_key}, {"$unset": {f"_events.{token}": ""}})
+
+    @staticmethod
+    async def _finish_quietly(finishing: Awaitable[None]) -> None:
+        try:
+            await finishing
+        except PyMongoError as error:
+            # Journalled on the message: settled once its lease is over.
+            log.warning("delivery update journalled, outbox insert deferred: %s", error)
+
+
+async def _insert_missing(collection: Collection, documents: Iterable[Document]) -> None:
+    """Inserts the documents whose _id is not there yet."""
+    documents = [dict(document) for document in documents]
+    if not documents:
+        return
+    try:
+        await collection.insert_many(documents, ordered=False)
+    except BulkWriteError as error:
+        if not is_duplicate_key(error):
+            raise
+
+
+async def _save_record_unless_newer(records: Collection, record: Document) -> None:
+    # No match means this write's record, or a newer one, is saved already:
+    # the upsert then collides with it on the unique index, and that is fine.
+    with contextlib.suppress(DuplicateKeyError):
+        await records.update_one(
+            {
+                "tenant_id": record["tenant_id"],
+                "message_id": record["message_id"],
+                "version": {"$lt": record["version"]},
+            },
+            {"$set": record},
+            upsert=True,
+        )
+
+
+def _new_token() -> str:
+    # A letter first: tokens are also field names (`_events.<token>`).
+    return f"w{uuid.uuid4().hex}"
+
+
+def now_micros() -> int:
+    # Wall-clock time: leases must mean the same to every process. Only
+    # liveness depends on it (see the module docstring), never safety.
+    return time.time_ns() // 1000

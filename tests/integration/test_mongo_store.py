@@ -1,0 +1,669 @@
+"""What only the MongoDB store has to show: its indexes, durability across
+client and server restarts, outages, writes cut short by a crash, the
+journalled write order, and how it copes with what nx-27017 (the test
+server) cannot do. The shared behaviour is in test_store_contract.py, which
+runs on both write paths.
+
+nx-27017's gaps, and where the workaround is exercised:
+- its transactions are not isolated from other sessions (they see its
+  uncommitted writes, its abort rolls back their writes, and two at once
+  fail with "no such savepoint"): it answers `hello` like a standalone, so
+  the store uses journalled writes there
+  (test_nx_27017_gets_journalled_writes); the transactional path runs in
+  the contract suite one operation at a time ("mongo-transactions");
+- a filter with an $or loses its other conditions: every $or goes inside
+  an explicit $and (test_an_or_keeps_its_other_conditions_inside_an_and;
+  the contract's keyset-with-filters and claim tests fail without it);
+- `distinct` ignores a $regex in its filter: the search groups with an
+  aggregation (the contract's search tests);
+- dotted projections come back as flat keys: the store projects whole
+  subdocuments (the journalled delivery-status and recovery tests);
+- a compound index holding `_id` breaks inserts: no index holds `_id`
+  (test_open_creates_the_indexes);
+- index names and compound directions are its own, partial filters are
+  dropped: index checks compare keys and uniqueness only;
+- TTL indexes are created, but nothing ever expires; a changed TTL replaces
+  the index silently and collMod is a no-op: the TTL test checks the
+  index's setting, not expiry;
+- documents `$push`-ed into an array are stored as JSON strings (and
+  `$pull` by a condition then removes them all): the store keeps such sets
+  as maps of subdocuments, `$set` and `$unset` by key (the journalled
+  tests; the event log's in-flight positions);
+- `$ne` does not match missing fields, positional `$` updates corrupt
+  arrays, and aggregation-pipeline updates are refused: the store uses none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, monitoring
+
+from adapters.mongo import MongoStore
+from adapters.mongo.filters import all_of
+from adapters.mongo.transactions import supports_transactions
+from chat_service.domain.enums import DeliveryStatus
+from chat_service.domain.events import EventType
+from chat_service.ports import (
+    ConversationChange,
+    DuplicateMessage,
+    StoreUnavailable,
+    VersionConflict,
+)
+from tests.builders import (
+    TENANT,
+    create_change,
+    make_conversation,
+    make_event,
+    make_message,
+    make_record,
+    update_change,
+)
+from tests.support.mongo import MongoServer, database_name
+
+# Short timeouts: a stopped server is noticed within a second, and one that
+# is back is found again within it (the driver checks at most twice a second).
+TIMEOUT_MS = 1000
+# Short leases, so that a crashed journalled writer is overtaken quickly.
+LEASE = timedelta(seconds=0.3)
+
+RawClient = AsyncMongoClient[dict[str, Any]]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[MongoServer]:
+    """A server of the test's own, for tests that stop, kill or restart it."""
+    own = MongoServer(tmp_path / "mongo").start()
+    yield own
+    own.kill()
+
+
+@pytest.fixture
+async def raw(mongo_uri: str) -> AsyncIterator[RawClient]:
+    """A plain client on the test's database, to look behind the store."""
+    client: RawClient = AsyncMongoClient(mongo_uri)
+    yield client
+    await client.close()
+
+
+async def open_store(uri: str, **options: Any) -> MongoStore:
+    defaults: dict[str, Any] = {"timeout_ms": TIMEOUT_MS, "write_lease": LEASE}
+    return await MongoStore.open(uri, **(defaults | options))
+
+
+def own_uri(server: MongoServer, request: pytest.FixtureRequest) -> str:
+    return server.uri_for(database_name(request.node.name))
+
+
+def full_change() -> ConversationChange:
+    """A new conversation with a message, two events and a record."""
+    conversation = make_conversation()
+    message = make_message(conversation, 1, "hello")
+    events = [make_event(conversation, message=message) for _ in range(2)]
+    return create_change(conversation, [message], events, make_record(message))
+
+
+async def assert_written(store: MongoStore, change: ConversationChange) -> None:
+    """All of the change is there, readable, its events in the outbox."""
+    conversation = change.conversation
+    assert await store.get_conversation(TENANT, conversation.conversation_id) == conversation
+    listed = await store.list_messages(TENANT, conversation.conversation_id, limit=10)
+    assert list(listed) == list(change.messages)
+    assert change.record is not None
+    assert await store.get_record(TENANT, change.record.message_id) == change.record
+    claimed = await store.claim_outbox("inspector", limit=100, lease_seconds=0)
+    mine = [e.event for e in claimed if e.event.conversation_id == conversation.conversation_id]
+    assert mine == list(change.events)
+
+
+async def assert_not_written(store: MongoStore, change: ConversationChange) -> None:
+    """Nothing of the (new-conversation) change is visible."""
+    assert await store.get_conversation(TENANT, change.conversation.conversation_id) is None
+    for message in change.messages:
+        assert await store.get_message(TENANT, message.message_id) is None
+        assert await store.get_record(TENANT, message.message_id) is None
+    listed = await store.list_messages(TENANT, change.conversation.conversation_id, limit=10)
+    assert list(listed) == []
+    assert await store.claim_outbox("inspector", limit=100, lease_seconds=0) == []
+
+
+class KillOnCommand(monitoring.CommandListener):
+    """Kills the server (SIGKILL, a crash) as the first command matching
+    `when` is sent: that command and everything after it fail."""
+
+    def __init__(self, server: MongoServer, when: Callable[[str, Mapping[str, Any]], bool]) -> None:
+        self._server = server
+        self._when = when
+        self.fired = False
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if not self.fired and self._when(event.command_name, event.command):
+            self.fired = True
+            self._server.kill()
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def inserting_events(name: str, command: Mapping[str, Any]) -> bool:
+    return name == "insert" and command.get("insert") == "outbox"
+
+
+def committing_journalled_change(name: str, command: Mapping[str, Any]) -> bool:
+    """The journalled write's commit: the conversation updated, `_pending` set."""
+    return (
+        name == "update"
+        and command.get("update") == "conversations"
+        and any(
+            "_pending" in update.get("u", {}).get("$set", {})
+            for update in command.get("updates", ())
+        )
+    )
+
+
+# --------------------------------------------------------------- opening
+
+
+async def test_open_creates_the_indexes(mongo_uri: str, raw: RawClient) -> None:
+    await (await open_store(mongo_uri)).close()
+    await (await open_store(mongo_uri)).close()  # again: idempotent
+
+    database = raw.get_default_database()
+
+    async def indexes(collection: str) -> dict[tuple[str, ...], Mapping[str, Any]]:
+        # Keys and options only: nx-27017 has index names of its own and
+        # does not keep a compound index's direction.
+        found = await (await database[collection].list_indexes()).to_list()
+        return {tuple(index["key"]): index for index in found}
+
+    conversations = await indexes("conversations")
+    assert {
+        ("tenant_id", "created_at", "conversation_id"),
+        ("tenant_id", "user_id"),
+        ("tenant_id", "status", "channel"),
+    } <= set(conversations)
+    messages = await indexes("messages")
+    assert messages[("tenant_id", "message_id")].get("unique") is True
+    assert messages[("conversation_id", "sequence")].get("unique") is True
+    records = await indexes("idempotency_records")
+    assert records[("tenant_id", "message_id")].get("unique") is True
+    assert records[("stored_at",)]["expireAfterSeconds"] == 7 * 24 * 3600
+    outbox = await indexes("outbox")
+    assert {("unpublished", "position"), ("event.tenant_id", "position")} <= set(outbox)
+    # No index holds _id beside other keys (nx-27017 cannot insert then).
+    for found in (conversations, messages, records, outbox):
+        assert all("_id" not in keys for keys in found if len(keys) > 1)
+
+
+async def test_a_changed_ttl_applies_on_the_next_open(mongo_uri: str, raw: RawClient) -> None:
+    await (await open_store(mongo_uri)).close()
+    await (await open_store(mongo_uri, record_ttl=timedelta(days=1))).close()
+
+    found = await (await raw.get_default_database()["idempotency_records"].list_indexes()).to_list()
+    ttl = {tuple(index["key"]): index.get("expireAfterSeconds") for index in found}
+    assert ttl[("stored_at",)] == 24 * 3600
+
+
+async def test_the_database_comes_from_the_argument_or_the_uri_path(
+    mongo_server: MongoServer, request: pytest.FixtureRequest
+) -> None:
+    named = database_name(request.node.name)
+    stores = [
+        await open_store(mongo_server.uri_for(named)),
+        await open_store(mongo_server.uri_for("ignored"), database=named),
+        await open_store(mongo_server.uri),
+    ]
+    try:
+        assert [store.database_name for store in stores] == [named, named, "chat_service"]
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_nx_27017_gets_journalled_writes(mongo_uri: str) -> None:
+    # nx-27017 gap: its transactions are not isolated from other sessions.
+    # It answers `hello` like a standalone mongod (no setName), which has no
+    # transactions at all, so the store journals its writes there.
+    store = await open_store(mongo_uri)
+    forced = await open_store(mongo_uri, transactions=True)
+    try:
+        assert not store.uses_transactions
+        assert forced.uses_transactions
+    finally:
+        await store.close()
+        await forced.close()
+
+
+def test_replica_sets_and_mongos_have_transactions() -> None:
+    assert supports_transactions({"isWritablePrimary": True, "setName": "rs0"})
+    assert supports_transactions({"isWritablePrimary": True, "msg": "isdbgrid"})
+    assert not supports_transactions({"isWritablePrimary": True})
+
+
+async def test_an_or_keeps_its_other_conditions_inside_an_and(raw: RawClient) -> None:
+    # nx-27017 gap: beside an $or, other conditions are dropped. The store
+    # writes every $or inside an explicit $and (filters.all_of).
+    things = raw.get_default_database()["things"]
+    await things.insert_many([{"n": n, "kind": "odd" if n % 2 else "even"} for n in range(6)])
+
+    found = things.find(all_of({"kind": "odd"}, {"$or": [{"n": {"$lt": 2}}, {"n": 5}]}))
+
+    assert sorted(thing["n"] for thing in await found.to_list()) == [1, 5]
+
+
+# ------------------------------------------------------ durability, outages
+
+
+async def test_data_survives_closing_the_client_and_restarting_the_server(
+    server: MongoServer, request: pytest.FixtureRequest
+) -> None:
+    uri = own_uri(server, request)
+    store = await open_store(uri)
+    change = full_change()
+    [message] = change.messages
+    await store.write(change)
+    assert await store.update_delivery_status(TENANT, message.message_id, DeliveryStatus.READ)
+    [first, _] = await store.claim_outbox("relay", limit=10, lease_seconds=0)
+    await store.mark_published("relay", [first.position])
+    await store.close()
+
+    server.restart()
+    reopened = await open_store(uri)
+    try:
+        cid = change.conversation.conversation_id
+        assert await reopened.get_conversation(TENANT, cid) == change.conversation
+        read = dataclasses.replace(message, delivery_status=DeliveryStatus.READ)
+        assert await reopened.list_messages(TENANT, cid, limit=10) == [read]
+        assert change.record is not None
+        assert await reopened.get_record(TENANT, message.message_id) == change.record
+        remaining = await reopened.claim_outbox("relay", limit=10, lease_seconds=0)
+        assert [entry.event for entry in remaining] == [change.events[1]]
+        log = await reopened.read_events(after_position=0, limit=10)
+        assert [entry.event for entry in log] == list(change.events)
+    finally:
+        await reopened.close()
+
+
+@pytest.mark.parametrize("transactions", [False, True], ids=["journalled", "transactions"])
+async def test_an_outage_fails_fast_and_the_same_store_recovers(
+    server: MongoServer, request: pytest.FixtureRequest, transactions: bool
+) -> None:
+    store = await open_store(own_uri(server, request), transactions=transactions)
+    try:
+        before = full_change()
+        await store.write(before)
+        cid = before.conversation.conversation_id
+
+        server.stop()
+        calls: list[Callable[[], Any]] = [
+            lambda: store.get_conversation(TENANT, cid),
+            lambda: store.write(full_change()),
+            lambda: store.claim_outbox("relay", limit=10, lease_seconds=1),
+        ]
+        for call in calls:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await call()
+            # Server selection gives up after TIMEOUT_MS; aborting a cut
+            # transaction may wait that long once more.
+            assert time.monotonic() - started < 3 * TIMEOUT_MS / 1000
+
+        server.start()
+        after = full_change()
+        await store.write(after)  # the same instance, not reopened
+        await assert_written(store, after)
+        assert await store.get_conversation(TENANT, cid) == before.conversation
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------- writes cut by a crash
+
+
+async def test_a_transaction_cut_by_a_crash_leaves_nothing(
+    server: MongoServer, request: pytest.FixtureRequest
+) -> None:
+    # The crash comes as the events are inserted: the conversation and its
+    # messages are already written, in the transaction.
+    killer = KillOnCommand(server, inserting_events)
+    store = await open_store(
+        own_uri(server, request), transactions=True, client_options={"event_listeners": [killer]}
+    )
+    try:
+        change = full_change()
+        with pytest.raises(StoreUnavailable):
+            await store.write(change)
+        assert killer.fired
+
+        server.start()
+        await assert_not_written(store, change)
+        await store.write(change)  # the caller's retry
+        await assert_written(store, change)
+    finally:
+        await store.close()
+
+
+async def test_a_journalled_write_cut_before_its_commit_leaves_nothing(
+    server: MongoServer, request: pytest.FixtureRequest
+) -> None:
+    # Lease taken, messages reserved, positions taken: then the crash.
+    killer = KillOnCommand(server, committing_journalled_change)
+    store = await open_store(own_uri(server, request), client_options={"event_listeners": [killer]})
+    try:
+        change = full_change()
+        with pytest.raises(StoreUnavailable):
+            await store.write(change)
+        assert killer.fired
+
+        server.start()
+        await assert_not_written(store, change)
+        await asyncio.sleep(LEASE.total_seconds())
+        await store.write(change)  # the retry overtakes the dead write's leftovers
+        await assert_written(store, change)
+    finally:
+        await store.close()
+
+
+async def test_a_journalled_write_cut_after_its_commit_is_finished_by_readers(
+    server: MongoServer, request: pytest.FixtureRequest
+) -> None:
+    # The commit is in; the crash comes as the events go to the outbox.
+    killer = KillOnCommand(server, inserting_events)
+    store = await open_store(own_uri(server, request), client_options={"event_listeners": [killer]})
+    try:
+        change = full_change()
+        await store.write(change)  # committed: the rest is journalled
+        assert killer.fired
+
+        server.start()
+        # get_record and claim_outbox roll the change forward.
+        await assert_written(store, change)
+        log = await store.read_events(after_position=0, limit=10)
+        assert [entry.event for entry in log] == list(change.events)
+    finally:
+        await store.close()
+
+
+async def test_positions_of_a_dead_writer_hold_back_the_log_until_its_lease_ends(
+    server: MongoServer, request: pytest.FixtureRequest
+) -> None:
+    lease = timedelta(seconds=3)  # long enough to look at the log within it
+    killer = KillOnCommand(server, committing_journalled_change)
+    store = await open_store(
+        own_uri(server, request), write_lease=lease, client_options={"event_listeners": [killer]}
+    )
+    try:
+        dead = full_change()
+        lease_end = time.monotonic() + lease.total_seconds()
+        with pytest.raises(StoreUnavailable):
+            await store.write(dead)
+        server.start()
+        later = full_change()
+        await store.write(later)
+
+        # The dead write's positions come before `later`'s: while its lease
+        # lasts, a reader of the log may not pass them.
+        held_back = await store.read_events(after_position=0, limit=10)
+        last = await store.last_event_position()
+        assert time.monotonic() < lease_end  # (else the test proves nothing)
+        assert (held_back, last) == ([], 0)
+        await asyncio.sleep(lease_end - time.monotonic())
+        log = await store.read_events(after_position=0, limit=10)
+        assert [entry.event for entry in log] == list(later.events)
+        assert log[0].position > 2  # the dead write's 1 and 2 are void
+        assert await store.last_event_position() == log[-1].position
+
+        # The dead write's message id is free again, in another conversation.
+        [taken] = dead.messages
+        conversation = make_conversation()
+        reused = make_message(conversation, 1, message_id=taken.message_id)
+        await store.write(create_change(conversation, [reused]))
+        assert await store.get_message(TENANT, taken.message_id) == reused
+        assert await store.get_conversation(TENANT, dead.conversation.conversation_id) is None
+    finally:
+        await store.close()
+
+
+# ----------------------------------------------------- journalled writes
+
+
+async def test_a_journalled_writer_that_outlives_its_lease_cannot_commit(
+    mongo_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow, fast = await open_store(mongo_uri), await open_store(mongo_uri)
+    try:
+        created = create_change(make_conversation())
+        await fast.write(created)
+        original = created.conversation
+        # The slow writer stalls between reserving its message and committing
+        # (a step inside the journal, reached into for that).
+        journal = slow._journal
+        assert journal is not None
+        commit = journal._commit
+
+        async def stalled_commit(*args: Any) -> Any:
+            await asyncio.sleep(LEASE.total_seconds() * 2)
+            return await commit(*args)
+
+        monkeypatch.setattr(journal, "_commit", stalled_commit)
+        slow_message = make_message(original, 1, "slow")
+        fast_message = make_message(original, 1, "fast")
+        slow_write = asyncio.create_task(slow.write(update_change(original, [slow_message])))
+        await asyncio.sleep(LEASE.total_seconds() * 1.2)
+
+        # Its lease over, another writer takes the conversation, and the
+        # same sequence, from it.
+        await fast.write(update_change(original, [fast_message]))
+        with pytest.raises(VersionConflict):
+            await slow_write
+
+        cid = original.conversation_id
+        assert await fast.list_messages(TENANT, cid, limit=10) == [fast_message]
+        assert await fast.get_message(TENANT, slow_message.message_id) is None
+    finally:
+        await slow.close()
+        await fast.close()
+
+
+async def test_a_live_writers_reservation_is_a_duplicate_elsewhere(
+    mongo_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await open_store(mongo_uri, write_lease=timedelta(seconds=30))
+    go_on = asyncio.Event()
+    try:
+        # The first write is held between its reservation and its commit (a
+        # step inside the journal, reached into for that).
+        journal = store._journal
+        assert journal is not None
+        commit, reserved = journal._commit, asyncio.Event()
+
+        async def held_commit(*args: Any) -> Any:
+            reserved.set()
+            await go_on.wait()
+            return await commit(*args)
+
+        monkeypatch.setattr(journal, "_commit", held_commit)
+        first = make_conversation()
+        message = make_message(first, 1)
+        first_write = asyncio.create_task(store.write(create_change(first, [message])))
+        await reserved.wait()
+
+        # While the first write holds the id (reserved, not committed), it
+        # is taken for another conversation, and invisible to readers.
+        other = make_conversation()
+        same_id = make_message(other, 1, message_id=message.message_id)
+        with pytest.raises(DuplicateMessage):
+            await store.write(create_change(other, [same_id]))
+        assert await store.get_message(TENANT, message.message_id) is None
+        assert not await store.update_delivery_status(
+            TENANT, message.message_id, DeliveryStatus.READ
+        )
+
+        go_on.set()
+        await first_write
+        assert await store.get_message(TENANT, message.message_id) == message
+        assert await store.get_conversation(TENANT, other.conversation_id) is None
+    finally:
+        go_on.set()  # (close() waits for the held write)
+        await store.close()
+
+
+async def test_a_delivery_update_slower_than_its_lease_is_voided_and_retried(
+    mongo_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await open_store(mongo_uri)
+    try:
+        change = full_change()
+        await store.write(change)
+        [message] = change.messages
+        await store.claim_outbox("relay", limit=10, lease_seconds=60)  # out of the way
+        # The first round stalls past its lease after taking its position
+        # (inside the journal, reached into for that); meanwhile a claim
+        # settles the position as void, so that round's update cannot apply.
+        journal = store._journal
+        assert journal is not None
+        positions = journal._positions
+        take, rounds = positions.take, 0
+
+        async def slow_take(*args: Any, **kwargs: Any) -> range:
+            nonlocal rounds
+            rounds += 1
+            taken = await take(*args, **kwargs)
+            if rounds == 1:
+                await asyncio.sleep(LEASE.total_seconds() * 1.5)
+                await store.claim_outbox("relay", limit=10, lease_seconds=60)
+            return taken
+
+        monkeypatch.setattr(positions, "take", slow_take)
+        event = make_event(change.conversation, EventType.DELIVERY_UPDATED, message)
+
+        async with asyncio.timeout(5):
+            moved = await store.update_delivery_status(
+                TENANT, message.message_id, DeliveryStatus.SENT, event
+            )
+
+        assert moved
+        assert rounds == 2
+        assert await store.get_message(TENANT, message.message_id) == dataclasses.replace(
+            message, delivery_status=DeliveryStatus.SENT
+        )
+        # The change's events are at 1 and 2; the voided round had 3.
+        log = await store.read_events(after_position=2, limit=10)
+        assert [(entry.position, entry.event) for entry in log] == [(4, event)]
+    finally:
+        await store.close()
+
+
+async def test_the_log_shows_no_position_before_the_lower_ones_are_written(
+    mongo_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await open_store(mongo_uri, write_lease=timedelta(seconds=30))
+    go_on = asyncio.Event()
+    try:
+        # The first write is held after taking its positions, before its
+        # commit (a step inside the journal, reached into for that).
+        journal = store._journal
+        assert journal is not None
+        commit, positioned = journal._commit, asyncio.Event()
+
+        async def held_commit(*args: Any) -> Any:
+            positioned.set()
+            await go_on.wait()
+            return await commit(*args)
+
+        monkeypatch.setattr(journal, "_commit", held_commit)
+        first, second = full_change(), full_change()
+        first_write = asyncio.create_task(store.write(first))
+        await positioned.wait()
+        monkeypatch.undo()
+        await store.write(second)
+
+        assert await store.read_events(after_position=0, limit=10) == []
+        assert await store.last_event_position() == 0
+        go_on.set()
+        await first_write
+        log = await store.read_events(after_position=0, limit=10)
+        assert [entry.event for entry in log] == [*first.events, *second.events]
+        assert [entry.position for entry in log] == [1, 2, 3, 4]
+    finally:
+        go_on.set()  # (close() waits for the held write)
+        await store.close()
+
+
+async def test_concurrent_journalled_writers_leave_no_gap_and_lose_no_event(
+    mongo_uri: str,
+) -> None:
+    store = await open_store(mongo_uri, write_lease=timedelta(seconds=10))
+    try:
+        shared = create_change(make_conversation())
+        await store.write(shared)
+        shared_id = shared.conversation.conversation_id
+
+        async def converse_alone() -> str:
+            conversation = make_conversation()
+            change = create_change(conversation, [make_message(conversation, 1)])
+            await store.write(change)
+            message = make_message(change.conversation, 2)
+            await store.write(
+                update_change(change.conversation, [message], [make_event(conversation)])
+            )
+            return conversation.conversation_id
+
+        async def append_to_shared(text: str) -> None:
+            while True:
+                current = await store.get_conversation(TENANT, shared_id)
+                assert current is not None
+                message = make_message(current, current.last_sequence + 1, text)
+                try:
+                    await store.write(
+                        update_change(current, [message], [make_event(current, message=message)])
+                    )
+                    return
+                except VersionConflict:
+                    await asyncio.sleep(0.001)
+
+        tailed: list[int] = []
+        writing = True
+
+        async def tail() -> None:
+            """Follows the log's end as WatchConversations does: if a position
+            became visible before a lower one, the tail would skip that one."""
+            after = 0
+            while writing or after < await store.last_event_position():
+                batch = await store.read_events(after_position=after, limit=100)
+                tailed.extend(entry.position for entry in batch)
+                after = batch[-1].position if batch else after
+                await asyncio.sleep(0 if batch else 0.002)
+
+        texts = [f"writer {n}" for n in range(8)]
+        tailing = asyncio.create_task(tail())
+        alone, _ = await asyncio.gather(
+            asyncio.gather(*(converse_alone() for _ in range(8))),
+            asyncio.gather(*(append_to_shared(t) for t in texts)),
+        )
+        writing = False
+        await tailing
+
+        for conversation_id in alone:
+            messages = await store.list_messages(TENANT, conversation_id, limit=10)
+            assert [m.sequence for m in messages] == [1, 2]
+        messages = [m async for m in store.iter_messages(TENANT, shared_id)]
+        assert [m.sequence for m in messages] == list(range(1, 9))
+        assert sorted(m.content.text for m in messages) == sorted(texts)
+        log = await store.read_events(after_position=0, limit=100)
+        positions = [entry.position for entry in log]
+        assert len(log) == 16
+        assert positions == sorted(set(positions))
+        assert tailed == positions
+    finally:
+        await store.close()
