@@ -25,12 +25,14 @@ from adapters.memory.live_bus import InProcessLiveBus
 from adapters.memory.locks import InProcessConversationLocks, InProcessIdempotencyGuard
 from adapters.memory.log_publisher import LogPublisher
 from adapters.memory.rate_limit import InProcessRateLimiter
+from adapters.memory.session_cache import InProcessSessionCache
 from adapters.mongo import MongoStore
 from adapters.redis.client import connect_redis
 from adapters.redis.idempotency import RedisIdempotencyGuard
 from adapters.redis.live_bus import RedisLiveBus
 from adapters.redis.locks import RedisConversationLocks
 from adapters.redis.rate_limit import RedisRateLimiter
+from adapters.redis.session_cache import RedisSessionCache
 from adapters.sqlite.store import SqliteStore
 from chat_service.auth import JwtVerifier, load_or_create_dev_key
 from chat_service.config import ConfigError, Settings
@@ -46,6 +48,7 @@ from chat_service.pipeline.live import LiveFeed
 from chat_service.pipeline.outbox_relay import OutboxRelay, RelaySettings
 from chat_service.pipeline.read_receipts import MarkRead
 from chat_service.pipeline.send_message import SendMessage, SendSettings
+from chat_service.pipeline.state_cache import StateCacheFeed
 from chat_service.pipeline.watch import EventTail, WatchConversations
 from chat_service.pipeline.writer import ConversationWriter
 from chat_service.ports import (
@@ -58,6 +61,7 @@ from chat_service.ports import (
     IdempotencyGuard,
     LiveBus,
     RateLimiter,
+    SessionCache,
 )
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,7 @@ class Coordination:
     idempotency: IdempotencyGuard
     limiter: RateLimiter
     bus: LiveBus
+    sessions: SessionCache
 
 
 @dataclass
@@ -146,11 +151,14 @@ async def build_services(settings: Settings) -> Services:
     )
     tail = EventTail(store)
     live = LiveFeed(coordination.bus)
+    states = StateCacheFeed(coordination.sessions)
+    life.closers.append(states.drain)
 
     def committed(change: ConversationChange) -> None:
         relay.wake()
         tail.wake()
         live.committed(change)
+        states.committed(change)
 
     def delivery_changed(message: Message, status: DeliveryStatus) -> None:
         relay.wake()
@@ -174,6 +182,7 @@ async def build_services(settings: Settings) -> Services:
         idempotency=coordination.idempotency,
         engine=engine,
         delivery=delivery,
+        sessions=coordination.sessions,
         clock=clock,
         settings=SendSettings(
             engine_timeout=settings.engine_timeout,
@@ -243,6 +252,7 @@ def _coordination(settings: Settings, life: Lifecycle) -> Coordination:
             idempotency=InProcessIdempotencyGuard(),
             limiter=InProcessRateLimiter(settings.rate_limit_for),
             bus=InProcessLiveBus(),
+            sessions=InProcessSessionCache(),
         )
     redis = connect_redis(settings.redis_url, max_connections=settings.max_connections_redis)
     life.closers.append(redis.aclose)
@@ -254,6 +264,7 @@ def _coordination(settings: Settings, life: Lifecycle) -> Coordination:
         idempotency=RedisIdempotencyGuard(redis),
         limiter=RedisRateLimiter(redis, settings.rate_limit_for),
         bus=bus,
+        sessions=RedisSessionCache(redis),
     )
 
 

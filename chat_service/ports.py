@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from chat_service.domain.content import MessageContent
 from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus
@@ -359,6 +359,42 @@ class LiveBus(Protocol):
     async def synced(self) -> None:
         """Returns once every subscription made so far is in effect: events
         published from then on reach its listener."""
+        ...
+
+
+# ------------------------------------------------------------- session cache
+
+SESSION_TTL_SECONDS = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class CachedState:
+    version: int  # the conversation version the state was written with
+    state: ConversationState
+
+
+class SessionCache(Protocol):
+    """Sessions, and the latest state of each conversation, for quick reads by
+    this service and the rest of the platform. A cache: any entry may be
+    gone, and any method may raise CoordinationUnavailable (a miss, to the
+    caller)."""
+
+    async def get_session(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
+        """The session, or None; a hit keeps it for another full TTL."""
+        ...
+
+    async def put_session(
+        self, tenant_id: str, session_id: str, session: Mapping[str, Any]
+    ) -> None: ...
+
+    async def get_conversation_state(
+        self, tenant_id: str, conversation_id: str
+    ) -> CachedState | None: ...
+
+    async def put_conversation_state(
+        self, tenant_id: str, conversation_id: str, state: ConversationState, *, version: int
+    ) -> bool:
+        """Stores the state unless a newer version is cached; whether it did."""
         ...
 
 

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -32,35 +31,7 @@ from chat_service.domain.serialization import (
     conversation_state_from_dict,
     conversation_state_to_dict,
 )
-
-SESSION_TTL_SECONDS = 3600
-
-
-@dataclass(frozen=True, slots=True)
-class CachedState:
-    version: int  # the conversation version the state was written with
-    state: ConversationState
-
-
-class SessionCache(Protocol):
-    async def get_session(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
-        """The session, or None; a hit keeps it for another full TTL."""
-        ...
-
-    async def put_session(
-        self, tenant_id: str, session_id: str, session: Mapping[str, Any]
-    ) -> None: ...
-
-    async def get_conversation_state(
-        self, tenant_id: str, conversation_id: str
-    ) -> CachedState | None: ...
-
-    async def put_conversation_state(
-        self, tenant_id: str, conversation_id: str, state: ConversationState, *, version: int
-    ) -> bool:
-        """Stores the state unless a newer version is cached; whether it did."""
-        ...
-
+from chat_service.ports import SESSION_TTL_SECONDS, CachedState
 
 # KEYS: entry; ARGV: version, state JSON, ttl ms. Equal versions overwrite
 # (a retried put), older ones do not.

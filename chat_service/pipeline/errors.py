@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from chat_service.domain.errors import Aborted, Unavailable
 from chat_service.ports import (
     CoordinationUnavailable,
+    DuplicateMessage,
     LockTimeout,
     StoreUnavailable,
     VersionConflict,
@@ -35,6 +36,14 @@ def port_errors() -> Iterator[None]:
         raise Unavailable(
             "coordination (locks, rate limits) is unavailable; retry later",
             reason="COORDINATION_UNAVAILABLE",
+            retry_after=RETRY_AFTER_SECONDS,
+        ) from exc
+    except DuplicateMessage as exc:
+        # Two writers raced on one message (a claim that outlived its TTL):
+        # the other one's write stood, ours wrote nothing.
+        raise Aborted(
+            "this message was written concurrently by another request; retry",
+            reason="CONCURRENT_WRITE",
             retry_after=RETRY_AFTER_SECONDS,
         ) from exc
     except VersionConflict as exc:

@@ -23,6 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 
 from chat_service.domain.channels import format_for_channel
@@ -53,12 +54,14 @@ from chat_service.ports import (
     ConversationChange,
     ConversationLocks,
     ConversationStore,
+    CoordinationUnavailable,
     DuplicateMessage,
     Engine,
     EngineFailure,
     EngineReply,
     EngineRequest,
     IdempotencyGuard,
+    SessionCache,
 )
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,11 @@ class SendOutcome:
     replayed: bool
 
 
+# Replies to one message (after splitting for the channel) are bounded by
+# what an engine reply can hold; this is far above it.
+_MAX_REPLIES = 100
+
+
 def reply_message_id(inbound_message_id: str, index: int) -> str:
     # "/" is outside the client id alphabet, so no client id can collide.
     return f"{inbound_message_id}/reply-{index + 1}"
@@ -93,6 +101,7 @@ class SendMessage:
         idempotency: IdempotencyGuard,
         engine: Engine,
         delivery: DeliveryQueue,
+        sessions: SessionCache,
         clock: Clock,
         settings: SendSettings,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
@@ -103,6 +112,7 @@ class SendMessage:
         self._idempotency = idempotency
         self._engine = engine
         self._delivery = delivery
+        self._sessions = sessions
         self._clock = clock
         self._settings = settings
         self._new_id = new_id
@@ -124,12 +134,25 @@ class SendMessage:
                         return SendOutcome(replay, replayed=True)
                     if stored.fingerprint != fingerprint:
                         raise _reused_id(field_prefix)
-                conversation_id = (
-                    stored.conversation_id if stored else msg.conversation_id or self._new_id()
-                )
-                async with self._locks.hold(
-                    msg.tenant_id, conversation_id, timeout=timeout
-                ) as lease:
+                async with AsyncExitStack() as locks:
+                    if stored is not None:
+                        conversation_id = stored.conversation_id
+                    elif msg.conversation_id:
+                        conversation_id = msg.conversation_id
+                    elif msg.session_id:
+                        # The session's messages are resolved one at a time,
+                        # so they cannot each start a conversation.
+                        await locks.enter_async_context(
+                            self._locks.hold(
+                                msg.tenant_id, f"session/{msg.session_id}", timeout=timeout
+                            )
+                        )
+                        conversation_id = await self._session_conversation(msg) or self._new_id()
+                    else:
+                        conversation_id = self._new_id()
+                    lease = await locks.enter_async_context(
+                        self._locks.hold(msg.tenant_id, conversation_id, timeout=timeout)
+                    )
                     fence = lease.fencing_token
                     if stored is None:
                         return await self._process_new(
@@ -211,6 +234,8 @@ class SendMessage:
         )
         try:
             await self._writer.write(change)
+            if msg.session_id:
+                await self._remember_session(updated, msg.session_id)
         except DuplicateMessage:
             # Another process stored this id meanwhile (its claim outlived
             # ours); its result wins if it is complete.
@@ -238,16 +263,90 @@ class SendMessage:
         conversation = await self._store.get_conversation(msg.tenant_id, inbound.conversation_id)
         if conversation is None:  # cannot happen: both were written together
             raise conversation_not_found(inbound.conversation_id)
+        # A retry so late that the record expired (stores keep records for
+        # days, messages for good): the stored replies make the result.
+        replies = await self._stored_replies(conversation, inbound)
+        hints = msg.processing_hints
+        if (
+            replies
+            or hints.bypass_automation
+            or hints.require_human_review
+            or conversation.status is ConversationStatus.ESCALATED
+        ):
+            return SendOutcome(
+                SendResult(
+                    message_id=inbound.message_id,
+                    conversation_id=conversation.conversation_id,
+                    sequence=inbound.sequence,
+                    state=conversation.state,
+                    replies=tuple(replies),
+                    response=replies[0].content if replies else None,
+                    engine="replay" if replies else "none",
+                ),
+                replayed=True,
+            )
         log.info("resuming unanswered message %s", inbound.message_id)
         return SendOutcome(
             await self._answer(conversation, inbound, msg.processing_hints, fence), replayed=False
         )
+
+    async def _stored_replies(self, conversation: Conversation, inbound: Message) -> list[Message]:
+        """Replies already stored for `inbound` (they directly follow it)."""
+        following = await self._store.list_messages(
+            conversation.tenant_id,
+            conversation.conversation_id,
+            limit=_MAX_REPLIES,
+            after_sequence=inbound.sequence,
+        )
+        return [m for m in following if m.reply_to_message_id == inbound.message_id]
+
+    async def _session_conversation(self, msg: InboundMessage) -> str | None:
+        """The session's conversation, if it is the same user's on the same
+        channel (whether it is still open is checked under its lock)."""
+        try:
+            session = await self._sessions.get_session(msg.tenant_id, msg.session_id)
+        except CoordinationUnavailable:
+            return None  # a cache: without it, the message starts a conversation
+        if (
+            session is None
+            or session.get("user_id") != msg.user_id
+            or session.get("channel") != (msg.channel.value if msg.channel else None)
+        ):
+            return None
+        conversation_id = session.get("conversation_id")
+        return conversation_id if isinstance(conversation_id, str) else None
+
+    async def _remember_session(self, conversation: Conversation, session_id: str) -> None:
+        try:
+            await self._sessions.put_session(
+                conversation.tenant_id,
+                session_id,
+                {
+                    "conversation_id": conversation.conversation_id,
+                    "user_id": conversation.user_id,
+                    "channel": conversation.channel.value,
+                },
+            )
+        except CoordinationUnavailable:
+            log.debug("session %s not cached (the cache is unavailable)", session_id)
 
     async def _load_or_create(
         self, msg: InboundMessage, conversation_id: str, field_prefix: str
     ) -> Conversation:
         assert msg.channel is not None  # validated
         if not msg.conversation_id:
+            if msg.session_id:
+                # Continue the session's conversation if it can take the message.
+                found = await self._store.get_conversation(msg.tenant_id, conversation_id)
+                if (
+                    found is not None
+                    and not found.status.is_closed
+                    and found.user_id == msg.user_id
+                    and found.channel == msg.channel
+                ):
+                    return found
+                if found is not None:
+                    conversation_id = self._new_id()
             now = self._clock.now()
             return Conversation(
                 conversation_id=conversation_id,

@@ -154,3 +154,15 @@ async def test_channels_without_a_connector_fail_delivery_visibly(
             break
         await asyncio.sleep(0.02)
     assert listed.messages[-1].delivery_status == resources_pb2.DELIVERY_STATUS_FAILED
+
+
+async def test_a_session_keeps_its_conversation(
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
+) -> None:
+    auth = bearer(service.token(tenant()))
+
+    first = await stub.SendMessage(text_request("hi", session_id="widget-42"), metadata=auth)
+    second = await stub.SendMessage(text_request("again", session_id="widget-42"), metadata=auth)
+
+    assert second.conversation_id == first.conversation_id
+    assert second.processing_metadata.sequence == 3

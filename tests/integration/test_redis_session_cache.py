@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from adapters.redis.session_cache import CachedState, RedisSessionCache
+from adapters.redis.session_cache import RedisSessionCache
 from chat_service.domain.model import ConversationState
+from chat_service.ports import CachedState
 from tests.support.redis import RedisClients
 
 

@@ -12,6 +12,7 @@ import pytest
 from adapters.memory.live_bus import InProcessLiveBus
 from adapters.memory.locks import InProcessConversationLocks, InProcessIdempotencyGuard
 from adapters.memory.rate_limit import InProcessRateLimiter
+from adapters.memory.session_cache import InProcessSessionCache
 from chat_service.config import RateLimit
 from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus
 from chat_service.domain.errors import InvalidArgument, NotFound, ResourceExhausted
@@ -58,6 +59,7 @@ def build(buffer_size: int = 64) -> World:
         locks=InProcessConversationLocks(),
         idempotency=InProcessIdempotencyGuard(),
         engine=ScriptedEngine(),
+        sessions=InProcessSessionCache(),
         delivery=DeliveryQueue(
             store=store, senders={}, clock=clock, delivered_by_storing=[Channel.WEB]
         ),

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from adapters.memory.locks import InProcessIdempotencyGuard, KeyedLocks
 from adapters.memory.rate_limit import InProcessRateLimiter
+from adapters.memory.session_cache import InProcessSessionCache
 from chat_service.config import RateLimit
 from chat_service.domain.errors import ResourceExhausted
+from chat_service.domain.model import ConversationState
 from chat_service.pipeline.admission import TenantAdmission
-from chat_service.ports import CoordinationUnavailable, LockTimeout, RateDecision
+from chat_service.pipeline.state_cache import StateCacheFeed
+from chat_service.ports import (
+    ConversationChange,
+    CoordinationUnavailable,
+    LockTimeout,
+    RateDecision,
+)
+from tests.builders import make_conversation
 
 
 async def test_waiters_are_served_in_arrival_order() -> None:
@@ -130,3 +140,37 @@ async def test_admission_refuses_past_the_limit_with_retry_info() -> None:
         await admission.admit("acme")
     assert refused.value.reason == "RATE_LIMITED"
     assert refused.value.retry_after == pytest.approx(1.0)
+
+
+async def test_the_state_cache_keeps_the_newest_version() -> None:
+    cache = InProcessSessionCache()
+    feed = StateCacheFeed(cache)
+    conversation = make_conversation(state=ConversationState(current_intent="first"))
+    newer = dataclasses.replace(
+        conversation,
+        version=conversation.version + 1,
+        state=ConversationState(current_intent="second"),
+    )
+
+    feed.committed(ConversationChange(newer, expected_version=conversation.version))
+    feed.committed(ConversationChange(conversation, expected_version=conversation.version - 1))
+    await feed.drain()
+
+    cached = await cache.get_conversation_state(
+        conversation.tenant_id, conversation.conversation_id
+    )
+    assert cached is not None
+    assert (cached.version, cached.state.current_intent) == (newer.version, "second")
+
+
+async def test_sessions_expire_after_their_last_use() -> None:
+    time = FakeTime()
+    cache = InProcessSessionCache(ttl=10, clock=time)
+    await cache.put_session("t", "s", {"conversation_id": "c"})
+
+    time.now += 9
+    assert await cache.get_session("t", "s") == {"conversation_id": "c"}  # and refreshed
+    time.now += 9
+    assert await cache.get_session("t", "s") == {"conversation_id": "c"}
+    time.now += 11
+    assert await cache.get_session("t", "s") is None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import pytest
 
 from adapters.memory.locks import InProcessConversationLocks, InProcessIdempotencyGuard
+from adapters.memory.session_cache import InProcessSessionCache
 from chat_service.domain.channels import rules_for
 from chat_service.domain.content import MessageContent, QuickReply
 from chat_service.domain.enums import (
@@ -22,12 +23,18 @@ from chat_service.domain.enums import (
 from chat_service.domain.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from chat_service.domain.errors import Unavailable as UnavailableError
 from chat_service.domain.events import EventType
-from chat_service.domain.model import ConversationState, InboundMessage, ProcessingHints
+from chat_service.domain.model import (
+    ConversationState,
+    IdempotencyRecord,
+    InboundMessage,
+    ProcessingHints,
+)
 from chat_service.pipeline.delivery import DeliveryPolicy, DeliveryQueue
 from chat_service.pipeline.send_message import SendMessage, SendSettings
 from chat_service.pipeline.writer import ConversationWriter
 from chat_service.ports import (
     ConversationChange,
+    CoordinationUnavailable,
     EngineFailure,
     EngineReply,
     StoreUnavailable,
@@ -51,7 +58,12 @@ class Core:
         return [entry.event.event_type for entry in entries]
 
 
-def build_core(store: InMemoryStore | None = None, *, engine_timeout: float = 0.5) -> Core:
+def build_core(
+    store: InMemoryStore | None = None,
+    *,
+    engine_timeout: float = 0.5,
+    sessions: InProcessSessionCache | None = None,
+) -> Core:
     store = store or InMemoryStore()
     engine = ScriptedEngine()
     sender = RecordingSender()
@@ -69,6 +81,7 @@ def build_core(store: InMemoryStore | None = None, *, engine_timeout: float = 0.
         idempotency=InProcessIdempotencyGuard(),
         engine=engine,
         delivery=delivery,
+        sessions=sessions or InProcessSessionCache(),
         clock=clock,
         settings=SendSettings(
             engine_timeout=engine_timeout, lock_timeout=5.0, fallback_text="Sorry, try later."
@@ -405,3 +418,107 @@ async def test_replies_are_delivered_and_marked_sent(core: Core) -> None:
     assert stored is not None
     assert stored.delivery_status is DeliveryStatus.SENT
     assert core.sender.delivered == [result.replies[0]]
+
+
+# ------------------------------------------------------------------ sessions
+
+
+async def test_a_session_continues_its_conversation(core: Core) -> None:
+    first = await core.send(inbound("hi", session_id="web-session-1"))
+    second = await core.send(inbound("me again", session_id="web-session-1"))
+    other_user = await core.send(inbound("hi", session_id="web-session-1", user_id="user-2"))
+    no_session = await core.send(inbound("hi"))
+
+    assert second.result.conversation_id == first.result.conversation_id
+    assert second.result.sequence == 3
+    assert other_user.result.conversation_id != first.result.conversation_id
+    assert no_session.result.conversation_id != first.result.conversation_id
+
+
+async def test_concurrent_first_messages_of_a_session_share_one_conversation(core: Core) -> None:
+    outcomes = await asyncio.gather(
+        *(core.send(inbound(f"burst {n}", session_id="s-burst")) for n in range(5))
+    )
+
+    assert len({o.result.conversation_id for o in outcomes}) == 1
+    assert sorted(o.result.sequence for o in outcomes) == [1, 3, 5, 7, 9]
+
+
+async def test_a_closed_session_conversation_gives_way_to_a_new_one(core: Core) -> None:
+    first = await core.send(inbound("hi", session_id="s-1"))
+    conversation = await core.store.get_conversation(TENANT, first.result.conversation_id)
+    assert conversation is not None
+    await core.store.write(
+        ConversationChange(
+            dataclasses.replace(
+                conversation, status=ConversationStatus.COMPLETED, version=conversation.version + 1
+            ),
+            expected_version=conversation.version,
+        )
+    )
+
+    after = await core.send(inbound("back again", session_id="s-1"))
+
+    assert after.result.conversation_id != first.result.conversation_id
+    assert after.result.sequence == 1
+
+
+class DownSessions(InProcessSessionCache):
+    async def get_session(self, tenant_id: str, session_id: str) -> dict[str, object] | None:
+        raise CoordinationUnavailable("redis down")
+
+    async def put_session(
+        self, tenant_id: str, session_id: str, session: Mapping[str, object]
+    ) -> None:
+        raise CoordinationUnavailable("redis down")
+
+
+async def test_without_the_session_cache_messages_still_go_through() -> None:
+    core = build_core(sessions=DownSessions())
+
+    first = await core.send(inbound("hi", session_id="s-1"))
+    second = await core.send(inbound("again", session_id="s-1"))
+
+    assert first.result.replies
+    assert second.result.conversation_id != first.result.conversation_id  # a cache miss
+    await core.delivery.close(1.0)
+
+
+# ------------------------------------------------------------ late retries
+
+
+class ExpiredRecords(InMemoryStore):
+    """Idempotency records past their TTL: gone, while messages stay."""
+
+    async def get_record(self, tenant_id: str, message_id: str) -> IdempotencyRecord | None:
+        return None
+
+
+async def test_a_retry_after_the_record_expired_replays_the_stored_replies() -> None:
+    core = build_core(ExpiredRecords())
+    first = await core.send(inbound("hi", message_id="m-1"))
+    later = await core.send(inbound("more", conversation_id=first.result.conversation_id))
+
+    again = await core.send(inbound("hi", message_id="m-1"))
+
+    assert again.replayed
+    assert again.result.replies == first.result.replies
+    assert len(core.engine.requests) == 2  # not asked again
+    messages = await core.store.list_messages(TENANT, first.result.conversation_id, limit=10)
+    assert len(messages) == 4
+    assert later.result.sequence == 3
+    await core.delivery.close(1.0)
+
+
+async def test_a_late_retry_of_an_unanswered_bypass_message_stays_unanswered() -> None:
+    core = build_core(ExpiredRecords())
+    hints = ProcessingHints(bypass_automation=True)
+    first = await core.send(inbound("note", message_id="m-1", processing_hints=hints))
+
+    again = await core.send(inbound("note", message_id="m-1", processing_hints=hints))
+
+    assert again.replayed
+    assert again.result.replies == ()
+    assert core.engine.requests == []
+    assert again.result.sequence == first.result.sequence
+    await core.delivery.close(1.0)
