@@ -1,7 +1,14 @@
-"""End-to-end fixtures: the real service process and real gRPC channels to it."""
+"""End-to-end fixtures: the real service process and real gRPC channels to it.
+
+The store under the services comes from CHAT_TEST_STORE: "sqlite" (the
+default, the embedded store) or "mongo" (one nx-27017 server for the
+session, a database per service data directory). `make test` runs this
+suite on both.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,22 +16,64 @@ import grpc
 import pytest
 from chatbot.chat.v1 import chat_service_pb2_grpc
 
-from tests.support.service import ServiceProcess
+from tests.support.mongo import MongoServer
+from tests.support.service import (
+    MongoDatabases,
+    ServiceProcess,
+    ServiceStore,
+    SqliteFiles,
+    default_store_for_services,
+)
+
+STORE_VARIABLE = "CHAT_TEST_STORE"
+STORES = ("sqlite", "mongo")
+
+
+def store_under_test() -> str:
+    """The store the e2e services run on, from CHAT_TEST_STORE."""
+    chosen = os.environ.get(STORE_VARIABLE, "").strip().lower() or "sqlite"
+    if chosen not in STORES:
+        raise pytest.UsageError(
+            f"{STORE_VARIABLE}={os.environ[STORE_VARIABLE]!r}: expected one of {', '.join(STORES)}"
+        )
+    return chosen
+
+
+def pytest_report_header() -> str:
+    if store_under_test() == "mongo":
+        return "e2e store: mongo (nx-27017, a database per service data directory)"
+    return "e2e store: sqlite (a file per service data directory)"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def service_store(request: pytest.FixtureRequest) -> Iterator[ServiceStore]:
+    """The store every ServiceProcess of the session uses unless given another."""
+    store: ServiceStore
+    if store_under_test() == "mongo":
+        # Looked up only here, so that a SQLite run starts no MongoDB.
+        server: MongoServer = request.getfixturevalue("mongo_server")
+        store = MongoDatabases(server.uri)
+    else:
+        store = SqliteFiles()
+    with default_store_for_services(store):
+        yield store
 
 
 @pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def service(
+    service_store: ServiceStore, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
     """One service for the tests that need nothing special (tenants keep them apart)."""
-    process = ServiceProcess(tmp_path_factory.mktemp("service"))
+    process = ServiceProcess(tmp_path_factory.mktemp("service"), store=service_store)
     process.start()
     yield process
     process.stop()
 
 
 @pytest.fixture
-def fresh_service(tmp_path: Path) -> Iterator[ServiceProcess]:
+def fresh_service(service_store: ServiceStore, tmp_path: Path) -> Iterator[ServiceProcess]:
     """A service of the test's own, for tests that restart, kill or reconfigure it."""
-    process = ServiceProcess(tmp_path / "service")
+    process = ServiceProcess(tmp_path / "service", store=service_store)
     yield process
     process.kill()
 

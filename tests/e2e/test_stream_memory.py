@@ -17,7 +17,6 @@ import pytest
 from chatbot.chat.v1 import chat_service_pb2 as pb
 from chatbot.chat.v1 import chat_service_pb2_grpc, resources_pb2
 
-from adapters.sqlite.store import SqliteStore
 from chat_service.domain.content import MessageContent
 from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus, MessageRole
 from chat_service.domain.model import Conversation, Message
@@ -94,9 +93,10 @@ async def test_a_slow_reader_is_ended_and_server_memory_stays_bounded(
     assert peak_growth < 20
 
 
-async def _seed_conversation(data_dir: Path, count: int, text: str) -> str:
-    """Writes a long conversation straight into the service's store file."""
-    store = await SqliteStore.open(data_dir / "chat.sqlite3")
+async def _seed_conversation(service: ServiceProcess, count: int, text: str) -> str:
+    """Writes a long conversation straight into the store the service will use
+    (its SQLite file, or its MongoDB database)."""
+    store = await service.open_store()
     start = datetime(2026, 1, 1, tzinfo=UTC)
     conversation = Conversation(
         conversation_id="long-one",
@@ -141,7 +141,7 @@ async def test_export_of_a_hundred_thousand_messages_in_bounded_memory(
     fresh_service: ServiceProcess,
 ) -> None:
     count, text = 100_000, "lorem ipsum dolor sit amet " * 10  # ~280 characters each
-    conversation_id = await _seed_conversation(fresh_service.data_dir, count, text)
+    conversation_id = await _seed_conversation(fresh_service, count, text)
     fresh_service.start()
     auth = bearer(fresh_service.token("acme"))
     async with grpc.aio.insecure_channel(

@@ -3,34 +3,136 @@
 Each ServiceProcess has its own data directory and port; tests talk to it
 over a real gRPC channel, stop it with SIGTERM (the production drain path),
 kill it, or restart it on the same data.
+
+Its store is a ServiceStore: the SQLite file in its data directory, or a
+MongoDB database named after its data directory (MongoDatabases). Either
+way the data directory names the data: processes made on one directory
+share one store, as replicas share one database, and a restart finds what
+was there. A process takes the store given to it, else the one made the
+default by `default_store_for_services` (the e2e suite's choice, from
+CHAT_TEST_STORE), else SQLite.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from adapters.mongo import MongoStore
+from adapters.sqlite.store import SqliteStore
 from chat_service.auth import DEV_SCOPES, load_or_create_dev_key
+from chat_service.ports import ConversationStore
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Where the service keeps its SQLite store inside DATA_DIR (bootstrap.py).
+SQLITE_FILE_NAME = "chat.sqlite3"
+
+
+class ServiceStore(Protocol):
+    """The store of the services started on a data directory."""
+
+    @property
+    def name(self) -> str: ...
+
+    def environment(self, data_dir: Path) -> dict[str, str]:
+        """The variables that point a service on `data_dir` at its store."""
+        ...
+
+    async def open(self, data_dir: Path) -> ConversationStore:
+        """The same store, opened in the test's process (to seed it or look into it)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteFiles:
+    """The embedded default: the SQLite file inside the data directory."""
+
+    @property
+    def name(self) -> str:
+        return "sqlite"
+
+    def environment(self, data_dir: Path) -> dict[str, str]:
+        # Blank, so that a MONGODB_URI in the developer's shell cannot leak in.
+        return {"MONGODB_URI": ""}
+
+    async def open(self, data_dir: Path) -> ConversationStore:
+        return await SqliteStore.open(data_dir / SQLITE_FILE_NAME)
+
+
+@dataclass(frozen=True, slots=True)
+class MongoDatabases:
+    """A database per data directory on one MongoDB server (`server_uri`,
+    without a database)."""
+
+    server_uri: str
+
+    @property
+    def name(self) -> str:
+        return "mongo"
+
+    def uri_for(self, data_dir: Path) -> str:
+        return f"{self.server_uri}/{database_for(data_dir)}"
+
+    def environment(self, data_dir: Path) -> dict[str, str]:
+        return {"MONGODB_URI": self.uri_for(data_dir)}
+
+    async def open(self, data_dir: Path) -> ConversationStore:
+        return await MongoStore.open(self.uri_for(data_dir))
+
+
+def database_for(data_dir: Path) -> str:
+    """The database of the services on `data_dir`: a digest of its absolute
+    path (one directory, one database; two directories, two), after the
+    readable end of the path. Letters, digits and _ only, at most 63
+    characters: valid for MongoDB and nx-27017 alike."""
+    absolute = data_dir.resolve()
+    digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:12]
+    readable = re.sub(r"[^A-Za-z0-9]+", "_", f"{absolute.parent.name}_{absolute.name}")
+    return f"e2e_{digest}_{readable.strip('_')}"[:63]
+
+
+_default_store: ServiceStore = SqliteFiles()
+
+
+@contextmanager
+def default_store_for_services(store: ServiceStore) -> Iterator[ServiceStore]:
+    """Every ServiceProcess made inside uses `store` unless given another."""
+    global _default_store
+    previous, _default_store = _default_store, store
+    try:
+        yield store
+    finally:
+        _default_store = previous
+
 
 class ServiceProcess:
     def __init__(
-        self, data_dir: Path, env: Mapping[str, str] | None = None, *, name: str = "service"
+        self,
+        data_dir: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        name: str = "service",
+        store: ServiceStore | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.extra_env = dict(env or {})
+        self.store = store or _default_store
         # Several processes may share one data directory (and store).
         self.log_path = data_dir / f"{name}.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -49,6 +151,7 @@ class ServiceProcess:
             "LOG_LEVEL": "INFO",
             "SHUTDOWN_GRACE_SECONDS": "5",
             "SHUTDOWN_DELAY_SECONDS": "0",
+            **self.store.environment(self.data_dir),
             **self.extra_env,
         }
         log = self.log_path.open("ab")
@@ -108,6 +211,10 @@ class ServiceProcess:
     def pid(self) -> int:
         assert self._process is not None
         return self._process.pid
+
+    async def open_store(self) -> ConversationStore:
+        """This service's store, opened in the test's process; close it after use."""
+        return await self.store.open(self.data_dir)
 
     def logs(self) -> str:
         try:
