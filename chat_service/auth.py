@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import time
 import uuid
@@ -35,6 +36,7 @@ SCOPE_WRITE = "chat:write"
 SCOPE_AGENT = "chat:agent"
 
 DEV_ISSUER = "chat-service-dev"
+TENANT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEV_KEY_FILENAME = "dev-jwt-ed25519.pem"
 DEV_SCOPES = frozenset({SCOPE_READ, SCOPE_WRITE})
 # Verified tokens remembered (see JwtVerifier.verify); each entry is small.
@@ -51,6 +53,7 @@ TOKEN_INVALID = "TOKEN_INVALID"  # noqa: S105
 TOKEN_WRONG_ISSUER = "TOKEN_WRONG_ISSUER"  # noqa: S105
 TOKEN_WRONG_AUDIENCE = "TOKEN_WRONG_AUDIENCE"  # noqa: S105
 TENANT_CLAIM_MISSING = "TENANT_CLAIM_MISSING"
+TENANT_CLAIM_INVALID = "TENANT_CLAIM_INVALID"
 
 _VerificationKey: TypeAlias = (
     ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey | bytes
@@ -140,6 +143,13 @@ class JwtVerifier:
         tenant_id = claims.get("tenant_id")
         if not isinstance(tenant_id, str) or not tenant_id:
             raise Unauthenticated("the token has no tenant_id claim", reason=TENANT_CLAIM_MISSING)
+        if not TENANT_ID_PATTERN.fullmatch(tenant_id):
+            # Tenant ids become parts of store and Redis keys ("tenant/id"):
+            # a "/" or an unbounded length would let one tenant's keys collide
+            # with another's.
+            raise Unauthenticated(
+                "the token's tenant_id is not a valid tenant id", reason=TENANT_CLAIM_INVALID
+            )
         subject = claims.get("sub")
         principal = Principal(
             tenant_id=tenant_id,

@@ -141,6 +141,20 @@ class Services:
 
 async def build_services(settings: Settings) -> Services:
     life = Lifecycle()
+    try:
+        return await _build(settings, life)
+    except BaseException:
+        # Whatever was opened before the failure (the store, a Redis pool).
+        for close in reversed(life.closers):
+            try:
+                await close()
+            except Exception:
+                log.exception("error while closing after a failed start")
+        raise
+
+
+async def _build(settings: Settings, life: Lifecycle) -> Services:
+    verifier = _verifier(settings)
     clock = SystemClock()
     store = await _store(settings, life)
     coordination = _coordination(settings, life)
@@ -200,12 +214,13 @@ async def build_services(settings: Settings) -> Services:
             admission=admission,
             clock=clock,
             buffer_size=settings.stream_buffer_size,
+            stall_grace=settings.stream_stall_grace_seconds,
         )
     )
     return Services(
         settings=settings,
         store=store,
-        verifier=_verifier(settings),
+        verifier=verifier,
         admission=admission,
         send_message=send_message,
         queries=ConversationQueries(store),

@@ -61,6 +61,7 @@ class Settings:
     mcp_engine_timeout_ms: int = 8_000
     lock_timeout_ms: int = 10_000
     stream_buffer_size: int = 256
+    stream_stall_grace_seconds: float = 5.0
     shutdown_delay_seconds: float = 1.0
     shutdown_grace_seconds: float = 10.0
     rate_limit: RateLimit = RateLimit(rate=100.0, burst=200)
@@ -120,6 +121,9 @@ class Settings:
             lock_timeout_ms=r.integer("LOCK_TIMEOUT_MS", defaults.lock_timeout_ms, low=1),
             stream_buffer_size=r.integer(
                 "STREAM_BUFFER_SIZE", defaults.stream_buffer_size, low=1, high=100_000
+            ),
+            stream_stall_grace_seconds=r.number(
+                "STREAM_STALL_GRACE_SECONDS", defaults.stream_stall_grace_seconds, low=0
             ),
             shutdown_delay_seconds=r.number(
                 "SHUTDOWN_DELAY_SECONDS", defaults.shutdown_delay_seconds, low=0

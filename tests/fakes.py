@@ -42,8 +42,9 @@ class _OutboxRow:
 
 
 class InMemoryStore:
-    """ConversationStore in dicts. Every method runs without awaiting, so
-    each is atomic on the event loop."""
+    """ConversationStore in dicts. Every method first yields to the event loop
+    once, as real I/O would (so concurrent callers really interleave), then
+    runs without awaiting again, so each is atomic on the event loop."""
 
     def __init__(self) -> None:
         self._conversations: dict[str, Conversation] = {}
@@ -53,6 +54,7 @@ class InMemoryStore:
         self._fences: dict[str, int] = {}  # conversation id -> highest fencing token
 
     async def get_conversation(self, tenant_id: str, conversation_id: str) -> Conversation | None:
+        await asyncio.sleep(0)  # as real I/O would
         conversation = self._conversations.get(conversation_id)
         return conversation if conversation and conversation.tenant_id == tenant_id else None
 
@@ -64,6 +66,8 @@ class InMemoryStore:
         limit: int,
         after: ConversationCursor | None = None,
     ) -> Sequence[Conversation]:
+        await asyncio.sleep(0)  # as real I/O would
+
         def key(c: Conversation) -> tuple[object, ...]:
             return (c.created_at, c.conversation_id)
 
@@ -134,12 +138,15 @@ class InMemoryStore:
                 yield m
 
     async def get_message(self, tenant_id: str, message_id: str) -> Message | None:
+        await asyncio.sleep(0)  # as real I/O would
         return self._messages.get((tenant_id, message_id))
 
     async def get_record(self, tenant_id: str, message_id: str) -> IdempotencyRecord | None:
+        await asyncio.sleep(0)  # as real I/O would
         return self._records.get((tenant_id, message_id))
 
     async def write(self, change: ConversationChange) -> None:
+        await asyncio.sleep(0)  # as real I/O would
         # Check everything first, then apply: a refused change writes nothing.
         new = change.conversation
         if new.version != change.expected_version + 1:
@@ -182,6 +189,7 @@ class InMemoryStore:
         status: DeliveryStatus,
         event: DomainEvent | None = None,
     ) -> bool:
+        await asyncio.sleep(0)  # as real I/O would
         message = self._messages.get((tenant_id, message_id))
         if message is None or not message.delivery_status.can_advance_to(status):
             return False
@@ -198,6 +206,7 @@ class InMemoryStore:
     async def claim_outbox(
         self, owner: str, *, limit: int, lease_seconds: float
     ) -> Sequence[OutboxEntry]:
+        await asyncio.sleep(0)  # as real I/O would
         now = time.monotonic()
         claimable: list[_OutboxRow] = []
         for row in (row for row in self._outbox if not row.published):
@@ -211,6 +220,7 @@ class InMemoryStore:
         return [row.entry for row in claimable]
 
     async def mark_published(self, owner: str, positions: Sequence[int]) -> None:
+        await asyncio.sleep(0)  # as real I/O would
         for row in self._outbox:
             if row.entry.position in positions and row.claimed_by == owner:
                 row.published = True
@@ -218,6 +228,7 @@ class InMemoryStore:
     async def read_events(
         self, *, after_position: int, limit: int, tenant_id: str | None = None
     ) -> Sequence[OutboxEntry]:
+        await asyncio.sleep(0)  # as real I/O would
         return [
             row.entry
             for row in self._outbox
@@ -226,10 +237,12 @@ class InMemoryStore:
         ][:limit]
 
     async def last_event_position(self) -> int:
+        await asyncio.sleep(0)  # as real I/O would
         return self._outbox[-1].entry.position if self._outbox else 0
 
     async def close(self) -> None:
-        return None
+        await asyncio.sleep(0)  # as real I/O would
+        return
 
 
 # ------------------------------------------------------------------ engine
@@ -249,8 +262,7 @@ class ScriptedEngine:
 
     async def process(self, request: EngineRequest) -> EngineReply:
         self.requests.append(request)
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        await asyncio.sleep(self.delay)  # at least one hop, as a remote call
         if self.failure is not None:
             raise self.failure
         if self.reply is not None:

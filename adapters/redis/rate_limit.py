@@ -6,9 +6,9 @@ time from Redis (TIME), so processes whose clocks disagree still refill the
 bucket at one rate. A bucket left alone until it would be full again is the
 same as no bucket: its key expires then.
 
-Redis down: acquire raises CoordinationUnavailable (the call is refused with
-UNAVAILABLE). Failing open would let a tenant exceed its limit exactly when
-the service is already in trouble.
+Redis down: acquire raises CoordinationUnavailable. What to do then is the
+caller's decision (pipeline/admission.py admits the call and logs it: a
+limiter outage must not become a full outage).
 """
 
 from __future__ import annotations

@@ -95,6 +95,16 @@ class Unimplemented(ChatError):
     default_reason = "UNIMPLEMENTED"
 
 
+class Internal(ChatError):
+    """A bug on our side, reported where the caller must still be told (a
+    stream that cannot go on); its message never carries the cause."""
+
+    default_reason = "INTERNAL"
+
+    def __init__(self) -> None:
+        super().__init__("internal error")
+
+
 def conversation_not_found(conversation_id: str) -> NotFound:
     # The same answer whether the conversation does not exist or belongs to
     # another tenant, so that its existence is not revealed.

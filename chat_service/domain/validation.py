@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------ limits
 
 MAX_MESSAGE_ID_LENGTH = 128
+MAX_CONVERSATION_ID_LENGTH = 128
 MESSAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]+")
 MAX_USER_ID_LENGTH = 255
 MAX_SESSION_ID_LENGTH = 255
@@ -52,7 +53,8 @@ MAX_TEXT_LENGTH = 4096  # Unicode code points
 LANGUAGE_PATTERN = re.compile(r"[a-z]{2}")  # ISO 639-1
 DEFAULT_LANGUAGE = "en"
 
-MAX_MEDIA_URL_LENGTH = 2048
+MAX_URL_LENGTH = 2048  # every URL field
+MAX_MEDIA_URL_LENGTH = MAX_URL_LENGTH
 MAX_MEDIA_SIZE_BYTES = 52_428_800  # 50 MiB
 MAX_ALT_TEXT_LENGTH = 500
 IMAGE_MIME_TYPES = frozenset({"image/jpeg", "image/png", "image/gif"})
@@ -143,6 +145,10 @@ def validate_inbound(msg: InboundMessage, *, field_prefix: str = "") -> InboundM
     prefix is used verbatim, e.g. "message.").
     """
     check = _Checker(field_prefix)
+    if msg.conversation_id:
+        problem = conversation_id_problem(msg.conversation_id)
+        if problem:
+            check.fail("conversation_id", problem)
     if msg.message_id:
         check.length("message_id", msg.message_id, maximum=MAX_MESSAGE_ID_LENGTH)
         if not MESSAGE_ID_PATTERN.fullmatch(msg.message_id):
@@ -165,6 +171,18 @@ def validate_inbound(msg: InboundMessage, *, field_prefix: str = "") -> InboundM
     # processing_hints: every value its types allow is valid.
     check.raise_if_any()
     return dataclasses.replace(msg, content=content)
+
+
+def conversation_id_problem(conversation_id: str) -> str | None:
+    """Why a given conversation id cannot be one this service issued (they
+    are UUIDs), or None. Checked before the id is used as a lock key."""
+    if len(conversation_id) > MAX_CONVERSATION_ID_LENGTH:
+        return (
+            f"must be at most {MAX_CONVERSATION_ID_LENGTH} characters, got {len(conversation_id)}"
+        )
+    if not MESSAGE_ID_PATTERN.fullmatch(conversation_id):
+        return "must contain only letters, digits and . _ : @ -"
+    return None
 
 
 def validate_content(content: MessageContent, *, field_prefix: str) -> MessageContent:
@@ -228,6 +246,9 @@ class _Checker:
         if not value:
             if required:
                 self.fail(field, "is required")
+            return
+        if len(value) > MAX_URL_LENGTH:
+            self.fail(field, f"must be at most {MAX_URL_LENGTH} characters, got {len(value)}")
             return
         problem = _url_problem(value)
         if problem:
@@ -325,10 +346,7 @@ def _names(types: frozenset[MessageType]) -> str:
 
 
 def _check_media(check: _Checker, media: MediaContent, kind: MessageType | None) -> None:
-    if len(media.url) > MAX_MEDIA_URL_LENGTH:
-        check.length("url", media.url, maximum=MAX_MEDIA_URL_LENGTH)
-    else:
-        check.url("url", media.url, required=True)
+    check.url("url", media.url, required=True)
     fitting = (
         MIME_TYPES_BY_MESSAGE_TYPE.get(kind, ALLOWED_MIME_TYPES) if kind else ALLOWED_MIME_TYPES
     )

@@ -28,7 +28,11 @@ from chat_service.grpc_api.errors import (
     internal_error_status,
     unimplemented_status,
 )
-from chat_service.grpc_api.handler_wrapping import ServicerContext, wrap_method_handler
+from chat_service.grpc_api.handler_wrapping import (
+    ServicerContext,
+    refusing_undecodable,
+    wrap_method_handler,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +53,9 @@ class ErrorTranslationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[t
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return wrap_method_handler(handler, partial(self._translated, handler_call_details.method))
+        return wrap_method_handler(
+            refusing_undecodable(handler), partial(self._translated, handler_call_details.method)
+        )
 
     @asynccontextmanager
     async def _translated(self, method: str, context: ServicerContext) -> AsyncIterator[None]:

@@ -28,6 +28,7 @@ from chat_service.domain.errors import (
     Aborted,
     ChatError,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -54,6 +55,7 @@ _CODES: dict[type[ChatError], int] = {
     ResourceExhausted: code_pb2.RESOURCE_EXHAUSTED,
     Unavailable: code_pb2.UNAVAILABLE,
     Unimplemented: code_pb2.UNIMPLEMENTED,
+    Internal: code_pb2.INTERNAL,
 }
 
 

@@ -18,6 +18,9 @@ from contextlib import AbstractAsyncContextManager, aclosing
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
+
+from chat_service.domain.errors import InvalidArgument
 
 ServicerContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 CallScope: TypeAlias = Callable[[ServicerContext], AbstractAsyncContextManager[None]]
@@ -88,3 +91,66 @@ def _response_stream(
                     yield response
 
     return behaviour_in_scope
+
+
+# ------------------------------------------------------- undecodable requests
+
+
+class _Undecodable:
+    """What a request that protobuf could not parse becomes."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+
+def refusing_undecodable(
+    handler: grpc.RpcMethodHandler[Any, Any],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same handler, with a request that cannot be parsed (truncated,
+    nested past protobuf's depth limit, ...) refused as INVALID_ARGUMENT.
+
+    grpc answers a deserializer's exception with UNKNOWN and the exception's
+    text; here the deserializer hands back a marker instead, and the
+    behaviour raises a ChatError for the error interceptor to translate.
+    """
+    deserialize = handler.request_deserializer
+    if deserialize is None:
+        return handler
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as error:
+            return _Undecodable(error)
+
+    def check(request: Any) -> Any:
+        if isinstance(request, _Undecodable):
+            raise InvalidArgument.of("request", "is not a valid protobuf message of this method")
+        return request
+
+    async def checked(requests: AsyncIterable[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            yield check(request)
+
+    replaced = handler._replace(request_deserializer=tolerant)  # type: ignore[attr-defined]
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+        return replaced._replace(  # type: ignore[no-any-return]
+            unary_unary=lambda request, context: inner_uu(check(request), context)
+        )
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+        return replaced._replace(  # type: ignore[no-any-return]
+            unary_stream=lambda request, context: inner_us(check(request), context)
+        )
+    if handler.stream_unary is not None:
+        inner_su = handler.stream_unary
+        return replaced._replace(  # type: ignore[no-any-return]
+            stream_unary=lambda requests, context: inner_su(checked(requests), context),  # type: ignore[arg-type]
+        )
+    if handler.stream_stream is not None:
+        inner_ss = handler.stream_stream
+        return replaced._replace(  # type: ignore[no-any-return]
+            stream_stream=lambda requests, context: inner_ss(checked(requests), context),  # type: ignore[arg-type]
+        )
+    return handler

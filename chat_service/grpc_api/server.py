@@ -94,12 +94,18 @@ async def serve(
     services = await build_services(settings)
     server, health_servicer = build_server(services)
     try:
-        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    except RuntimeError as exc:
+        try:
+            port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+        # Background work first: the outbox relay and the event tail must run
+        # before the first call is taken.
+        await services.start()
+        await server.start()
+    except BaseException:
+        await server.stop(None)
         await services.close()
-        raise OSError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
-    await server.start()
-    await services.start()
+        raise
     for name in ("", CHAT_SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving gRPC on %s:%d", settings.service_name, settings.host, port)

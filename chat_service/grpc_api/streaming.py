@@ -15,11 +15,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 from chatbot.chat.v1 import chat_service_pb2 as pb
 from google.protobuf import json_format
 
 from chat_service.domain.enums import Channel, ConversationStatus, ExportFormat
-from chat_service.domain.errors import ChatError, FieldViolation, InvalidArgument
+from chat_service.domain.errors import ChatError, FieldViolation, Internal, InvalidArgument
 from chat_service.domain.live import (
     DeliveryChanged,
     MessageStored,
@@ -76,7 +77,9 @@ async def stream_conversation(
         return  # the client closed before saying anything
     if first.WhichOneof("frame") != "open":
         raise InvalidArgument.of("open", "the first frame of a stream must be `open`")
-    stream = await streams.open(tenant_id, _open_request(first.open))
+    handler = asyncio.current_task()
+    assert handler is not None
+    stream = await streams.open(tenant_id, _open_request(first.open), abandon=handler.cancel)
     reader = asyncio.create_task(_read_frames(frames, stream), name=f"stream {stream.id} reader")
     try:
         async for item in stream.items():
@@ -134,8 +137,15 @@ async def _read_frames(
                 await stream.refuse("", InvalidArgument.of("frame", "the frame is empty"))
     except asyncio.CancelledError:
         raise
-    except Exception as error:  # the call broke (client gone): nothing to answer
+    except grpc.RpcError as error:  # the call broke (client gone)
         log.debug("stream %s: reading frames stopped: %s", stream.id, error)
+    except ChatError as error:  # a frame the server could not even decode
+        stream.fail(error)
+    except Exception:
+        # A bug: the stream cannot go on taking frames, and must say so
+        # rather than ignore the client from now on.
+        log.exception("stream %s: reading frames failed", stream.id)
+        stream.fail(Internal())
 
 
 def _stream_frame(item: StreamItem, error_domain: str) -> pb.StreamConversationResponse:
@@ -203,8 +213,9 @@ async def watch_conversations(
         position = decode_token(
             request.resume_token, digest=_WATCH_QUERY, field="resume_token"
         ).get("p")
-        if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+        if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position < 2**63:
             raise InvalidArgument.of("resume_token", "is not a resume token this service issued")
+        await watches.check_resume(position)
         resume_after = position
     watch = watches.open(tenant_id, channels=channels, statuses=statuses, resume_after=resume_after)
     try:

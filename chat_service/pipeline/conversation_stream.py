@@ -8,9 +8,11 @@ live message against the last one it sent: older ones are dropped, and a gap
 the client sees every message once, in order.
 
 Memory is bounded per stream: at most `buffer_size` items wait for a slow
-client. Past that the stream ends with RESOURCE_EXHAUSTED (the client
-reconnects with resume_after_sequence), so one slow reader can never make
-the server hold an unbounded backlog.
+client. Past that the stream stops listening at once and ends with
+RESOURCE_EXHAUSTED (the client reconnects with resume_after_sequence), so one
+slow reader can never make the server hold an unbounded backlog. A client
+that reads nothing at all cannot even be told: after `stall_grace` seconds
+its call is abandoned (cancelled) instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -41,7 +44,11 @@ from chat_service.domain.live import (
     conversation_topic,
 )
 from chat_service.domain.model import Conversation, InboundMessage, Message
-from chat_service.domain.validation import MAX_SESSION_ID_LENGTH, MAX_USER_ID_LENGTH
+from chat_service.domain.validation import (
+    MAX_SESSION_ID_LENGTH,
+    MAX_USER_ID_LENGTH,
+    conversation_id_problem,
+)
 from chat_service.pipeline.admission import TenantAdmission
 from chat_service.pipeline.errors import port_errors
 from chat_service.pipeline.events import conversation_event
@@ -86,6 +93,9 @@ class Refused:
 StreamItem: TypeAlias = Opened | Acked | Refused | LiveEvent
 
 
+_TYPING_INTERVAL = 1.0
+
+
 class _Wake:
     """Queued to wake the reader when the stream fails."""
 
@@ -105,6 +115,12 @@ class StreamServices:
     admission: TenantAdmission
     clock: Clock
     buffer_size: int
+    # How long a stream that failed may take to tell its client before it
+    # is abandoned (a client that reads nothing never gets the status).
+    stall_grace: float = 5.0
+    # How long opening waits for the live subscription to be in effect;
+    # past it the stream opens anyway (it fills gaps from the store).
+    subscribe_timeout: float = 2.0
 
 
 class ConversationStreams:
@@ -118,7 +134,15 @@ class ConversationStreams:
     def open_count(self) -> int:
         return len(self._open)
 
-    async def open(self, tenant_id: str, request: StreamOpenRequest) -> ConversationStream:
+    async def open(
+        self,
+        tenant_id: str,
+        request: StreamOpenRequest,
+        *,
+        abandon: Callable[[], object] = lambda: None,
+    ) -> ConversationStream:
+        """`abandon` ends the call without a status, for a client that stopped
+        reading (see the module doc)."""
         _validate_open(request)
         conversation_id = request.conversation_id or str(uuid.uuid4())
         stream = ConversationStream(
@@ -127,11 +151,16 @@ class ConversationStreams:
             conversation_id,
             request.resume_after,
             on_close=self._open.discard,
+            abandon=abandon,
         )
         try:
             # Listening must be in effect before the conversation is read, or
             # a message stored in between would reach neither.
-            await self._services.bus.synced()
+            try:
+                async with asyncio.timeout(self._services.subscribe_timeout):
+                    await self._services.bus.synced()
+            except TimeoutError:
+                log.warning("stream %s opens before its subscription is confirmed", stream.id)
             stream.start(await self._conversation_for(tenant_id, conversation_id, request))
         except BaseException:
             stream.close()
@@ -191,6 +220,8 @@ class ConversationStreams:
 
 def _validate_open(request: StreamOpenRequest) -> None:
     violations = []
+    if request.conversation_id and (problem := conversation_id_problem(request.conversation_id)):
+        violations.append(FieldViolation("open.conversation_id", problem))
     if request.resume_after is not None and request.resume_after < 0:
         violations.append(FieldViolation("open.resume_after_sequence", "must not be negative"))
     if len(request.user_id) > MAX_USER_ID_LENGTH:
@@ -223,6 +254,7 @@ class ConversationStream:
         resume_after: int | None,
         *,
         on_close: Callable[[ConversationStream], None],
+        abandon: Callable[[], object],
     ) -> None:
         self.id = str(uuid.uuid4())
         self.tenant_id = tenant_id
@@ -231,6 +263,9 @@ class ConversationStream:
         self._services = services
         self._resume_after = resume_after
         self._on_close = on_close
+        self._abandon = abandon
+        self._finished = False
+        self._last_typing: tuple[bool, float] | None = None
         self._out: asyncio.Queue[StreamItem | _Wake] = asyncio.Queue(services.buffer_size)
         # Live events that arrive while the replay runs wait here.
         self._pending: list[LiveEvent] | None = []
@@ -249,18 +284,32 @@ class ConversationStream:
         self._last = conversation.last_sequence if resume_after is None else resume_after
 
     def close(self) -> None:
+        self._finished = True
+        self._stop_listening()
+        self._on_close(self)
+
+    def _stop_listening(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        self._on_close(self)
 
     def fail(self, error: ChatError) -> None:
-        """End the stream with `error` as soon as the client reads."""
-        if self._fatal is None:
-            self._fatal = error
+        """End the stream with `error`: at once if the client is waiting, else
+        when it reads next; abandon the call if it does not within the grace."""
+        if self._fatal is not None:
+            return
+        self._fatal = error
+        self._stop_listening()  # nothing more piles up
+        self._pending = None
         # A full queue means the reader is not waiting: it checks _fatal first.
         with contextlib.suppress(asyncio.QueueFull):
             self._out.put_nowait(_WAKE)
+        asyncio.get_running_loop().call_later(self._services.stall_grace, self._abandon_if_stalled)
+
+    def _abandon_if_stalled(self) -> None:
+        if not self._finished:
+            log.info("stream %s: the client reads nothing; abandoning the call", self.id)
+            self._abandon()
 
     # ------------------------------------------------------------- output
 
@@ -278,6 +327,7 @@ class ConversationStream:
                 yield MessageStored(message)
         pending, self._pending = self._pending or [], None
         for event in pending:
+            self._check()
             async for item in self._deliverable(event):
                 yield item
         while True:
@@ -289,6 +339,8 @@ class ConversationStream:
                 yield deliverable
 
     def _on_live(self, event: LiveEvent) -> None:
+        if self._fatal is not None:
+            return
         if isinstance(event, TypingChanged | ReadThrough) and event.origin == self.id:
             return  # the client knows what it said itself
         if self._pending is not None:
@@ -344,7 +396,11 @@ class ConversationStream:
             if not inbound.message_id:
                 raise InvalidArgument.of("message.message_id", "is required on a stream")
             await self._services.admission.admit(self.tenant_id)
-            outcome = await self._services.send_message(inbound, field_prefix="message.")
+            # Shielded: a client that leaves mid-way does not stop the reply
+            # to what it already sent from being stored.
+            outcome = await asyncio.shield(
+                self._services.send_message(inbound, field_prefix="message.")
+            )
         except ChatError as error:
             await self._out.put(Refused(inbound.message_id, error))
             return
@@ -352,12 +408,20 @@ class ConversationStream:
         await self._out.put(Acked(result.message_id, result.sequence, outcome.replayed))
 
     def typing(self, typing: bool) -> None:
+        # At most one indicator per second per stream (and none repeating
+        # the last), so a chatty client cannot flood the other streams.
+        now = time.monotonic()
+        last = self._last_typing
+        if last is not None and last[0] == typing and now - last[1] < _TYPING_INTERVAL:
+            return
+        self._last_typing = (typing, now)
         self._services.bus.publish(
             self._topic, TypingChanged(MessageRole.USER, typing, origin=self.id)
         )
 
     async def read(self, through_sequence: int) -> None:
         try:
+            await self._services.admission.admit(self.tenant_id)
             await self._services.mark_read(
                 self.tenant_id,
                 self.conversation_id,

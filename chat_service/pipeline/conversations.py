@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, TypeGuard, TypeVar
 
 from chat_service.domain.enums import ConversationStatus
 from chat_service.domain.errors import (
@@ -15,6 +15,7 @@ from chat_service.domain.errors import (
     conversation_not_found,
 )
 from chat_service.domain.model import Conversation, Message
+from chat_service.domain.validation import MAX_USER_ID_LENGTH, conversation_id_problem
 from chat_service.pipeline.errors import port_errors
 from chat_service.pipeline.events import status_changed
 from chat_service.pipeline.page_tokens import decode_token, encode_token, query_digest
@@ -32,7 +33,6 @@ CONVERSATIONS_DEFAULT_PAGE = 20
 CONVERSATIONS_MAX_PAGE = 100
 MESSAGES_DEFAULT_PAGE = 50
 MESSAGES_MAX_PAGE = 1000
-MAX_USER_ID = 255
 MAX_SEARCH_QUERY = 200
 MAX_STATUS_REASON = 500
 
@@ -54,6 +54,9 @@ def _page_size(size: int, default: int, maximum: int, violations: list[FieldViol
 def _require_id(conversation_id: str) -> None:
     if not conversation_id:
         raise InvalidArgument.of("conversation_id", "is required")
+    problem = conversation_id_problem(conversation_id)
+    if problem:
+        raise InvalidArgument.of("conversation_id", problem)
 
 
 class ConversationQueries:
@@ -75,9 +78,9 @@ class ConversationQueries:
         limit = _page_size(
             page_size, CONVERSATIONS_DEFAULT_PAGE, CONVERSATIONS_MAX_PAGE, violations
         )
-        if len(query.user_id) > MAX_USER_ID:
+        if len(query.user_id) > MAX_USER_ID_LENGTH:
             violations.append(
-                FieldViolation("user_id", f"must be at most {MAX_USER_ID} characters")
+                FieldViolation("user_id", f"must be at most {MAX_USER_ID_LENGTH} characters")
             )
         if len(query.search_query) > MAX_SEARCH_QUERY:
             violations.append(
@@ -126,7 +129,7 @@ class ConversationQueries:
         after: int | None = None
         if page_token:
             sequence = decode_token(page_token, digest=digest).get("s")
-            if not isinstance(sequence, int) or isinstance(sequence, bool):
+            if not _is_position(sequence):
                 raise InvalidArgument.of("page_token", "is not a page token this service issued")
             after = sequence
         await self.get(tenant_id, conversation_id)  # NOT_FOUND before an empty page
@@ -145,12 +148,21 @@ class ConversationQueries:
         return Page(items, token)
 
 
+def _is_position(value: object) -> TypeGuard[int]:
+    """An integer the stores can take (a forged token may hold anything)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
 def _cursor_from(position: object) -> ConversationCursor:
     try:
         assert isinstance(position, dict)
         created = datetime.fromisoformat(position["t"])
         conversation_id = position["id"]
-        if not isinstance(conversation_id, str) or created.tzinfo is None:
+        if (
+            not isinstance(conversation_id, str)
+            or conversation_id_problem(conversation_id)
+            or created.tzinfo is None
+        ):
             raise ValueError
     except (AssertionError, KeyError, TypeError, ValueError):
         raise InvalidArgument.of("page_token", "is not a page token this service issued") from None
@@ -183,6 +195,8 @@ class UpdateConversationStatus:
         violations = []
         if not conversation_id:
             violations.append(FieldViolation("conversation_id", "is required"))
+        elif problem := conversation_id_problem(conversation_id):
+            violations.append(FieldViolation("conversation_id", problem))
         if status is None:
             violations.append(FieldViolation("status", "is required"))
         if len(reason) > MAX_STATUS_REASON:

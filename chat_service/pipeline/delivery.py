@@ -28,6 +28,7 @@ from chat_service.ports import (
     Clock,
     ConversationStore,
     DeliveryError,
+    DeliveryReceipt,
     StoreUnavailable,
 )
 
@@ -41,6 +42,8 @@ class DeliveryPolicy:
     attempts: int = 4
     first_backoff: float = 0.5
     max_backoff: float = 30.0
+    # A platform call that takes longer is a failed attempt (retried).
+    attempt_timeout: float = 30.0
 
     def backoff(self, attempt: int) -> float:
         return float(min(self.max_backoff, self.first_backoff * 2 ** (attempt - 1)))
@@ -128,7 +131,7 @@ class DeliveryQueue:
                     raise DeliveryError(
                         f"no connector for channel {conversation.channel.value}", retryable=False
                     )
-                receipt = await sender.send(conversation, message)
+                receipt = await self._attempt(sender, conversation, message)
             except DeliveryError as error:
                 final = not error.retryable or attempt == self._policy.attempts
                 log.warning(
@@ -156,6 +159,26 @@ class DeliveryQueue:
                 )
                 await self._record(conversation, message, DeliveryStatus.SENT, metadata)
                 return
+
+    async def _attempt(
+        self, sender: ChannelSender, conversation: Conversation, message: Message
+    ) -> DeliveryReceipt:
+        """One call to the platform; whatever goes wrong is a DeliveryError, so a
+        connector's bug or a hung platform cannot stall the conversation's queue."""
+        try:
+            async with asyncio.timeout(self._policy.attempt_timeout):
+                return await sender.send(conversation, message)
+        except DeliveryError:
+            raise
+        except TimeoutError:
+            raise DeliveryError(
+                f"no answer within {self._policy.attempt_timeout:g}s", retryable=True
+            ) from None
+        except Exception as error:
+            log.exception("channel connector failed on %s", message.message_id)
+            raise DeliveryError(
+                f"connector error: {type(error).__name__}", retryable=True
+            ) from error
 
     async def _record(
         self,

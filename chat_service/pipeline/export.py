@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from chat_service.domain.errors import conversation_not_found
+from chat_service.domain.errors import InvalidArgument, conversation_not_found
 from chat_service.domain.model import Conversation, Message
+from chat_service.domain.validation import conversation_id_problem
 from chat_service.pipeline.errors import port_errors
 from chat_service.ports import ConversationStore
 
@@ -19,6 +20,9 @@ class ExportConversation:
     ) -> tuple[Conversation, AsyncIterator[Message]]:
         """The conversation, and its messages up to its last sequence now (a
         snapshot), read from the store in batches as they are consumed."""
+        problem = conversation_id_problem(conversation_id)
+        if problem:
+            raise InvalidArgument.of("conversation_id", problem)
         with port_errors():
             conversation = await self._store.get_conversation(tenant_id, conversation_id)
         if conversation is None:

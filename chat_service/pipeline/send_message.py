@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 from chat_service.domain.channels import format_for_channel
 from chat_service.domain.content import MessageContent
-from chat_service.domain.enums import ConversationStatus, DeliveryStatus, MessageRole
+from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus, MessageRole
 from chat_service.domain.errors import (
     Aborted,
     FailedPrecondition,
@@ -81,9 +81,10 @@ class SendOutcome:
     replayed: bool
 
 
-# Replies to one message (after splitting for the channel) are bounded by
-# what an engine reply can hold; this is far above it.
-_MAX_REPLIES = 100
+# An engine reply holding more is refused (fallback): a bound on what one
+# message can make the service store and deliver.
+MAX_REPLY_CONTENTS = 10
+MAX_REPLY_PARTS = 30  # after adapting and splitting for the channel
 
 
 def reply_message_id(inbound_message_id: str, index: int) -> str:
@@ -206,7 +207,7 @@ class SendMessage:
             version=conversation.version + 1,
         )
         events.append(message_event(EventType.MESSAGE_RECEIVED, inbound, updated.status))
-        if hints.require_human_review and updated.status is not ConversationStatus.ESCALATED:
+        if hints.require_human_review and _may_escalate(updated):
             previous = updated.status
             updated = replace(updated, status=ConversationStatus.ESCALATED)
             events.append(status_changed(updated, previous, now, "require_human_review"))
@@ -285,36 +286,56 @@ class SendMessage:
                 ),
                 replayed=True,
             )
+        if conversation.last_sequence != inbound.sequence:
+            # The conversation went on meanwhile: an answer now would land
+            # after later messages. It stays unanswered.
+            log.info("message %s was overtaken; left unanswered", inbound.message_id)
+            return SendOutcome(
+                SendResult(
+                    message_id=inbound.message_id,
+                    conversation_id=conversation.conversation_id,
+                    sequence=inbound.sequence,
+                    state=conversation.state,
+                ),
+                replayed=True,
+            )
         log.info("resuming unanswered message %s", inbound.message_id)
         return SendOutcome(
             await self._answer(conversation, inbound, msg.processing_hints, fence), replayed=False
         )
 
     async def _stored_replies(self, conversation: Conversation, inbound: Message) -> list[Message]:
-        """Replies already stored for `inbound` (they directly follow it)."""
-        following = await self._store.list_messages(
-            conversation.tenant_id,
-            conversation.conversation_id,
-            limit=_MAX_REPLIES,
-            after_sequence=inbound.sequence,
-        )
-        return [m for m in following if m.reply_to_message_id == inbound.message_id]
+        """Replies already stored for `inbound`, found by their derived ids."""
+        replies: list[Message] = []
+        while len(replies) < MAX_REPLY_PARTS:
+            found = await self._store.get_message(
+                conversation.tenant_id, reply_message_id(inbound.message_id, len(replies))
+            )
+            if found is None:
+                break
+            replies.append(found)
+        return replies
 
     async def _session_conversation(self, msg: InboundMessage) -> str | None:
-        """The session's conversation, if it is the same user's on the same
-        channel (whether it is still open is checked under its lock)."""
+        """The session's conversation, if it can take the message: the same
+        user's, on the same channel, not closed. Read under the session's lock,
+        which every message that could change the answer also takes."""
         try:
             session = await self._sessions.get_session(msg.tenant_id, msg.session_id)
         except CoordinationUnavailable:
             return None  # a cache: without it, the message starts a conversation
+        conversation_id = None if session is None else session.get("conversation_id")
+        if not isinstance(conversation_id, str):
+            return None
+        found = await self._store.get_conversation(msg.tenant_id, conversation_id)
         if (
-            session is None
-            or session.get("user_id") != msg.user_id
-            or session.get("channel") != (msg.channel.value if msg.channel else None)
+            found is None
+            or found.status.is_closed
+            or found.user_id != msg.user_id
+            or found.channel != msg.channel
         ):
             return None
-        conversation_id = session.get("conversation_id")
-        return conversation_id if isinstance(conversation_id, str) else None
+        return conversation_id
 
     async def _remember_session(self, conversation: Conversation, session_id: str) -> None:
         try:
@@ -336,17 +357,13 @@ class SendMessage:
         assert msg.channel is not None  # validated
         if not msg.conversation_id:
             if msg.session_id:
-                # Continue the session's conversation if it can take the message.
+                # The session's conversation (checked when it was chosen), or
+                # a new id: then nothing is stored under it yet.
                 found = await self._store.get_conversation(msg.tenant_id, conversation_id)
-                if (
-                    found is not None
-                    and not found.status.is_closed
-                    and found.user_id == msg.user_id
-                    and found.channel == msg.channel
-                ):
+                if found is not None and not found.status.is_closed:
                     return found
-                if found is not None:
-                    conversation_id = self._new_id()
+                if found is not None:  # closed since it was chosen
+                    raise _closed(found)
             now = self._clock.now()
             return Conversation(
                 conversation_id=conversation_id,
@@ -365,11 +382,7 @@ class SendMessage:
         if conversation is None:
             raise conversation_not_found(conversation_id)
         if conversation.status.is_closed:
-            raise FailedPrecondition(
-                f"conversation is {conversation.status.value}; start a new one",
-                reason="CONVERSATION_CLOSED",
-                metadata={"conversation_id": conversation_id, "status": conversation.status.value},
-            )
+            raise _closed(conversation)
         mismatch = {
             "channel": conversation.channel != msg.channel,
             "user_id": conversation.user_id != msg.user_id,
@@ -392,6 +405,10 @@ class SendMessage:
         latency_ms = (time.monotonic() - started) * 1000
         now = self._clock.now()
         events: list[DomainEvent] = []
+        parts = _formatted(reply.contents, conversation.channel)
+        if len(parts) > MAX_REPLY_PARTS:
+            log.warning("engine %s reply makes %d messages", self._engine.name, len(parts))
+            fallback_reason = "invalid_reply"
         if fallback_reason:
             log.warning(
                 "engine %s failed (%s) for conversation %s; fallback reply",
@@ -403,11 +420,7 @@ class SendMessage:
                 contents=(MessageContent.of_text(self._settings.fallback_text),),
                 state=conversation.state,
             )
-        parts = [
-            part
-            for content in reply.contents
-            for part in format_for_channel(content, conversation.channel)
-        ]
+            parts = _formatted(reply.contents, conversation.channel)
         replies = tuple(
             Message(
                 message_id=reply_message_id(inbound.message_id, index),
@@ -440,7 +453,7 @@ class SendMessage:
         events.extend(
             message_event(EventType.MESSAGE_SENT, message, updated.status) for message in replies
         )
-        if reply.escalate and updated.status is not ConversationStatus.ESCALATED:
+        if reply.escalate and _may_escalate(updated):
             previous = updated.status
             updated = replace(updated, status=ConversationStatus.ESCALATED)
             events.append(status_changed(updated, previous, now, "engine_escalation"))
@@ -513,6 +526,10 @@ class SendMessage:
             log.exception("engine %s raised", self._engine.name)
             return empty, "error"
         try:
+            if len(reply.contents) > MAX_REPLY_CONTENTS:
+                raise InvalidArgument.of(
+                    "response_contents", f"must hold at most {MAX_REPLY_CONTENTS} replies"
+                )
             contents = tuple(
                 validate_content(content, field_prefix=f"response_contents[{index}].")
                 for index, content in enumerate(reply.contents)
@@ -521,6 +538,29 @@ class SendMessage:
             log.warning("engine %s gave an invalid reply: %s", self._engine.name, invalid.message)
             return empty, "invalid_reply"
         return replace(reply, contents=contents), ""
+
+
+def _formatted(contents: Sequence[MessageContent], channel: Channel) -> list[MessageContent]:
+    return [part for content in contents for part in format_for_channel(content, channel)]
+
+
+def _may_escalate(conversation: Conversation) -> bool:
+    # The same rule as UpdateConversationStatus (ERROR cannot be escalated).
+    status = conversation.status
+    return status is not ConversationStatus.ESCALATED and status.can_become(
+        ConversationStatus.ESCALATED
+    )
+
+
+def _closed(conversation: Conversation) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"conversation is {conversation.status.value}; start a new one",
+        reason="CONVERSATION_CLOSED",
+        metadata={
+            "conversation_id": conversation.conversation_id,
+            "status": conversation.status.value,
+        },
+    )
 
 
 def _reused_id(field_prefix: str) -> InvalidArgument:

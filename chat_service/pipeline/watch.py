@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 
 from chat_service.domain.enums import Channel, ConversationStatus
-from chat_service.domain.errors import ResourceExhausted
+from chat_service.domain.errors import FailedPrecondition
 from chat_service.domain.events import OutboxEntry
 from chat_service.pipeline.errors import port_errors
 from chat_service.ports import ConversationStore
@@ -87,6 +87,11 @@ class EventTail:
 
     async def follow_once(self) -> int:
         """Hand out one batch of new entries; returns how many there were."""
+        if not self._listeners:
+            # Nobody watches: just keep up with the end of the log (one
+            # small query) rather than reading every event.
+            self.position = max(self.position, await self._store.last_event_position())
+            return 0
         entries = await self._store.read_events(
             after_position=self.position, limit=self._settings.batch_size
         )
@@ -105,6 +110,17 @@ class WatchConversations:
         self._store = store
         self._tail = tail
         self._buffer_size = buffer_size
+
+    async def check_resume(self, position: int) -> None:
+        """A resume token past the end of the log was not issued by this
+        store's log (it was replaced, or the token is forged)."""
+        with port_errors():
+            last = await self._store.last_event_position()
+        if position > last:
+            raise FailedPrecondition(
+                "the resume token is ahead of the event log; start a new watch without it",
+                reason="RESUME_TOKEN_INVALID",
+            )
 
     def open(
         self,
@@ -128,6 +144,10 @@ class WatchConversations:
 
 
 class Watch:
+    """Live entries come through a bounded queue. A watcher that falls behind
+    loses nothing: when the queue overflows, the watch drops it and reads on
+    from the store (the log) at the watcher's own pace, then goes live again."""
+
     def __init__(
         self,
         store: ConversationStore,
@@ -144,47 +164,51 @@ class Watch:
         self._channels = channels
         self._statuses = statuses
         self._queue: asyncio.Queue[OutboxEntry] = asyncio.Queue(buffer_size)
-        self._overflowed = False
         # Listen first, then catch up: whatever commits meanwhile is either
         # read from the store or queued, and duplicates are dropped by position.
         self._unsubscribe = tail.subscribe(tenant_id, self._on_entry)
-        self._resume_after = resume_after
+        self._behind = resume_after is not None  # read from the store first
         self._last = tail.position if resume_after is None else resume_after
 
     def close(self) -> None:
         self._unsubscribe()
 
     async def entries(self) -> AsyncIterator[OutboxEntry]:
-        if self._resume_after is not None:
-            while True:
-                with port_errors():
-                    batch = await self._store.read_events(
-                        after_position=self._last, limit=_CATCH_UP_BATCH, tenant_id=self._tenant_id
-                    )
-                for entry in batch:
-                    self._last = entry.position
-                    if self._wanted(entry):
-                        yield entry
-                if len(batch) < _CATCH_UP_BATCH:
-                    break
         while True:
-            if self._overflowed:
-                raise ResourceExhausted(
-                    "the watcher reads too slowly; resume with the last resume_token",
-                    reason="WATCH_BUFFER_FULL",
-                )
+            if self._behind:
+                self._behind = False
+                async for entry in self._catch_up():
+                    yield entry
+                continue
             entry = await self._queue.get()
             if entry.position <= self._last:
                 continue
             self._last = entry.position
-            if self._wanted(entry):
-                yield entry
+            yield entry
+
+    async def _catch_up(self) -> AsyncIterator[OutboxEntry]:
+        while True:
+            with port_errors():
+                batch = await self._store.read_events(
+                    after_position=self._last, limit=_CATCH_UP_BATCH, tenant_id=self._tenant_id
+                )
+            for entry in batch:
+                self._last = entry.position
+                if self._wanted(entry):
+                    yield entry
+            if len(batch) < _CATCH_UP_BATCH:
+                return
 
     def _on_entry(self, entry: OutboxEntry) -> None:
+        if self._behind or not self._wanted(entry):
+            return
         try:
             self._queue.put_nowait(entry)
         except asyncio.QueueFull:
-            self._overflowed = True
+            # Too far behind to follow live: drop the queue, read the log.
+            self._behind = True
+            while not self._queue.empty():
+                self._queue.get_nowait()
 
     def _wanted(self, entry: OutboxEntry) -> bool:
         event = entry.event

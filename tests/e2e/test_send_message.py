@@ -166,3 +166,30 @@ async def test_a_session_keeps_its_conversation(
 
     assert second.conversation_id == first.conversation_id
     assert second.processing_metadata.sequence == 3
+
+
+async def test_a_request_protobuf_cannot_parse_is_invalid_argument(
+    service: ServiceProcess, channel: grpc.aio.Channel
+) -> None:
+    auth = bearer(service.token(tenant()))
+    send_raw = channel.unary_unary(
+        "/chatbot.chat.v1.ChatService/SendMessage",
+        request_serializer=lambda data: data,
+        response_deserializer=pb.SendMessageResponse.FromString,
+    )
+    deep = text_request("too deep")
+    level = deep.channel_metadata.additional_data
+    for _ in range(150):  # past protobuf's nesting limit (100)
+        level = level.get_or_create_struct("a")
+    bodies = [
+        bytes([0x3A, 100]) + b"x",  # field 7 claims 100 bytes, then ends
+        b"\xff\xff\xff",
+        deep.SerializeToString(),
+    ]
+
+    for body in bodies:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await send_raw(body, metadata=auth)
+        error = rich_error(caught.value)
+        assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert error.fields == ["request"]

@@ -42,6 +42,8 @@ async def test_a_slow_reader_is_ended_and_server_memory_stays_bounded(
     fresh_service.extra_env.update(
         {
             "STREAM_BUFFER_SIZE": "32",
+            # The client reads again only after the flood; it gets its status then.
+            "STREAM_STALL_GRACE_SECONDS": "120",
             "RATE_LIMIT_PER_SECOND": "100000",
             "RATE_LIMIT_BURST": "100000",
         }

@@ -373,3 +373,11 @@ def test_a_rejected_token_is_never_remembered() -> None:
 
     for _ in range(2):
         assert _reason(lambda: verifier.verify(forged)) == "TOKEN_INVALID"
+
+
+@pytest.mark.parametrize("tenant", ["a/b", "-leading-dash", "x" * 129, "tab\there", "ünïcode"])
+def test_a_tenant_id_that_could_collide_in_keys_is_refused(tenant: str) -> None:
+    assert (
+        _reason(lambda: _eddsa_verifier().verify(_eddsa_token(tenant_id=tenant)))
+        == "TENANT_CLAIM_INVALID"
+    )

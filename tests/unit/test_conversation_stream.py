@@ -15,7 +15,12 @@ from adapters.memory.rate_limit import InProcessRateLimiter
 from adapters.memory.session_cache import InProcessSessionCache
 from chat_service.config import RateLimit
 from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus
-from chat_service.domain.errors import InvalidArgument, NotFound, ResourceExhausted
+from chat_service.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from chat_service.domain.events import OutboxEntry
 from chat_service.domain.live import DeliveryChanged, MessageStored, conversation_topic
 from chat_service.domain.model import Conversation
@@ -47,7 +52,7 @@ class World:
     streams: ConversationStreams
 
 
-def build(buffer_size: int = 64) -> World:
+def build(buffer_size: int = 64, stall_grace: float = 5.0) -> World:
     store = InMemoryStore()
     bus = InProcessLiveBus()
     live = LiveFeed(bus)
@@ -76,6 +81,7 @@ def build(buffer_size: int = 64) -> World:
             admission=TenantAdmission(InProcessRateLimiter(lambda t: RateLimit(1000, 1000))),
             clock=clock,
             buffer_size=buffer_size,
+            stall_grace=stall_grace,
         )
     )
     return World(store, bus, streams)
@@ -300,16 +306,68 @@ async def test_a_watch_filters_and_sees_no_other_tenant() -> None:
     watch.close()
 
 
-async def test_a_slow_watcher_is_ended() -> None:
+async def test_a_watcher_that_falls_behind_reads_on_from_the_log() -> None:
     store = InMemoryStore()
     tail = EventTail(store)
     watch = WatchConversations(store, tail, buffer_size=2).open(TENANT)
+    entries = watch.entries()
     conversation = make_conversation(tenant_id=TENANT)
     await store.write(
-        create_change(conversation, events=tuple(make_event(conversation) for _ in range(5)))
+        create_change(conversation, events=tuple(make_event(conversation) for _ in range(7)))
     )
-    await tail.follow_once()
+    await tail.follow_once()  # 7 live entries for a queue of 2: it overflows
+
+    got = await _entries(entries, 7)
+
+    assert [e.position for e in got] == list(range(1, 8))
+    watch.close()
+
+
+async def test_a_resume_token_past_the_log_is_refused() -> None:
+    store = InMemoryStore()
+    conversation = make_conversation(tenant_id=TENANT)
+    await store.write(create_change(conversation, events=(make_event(conversation),)))
+    watches = WatchConversations(store, EventTail(store), buffer_size=2)
+
+    await watches.check_resume(1)
+    with pytest.raises(FailedPrecondition) as refused:
+        await watches.check_resume(2)
+    assert refused.value.reason == "RESUME_TOKEN_INVALID"
+
+
+async def test_a_failed_stream_stops_listening_and_abandons_a_client_that_reads_nothing() -> None:
+    world = build(buffer_size=2, stall_grace=0.05)
+    conversation = await _conversation_with(world.store, 1)
+    abandoned = asyncio.Event()
+    stream = await world.streams.open(
+        TENANT,
+        StreamOpenRequest(conversation_id=conversation.conversation_id),
+        abandon=abandoned.set,
+    )
+    topic = conversation_topic(TENANT, conversation.conversation_id)
+
+    for _ in range(5):  # the client reads nothing, not even `opened`
+        world.bus.publish(topic, DeliveryChanged("m", 1, DeliveryStatus.READ))
+
+    assert world.bus.topics == 0  # it stopped listening at once
+    await asyncio.wait_for(abandoned.wait(), 1)
+    stream.close()
+    assert world.streams.open_count == 0
+
+
+async def test_a_stream_that_ends_in_time_is_not_abandoned() -> None:
+    world = build(buffer_size=2, stall_grace=0.05)
+    conversation = await _conversation_with(world.store, 1)
+    abandoned = asyncio.Event()
+    stream = await world.streams.open(
+        TENANT,
+        StreamOpenRequest(conversation_id=conversation.conversation_id),
+        abandon=abandoned.set,
+    )
+    stream.fail(ResourceExhausted("slow", reason="STREAM_BUFFER_FULL"))
 
     with pytest.raises(ResourceExhausted):
-        await _entries(watch.entries(), 5)
-    watch.close()
+        await _take(stream.items(), 5)
+    stream.close()
+    await asyncio.sleep(0.1)
+    assert not abandoned.is_set()

@@ -126,10 +126,12 @@ async def test_new_conversation_gets_inbound_and_reply_in_sequence(core: Core) -
     assert conversation is not None
     assert conversation.last_sequence == 2
     assert conversation.state.current_intent == "echo"
+    assert await core.delivery.wait_idle(1.0)
     assert await core.events() == [
         EventType.CONVERSATION_STARTED,
         EventType.MESSAGE_RECEIVED,
         EventType.MESSAGE_SENT,
+        EventType.DELIVERY_UPDATED,
     ]
 
 
@@ -502,7 +504,9 @@ async def test_a_retry_after_the_record_expired_replays_the_stored_replies() -> 
     again = await core.send(inbound("hi", message_id="m-1"))
 
     assert again.replayed
-    assert again.result.replies == first.result.replies
+    assert [(r.message_id, r.sequence, r.content) for r in again.result.replies] == [
+        (r.message_id, r.sequence, r.content) for r in first.result.replies
+    ]
     assert len(core.engine.requests) == 2  # not asked again
     messages = await core.store.list_messages(TENANT, first.result.conversation_id, limit=10)
     assert len(messages) == 4
@@ -522,3 +526,59 @@ async def test_a_late_retry_of_an_unanswered_bypass_message_stays_unanswered() -
     assert core.engine.requests == []
     assert again.result.sequence == first.result.sequence
     await core.delivery.close(1.0)
+
+
+async def test_a_message_overtaken_after_a_failure_stays_unanswered() -> None:
+    store = FailSecondWrite()
+    core = build_core(store)
+    with pytest.raises(UnavailableError):
+        await core.send(inbound("first", message_id="m-1"))
+    stored = await store.get_message(TENANT, "m-1")
+    assert stored is not None
+    conversation_id = stored.conversation_id
+    store.down_after = 100
+    later = await core.send(inbound("second", conversation_id=conversation_id))
+
+    retry = await core.send(inbound("first", message_id="m-1"))
+
+    assert retry.replayed
+    assert retry.result.replies == ()
+    messages = await store.list_messages(TENANT, conversation_id, limit=10)
+    assert [m.sequence for m in messages] == [1, 2, 3]  # no reply slipped in after "second"
+    assert later.result.sequence == 2
+    await core.delivery.close(1.0)
+
+
+async def test_an_engine_reply_with_too_many_parts_gives_the_fallback(core: Core) -> None:
+    core.engine.reply = EngineReply(
+        contents=tuple(MessageContent.of_text(f"part {n}") for n in range(11)),
+        state=ConversationState(),
+    )
+
+    result = (await core.send(inbound("hi"))).result
+
+    assert result.fallback_reason == "invalid_reply"
+    assert len(result.replies) == 1
+
+
+async def test_an_errored_conversation_is_not_escalated_by_the_engine(core: Core) -> None:
+    first = await core.send(inbound("hi"))
+    conversation = await core.store.get_conversation(TENANT, first.result.conversation_id)
+    assert conversation is not None
+    await core.store.write(
+        ConversationChange(
+            dataclasses.replace(
+                conversation, status=ConversationStatus.ERROR, version=conversation.version + 1
+            ),
+            expected_version=conversation.version,
+        )
+    )
+    core.engine.reply = EngineReply(
+        contents=(MessageContent.of_text("handing over"),), state=ConversationState(), escalate=True
+    )
+
+    await core.send(inbound("help", conversation_id=conversation.conversation_id))
+
+    after = await core.store.get_conversation(TENANT, conversation.conversation_id)
+    assert after is not None
+    assert after.status is ConversationStatus.ERROR

@@ -236,7 +236,10 @@ class ProcessingMetadata(_message.Message):
     fallback_used: _builtins.bool
     """The engine failed or timed out, and the reply is the fallback."""
     fallback_reason: _builtins.str
-    """Why the fallback was used: "timeout", "unavailable" or "error"."""
+    """Why the fallback was used: "timeout", "unavailable", "error", or
+    "invalid_reply" (the engine's reply broke the content rules, or would
+    make more than 30 messages on the channel).
+    """
     sequence: _builtins.int
     """The inbound message's sequence number."""
     @_builtins.property
@@ -531,7 +534,9 @@ class ExportConversationResponse(_message.Message):
     content_type: _builtins.str
     """The MIME type of the whole file; set on the first chunk only."""
     data: _builtins.bytes
-    """The next bytes of the file. Chunks end on line boundaries."""
+    """The next bytes of the file. Chunks end on line boundaries; a single
+    line longer than 64 KiB (a large carousel) travels as a chunk of its own.
+    """
     def __init__(
         self,
         *,

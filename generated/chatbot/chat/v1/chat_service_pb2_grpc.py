@@ -187,8 +187,9 @@ class ChatServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportConversation(self, request, context):
-        """Streams a whole conversation as a file, in chunks of at most 64 KiB, in
-        the order of the messages' sequence numbers. The export is a snapshot:
+        """Streams a whole conversation as a file, in chunks of at most 64 KiB
+        (see ExportConversationResponse.data), in the order of the messages'
+        sequence numbers. The export is a snapshot:
         it ends at the last message stored when the call began.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

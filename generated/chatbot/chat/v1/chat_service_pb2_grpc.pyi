@@ -90,8 +90,9 @@ class ChatServiceStub:
     status again succeeds and changes nothing.
     """
     ExportConversation: _grpc.UnaryStreamMultiCallable[_chat_service_pb2.ExportConversationRequest, _chat_service_pb2.ExportConversationResponse]
-    """Streams a whole conversation as a file, in chunks of at most 64 KiB, in
-    the order of the messages' sequence numbers. The export is a snapshot:
+    """Streams a whole conversation as a file, in chunks of at most 64 KiB
+    (see ExportConversationResponse.data), in the order of the messages'
+    sequence numbers. The export is a snapshot:
     it ends at the last message stored when the call began.
     """
     StreamConversation: _grpc.StreamStreamMultiCallable[_chat_service_pb2.StreamConversationRequest, _chat_service_pb2.StreamConversationResponse]
@@ -206,8 +207,9 @@ class ChatServiceAsyncStub(ChatServiceStub):
     status again succeeds and changes nothing.
     """
     ExportConversation: _aio.UnaryStreamMultiCallable[_chat_service_pb2.ExportConversationRequest, _chat_service_pb2.ExportConversationResponse]  # type: ignore[assignment]
-    """Streams a whole conversation as a file, in chunks of at most 64 KiB, in
-    the order of the messages' sequence numbers. The export is a snapshot:
+    """Streams a whole conversation as a file, in chunks of at most 64 KiB
+    (see ExportConversationResponse.data), in the order of the messages'
+    sequence numbers. The export is a snapshot:
     it ends at the last message stored when the call began.
     """
     StreamConversation: _aio.StreamStreamMultiCallable[_chat_service_pb2.StreamConversationRequest, _chat_service_pb2.StreamConversationResponse]  # type: ignore[assignment]
@@ -355,8 +357,9 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _chat_service_pb2.ExportConversationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_chat_service_pb2.ExportConversationResponse], _abc.AsyncIterator[_chat_service_pb2.ExportConversationResponse]]:
-        """Streams a whole conversation as a file, in chunks of at most 64 KiB, in
-        the order of the messages' sequence numbers. The export is a snapshot:
+        """Streams a whole conversation as a file, in chunks of at most 64 KiB
+        (see ExportConversationResponse.data), in the order of the messages'
+        sequence numbers. The export is a snapshot:
         it ends at the last message stored when the call began.
         """
 

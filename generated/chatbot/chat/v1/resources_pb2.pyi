@@ -326,8 +326,9 @@ class Message(_message.Message):
     """Who wrote it."""
     channel: Global___Channel.ValueType
     delivery_status: Global___DeliveryStatus.ValueType
-    """Outbound messages: how far delivery got. Inbound messages: SENT, or READ
-    once a reader acknowledged it.
+    """Outbound messages: how far delivery got (web replies are SENT once
+    stored: the widget reads them from the service). Inbound messages: SENT
+    (received and stored).
     """
     reply_to_message_id: _builtins.str
     """Replies: the inbound message they answer."""
