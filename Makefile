@@ -30,6 +30,7 @@ run: $(STAMP_PY)
 
 test: $(STAMP_PY)
 	$(PY) -m pytest $(PYTEST_ARGS)
+	CHAT_TEST_STORE=mongo $(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 check: lint typecheck buf-lint buf-breaking check-generated
 

@@ -2,9 +2,10 @@
 
 A scenario that names a `baseline` is reported as ratios against that
 scenario's figures from the same bench run; a scenario without one is a
-baseline. To add one (SendMessage on MongoDB/Redis/Kafka, ...), write its
-coroutine and list it in SCENARIOS: start what it needs, hand the running
-service to a load function, return the LoadResult. On a stream scenario a
+baseline. To add one, write its
+coroutine and list it in SCENARIOS: start what it needs (bench.servers
+starts the service and the production parts), hand the running service to
+a load function, return the LoadResult. On a stream scenario a
 "call" is one round trip on a caller's stream (bench.stream_load).
 """
 
@@ -21,7 +22,14 @@ from chatbot.chat.v1 import chat_service_pb2, chat_service_pb2_grpc, content_pb2
 
 from bench.echo_server import BIDI_METHOD, UNARY_METHOD
 from bench.load import Call, LoadResult, LoadSettings, run_load
-from bench.servers import RunningService, running_chat_service, running_echo_server
+from bench.servers import (
+    RunningService,
+    running_chat_service,
+    running_echo_server,
+    running_kafka,
+    running_mongo,
+    running_redis,
+)
 from bench.stream_load import run_stream_load
 
 PAYLOAD_BYTES = 100
@@ -106,6 +114,26 @@ class EchoStream:
 
 async def send_message_sqlite(settings: LoadSettings) -> LoadResult:
     async with running_chat_service() as service:
+        return await send_messages(service, settings)
+
+
+async def send_message_mongo(settings: LoadSettings) -> LoadResult:
+    async with (
+        running_mongo() as mongodb_uri,
+        running_chat_service({"MONGODB_URI": mongodb_uri}) as service,
+    ):
+        return await send_messages(service, settings)
+
+
+async def send_message_production(settings: LoadSettings) -> LoadResult:
+    async with (
+        running_mongo() as mongodb_uri,
+        running_redis() as redis_url,
+        running_kafka() as kafka_brokers,
+        running_chat_service(
+            {"MONGODB_URI": mongodb_uri, "REDIS_URL": redis_url, "KAFKA_BROKERS": kafka_brokers}
+        ) as service,
+    ):
         return await send_messages(service, settings)
 
 
@@ -270,6 +298,18 @@ SCENARIOS: Sequence[Scenario] = (
         "send-message-sqlite",
         "SendMessage on the embedded defaults (SQLite, in-process, built-in engine)",
         send_message_sqlite,
+        baseline=ECHO_UNARY,
+    ),
+    Scenario(
+        "send-message-mongo",
+        "SendMessage on MongoDB (nx-27017), the rest embedded",
+        send_message_mongo,
+        baseline=ECHO_UNARY,
+    ),
+    Scenario(
+        "send-message-production",
+        "SendMessage on the production set: MongoDB (nx-27017), Redis, Kafka (noida-db)",
+        send_message_production,
         baseline=ECHO_UNARY,
     ),
     Scenario(

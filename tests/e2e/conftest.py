@@ -39,10 +39,24 @@ def store_under_test() -> str:
     return chosen
 
 
-def pytest_report_header() -> str:
+def _described() -> str:
     if store_under_test() == "mongo":
         return "e2e store: mongo (nx-27017, a database per service data directory)"
     return "e2e store: sqlite (a file per service data directory)"
+
+
+def pytest_configure() -> None:
+    store_under_test()  # a misspelt CHAT_TEST_STORE stops the run before it starts
+
+
+def pytest_report_header() -> str:
+    # Shown when this conftest is loaded at start-up (`pytest tests/e2e`); a
+    # whole-suite run loads it during collection, after the header.
+    return _described()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.write_line(_described())
 
 
 @pytest.fixture(scope="session", autouse=True)

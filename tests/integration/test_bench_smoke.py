@@ -22,7 +22,12 @@ from bench.servers import running_chat_service
 from bench.stream_load import run_stream_load
 
 # Each measured scenario and the bare grpc.aio baseline it is compared against.
-PAIRS = {"send-message-sqlite": "echo-unary", "stream-conversation-sqlite": "echo-bidi"}
+PAIRS = {
+    "send-message-sqlite": "echo-unary",
+    "send-message-mongo": "echo-unary",
+    "send-message-production": "echo-unary",
+    "stream-conversation-sqlite": "echo-bidi",
+}
 
 
 def test_a_short_bench_run_reports_every_scenario_and_its_ratios(
@@ -36,11 +41,13 @@ def test_a_short_bench_run_reports_every_scenario_and_its_ratios(
 
     assert status == 0
     report = json.loads(path.read_text())
-    # Each baseline before and after; each scenario midway between its baseline's runs.
+    # Each baseline before and after; each scenario between its baseline's runs.
     assert [run["scenario"] for run in report["runs"]] == [
         "echo-unary",
         "echo-bidi",
         "send-message-sqlite",
+        "send-message-mongo",
+        "send-message-production",
         "stream-conversation-sqlite",
         "echo-unary",
         "echo-bidi",

@@ -97,9 +97,10 @@ class MongoDatabases:
 
 def database_for(data_dir: Path) -> str:
     """The database of the services on `data_dir`: a digest of its absolute
-    path (one directory, one database; two directories, two), after the
-    readable end of the path. Letters, digits and _ only, at most 63
-    characters: valid for MongoDB and nx-27017 alike."""
+    path (one directory, one database; two directories, two), then the
+    path's last two parts for whoever looks at the server's files. Letters,
+    digits and _ only, at most 63 characters: valid for MongoDB and
+    nx-27017 alike."""
     absolute = data_dir.resolve()
     digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:12]
     readable = re.sub(r"[^A-Za-z0-9]+", "_", f"{absolute.parent.name}_{absolute.name}")
@@ -132,7 +133,7 @@ class ServiceProcess:
         self.data_dir = data_dir
         self.port = free_port()
         self.extra_env = dict(env or {})
-        self.store = store or _default_store
+        self.store = _default_store if store is None else store
         # Several processes may share one data directory (and store).
         self.log_path = data_dir / f"{name}.log"
         self._process: subprocess.Popen[bytes] | None = None
