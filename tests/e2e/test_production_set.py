@@ -169,6 +169,7 @@ async def test_a_rate_limit_holds_across_processes(
         limited.b.kill()
 
 
+@pytest.mark.timeout(300)  # 1,000 messages through two processes and an outage
 async def test_no_event_is_lost_while_the_broker_is_down(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -218,7 +219,7 @@ async def test_no_event_is_lost_while_the_broker_is_down(
         # 10 conversations started, 1,000 messages received and answered.
         expected = 10 + 1000 * 2
         consumed = await read_events(
-            broker.bootstrap_servers, pair.topic, at_least=expected, timeout=60
+            broker.bootstrap_servers, pair.topic, at_least=expected, timeout=180
         )
     finally:
         pair.a.kill()
