@@ -20,8 +20,6 @@ own instead, so that a failure half-way cannot leave the shared one down.
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 from chatbot.events.v1.conversation_event_pb2 import ConversationEvent
 
-from tests.support.net import free_port
+from tests.support.local_server import LocalServer
 
 
 def noida_db_executable() -> Path:
@@ -47,96 +45,39 @@ def noida_db_executable() -> Path:
     return binary
 
 
-class KafkaBroker:
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
-        self.data_dir = data_dir
-        self.port = port or free_port()
-        self.log_path = data_dir / "noida-db.log"
-        self._process: subprocess.Popen[bytes] | None = None
+class KafkaBroker(LocalServer):
+    name = "noida-db broker"
+    log_name = "noida-db.log"
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def start(self, timeout: float = 15.0) -> KafkaBroker:
-        """Starts the broker (on the same port and data as before, after a
-        stop) and returns once a client can fetch its metadata. noida-db
-        prints a `GLIBC_2.39 not found` warning at start and runs anyway."""
-        if self.running:
-            raise RuntimeError("the broker is running already")
+        """noida-db prints a `GLIBC_2.39 not found` warning at start and runs
+        anyway. Blocks (the readiness check runs an event loop of its own)."""
         _refuse_inside_event_loop()
+        return super().start(timeout)
+
+    def command(self) -> list[str]:
         data = self.data_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [
-                    str(noida_db_executable()),
-                    "start",
-                    "--host",
-                    "127.0.0.1",
-                    "--only",
-                    "kafka",
-                    "--kafka-port",
-                    str(self.port),
-                    "--data-dir",
-                    str(data),
-                ],
-                stdout=log,
-                stderr=log,
-            )
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.kill()
-            raise
-        return self
+        return [
+            str(noida_db_executable()),
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--only",
+            "kafka",
+            "--kafka-port",
+            str(self.port),
+            "--data-dir",
+            str(data),
+        ]
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise RuntimeError(f"noida-db exited at start:\n{self.logs()}")
-            try:
-                asyncio.run(_fetch_metadata(self.bootstrap_servers))
-                return
-            except Exception as error:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"noida-db not answering after {timeout}s:\n{self.logs()}"
-                    ) from error
-                time.sleep(0.05)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (noida-db exits cleanly on it, its data saved), then wait."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-
-    def kill(self) -> None:
-        """SIGKILL: the broker dies as in a crash."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-
-    def restart(self) -> KafkaBroker:
-        self.stop()
-        return self.start()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def ready(self) -> bool:
+        asyncio.run(_fetch_metadata(self.bootstrap_servers))
+        return True
 
 
 def _refuse_inside_event_loop() -> None:

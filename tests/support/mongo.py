@@ -18,11 +18,8 @@ from __future__ import annotations
 import itertools
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +27,7 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from tests.support.net import free_port
+from tests.support.local_server import LocalServer
 
 _databases = itertools.count(1)
 
@@ -46,12 +43,9 @@ def nx_27017_executable() -> str:
     return found
 
 
-class MongoServer:
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
-        self.data_dir = data_dir
-        self.port = port or free_port()
-        self.log_path = data_dir / "nx-27017.log"
-        self._process: subprocess.Popen[bytes] | None = None
+class MongoServer(LocalServer):
+    name = "nx-27017 server"
+    log_name = "nx-27017.log"
 
     @property
     def uri(self) -> str:
@@ -60,92 +54,36 @@ class MongoServer:
     def uri_for(self, database: str) -> str:
         return f"{self.uri}/{database}"
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def start(self, timeout: float = 10.0) -> MongoServer:
-        """Starts the server (on the same port and data as before, after a
-        stop) and returns once it answers a ping."""
-        if self.running:
-            raise RuntimeError("the server is running already")
+    def command(self) -> list[str]:
         databases = self.data_dir / "databases"
         databases.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        try:
-            self._process = subprocess.Popen(
-                [
-                    nx_27017_executable(),
-                    "--data-dir",
-                    str(databases),
-                    "--host",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "--log-file",
-                    str(self.data_dir / "server.log"),
-                    "--pid-file",
-                    str(self.data_dir / "server.pid"),
-                ],
-                stdout=log,
-                stderr=log,
-            )
-        finally:
-            log.close()
-        self._wait_answering(timeout)
-        return self
+        return [
+            nx_27017_executable(),
+            "--data-dir",
+            str(databases),
+            "--host",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--log-file",
+            str(self.data_dir / "server.log"),
+            "--pid-file",
+            str(self.data_dir / "server.pid"),
+        ]
 
-    def _wait_answering(self, timeout: float) -> None:
+    def ready(self) -> bool:
         # The port first (cheap to poll), then one ping through the driver.
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise RuntimeError(f"nx-27017 exited at start:\n{self.logs()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"nx-27017 not listening after {timeout}s") from None
-                time.sleep(0.01)
-        remaining_ms = max(100, int((deadline - time.monotonic()) * 1000))
+        socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
         client: MongoClient[dict[str, object]] = MongoClient(
-            self.uri, serverSelectionTimeoutMS=remaining_ms, directConnection=True
+            self.uri, serverSelectionTimeoutMS=2000, directConnection=True
         )
         try:
             client.admin.command("ping")
-        except PyMongoError as error:
-            raise TimeoutError(f"nx-27017 not answering:\n{self.logs()}") from error
+            return True
+        except PyMongoError:
+            return False
         finally:
             client.close()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (nx-27017 exits cleanly on it), then wait."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-
-    def kill(self) -> None:
-        """SIGKILL: the server dies as in a crash, with no chance to tidy up."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-
-    def restart(self) -> MongoServer:
-        self.stop()
-        return self.start()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def database_name(test_name: str) -> str:

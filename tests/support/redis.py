@@ -24,9 +24,6 @@ from __future__ import annotations
 import itertools
 import re
 import shutil
-import signal
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -36,7 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from adapters.redis.client import connect_redis
-from tests.support.net import free_port
+from tests.support.local_server import LocalServer
 
 RedisClients = Callable[..., Redis]
 
@@ -59,105 +56,37 @@ def redis_server_executable() -> str:
     return found
 
 
-class RedisServer:
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
-        self.data_dir = data_dir
-        self.port = port or free_port()
-        self.log_path = data_dir / "redis.log"
-        self._process: subprocess.Popen[bytes] | None = None
+class RedisServer(LocalServer):
+    name = "Redis server"
+    log_name = "redis.log"
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+    def command(self) -> list[str]:
+        return [
+            redis_server_executable(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.data_dir),
+        ]
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        """Starts the server (on the same port as before, after a stop) and
-        returns once it answers PING."""
-        if self.running:
-            raise RuntimeError("the server is running already")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._process = subprocess.Popen(
-            [
-                redis_server_executable(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.data_dir),
-                "--logfile",
-                str(self.log_path),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._wait_answering(timeout)
-        return self
-
-    def _wait_answering(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def ready(self) -> bool:
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
         try:
-            while True:
-                assert self._process is not None
-                if self._process.poll() is not None:
-                    raise RuntimeError(f"the Redis server exited at start:\n{self.logs()}")
-                try:
-                    if client.ping():
-                        return
-                except RedisError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"Redis not answering after {timeout}s:\n{self.logs()}")
-                time.sleep(0.01)
+            return bool(client.ping())
+        except RedisError:
+            return False
         finally:
             client.close()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (a clean shutdown; nothing is saved), then wait."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-
-    def kill(self) -> None:
-        """SIGKILL: the server dies as in a crash."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-
-    def pause(self) -> None:
-        """SIGSTOP: the server hangs, connections stay open (a network black
-        hole). `resume` undoes it."""
-        assert self._process is not None
-        self._process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self._process is not None
-        self._process.send_signal(signal.SIGCONT)
-
-    def restart(self) -> RedisServer:
-        """Stop and start again on the same port: every key is gone."""
-        self.stop()
-        return self.start()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def key_prefix(test_name: str) -> str:
