@@ -1,11 +1,16 @@
 """Domain objects <-> MongoDB documents.
 
 A document is the shared codec's dict (chat_service.domain.serialization)
-plus what MongoDB itself needs: a natural `_id` where there is one, the
-casefolded text the search filter matches, and BSON dates for the TTL
-indexes. Times otherwise stay the codec's ISO-8601 UTC strings: fixed width,
-so they sort as they compare, and exact to the microsecond (a BSON date
-keeps milliseconds, and the store gives back what it was given).
+plus what MongoDB itself needs: a natural `_id` (messages and idempotency
+records have one too, so that their hot lookups and the journal's clean-up
+go by `_id`), the casefolded text the search filter matches, BSON dates for
+the TTL indexes, and the one time queries filter and sort on, a
+conversation's creation, as an integer (`created_us`). Times otherwise stay
+the codec's ISO-8601 UTC strings, exact to the microsecond (a BSON date
+keeps milliseconds, and the store gives back what it was given), and are
+only ever read back, never compared: an integer compares the same on every
+server, while nx-27017, the test server, compares strings that look like
+dates as datetimes cut to the whole second.
 
 Fields starting with `_` other than `_id` belong to the journalled write
 protocol (journal.py); the decoders ignore them, as they ignore every key
@@ -17,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson.int64 import Int64
@@ -49,11 +54,28 @@ OUTBOX_POSITION = "outbox_position"
 
 _CONVERSATION_FIELDS = tuple(field.name for field in dataclasses.fields(Conversation))
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_micros(moment: datetime) -> Int64:
+    """Microseconds since the Unix epoch, exactly (integer arithmetic); the
+    value must be timezone-aware."""
+    return Int64((moment - _EPOCH) // timedelta(microseconds=1))
+
+
+def conversation_fields(conversation: Conversation) -> Document:
+    """The codec's dict plus `created_us`, the creation time that queries
+    filter and page on (ListConversations)."""
+    return {
+        **conversation_to_dict(conversation),
+        "created_us": epoch_micros(conversation.created_at),
+    }
+
 
 def conversation_document(conversation: Conversation, *, fencing_token: int | None) -> Document:
     """A new conversation's document; `_fence` is the highest lock fencing
     token that wrote it (ConversationChange.fencing_token)."""
-    document = {"_id": conversation.conversation_id, **conversation_to_dict(conversation)}
+    document = {"_id": conversation.conversation_id, **conversation_fields(conversation)}
     if fencing_token is not None:
         document["_fence"] = fencing_token
     return document
@@ -64,7 +86,7 @@ def conversation_update(conversation: Conversation, *, fencing_token: int | None
     An update, not a replacement, so that what is not the conversation's
     (the fence, the journal's fields) stays unless said otherwise; fields
     back at their default, which the codec leaves out, are removed."""
-    fields = conversation_to_dict(conversation)
+    fields = conversation_fields(conversation)
     update: Document = {"$set": fields}
     absent = [name for name in _CONVERSATION_FIELDS if name not in fields]
     if absent:
@@ -86,10 +108,40 @@ def conversation_from_document(document: Mapping[str, Any]) -> Conversation:
     return conversation_from_dict(document)
 
 
+def message_key(tenant_id: str, message_id: str) -> str:
+    """The natural `_id` of a message, and of its idempotency record: its
+    unique (tenant, message_id), spelled `<length of tenant_id>:<tenant_id>:<message_id>`
+    (`8:tenant-a:m-1`). The length prefix makes the spelling unambiguous
+    whatever characters the two ids hold, so two keys never collide."""
+    return f"{len(tenant_id)}:{tenant_id}:{message_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """How a message or an idempotency record is found by (tenant, message_id).
+
+    By its natural `_id` (message_key): every server looks `_id` up at once,
+    while nx-27017, the test server, scans the collection for a filter on
+    any other key. Messages and records stored before natural ids have the
+    driver's ObjectIds, and `_id` never changes, so in a database holding
+    any (`by_id` False, as found at open, see schema.py) they are found by
+    their unique (tenant_id, message_id) index, which finds both kinds.
+    """
+
+    by_id: bool = True
+
+    def where(self, tenant_id: str, message_id: str) -> Document:
+        if self.by_id:
+            return {"_id": message_key(tenant_id, message_id)}
+        return {"tenant_id": tenant_id, "message_id": message_id}
+
+
 def message_document(message: Message) -> Document:
-    # _id is left to the driver (an ObjectId): the message's keys are unique
-    # indexes of their own, and an ObjectId keeps inserts append-only.
-    return {**message_to_dict(message), "search_text": search_text(message)}
+    return {
+        "_id": message_key(message.tenant_id, message.message_id),
+        **message_to_dict(message),
+        "search_text": search_text(message),
+    }
 
 
 def message_from_document(document: Mapping[str, Any]) -> Message:
@@ -105,7 +157,8 @@ def search_text(message: Message) -> str:
 def record_document(record: IdempotencyRecord, *, stored_at: datetime, version: int) -> Document:
     """`stored_at` (a BSON date) drives the TTL index; `version` is the
     conversation version of the write that saved it, so that a late repeat of
-    an older write never replaces a newer record (journal.py)."""
+    an older write never replaces a newer record (journal.py). Without `_id`:
+    a record is upserted by its key, which gives it its `_id` (Keys.where)."""
     return {**idempotency_record_to_dict(record), "stored_at": stored_at, "version": version}
 
 
@@ -144,6 +197,7 @@ class EncodedChange:
     conversation_update: Document  # to apply, otherwise
     messages: tuple[Document, ...]
     message_ids: tuple[str, ...]  # of `messages`, in the same order
+    message_keys: tuple[str, ...]  # their `_id`s, in the same order
     events: tuple[Document, ...]  # event_to_dict's, positioned when written
     record: Document | None
 
@@ -159,6 +213,9 @@ def encode_change(change: ConversationChange, *, stored_at: datetime) -> Encoded
         conversation_update=conversation_update(new, fencing_token=change.fencing_token),
         messages=tuple(message_document(message) for message in change.messages),
         message_ids=tuple(message.message_id for message in change.messages),
+        message_keys=tuple(
+            message_key(message.tenant_id, message.message_id) for message in change.messages
+        ),
         events=tuple(event_to_dict(event) for event in change.events),
         record=None
         if change.record is None

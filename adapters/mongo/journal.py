@@ -6,29 +6,41 @@ multi-document transactions, only atomic single-document writes. A change
 record) is then written in this order:
 
 1. Lease. The conversation document is leased to this write
-   (`_lease: {token, until}`): for a new conversation a placeholder
+   (`_lease: {token, until, fence}`, `fence` being the write's fencing
+   token when it has one): for a new conversation a placeholder
    `{version: 0}` is inserted; a stored one must still be at
    `expected_version`, admit the write's fencing token, hold no unfinished
-   change, and have no live lease. A stale version or token is
-   VersionConflict here, before anything is written.
+   change, and have no live lease, unless that lease's fence is lower than
+   this write's token. The pipeline writes a conversation only while
+   holding its lock, whose tokens grow with every grant: a lease under an
+   older grant belongs to a writer whose lock has passed on (its write was
+   cut by an outage, or it stalled), so the new holder takes it over at
+   once instead of waiting for it to run out. (A lease without a fence,
+   or a write without a token, only ever waits it out.) A stale version
+   or token is VersionConflict here, before anything is written.
 2. Reserve. The messages are inserted, marked `_write: token`. Their unique
    indexes claim (tenant, message_id) and (conversation, sequence) for this
    write, so duplicates are found race-free; on DuplicateMessage the write
    deletes its reservations and gives the lease back. A reserved message is
    invisible: readers show a message only at or below its conversation's
-   `last_sequence`, which only the commit moves.
+   `last_sequence`, which only the commit moves. A message's `_id` is its
+   natural key (documents.message_key), so the write knows the `_id`s of
+   all it reserved.
 3. Positions. The events' outbox positions are taken, listed as in flight
    (positions.py), which holds back readers of the event log at them.
 4. Commit. One update of the conversation document, conditional on the
-   lease still being this write's, sets the new state, removes the lease
-   and journals the rest in it: `_pending: {token, events with their positions, record}`.
+   lease still being this write's and the fence still admitting its token,
+   sets the new state, removes the lease and journals the rest in it:
+   `_pending: {token, message _ids, events with their positions, record}`.
    This single-document write is the commit point: before it readers see
    none of the change; after it they see the conversation and its messages,
    and the events and record are durable in `_pending`.
-5. Roll forward. The markers come off the messages, the events go into the
-   outbox (each with its position as `_id`, so a repeat is a no-op), the
-   record is saved (unless a newer one is), the positions are released
-   from in flight, and `_pending` is removed, conditional on its token.
+5. Roll forward. The markers come off the messages (found by `_id`, so
+   that a write costs the same however long its conversation), the events
+   go into the outbox (each with its position as `_id`, so a repeat is a
+   no-op), the record is saved (unless a newer one is), the positions are
+   released from in flight, and `_pending` is removed, conditional on its
+   token.
 
 Recovery, when a writer dies part-way (a crash, or MongoDB going away):
 - after step 4 nothing is lost: step 5 is idempotent and is run by whoever
@@ -36,13 +48,15 @@ Recovery, when a writer dies part-way (a crash, or MongoDB going away):
   it may take the lease), `get_record` (so a retry finds its record), and
   every `claim_outbox`, which first finishes all unfinished changes, so the
   relay publishes every event of every committed change.
-- before step 4 the change was never visible. Its lease runs out after
-  `lease` and the next writer takes it over. Its reservations are deleted
-  by whoever needs their keys, and its positions are declared void by the
-  next `claim_outbox` or event-log read, once the lease is over: a write is
-  abandoned when its conversation's lease and journal no longer name it,
-  since its commit is conditional on the lease. A lease that ran out but
-  was not taken over is revoked first (fencing the writer). Safety never
+- before step 4 the change was never visible. The next writer takes its
+  lease over: at once if it holds a newer lock (a higher fencing token),
+  else once the lease has run out (after `lease`). A write is abandoned
+  when its conversation's lease and journal no longer name it, since its
+  commit is conditional on the lease. Its positions are released by the
+  writer taking its lease over, or else declared void by the next
+  `claim_outbox` or event-log read once its lease is over (revoking a
+  lease that ran out but was not taken over, which fences the writer).
+  Its reservations are deleted by whoever needs their keys. Safety never
   rests on clocks: a writer slower than its lease, or one whose clock is
   off, loses its lease and gets VersionConflict, nothing written.
 - sequence numbers have no gap: a committed `last_sequence` covers exactly
@@ -71,6 +85,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from adapters.mongo.documents import (
@@ -80,6 +95,7 @@ from adapters.mongo.documents import (
     OUTBOX,
     RECORDS,
     EncodedChange,
+    Keys,
     fence_admits,
     outbox_document,
 )
@@ -102,9 +118,12 @@ _ROUNDS = 4
 class Journal:
     """The journalled write protocol over the store's collections."""
 
-    def __init__(self, database: Database, *, lease: timedelta, time_limit: float) -> None:
+    def __init__(
+        self, database: Database, *, keys: Keys, lease: timedelta, time_limit: float
+    ) -> None:
         if lease <= timedelta(0):
             raise ValueError("the write lease must be positive")
+        self._keys = keys
         self._conversations: Collection = database[CONVERSATIONS]
         self._messages: Collection = database[MESSAGES]
         self._records: Collection = database[RECORDS]
@@ -146,7 +165,7 @@ class Journal:
         # or this writer was slower than its lease: rounds are few.
         for _ in range(2 * _ROUNDS):
             found = await self._messages.find_one(
-                {"tenant_id": tenant_id, "message_id": message_id},
+                self._keys.where(tenant_id, message_id),
                 {
                     "tenant_id": 1,
                     "conversation_id": 1,
@@ -200,7 +219,7 @@ class Journal:
         """The record of a committed change not rolled forward yet: finishes the
         change of the message's conversation, then reads the record."""
         message = await self._messages.find_one(
-            {"tenant_id": tenant_id, "message_id": message_id}, {"conversation_id": 1}
+            self._keys.where(tenant_id, message_id), {"conversation_id": 1}
         )
         if message is None:
             return None
@@ -210,7 +229,7 @@ class Journal:
         if unfinished is None:
             return None
         await self.finish(message["conversation_id"])
-        return await self._records.find_one({"tenant_id": tenant_id, "message_id": message_id})
+        return await self._records.find_one(self._keys.where(tenant_id, message_id))
 
     async def settled_through(self) -> int:
         """The event log's readable end: every position up to it is in the
@@ -271,33 +290,27 @@ class Journal:
         for _ in range(_ROUNDS):
             now = now_micros()
             until = now + self._lease_micros
-            lease = {"token": token, "until": until}
-            free = {"$or": [{"_lease": {"$exists": False}}, {"_lease.until": {"$lte": now}}]}
+            lease: Document = {"token": token, "until": until}
+            if change.fencing_token is not None:
+                lease["fence"] = change.fencing_token
+            free = _lease_free(now, change.fencing_token)
             if change.expected_version == 0:
                 if await self._insert_placeholder(change, lease):
                     return until
-                # A placeholder whose creator died may be taken over.
-                taken = await self._conversations.update_one(
-                    all_of({"_id": conversation_id, "tenant_id": tenant_id, "version": 0}, free),
-                    {"$set": {"_lease": lease}},
-                )
-                if taken.matched_count == 1:
+                # A placeholder whose creator died, or lost its lock, may be taken over.
+                placeholder = {"_id": conversation_id, "tenant_id": tenant_id, "version": 0}
+                if await self._lease_conversation(all_of(placeholder, free), lease):
                     return until
                 raise VersionConflict(f"conversation {conversation_id!r} already exists")
-            held = await self._conversations.update_one(
-                all_of(
-                    {
-                        "_id": conversation_id,
-                        "tenant_id": tenant_id,
-                        "version": change.expected_version,
-                        "_pending": {"$exists": False},
-                    },
-                    free,
-                    fence_admits(change.fencing_token),
-                ),
-                {"$set": {"_lease": lease}},
-            )
-            if held.matched_count == 1:
+            current_version = {
+                "_id": conversation_id,
+                "tenant_id": tenant_id,
+                "version": change.expected_version,
+                "_pending": {"$exists": False},
+            }
+            if await self._lease_conversation(
+                all_of(current_version, free, fence_admits(change.fencing_token)), lease
+            ):
                 return until
             current = await self._conversations.find_one(
                 {"_id": conversation_id, "tenant_id": tenant_id},
@@ -324,6 +337,25 @@ class Journal:
             # The change that made this version is still rolling forward.
             await self.finish(conversation_id)
         raise VersionConflict(f"conversation {conversation_id!r} kept changing")
+
+    async def _lease_conversation(self, where: Document, lease: Document) -> bool:
+        """Sets `lease` on the conversation if `where` matches it. A lease taken
+        over belonged to a write that can now never commit (its commit is
+        conditional on its lease): its positions are released at once, so
+        that readers of the event log need not wait for its lease to end."""
+        before = await self._conversations.find_one_and_update(
+            where,
+            {"$set": {"_lease": lease}},
+            # The whole subdocument: nx-27017 flattens dotted projections.
+            projection={"_lease": 1},
+            return_document=ReturnDocument.BEFORE,
+        )
+        if before is None:
+            return False
+        overtaken = before.get("_lease")
+        if overtaken is not None:
+            await self._positions.release(overtaken["token"])
+        return True
 
     async def _insert_placeholder(self, change: EncodedChange, lease: Document) -> bool:
         placeholder = {
@@ -362,18 +394,19 @@ class Journal:
         """Deletes the abandoned reservations holding this message's keys.
         False when a key is genuinely taken: by a committed message, by a
         write still at work, or by this very change."""
-        blockers = await self._messages.find(
-            {
-                "$or": [
-                    {"tenant_id": message["tenant_id"], "message_id": message["message_id"]},
-                    {
-                        "conversation_id": message["conversation_id"],
-                        "sequence": message["sequence"],
-                    },
-                ]
-            },
-            {"conversation_id": 1, "_write": 1},
-        ).to_list()
+        # One lookup per unique key (an $or of the two would be one scan on
+        # nx-27017); by message id also finds a clash on `_id`, the same key.
+        projection = {"conversation_id": 1, "_write": 1}
+        found = [
+            await self._messages.find_one(
+                self._keys.where(message["tenant_id"], message["message_id"]), projection
+            ),
+            await self._messages.find_one(
+                {"conversation_id": message["conversation_id"], "sequence": message["sequence"]},
+                projection,
+            ),
+        ]
+        blockers = list({b["_id"]: b for b in found if b is not None}.values())
         for blocker in blockers:
             writer = blocker.get("_write")
             if writer is None or writer == token:
@@ -422,6 +455,7 @@ class Journal:
     async def _commit(self, change: EncodedChange, token: str, positions: range) -> Document:
         pending: Document = {
             "token": token,
+            "messages": list(change.message_keys),
             "events": [
                 outbox_document(position, event)
                 for position, event in zip(positions, change.events, strict=True)
@@ -429,11 +463,19 @@ class Journal:
         }
         if change.record is not None:
             pending["record"] = change.record
-        # The lease alone admits the commit: while it is held nobody else
-        # writes, so the fence checked with it still holds.
+        # Conditional on the lease, which a writer under a newer lock takes
+        # over, and on the fence too: a writer whose lock has passed on never
+        # commits, whichever step it had reached when the next holder came.
         update = change.conversation_update
         committed = await self._conversations.update_one(
-            {"_id": change.conversation_id, "tenant_id": change.tenant_id, "_lease.token": token},
+            all_of(
+                {
+                    "_id": change.conversation_id,
+                    "tenant_id": change.tenant_id,
+                    "_lease.token": token,
+                },
+                fence_admits(change.fencing_token),
+            ),
             {
                 **update,
                 "$set": {**update["$set"], "_pending": pending},
@@ -443,7 +485,7 @@ class Journal:
         if committed.matched_count != 1:
             raise VersionConflict(
                 f"conversation {change.conversation_id!r}: the write lost its lease "
-                "(it took longer than the lease, and another writer took over)"
+                "(it outlived it, or a writer under a newer lock took over)"
             )
         return pending
 
@@ -454,16 +496,18 @@ class Journal:
             if not pending:
                 return
         token = pending["token"]
-        await self._messages.update_many(
-            {"conversation_id": conversation_id, "_write": token}, {"$unset": {"_write": ""}}
-        )
+        reserved = _reserved_by(conversation_id, pending.get("messages"))
+        if reserved is not None:
+            await self._messages.update_many(
+                {**reserved, "_write": token}, {"$unset": {"_write": ""}}
+            )
         events = pending.get("events", [])
         if events:
             await _insert_missing(self._outbox, events)
             await self._positions.release(token)
         record = pending.get("record")
         if record is not None:
-            await _save_record_unless_newer(self._records, record)
+            await self._save_record_unless_newer(record)
         await self._conversations.update_one(
             {"_id": conversation_id, "_pending.token": token}, {"$unset": {"_pending": ""}}
         )
@@ -486,13 +530,29 @@ class Journal:
             current = await self._conversations.find_one({"_id": conversation_id}, {"_pending": 1})
             if current is not None and current.get("_pending", {}).get("token") == token:
                 return True
-            await self._messages.delete_many({"conversation_id": conversation_id, "_write": token})
+            if change.messages:
+                await self._messages.delete_many(
+                    {"_id": {"$in": list(change.message_keys)}, "_write": token}
+                )
             if change.events:  # positions taken or not: releasing is harmless
                 await self._positions.release(token)
         except PyMongoError as error:
             # What is left is invisible, and settled by whoever meets it.
             log.warning("could not undo a failed write of %s: %s", conversation_id, error)
         return False
+
+    async def _save_record_unless_newer(self, record: Document) -> None:
+        # No match means this write's record, or a newer one, is saved already:
+        # the upsert then collides with it on a unique key, and that is fine.
+        with contextlib.suppress(DuplicateKeyError):
+            await self._records.update_one(
+                {
+                    **self._keys.where(record["tenant_id"], record["message_id"]),
+                    "version": {"$lt": record["version"]},
+                },
+                {"$set": record},
+                upsert=True,
+            )
 
     async def _finish_delivery(self, message_key: object, token: str) -> None:
         found = await self._messages.find_one({"_id": message_key}, {"_events": 1})
@@ -523,19 +583,24 @@ async def _insert_missing(collection: Collection, documents: Iterable[Document])
             raise
 
 
-async def _save_record_unless_newer(records: Collection, record: Document) -> None:
-    # No match means this write's record, or a newer one, is saved already:
-    # the upsert then collides with it on the unique index, and that is fine.
-    with contextlib.suppress(DuplicateKeyError):
-        await records.update_one(
-            {
-                "tenant_id": record["tenant_id"],
-                "message_id": record["message_id"],
-                "version": {"$lt": record["version"]},
-            },
-            {"$set": record},
-            upsert=True,
-        )
+def _reserved_by(conversation_id: str, message_keys: list[str] | None) -> Document | None:
+    """Filter: the messages a committed change reserved, by `_id` (None when
+    it reserved none). A change journalled by an earlier version, which did
+    not list them, is looked up by its conversation."""
+    if message_keys is None:
+        return {"conversation_id": conversation_id}
+    return {"_id": {"$in": message_keys}} if message_keys else None
+
+
+def _lease_free(now: int, fencing_token: int | None) -> Document:
+    """Filter: the conversation's write lease may be taken. It is when there
+    is none, when it ran out, or (for a write with a fencing token) when it
+    was taken under an older lock; a lease without a fence (its writer held
+    no lock) only by running out."""
+    free: list[Document] = [{"_lease": {"$exists": False}}, {"_lease.until": {"$lte": now}}]
+    if fencing_token is not None:
+        free.append({"_lease.fence": {"$lt": fencing_token}})
+    return {"$or": free}
 
 
 def _new_token() -> str:

@@ -1,4 +1,5 @@
-"""The indexes of the MongoDB store, created at open.
+"""The indexes of the MongoDB store, created at open, and what opening
+brings up to date in a database written by an earlier version.
 
 Creating an index that already exists with the same keys and options is a
 no-op, so opening is idempotent, and safe for several processes at once.
@@ -8,6 +9,15 @@ naming the index.
 
 Keys follow the queries in store.py and journal.py; none holds `_id` inside
 a compound key (nx-27017, the test server, cannot index that).
+
+Earlier versions, and what opening does about them (each step a no-op once
+done, so safe to repeat and to run from several processes):
+- conversations without `created_us` (documents.py) get it, computed from
+  their `created_at`, and the index that paged on `created_at` is dropped;
+- messages and records with ObjectId `_id`s (from before natural ids)
+  cannot be given their natural `_id` (MongoDB never changes an `_id`), so
+  a database holding any keeps finding them by their unique key
+  (documents.Keys), which is as fast on MongoDB; `ensure_schema` says which.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ from datetime import timedelta
 from typing import Any
 
 from bson.int64 import Int64
+from bson.objectid import ObjectId
+from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure
@@ -30,13 +42,30 @@ from adapters.mongo.documents import (
     OUTBOX,
     OUTBOX_POSITION,
     RECORDS,
+    Keys,
+    epoch_micros,
 )
+from chat_service.domain.serialization import parse_datetime
 
 Database = AsyncDatabase[dict[str, Any]]
 Collection = AsyncCollection[dict[str, Any]]
 
 # Server error codes of an index that exists with other options or keys.
 _INDEX_CONFLICTS = frozenset({85, 86})
+_INDEX_NOT_FOUND = 27
+
+# Indexes of earlier versions, by collection and keys, dropped at open.
+_OBSOLETE_INDEXES = (
+    # Paged on the ISO string `created_at`; now on `created_us`.
+    (CONVERSATIONS, ("tenant_id", "created_at", "conversation_id")),
+)
+
+# Conversations given their `created_us` per round trip.
+_BACKFILL_BATCH = 500
+
+# The lowest ObjectId: `_id >= it` matches exactly the ObjectId `_id`s (a
+# comparison only matches values of its own BSON type), on an index range.
+_LOWEST_OBJECT_ID = ObjectId(b"\x00" * 12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,19 +93,21 @@ class IndexSpec:
 
 def indexes(*, record_ttl: timedelta) -> tuple[IndexSpec, ...]:
     return (
-        # ListConversations: tenant, then keyset order (created_at, id).
+        # ListConversations: tenant, then keyset order (creation time, id).
         IndexSpec(
-            CONVERSATIONS, "by_tenant_created", ("tenant_id", "created_at", "conversation_id")
+            CONVERSATIONS, "by_tenant_creation", ("tenant_id", "created_us", "conversation_id")
         ),
         IndexSpec(CONVERSATIONS, "by_tenant_user", ("tenant_id", "user_id")),
         IndexSpec(CONVERSATIONS, "by_tenant_status_channel", ("tenant_id", "status", "channel")),
         # Changes committed but not yet rolled forward (journal.py); sparse,
         # so it holds only those few.
         IndexSpec(CONVERSATIONS, "unfinished_changes", ("_pending.token",), sparse=True),
-        # The two identities of a message. (conversation_id, sequence) also
-        # serves ListMessages, exports, and the search filter, which looks
-        # for the query in the messages of one page of conversations at a
-        # time (an unanchored substring match cannot seek any index).
+        # The two identities of a message (the first is also its `_id`,
+        # but is kept: older messages have ObjectId `_id`s, and a clash on it
+        # names the key). (conversation_id, sequence) also serves
+        # ListMessages, exports, and the search filter, which looks for the
+        # query in the messages of one page of conversations at a time (an
+        # unanchored substring match cannot seek any index).
         IndexSpec(MESSAGES, "message_id_per_tenant", ("tenant_id", "message_id"), unique=True),
         IndexSpec(
             MESSAGES, "sequence_per_conversation", ("conversation_id", "sequence"), unique=True
@@ -97,10 +128,63 @@ def indexes(*, record_ttl: timedelta) -> tuple[IndexSpec, ...]:
     )
 
 
-async def ensure_schema(database: Database, *, record_ttl: timedelta) -> None:
+async def ensure_schema(database: Database, *, record_ttl: timedelta) -> Keys:
+    """Creates the indexes and the counter, brings documents of earlier
+    versions up to date, and returns how messages and records are to be
+    found (see the module docstring)."""
     for spec in indexes(record_ttl=record_ttl):
         await _ensure_index(database, spec)
+    await _drop_obsolete_indexes(database)
     await _ensure_counter(database)
+    await _backfill_creation_times(database[CONVERSATIONS])
+    return Keys(by_id=not await _holds_object_ids(database))
+
+
+async def _backfill_creation_times(conversations: Collection) -> None:
+    """Gives `created_us` to the conversations stored without it. (Journalled
+    creations that have not committed have no `created_at` yet; their commit
+    sets both.)"""
+    lacking = {"created_us": {"$exists": False}, "created_at": {"$exists": True}}
+    while True:
+        batch = (
+            await conversations.find(lacking, {"created_at": 1}).limit(_BACKFILL_BATCH).to_list()
+        )
+        if not batch:
+            return
+        # Each update takes its document out of `lacking` (or another process
+        # did), so the loop ends.
+        await conversations.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": found["_id"], "created_us": {"$exists": False}},
+                    {"$set": {"created_us": epoch_micros(parse_datetime(found["created_at"]))}},
+                )
+                for found in batch
+            ],
+            ordered=False,
+        )
+
+
+async def _holds_object_ids(database: Database) -> bool:
+    """Whether messages or records stored before natural `_id`s remain."""
+    for name in (MESSAGES, RECORDS):
+        found = await database[name].find_one({"_id": {"$gte": _LOWEST_OBJECT_ID}}, {"_id": 1})
+        if found is not None:
+            return True
+    return False
+
+
+async def _drop_obsolete_indexes(database: Database) -> None:
+    # By keys, not by name: nx-27017 names indexes its own way.
+    for collection, keys in _OBSOLETE_INDEXES:
+        async for index in await database[collection].list_indexes():
+            if tuple(index["key"]) == keys:
+                try:
+                    await database[collection].drop_index(index["name"])
+                except OperationFailure as error:
+                    # Another process opening at once dropped it first.
+                    if error.code != _INDEX_NOT_FOUND:
+                        raise
 
 
 async def _ensure_index(database: Database, spec: IndexSpec) -> None:

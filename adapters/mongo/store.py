@@ -30,7 +30,10 @@ their positions as in flight instead; see positions.py.
 Outages. Timeouts derive from the request timeout (see `open`). Every driver
 error that means "no server" becomes StoreUnavailable. The store keeps no
 connection state of its own, and the driver reconnects by itself, so when
-MongoDB is back the same instance works again without being reopened.
+MongoDB is back the same instance works again without being reopened. A
+journalled write the outage cut before its commit leaves its conversation
+leased to it; the next write under the conversation's lock (a higher
+fencing token) takes the lease over at once (journal.py).
 
 Cancellation. As with SqliteStore, a write runs to its end even when its
 caller is cancelled (like a write whose answer was lost, it may still
@@ -58,8 +61,10 @@ from adapters.mongo.documents import (
     OUTBOX,
     RECORDS,
     EncodedChange,
+    Keys,
     conversation_from_document,
     encode_change,
+    epoch_micros,
     message_from_document,
     outbox_entry,
     record_from_document,
@@ -72,7 +77,7 @@ from adapters.mongo.transactions import TransactionalWrites, supports_transactio
 from chat_service.domain.enums import DeliveryStatus
 from chat_service.domain.events import DomainEvent, OutboxEntry
 from chat_service.domain.model import Conversation, IdempotencyRecord, Message
-from chat_service.domain.serialization import Document, event_to_dict, format_datetime
+from chat_service.domain.serialization import Document, event_to_dict
 from chat_service.ports import (
     ConversationChange,
     ConversationCursor,
@@ -83,6 +88,9 @@ from chat_service.ports import (
 _T = TypeVar("_T")
 
 Client = AsyncMongoClient[dict[str, Any]]
+
+# A page's end: (created_us, conversation_id) of its last conversation.
+Keyset = tuple[int, str]
 
 DEFAULT_DATABASE = "chat_service"
 DEFAULT_RECORD_TTL = timedelta(days=7)
@@ -120,6 +128,7 @@ class MongoStore:
         database: Database,
         *,
         transactions: bool,
+        keys: Keys,
         iter_batch_size: int,
         time_limit: float,
         write_lease: timedelta,
@@ -130,13 +139,16 @@ class MongoStore:
         self._messages: Collection = database[MESSAGES]
         self._records: Collection = database[RECORDS]
         self._outbox: Collection = database[OUTBOX]
+        self._keys = keys
         # Journalled writes also shape the reads (what is visible); the
         # transactional ones need nothing of the kind.
         self._journal = (
-            None if transactions else Journal(database, lease=write_lease, time_limit=time_limit)
+            None
+            if transactions
+            else Journal(database, keys=keys, lease=write_lease, time_limit=time_limit)
         )
         self._writes: ChangeWrites = self._journal or TransactionalWrites(
-            client, database, time_limit=time_limit
+            client, database, keys=keys, time_limit=time_limit
         )
         self._iter_batch_size = iter_batch_size
         self._time_limit = time_limit
@@ -157,7 +169,8 @@ class MongoStore:
         write_lease: timedelta = DEFAULT_WRITE_LEASE,
         client_options: Mapping[str, Any] | None = None,
     ) -> MongoStore:
-        """Connect, check the server, and create the indexes (idempotently).
+        """Connect, check the server, create the indexes and bring documents
+        of earlier versions up to date (idempotently; see schema.py).
 
         `database`: else the URI's path, else "chat_service".
         `max_pool_size`: connections per server (MAX_CONNECTIONS_MONGO).
@@ -172,7 +185,8 @@ class MongoStore:
         taken for a new request.
         `write_lease`: the journalled write's conversation lease (no
         transactions only): how long a writer that died mid-write keeps its
-        conversation from being written.
+        conversation from being written by writes that hold no newer lock
+        (a higher fencing token takes the lease over at once).
         `client_options`: more AsyncMongoClient options (TLS, command
         monitoring listeners...); they win over the ones derived here.
 
@@ -201,7 +215,7 @@ class MongoStore:
             )
             with translated_errors("open"):
                 hello = await client.admin.command("hello")
-                await ensure_schema(db, record_ttl=record_ttl)
+                keys = await ensure_schema(db, record_ttl=record_ttl)
         except BaseException:
             await client.close()
             raise
@@ -209,6 +223,7 @@ class MongoStore:
             client,
             db,
             transactions=supports_transactions(hello) if transactions is None else transactions,
+            keys=keys,
             iter_batch_size=iter_batch_size,
             time_limit=timeout_ms / 1000,
             write_lease=write_lease,
@@ -251,9 +266,7 @@ class MongoStore:
     ) -> Sequence[Conversation]:
         self._check_open()
         limit = _positive(limit)
-        keyset = (
-            None if after is None else (format_datetime(after.created_at), after.conversation_id)
-        )
+        keyset = None if after is None else (epoch_micros(after.created_at), after.conversation_id)
         with translated_errors("list_conversations"):
             if query.search_query:
                 return await self._search(tenant_id, query, limit, keyset)
@@ -327,9 +340,7 @@ class MongoStore:
     async def get_message(self, tenant_id: str, message_id: str) -> Message | None:
         self._check_open()
         with translated_errors("get_message"):
-            found = await self._messages.find_one(
-                {"tenant_id": tenant_id, "message_id": message_id}
-            )
+            found = await self._messages.find_one(self._keys.where(tenant_id, message_id))
             if found is None or (
                 self._journal is not None and not await self._journal.is_visible(found)
             ):
@@ -339,7 +350,7 @@ class MongoStore:
     async def get_record(self, tenant_id: str, message_id: str) -> IdempotencyRecord | None:
         self._check_open()
         with translated_errors("get_record"):
-            found = await self._records.find_one({"tenant_id": tenant_id, "message_id": message_id})
+            found = await self._records.find_one(self._keys.where(tenant_id, message_id))
             if found is None and self._journal is not None:
                 found = await self._journal.record_in_flight(tenant_id, message_id)
         return None if found is None else record_from_document(found)
@@ -513,12 +524,12 @@ class MongoStore:
         tenant_id: str,
         query: ConversationQuery,
         limit: int,
-        keyset: tuple[str, str] | None,
+        keyset: Keyset | None,
     ) -> list[dict[str, Any]]:
         order = -1 if query.descending else 1
         return (
             await self._conversations.find(_conversation_filter(tenant_id, query, keyset))
-            .sort([("created_at", order), ("conversation_id", order)])
+            .sort([("created_us", order), ("conversation_id", order)])
             .limit(limit)
             .to_list()
         )
@@ -528,7 +539,7 @@ class MongoStore:
         tenant_id: str,
         query: ConversationQuery,
         limit: int,
-        keyset: tuple[str, str] | None,
+        keyset: Keyset | None,
     ) -> list[Conversation]:
         """The other filters select conversations in keyset order, a batch at a
         time; one query per batch keeps those with a message containing the
@@ -552,7 +563,7 @@ class MongoStore:
             if len(candidates) < batch:
                 return found
             last = candidates[-1]
-            keyset = (last["created_at"], last["conversation_id"])
+            keyset = (last["created_us"], last["conversation_id"])
 
     async def _mentioning(
         self, tenant_id: str, conversations: Sequence[Mapping[str, Any]], pattern: Document
@@ -602,7 +613,7 @@ class MongoStore:
 
 
 def _conversation_filter(
-    tenant_id: str, query: ConversationQuery, keyset: tuple[str, str] | None
+    tenant_id: str, query: ConversationQuery, keyset: Keyset | None
 ) -> Document:
     where: Document = {"tenant_id": tenant_id, "version": {"$gt": 0}}
     if query.status is not None:
@@ -614,12 +625,12 @@ def _conversation_filter(
     ties: Document | None = None
     created: Document = {}
     if query.start_time is not None:
-        created["$gte"] = format_datetime(query.start_time)
+        created["$gte"] = epoch_micros(query.start_time)
     if query.end_time is not None:
-        created["$lt"] = format_datetime(query.end_time)
+        created["$lt"] = epoch_micros(query.end_time)
     if keyset is not None:
-        # Keyset pagination: (created_at, id) beyond the cursor. The bound on
-        # created_at alone lets the index seek; the $or settles the ties.
+        # Keyset pagination: (created_us, id) beyond the cursor. The bound on
+        # created_us alone lets the index seek; the $or settles the ties.
         at, conversation_id = keyset
         beyond = "$lt" if query.descending else "$gt"
         if query.descending:
@@ -628,12 +639,12 @@ def _conversation_filter(
             created["$gte"] = max(created.get("$gte", at), at)
         ties = {
             "$or": [
-                {"created_at": {beyond: at}},
+                {"created_us": {beyond: at}},
                 {"conversation_id": {beyond: conversation_id}},
             ]
         }
     if created:
-        where["created_at"] = created
+        where["created_us"] = created
     return where if ties is None else all_of(where, ties)
 
 

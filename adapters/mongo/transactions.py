@@ -36,6 +36,7 @@ from adapters.mongo.documents import (
     OUTBOX_POSITION,
     RECORDS,
     EncodedChange,
+    Keys,
     fence_admits,
     outbox_document,
 )
@@ -63,8 +64,11 @@ def supports_transactions(hello: Mapping[str, Any]) -> bool:
 class TransactionalWrites:
     """The store's writes, each one transaction."""
 
-    def __init__(self, client: Client, database: Database, *, time_limit: float) -> None:
+    def __init__(
+        self, client: Client, database: Database, *, keys: Keys, time_limit: float
+    ) -> None:
         self._client = client
+        self._keys = keys
         self._conversations: Collection = database[CONVERSATIONS]
         self._messages: Collection = database[MESSAGES]
         self._records: Collection = database[RECORDS]
@@ -86,14 +90,12 @@ class TransactionalWrites:
                         raise DuplicateMessage(failed) from error
                     raise
             if change.record is not None:
+                record = change.record
+                where = self._keys.where(record["tenant_id"], record["message_id"])
+                # The replacement repeats the filter's keys: nx-27017 does not
+                # take an upserted _id from the filter (MongoDB does).
                 await self._records.replace_one(
-                    {
-                        "tenant_id": change.record["tenant_id"],
-                        "message_id": change.record["message_id"],
-                    },
-                    change.record,
-                    upsert=True,
-                    session=session,
+                    where, {**where, **record}, upsert=True, session=session
                 )
             await self._append_events(change.events, session)  # last: see the docstring
 
@@ -108,9 +110,7 @@ class TransactionalWrites:
             nonlocal moved
             moved = False  # a retried transaction starts over
             found = await self._messages.find_one(
-                {"tenant_id": tenant_id, "message_id": message_id},
-                {"delivery_status": 1},
-                session=session,
+                self._keys.where(tenant_id, message_id), {"delivery_status": 1}, session=session
             )
             if found is None or not DeliveryStatus(found["delivery_status"]).can_advance_to(status):
                 return

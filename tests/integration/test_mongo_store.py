@@ -30,7 +30,19 @@ nx-27017's gaps, and where the workaround is exercised:
   as maps of subdocuments, `$set` and `$unset` by key (the journalled
   tests; the event log's in-flight positions);
 - `$ne` does not match missing fields, positional `$` updates corrupt
-  arrays, and aggregation-pipeline updates are refused: the store uses none.
+  arrays, and aggregation-pipeline updates are refused: the store uses none;
+- strings that look like ISO dates compare as datetimes cut to the whole
+  second (`"…01.100000Z"` equals `"…01.300000Z"`, and `$gte`/`$lt` alike;
+  sorting is right): the time conversations are filtered and paged on is
+  kept as integer microseconds, `created_us`, and no query compares a date
+  string (the contract's
+  test_creation_times_a_fraction_of_a_second_apart_filter_and_page_exactly;
+  test_opening_brings_a_database_of_an_earlier_version_up_to_date);
+- a filter on anything but `_id` scans the whole collection (its
+  equalities also match arrays, which keeps SQLite off the indexes): the
+  hot paths find messages and records by a natural `_id`, their unique key
+  (test_the_hot_paths_find_messages_and_records_by_id). Listing a
+  conversation's messages still scans there (MongoDB uses the index).
 """
 
 from __future__ import annotations
@@ -47,17 +59,20 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 
 from adapters.mongo import MongoStore
+from adapters.mongo.documents import conversation_document, message_document, record_document
 from adapters.mongo.filters import all_of
 from adapters.mongo.transactions import supports_transactions
 from chat_service.domain.enums import DeliveryStatus
 from chat_service.domain.events import EventType
 from chat_service.ports import (
     ConversationChange,
+    ConversationQuery,
     DuplicateMessage,
     StoreUnavailable,
     VersionConflict,
 )
 from tests.builders import (
+    T0,
     TENANT,
     create_change,
     make_conversation,
@@ -188,7 +203,7 @@ async def test_open_creates_the_indexes(mongo_uri: str, raw: RawClient) -> None:
 
     conversations = await indexes("conversations")
     assert {
-        ("tenant_id", "created_at", "conversation_id"),
+        ("tenant_id", "created_us", "conversation_id"),
         ("tenant_id", "user_id"),
         ("tenant_id", "status", "channel"),
     } <= set(conversations)
@@ -259,6 +274,124 @@ async def test_an_or_keeps_its_other_conditions_inside_an_and(raw: RawClient) ->
     found = things.find(all_of({"kind": "odd"}, {"$or": [{"n": {"$lt": 2}}, {"n": 5}]}))
 
     assert sorted(thing["n"] for thing in await found.to_list()) == [1, 5]
+
+
+async def test_opening_brings_a_database_of_an_earlier_version_up_to_date(
+    mongo_uri: str, raw: RawClient
+) -> None:
+    # As the earlier version wrote them: conversations without `created_us`
+    # (and its index on the `created_at` string), messages and records
+    # under ObjectIds, and a committed change still journalled without the
+    # list of the messages it reserved.
+    database = raw.get_default_database()
+    await database["conversations"].create_index(
+        [("tenant_id", 1), ("created_at", 1), ("conversation_id", 1)]
+    )
+    first = make_conversation(conversation_id="z-first", created_at=T0, last_sequence=1)
+    second = make_conversation(
+        conversation_id="a-second", created_at=T0 + timedelta(microseconds=100), last_sequence=1
+    )
+    message, journalled = make_message(first, 1), make_message(second, 1)
+    record = make_record(message)
+    earlier = [conversation_document(c, fencing_token=None) for c in (first, second)]
+    for document in earlier:
+        del document["created_us"]
+    earlier[1]["_pending"] = {"token": "w-earlier", "events": []}
+    await database["conversations"].insert_many(earlier)
+    await database["messages"].insert_many(
+        [
+            {key: value for key, value in message_document(m).items() if key != "_id"}
+            for m in (message, journalled)
+        ]
+    )
+    await database["messages"].update_one(
+        {"message_id": journalled.message_id}, {"$set": {"_write": "w-earlier"}}
+    )
+    await database["idempotency_records"].insert_one(
+        record_document(record, stored_at=T0, version=1)
+    )
+
+    store = await open_store(mongo_uri)
+    try:
+        stored = await database["conversations"].find_one({"_id": first.conversation_id})
+        assert stored is not None
+        assert stored["created_us"] == int(T0.timestamp()) * 1_000_000 + T0.microsecond
+        indexes = await (await database["conversations"].list_indexes()).to_list()
+        assert ("tenant_id", "created_at", "conversation_id") not in {
+            tuple(index["key"]) for index in indexes
+        }
+        query = ConversationQuery(start_time=second.created_at)
+        assert [
+            c.conversation_id for c in await store.list_conversations(TENANT, query, limit=10)
+        ] == ["a-second"]
+
+        # Found by their unique key, and written on as before.
+        assert await store.get_message(TENANT, message.message_id) == message
+        assert await store.get_record(TENANT, message.message_id) == record
+        assert await store.update_delivery_status(TENANT, message.message_id, DeliveryStatus.READ)
+        reply = make_message(first, 2)
+        await store.write(update_change(first, [reply], record=make_record(reply)))
+        assert await store.get_message(TENANT, reply.message_id) == reply
+        assert await store.get_record(TENANT, reply.message_id) is not None
+        # The earlier version's journalled change is rolled forward.
+        await store.claim_outbox("relay", limit=10, lease_seconds=0)
+        finished = await database["messages"].find_one({"message_id": journalled.message_id})
+        assert finished is not None
+        assert "_write" not in finished
+    finally:
+        await store.close()
+
+
+class CommandLog(monitoring.CommandListener):
+    """The filters of the commands sent to some collections."""
+
+    def __init__(self, collections: set[str]) -> None:
+        self._collections = collections
+        self.filters: list[tuple[str, Mapping[str, Any]]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        command = event.command
+        if command.get(event.command_name) not in self._collections:
+            return
+        if event.command_name == "find":
+            self.filters.append(("find", command["filter"]))
+        elif event.command_name == "findAndModify":
+            self.filters.append(("findAndModify", command["query"]))
+        elif event.command_name in ("update", "delete"):
+            statements = command["updates" if event.command_name == "update" else "deletes"]
+            self.filters.extend((event.command_name, s["q"]) for s in statements)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_the_hot_paths_find_messages_and_records_by_id(mongo_uri: str) -> None:
+    # nx-27017 gap: a filter on anything but `_id` scans the collection, so
+    # a journalled write that found its messages by conversation got slower
+    # with the conversation (and on MongoDB too: `_write` has no index).
+    commands = CommandLog({"messages", "idempotency_records"})
+    store = await open_store(mongo_uri, client_options={"event_listeners": [commands]})
+    try:
+        change = full_change()
+        [message] = change.messages
+        await store.write(change)
+        reply = make_message(change.conversation, 2)
+        await store.write(update_change(change.conversation, [reply], record=make_record(reply)))
+        assert await store.get_message(TENANT, reply.message_id) == reply
+        assert await store.get_record(TENANT, reply.message_id) is not None
+        event = make_event(change.conversation, EventType.DELIVERY_UPDATED, message)
+        assert await store.update_delivery_status(
+            TENANT, message.message_id, DeliveryStatus.SENT, event
+        )
+        assert await store.get_message(TENANT, "unknown") is None
+    finally:
+        await store.close()
+
+    assert len(commands.filters) > 8
+    assert [f for f in commands.filters if "_id" not in f[1]] == []
 
 
 # ------------------------------------------------------ durability, outages
@@ -667,3 +800,147 @@ async def test_concurrent_journalled_writers_leave_no_gap_and_lose_no_event(
         assert tailed == positions
     finally:
         await store.close()
+
+
+# ------------------------------------- a newer lock takes over a write lease
+
+
+def fenced(change: ConversationChange, fencing_token: int | None) -> ConversationChange:
+    return dataclasses.replace(change, fencing_token=fencing_token)
+
+
+class HeldCommit:
+    """Holds a store's journalled writes between their reservations and their
+    commit (a step inside the journal, reached into for that) until released."""
+
+    def __init__(self, store: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        journal = store._journal
+        assert journal is not None
+        commit = journal._commit
+        self.reached = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+        async def held_commit(*args: Any) -> Any:
+            self.reached.set()
+            await self.go_on.wait()
+            return await commit(*args)
+
+        monkeypatch.setattr(journal, "_commit", held_commit)
+
+
+async def test_a_write_under_a_newer_lock_takes_over_a_cut_writes_lease_at_once(
+    server: MongoServer, request: pytest.FixtureRequest
+) -> None:
+    # MongoDB dies as a write commits: its lease (long here) stays on the
+    # placeholder of the conversation it was creating.
+    lease = timedelta(seconds=30)
+    killer = KillOnCommand(server, committing_journalled_change)
+    store = await open_store(
+        own_uri(server, request), write_lease=lease, client_options={"event_listeners": [killer]}
+    )
+    try:
+        cut = fenced(full_change(), 5)
+        with pytest.raises(StoreUnavailable):
+            await store.write(cut)
+        assert killer.fired
+        server.start()
+
+        # The caller's retry holds the conversation's next lock grant.
+        retry = fenced(cut, 6)
+        async with asyncio.timeout(lease.total_seconds() / 3):
+            await store.write(retry)
+            # The cut write's positions were released with its lease: the
+            # log is not held back until that lease would have ended.
+            log = await store.read_events(after_position=0, limit=10)
+        assert [entry.event for entry in log] == list(retry.events)
+        await assert_written(store, retry)
+    finally:
+        await store.close()
+
+
+async def test_a_writer_whose_lock_passed_on_cannot_commit(
+    mongo_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lease = timedelta(seconds=30)
+    stale, current = await open_store(mongo_uri, write_lease=lease), await open_store(mongo_uri)
+    held = HeldCommit(stale, monkeypatch)
+    try:
+        created = fenced(create_change(make_conversation()), 4)
+        await current.write(created)
+        original = created.conversation
+        # The stale writer (lock grant 5) reserved its message and took its
+        # positions, then stalled, or lost MongoDB, before its commit.
+        stalled = make_message(original, 1, "stalled")
+        stale_change = fenced(
+            update_change(
+                original, [stalled], [make_event(original, message=stalled)], make_record(stalled)
+            ),
+            5,
+        )
+        stale_write = asyncio.create_task(stale.write(stale_change))
+        await held.reached.wait()
+
+        # The next holder of the lock (grant 6) writes at once, the same
+        # sequence included, without waiting for the stale writer's lease.
+        newer = make_message(original, 1, "newer")
+        newer_change = fenced(
+            update_change(original, [newer], [make_event(original, message=newer)]), 6
+        )
+        async with asyncio.timeout(lease.total_seconds() / 3):
+            await current.write(newer_change)
+
+        held.go_on.set()
+        with pytest.raises(VersionConflict):
+            await stale_write
+
+        cid = original.conversation_id
+        assert await current.get_conversation(TENANT, cid) == newer_change.conversation
+        assert await current.list_messages(TENANT, cid, limit=10) == [newer]
+        assert await current.get_message(TENANT, stalled.message_id) is None
+        assert await current.get_record(TENANT, stalled.message_id) is None
+        log = await current.read_events(after_position=0, limit=10)
+        assert [entry.event for entry in log] == list(newer_change.events)
+        claimed = await current.claim_outbox("relay", limit=10, lease_seconds=0)
+        assert [entry.event for entry in claimed] == list(newer_change.events)
+    finally:
+        held.go_on.set()  # (close() waits for the held write)
+        await stale.close()
+        await current.close()
+
+
+@pytest.mark.parametrize(
+    ("holder", "others"),
+    [(5, [None, 4, 5]), (None, [6])],
+    ids=["lease-under-a-lock", "lease-without-a-lock"],
+)
+async def test_a_live_lease_is_taken_over_only_by_a_newer_lock(
+    mongo_uri: str, monkeypatch: pytest.MonkeyPatch, holder: int | None, others: list[int | None]
+) -> None:
+    # Without a token, or with one no newer than the lease's, a write waits
+    # for the lease to run out, as it did before fencing tokens; so does
+    # every write when the lease's writer held no lock.
+    lease = timedelta(seconds=30)
+    writer, other = await open_store(mongo_uri, write_lease=lease), await open_store(mongo_uri)
+    held = HeldCommit(writer, monkeypatch)
+    try:
+        created = create_change(make_conversation())
+        await other.write(created)
+        original = created.conversation
+        message = make_message(original, 1)
+        change = fenced(update_change(original, [message]), holder)
+        write = asyncio.create_task(writer.write(change))
+        await held.reached.wait()
+
+        for token in others:
+            with pytest.raises(VersionConflict):
+                await other.write(
+                    fenced(update_change(original, [make_message(original, 1)]), token)
+                )
+
+        held.go_on.set()
+        await write
+        assert await other.list_messages(TENANT, original.conversation_id, limit=10) == [message]
+    finally:
+        held.go_on.set()
+        await writer.close()
+        await other.close()

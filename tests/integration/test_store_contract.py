@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -447,6 +447,34 @@ async def test_keyset_pages_respect_filters(store: ConversationStore) -> None:
     pages = await all_conversations(store, TENANT, query, page_size=2)
 
     assert [c for page in pages for c in page] == wanted
+
+
+async def test_creation_times_a_fraction_of_a_second_apart_filter_and_page_exactly(
+    store: ConversationStore,
+) -> None:
+    # 100 µs apart within one second, their ids in the opposite order: a
+    # store comparing times to the second would order them by id, and its
+    # range filters and page cursors would take one for the other.
+    first, _ = await create(store, make_conversation(conversation_id="z-first", created_at=T0))
+    second, _ = await create(
+        store,
+        make_conversation(conversation_id="a-second", created_at=T0 + timedelta(microseconds=100)),
+    )
+
+    async def listed(start: datetime | None = None, end: datetime | None = None) -> list[str]:
+        query = ConversationQuery(start_time=start, end_time=end, descending=False)
+        return ids(list(await store.list_conversations(TENANT, query, limit=10)))
+
+    just_after_first = first.created_at + timedelta(microseconds=1)
+    assert await listed() == ["z-first", "a-second"]
+    assert await listed(start=second.created_at) == ["a-second"]
+    assert await listed(end=second.created_at) == ["z-first"]
+    assert await listed(start=just_after_first) == ["a-second"]
+    assert await listed(end=just_after_first) == ["z-first"]
+    for descending, expected in ((False, [first, second]), (True, [second, first])):
+        query = ConversationQuery(descending=descending)
+        pages = await all_conversations(store, TENANT, query, page_size=1)
+        assert pages == [[conversation] for conversation in expected]
 
 
 # ------------------------------------------------------------------ messages
