@@ -13,11 +13,12 @@ hold each of them with its reply, in order, with nothing half-written.
 What a caller sees, as documented by the store (adapters/mongo/journal.py):
 - while MongoDB is down, UNAVAILABLE with reason STORE_UNAVAILABLE and
   RetryInfo, within seconds (the driver gives up selecting a server after 3 s);
-- once it is back, a conversation whose write the outage cut before its
-  commit stays leased to that write until the lease runs out
-  (DEFAULT_WRITE_LEASE, 10 s from when it was taken): until then its calls
-  are ABORTED with reason CONVERSATION_CHANGED and RetryInfo, promptly.
-  The write was never visible; the next one takes the conversation over.
+- once it is back, a write the outage cut before its commit was never
+  visible, and the next write of its conversation takes its lease over at
+  once (it holds the conversation lock with a higher fencing token); the
+  test still tolerates ABORTED (CONVERSATION_CHANGED, with RetryInfo) for
+  a cut write's lease, within DEFAULT_WRITE_LEASE, as the store documents
+  for writers without a token.
 Never INTERNAL, never a hang, never a restart of the service.
 """
 
