@@ -30,7 +30,7 @@ run: $(STAMP_PY)
 
 test: $(STAMP_PY)
 	$(PY) -m pytest $(PYTEST_ARGS)
-	CHAT_TEST_STORE=mongo $(PY) -m pytest tests/e2e -m "not store_independent" $(PYTEST_ARGS)
+	CHAT_TEST_STORE=mongo $(PY) -m pytest tests/e2e -m "not heavy_load" $(PYTEST_ARGS)
 
 check: lint typecheck buf-lint buf-breaking check-generated
 

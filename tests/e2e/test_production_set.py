@@ -170,6 +170,7 @@ async def test_a_rate_limit_holds_across_processes(
 
 
 @pytest.mark.timeout(300)  # 1,000 messages through two processes and an outage
+@pytest.mark.heavy_load  # ~90 s on nx-27017; the MongoDB outbox has its own tests
 async def test_no_event_is_lost_while_the_broker_is_down(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:

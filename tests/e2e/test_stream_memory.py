@@ -38,7 +38,7 @@ def memory_kib(pid: int, field: str) -> int:
 
 # The bound is the stream's buffer, whatever the store; and flooding 48 MB
 # through nx-27017 (a pure-Python MongoDB) would take minutes.
-@pytest.mark.store_independent
+@pytest.mark.heavy_load
 async def test_a_slow_reader_is_ended_and_server_memory_stays_bounded(
     fresh_service: ServiceProcess,
 ) -> None:
