@@ -165,21 +165,24 @@ async def _build(settings: Settings, life: Lifecycle) -> Services:
     )
     tail = EventTail(store)
     live = LiveFeed(coordination.bus)
-    states = StateCacheFeed(coordination.sessions)
-    life.closers.append(states.drain)
-
-    def committed(change: ConversationChange) -> None:
-        relay.wake()
-        tail.wake()
-        live.committed(change)
-        states.committed(change)
+    listeners: list[Callable[[ConversationChange], None]] = [
+        lambda _change: relay.wake(),
+        lambda _change: tail.wake(),
+        live.committed,
+    ]
+    if settings.redis_url:
+        # The state cache is for the rest of the platform, which can only
+        # read a shared one: in one process nobody would.
+        states = StateCacheFeed(coordination.sessions)
+        life.closers.append(states.drain)
+        listeners.append(states.committed)
 
     def delivery_changed(message: Message, status: DeliveryStatus) -> None:
         relay.wake()
         tail.wake()
         live.delivery_changed(message, status)
 
-    writer = ConversationWriter(store, [committed])
+    writer = ConversationWriter(store, listeners)
     senders: dict[Channel, ChannelSender] = {}  # platform connectors: not in this version
     delivery = DeliveryQueue(
         store=store,
