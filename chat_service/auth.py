@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 SCOPE_READ = "chat:read"
 SCOPE_WRITE = "chat:write"
-SCOPE_AGENT = "chat:agent"
 
 DEV_ISSUER = "chat-service-dev"
 TENANT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

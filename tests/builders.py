@@ -3,6 +3,7 @@ what the test is about."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 from collections.abc import Iterable
@@ -24,7 +25,7 @@ from chat_service.domain.model import (
     Message,
     SendResult,
 )
-from chat_service.ports import ConversationChange
+from chat_service.ports import ConversationChange, ConversationStore, VersionConflict
 
 TENANT = "tenant-a"
 OTHER_TENANT = "tenant-b"
@@ -156,3 +157,21 @@ def update_change(
 
 def _last_sequence(conversation: Conversation, messages: tuple[Message, ...]) -> int:
     return max((m.sequence for m in messages), default=conversation.last_sequence)
+
+
+async def append_retrying(
+    store: ConversationStore, conversation_id: str, text: str, tenant_id: str = TENANT
+) -> None:
+    """Read, append one message with its event, write; start over when another
+    writer won (a VersionConflict): what a writer without a lock must do."""
+    while True:
+        current = await store.get_conversation(tenant_id, conversation_id)
+        assert current is not None
+        message = make_message(current, current.last_sequence + 1, text)
+        try:
+            await store.write(
+                update_change(current, [message], [make_event(current, message=message)])
+            )
+            return
+        except VersionConflict:
+            await asyncio.sleep(0.001)

@@ -16,6 +16,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from chat_service.pipeline.batch_loop import BatchLoop
 from chat_service.ports import ConversationStore, EventPublisher, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -50,25 +51,17 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
-        failures = 0
-        while True:
-            # Cleared before looking, so a wake-up that arrives while a batch
-            # is being published is not lost.
-            self._wake.clear()
-            try:
-                count = await self.publish_once()
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                delay = min(self._settings.max_backoff_seconds, 0.2 * 2**failures)
-                level = logging.WARNING if isinstance(exc, StoreUnavailable) else logging.ERROR
-                log.log(level, "outbox relay: %s; retrying in %.1fs", exc, delay, exc_info=True)
-                await asyncio.sleep(delay)
-                continue
-            if count < self._settings.batch_size:
-                await self._wait_for_work()
+        await BatchLoop(
+            step=self.publish_once,
+            wake=self._wake,
+            batch_size=self._settings.batch_size,
+            idle_seconds=self._settings.idle_poll_seconds,
+            max_backoff=self._settings.max_backoff_seconds,
+            log=log,
+            name="outbox relay",
+            first_backoff=0.2,
+            quiet_errors=(StoreUnavailable,),
+        ).run()
 
     async def publish_once(self) -> int:
         """Publish one batch; returns how many events went out."""
@@ -91,10 +84,3 @@ class OutboxRelay:
                     pass
         except Exception as exc:
             log.warning("outbox relay: stopped with events left in the outbox (%s)", exc)
-
-    async def _wait_for_work(self) -> None:
-        try:
-            async with asyncio.timeout(self._settings.idle_poll_seconds):
-                await self._wake.wait()
-        except TimeoutError:
-            pass

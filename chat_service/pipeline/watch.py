@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from chat_service.domain.enums import Channel, ConversationStatus
 from chat_service.domain.errors import FailedPrecondition
 from chat_service.domain.events import OutboxEntry
+from chat_service.pipeline.batch_loop import BatchLoop
 from chat_service.pipeline.errors import port_errors
-from chat_service.ports import ConversationStore
+from chat_service.ports import ConversationStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +65,16 @@ class EventTail:
         return unsubscribe
 
     async def run(self) -> None:
-        failures = 0
-        while True:
-            self._wake.clear()
-            try:
-                count = await self.follow_once()
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                delay = min(self._settings.max_backoff_seconds, 0.1 * 2**failures)
-                log.warning("event tail: %s; retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                continue
-            if count < self._settings.batch_size:
-                try:
-                    async with asyncio.timeout(self._settings.poll_seconds):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+        await BatchLoop(
+            step=self.follow_once,
+            wake=self._wake,
+            batch_size=self._settings.batch_size,
+            idle_seconds=self._settings.poll_seconds,
+            max_backoff=self._settings.max_backoff_seconds,
+            log=log,
+            name="event tail",
+            quiet_errors=(StoreUnavailable,),
+        ).run()
 
     async def follow_once(self) -> int:
         """Hand out one batch of new entries; returns how many there were."""

@@ -74,6 +74,7 @@ from chat_service.ports import (
 from tests.builders import (
     T0,
     TENANT,
+    append_retrying,
     create_change,
     make_conversation,
     make_event,
@@ -608,28 +609,35 @@ async def test_a_journalled_writer_that_outlives_its_lease_cannot_commit(
         await fast.close()
 
 
+class HeldCommit:
+    """Holds a store's journalled writes between their reservations and their
+    commit (a step inside the journal, reached into for that) until released."""
+
+    def __init__(self, store: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        journal = store._journal
+        assert journal is not None
+        commit = journal._commit
+        self.reached = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+        async def held_commit(*args: Any) -> Any:
+            self.reached.set()
+            await self.go_on.wait()
+            return await commit(*args)
+
+        monkeypatch.setattr(journal, "_commit", held_commit)
+
+
 async def test_a_live_writers_reservation_is_a_duplicate_elsewhere(
     mongo_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = await open_store(mongo_uri, write_lease=timedelta(seconds=30))
-    go_on = asyncio.Event()
+    held = HeldCommit(store, monkeypatch)  # between its reservation and its commit
     try:
-        # The first write is held between its reservation and its commit (a
-        # step inside the journal, reached into for that).
-        journal = store._journal
-        assert journal is not None
-        commit, reserved = journal._commit, asyncio.Event()
-
-        async def held_commit(*args: Any) -> Any:
-            reserved.set()
-            await go_on.wait()
-            return await commit(*args)
-
-        monkeypatch.setattr(journal, "_commit", held_commit)
         first = make_conversation()
         message = make_message(first, 1)
         first_write = asyncio.create_task(store.write(create_change(first, [message])))
-        await reserved.wait()
+        await held.reached.wait()
 
         # While the first write holds the id (reserved, not committed), it
         # is taken for another conversation, and invisible to readers.
@@ -642,12 +650,12 @@ async def test_a_live_writers_reservation_is_a_duplicate_elsewhere(
             TENANT, message.message_id, DeliveryStatus.READ
         )
 
-        go_on.set()
+        held.go_on.set()
         await first_write
         assert await store.get_message(TENANT, message.message_id) == message
         assert await store.get_conversation(TENANT, other.conversation_id) is None
     finally:
-        go_on.set()  # (close() waits for the held write)
+        held.go_on.set()  # (close() waits for the held write)
         await store.close()
 
 
@@ -701,35 +709,23 @@ async def test_the_log_shows_no_position_before_the_lower_ones_are_written(
     mongo_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = await open_store(mongo_uri, write_lease=timedelta(seconds=30))
-    go_on = asyncio.Event()
+    held = HeldCommit(store, monkeypatch)  # after taking its positions, before its commit
     try:
-        # The first write is held after taking its positions, before its
-        # commit (a step inside the journal, reached into for that).
-        journal = store._journal
-        assert journal is not None
-        commit, positioned = journal._commit, asyncio.Event()
-
-        async def held_commit(*args: Any) -> Any:
-            positioned.set()
-            await go_on.wait()
-            return await commit(*args)
-
-        monkeypatch.setattr(journal, "_commit", held_commit)
         first, second = full_change(), full_change()
         first_write = asyncio.create_task(store.write(first))
-        await positioned.wait()
+        await held.reached.wait()
         monkeypatch.undo()
         await store.write(second)
 
         assert await store.read_events(after_position=0, limit=10) == []
         assert await store.last_event_position() == 0
-        go_on.set()
+        held.go_on.set()
         await first_write
         log = await store.read_events(after_position=0, limit=10)
         assert [entry.event for entry in log] == [*first.events, *second.events]
         assert [entry.position for entry in log] == [1, 2, 3, 4]
     finally:
-        go_on.set()  # (close() waits for the held write)
+        held.go_on.set()  # (close() waits for the held write)
         await store.close()
 
 
@@ -752,19 +748,6 @@ async def test_concurrent_journalled_writers_leave_no_gap_and_lose_no_event(
             )
             return conversation.conversation_id
 
-        async def append_to_shared(text: str) -> None:
-            while True:
-                current = await store.get_conversation(TENANT, shared_id)
-                assert current is not None
-                message = make_message(current, current.last_sequence + 1, text)
-                try:
-                    await store.write(
-                        update_change(current, [message], [make_event(current, message=message)])
-                    )
-                    return
-                except VersionConflict:
-                    await asyncio.sleep(0.001)
-
         tailed: list[int] = []
         writing = True
 
@@ -782,7 +765,7 @@ async def test_concurrent_journalled_writers_leave_no_gap_and_lose_no_event(
         tailing = asyncio.create_task(tail())
         alone, _ = await asyncio.gather(
             asyncio.gather(*(converse_alone() for _ in range(8))),
-            asyncio.gather(*(append_to_shared(t) for t in texts)),
+            asyncio.gather(*(append_retrying(store, shared_id, t) for t in texts)),
         )
         writing = False
         await tailing
@@ -807,25 +790,6 @@ async def test_concurrent_journalled_writers_leave_no_gap_and_lose_no_event(
 
 def fenced(change: ConversationChange, fencing_token: int | None) -> ConversationChange:
     return dataclasses.replace(change, fencing_token=fencing_token)
-
-
-class HeldCommit:
-    """Holds a store's journalled writes between their reservations and their
-    commit (a step inside the journal, reached into for that) until released."""
-
-    def __init__(self, store: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
-        journal = store._journal
-        assert journal is not None
-        commit = journal._commit
-        self.reached = asyncio.Event()
-        self.go_on = asyncio.Event()
-
-        async def held_commit(*args: Any) -> Any:
-            self.reached.set()
-            await self.go_on.wait()
-            return await commit(*args)
-
-        monkeypatch.setattr(journal, "_commit", held_commit)
 
 
 async def test_a_write_under_a_newer_lock_takes_over_a_cut_writes_lease_at_once(

@@ -19,9 +19,10 @@ from adapters.sqlite.connections import GroupCommitWriter, connect
 from adapters.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from chat_service.domain.enums import DeliveryStatus
 from chat_service.domain.serialization import event_to_dict
-from chat_service.ports import StoreUnavailable, VersionConflict
+from chat_service.ports import StoreUnavailable
 from tests.builders import (
     TENANT,
+    append_retrying,
     create_change,
     make_conversation,
     make_event,
@@ -156,23 +157,10 @@ async def test_concurrent_writers_leave_a_consistent_database(
             await store.write(change)
         return conversation.conversation_id
 
-    async def append_to_shared(text: str) -> None:
-        """Read, append one message, write; start over when another won."""
-        while True:
-            current = await store.get_conversation(TENANT, shared_id)
-            assert current is not None
-            message = make_message(current, current.last_sequence + 1, text)
-            try:
-                await store.write(
-                    update_change(current, [message], [make_event(current, message=message)])
-                )
-                return
-            except VersionConflict:
-                continue
-
     texts = [f"writer {n}" for n in range(25)]
     alone_ids = await asyncio.gather(
-        *(converse_alone() for _ in range(50)), *(append_to_shared(t) for t in texts)
+        *(converse_alone() for _ in range(50)),
+        *(append_retrying(store, shared_id, t) for t in texts),
     )
 
     for conversation_id in alone_ids[:50]:

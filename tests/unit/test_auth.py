@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from chat_service.auth import (
     DEV_ISSUER,
     DEV_KEY_FILENAME,
-    SCOPE_AGENT,
     SCOPE_READ,
     SCOPE_WRITE,
     DevKey,
@@ -32,6 +31,8 @@ from chat_service.domain.errors import Unauthenticated
 SECRET = "s" * 32
 ED_KEY = ed25519.Ed25519PrivateKey.generate()
 OTHER_ED_KEY = ed25519.Ed25519PrivateKey.generate()
+
+OTHER_SCOPE = "chat:agent"  # a scope the service itself never asks for
 
 
 def _public_pem(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | Any) -> bytes:
@@ -105,10 +106,10 @@ def test_ec_and_rsa_public_keys_verify_their_algorithm(
 
 def test_scopes_come_from_scope_and_scp_in_either_form() -> None:
     verifier = _eddsa_verifier()
-    token = _eddsa_token(scope=SCOPE_READ, scp=[SCOPE_AGENT, 7, ""])
-    assert verifier.verify(token).scopes == {SCOPE_READ, SCOPE_AGENT}
-    token = _eddsa_token(scope=None, scp=f"{SCOPE_WRITE}  {SCOPE_AGENT}")
-    assert verifier.verify(token).scopes == {SCOPE_WRITE, SCOPE_AGENT}
+    token = _eddsa_token(scope=SCOPE_READ, scp=[OTHER_SCOPE, 7, ""])
+    assert verifier.verify(token).scopes == {SCOPE_READ, OTHER_SCOPE}
+    token = _eddsa_token(scope=None, scp=f"{SCOPE_WRITE}  {OTHER_SCOPE}")
+    assert verifier.verify(token).scopes == {SCOPE_WRITE, OTHER_SCOPE}
     assert verifier.verify(_eddsa_token(scope=None)).scopes == frozenset()
 
 
@@ -272,10 +273,10 @@ def test_dev_key_is_created_private_and_reused(tmp_path: Path) -> None:
 
 def test_dev_tokens_verify_with_the_dev_verifier(tmp_path: Path) -> None:
     key = load_or_create_dev_key(tmp_path)
-    token = key.mint("tenant-d", "alice", {SCOPE_READ, SCOPE_AGENT}, ttl_seconds=60)
+    token = key.mint("tenant-d", "alice", {SCOPE_READ, OTHER_SCOPE}, ttl_seconds=60)
     assert jwt.decode(token, options={"verify_signature": False})["iss"] == DEV_ISSUER
     assert key.verifier().verify(token) == Principal(
-        tenant_id="tenant-d", subject="alice", scopes=frozenset({SCOPE_READ, SCOPE_AGENT})
+        tenant_id="tenant-d", subject="alice", scopes=frozenset({SCOPE_READ, OTHER_SCOPE})
     )
 
 

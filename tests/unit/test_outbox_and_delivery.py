@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from chat_service.domain.enums import Channel, DeliveryStatus
 from chat_service.domain.events import EventType
 from chat_service.domain.model import Conversation, Message
+from chat_service.pipeline.batch_loop import BatchLoop
 from chat_service.pipeline.delivery import DeliveryPolicy, DeliveryQueue
 from chat_service.pipeline.outbox_relay import OutboxRelay, RelaySettings
 from tests.builders import T0, create_change, make_conversation, make_event, make_message
@@ -182,3 +184,36 @@ async def test_channels_delivered_by_storing_are_never_queued() -> None:
     assert queue.initial_status(Channel.SMS) is DeliveryStatus.PENDING
     assert queue.pending == 0
     assert sender.attempts == 0
+
+
+async def test_the_batch_loop_drains_backlogs_backs_off_and_wakes() -> None:
+    results: list[int | Exception] = [3, 3, 1, ConnectionError("down"), 0]
+    calls: list[float] = []
+    wake = asyncio.Event()
+
+    async def step() -> int:
+        calls.append(asyncio.get_running_loop().time())
+        outcome = results.pop(0) if results else 0
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    loop = BatchLoop(
+        step=step,
+        wake=wake,
+        batch_size=3,
+        idle_seconds=30,
+        max_backoff=0.01,
+        log=logging.getLogger("test"),
+        name="test loop",
+        first_backoff=0.001,
+    )
+    task = asyncio.create_task(loop.run())
+    await asyncio.sleep(0.1)
+    # Full batches ran back to back, the short one waited: the error came
+    # only with the wake-up, then a retry after the backoff, then idle again.
+    assert len(calls) == 3
+    wake.set()
+    await asyncio.sleep(0.1)
+    task.cancel()
+    assert len(calls) == 5

@@ -1,0 +1,58 @@
+"""The loop behind the background workers that drain a backlog in batches
+(the outbox relay, the event tail)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLoop:
+    """Runs `step` (one batch; returns how many items it handled) forever:
+    again at once after a full batch, else after a wake-up or `idle_seconds`;
+    after an error, again after a backoff that doubles up to `max_backoff`."""
+
+    step: Callable[[], Awaitable[int]]
+    wake: asyncio.Event
+    batch_size: int
+    idle_seconds: float
+    max_backoff: float
+    log: logging.Logger
+    name: str
+    first_backoff: float = 0.1
+    quiet_errors: tuple[type[Exception], ...] = ()  # logged as warnings, no traceback
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            # Cleared before the step, so a wake-up that arrives while a
+            # batch is under way is not lost.
+            self.wake.clear()
+            try:
+                count = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = min(self.max_backoff, self.first_backoff * 2**failures)
+                quiet = isinstance(exc, self.quiet_errors)
+                self.log.log(
+                    logging.WARNING if quiet else logging.ERROR,
+                    "%s: %s; retrying in %.1fs",
+                    self.name,
+                    exc,
+                    delay,
+                    exc_info=not quiet,
+                )
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            if count < self.batch_size:
+                try:
+                    async with asyncio.timeout(self.idle_seconds):
+                        await self.wake.wait()
+                except TimeoutError:
+                    pass
