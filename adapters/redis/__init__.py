@@ -4,5 +4,7 @@ One module per concern: fair conversation locks and idempotency claims
 (fair_lock.py underneath both), per-tenant rate limits, the cross-process
 live bus, and the session / conversation-state cache. client.py builds the
 one client they share; errors.py turns Redis failures into the ports'
-CoordinationUnavailable.
+CoordinationUnavailable; breaker.py is the circuit breaker they share, so
+that a stalled Redis costs one call its timeouts, not every call;
+background.py bounds the cleanups that outlive a failed or cancelled call.
 """

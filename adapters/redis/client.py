@@ -3,8 +3,11 @@
 Timeouts are short on purpose: when Redis is down a call fails within about
 a second (CoordinationUnavailable -> UNAVAILABLE) instead of holding the
 caller until its deadline. A command is retried once, after a reconnect, so
-a connection that died with a Redis restart costs no error; every script
-here is written so that running it twice does no harm.
+a connection that died with a Redis restart costs no error; every lock
+script is written so that running it twice does no harm (the rate limit's
+may spend a token twice). A call that still fails opens the circuit
+breaker (breaker.py), so that the calls after it do not pay the same
+seconds.
 """
 
 from __future__ import annotations

@@ -17,6 +17,18 @@ How it works (the scripts are in lock_scripts.py):
 - A waiter that dies does not block the queue: every poll refreshes the
   waiter's deadline in a second sorted set, and any attempt drops waiters
   whose deadline passed. A waiter that times out leaves at once.
+- A waiter whose poll fails (Redis error, breaker open) or is cancelled
+  leaves in the background, by its waiter id: LEAVE takes it out of the
+  queue and hands back a grant it may have won without hearing the answer
+  (a reply lost with the connection), so neither a ghost in the queue nor a
+  grant nobody knows of holds the lock for a waiter TTL or a lease.
+- A release outlives a cancelled holder (it runs as a task the holder waits
+  for, shielded): a holder cancelled at the end of its work (a deadline)
+  still frees the lock at once.
+- Polls go through the shared circuit breaker (breaker.py): while Redis is
+  known to be failing they fail fast. Renewals and releases are always
+  tried (when the breaker is open the release is handed to the background
+  instead of making the caller wait for a stalled Redis).
 
 Waiting is polling with a short exponential backoff (5 ms up to 50 ms), not
 a pub/sub wake-up. Polling holds no connection between attempts (a
@@ -41,6 +53,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from adapters.redis import lock_scripts
+from adapters.redis.background import BoundedBackground
+from adapters.redis.breaker import CircuitBreaker
 from adapters.redis.client import hash_tagged
 from adapters.redis.errors import coordination_errors
 from chat_service.ports import CoordinationUnavailable, LockLease, LockTimeout
@@ -130,8 +144,10 @@ class RedisFairLocks:
         namespace: str,
         fenced: bool,
         timings: LockTimings,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._redis = redis
+        self._breaker = breaker or CircuitBreaker()
         self._prefix = prefix
         self._namespace = namespace
         self._fenced = fenced
@@ -141,9 +157,11 @@ class RedisFairLocks:
         self._release = redis.register_script(lock_scripts.RELEASE)
         self._leave = redis.register_script(lock_scripts.LEAVE)
         self._local = _LocalReleases()
-        # Cleanups started when a waiter was cancelled (kept so they are not
-        # garbage-collected while they run).
-        self._cleanups: set[asyncio.Task[None]] = set()
+        # Leaves and releases that outlive their caller (background.py).
+        self._background = BoundedBackground()
+        # Releases under way that a holder waits for, kept so that they are
+        # not garbage-collected should the holder be cancelled meanwhile.
+        self._releases: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
     async def hold(self, name: str, *, timeout: float) -> AsyncIterator[LockLease]:
@@ -163,13 +181,12 @@ class RedisFairLocks:
             # task. A renewal still in flight is harmless: it extends the
             # lease only while the owner value is still ours.
             renewal.cancel()
-            await self._give_back(name, keys, owner_value)
-            self._local.released(name)
+            await self._release_soon(name, keys, owner_value)
 
     async def waiting(self, name: str) -> int:
         """How many waiters are queued for `name` (live or not yet expired)."""
         keys = _LockKeys.of(hash_tagged(self._prefix, self._namespace, name))
-        with coordination_errors(f"queue of {name}"):
+        with coordination_errors(f"queue of {name}", self._breaker):
             return int(await self._redis.zcard(keys.queue))
 
     async def _wait_for_grant(self, name: str, keys: _LockKeys, waiter: str, timeout: float) -> int:
@@ -184,9 +201,11 @@ class RedisFairLocks:
             _FENCE_TTL_MS,
         )
         delay = timings.min_poll
+        tried = False  # whether a poll may have reached Redis (and queued us)
         try:
             while True:
-                with coordination_errors(f"acquire {name}"):
+                with coordination_errors(f"acquire {name}", self._breaker):
+                    tried = True
                     token = await self._acquire(keys=_acquire_keys(keys), args=args)
                 if token is not None:
                     return int(token)
@@ -201,17 +220,21 @@ class RedisFairLocks:
         except LockTimeout:
             await self._leave_queue(name, keys, waiter)
             raise
-        except asyncio.CancelledError:
-            # Cannot await here without swallowing the cancellation: leave in
-            # the background (the entry would expire after waiter_ttl anyway).
-            cleanup = asyncio.create_task(self._leave_queue(name, keys, waiter))
-            self._cleanups.add(cleanup)
-            cleanup.add_done_callback(self._cleanups.discard)
+        except (CoordinationUnavailable, asyncio.CancelledError):
+            # Leave in the background: a cancelled caller cannot await without
+            # swallowing its cancellation, and a failed one should not wait
+            # on a failing Redis again. The entry would expire after
+            # waiter_ttl, a grant whose reply was lost after a lease: this
+            # frees them now.
+            if tried:
+                self._background.spawn(
+                    self._leave_queue(name, keys, waiter), f"leave queue of {name}"
+                )
             raise
 
     async def _leave_queue(self, name: str, keys: _LockKeys, waiter: str) -> None:
         try:
-            with coordination_errors(f"leave queue of {name}"):
+            with coordination_errors(f"leave queue of {name}", self._breaker, gated=False):
                 await self._leave(keys=[keys.owner, keys.queue, keys.alive], args=[waiter])
         except CoordinationUnavailable as error:
             log.warning("%s; the waiter's entry expires on its own", error)
@@ -222,7 +245,7 @@ class RedisFairLocks:
         while True:
             await asyncio.sleep(interval)
             try:
-                with coordination_errors(f"renew {name}"):
+                with coordination_errors(f"renew {name}", self._breaker, gated=False):
                     renewed = await self._renew(
                         keys=[keys.owner], args=[owner_value, _ms(timings.lease)]
                     )
@@ -236,14 +259,27 @@ class RedisFairLocks:
                 log.warning("lock %s was lost: its lease ran out before renewal", name)
                 return
 
+    async def _release_soon(self, name: str, keys: _LockKeys, owner_value: str) -> None:
+        if self._breaker.state != "closed":
+            # Redis failed just now: do not hold the caller for it.
+            self._background.spawn(self._give_back(name, keys, owner_value), f"release {name}")
+            return
+        release = asyncio.create_task(self._give_back(name, keys, owner_value))
+        self._releases.add(release)
+        release.add_done_callback(self._releases.discard)
+        # Shielded: cancelling the holder now must not cancel the release.
+        await asyncio.shield(release)
+
     async def _give_back(self, name: str, keys: _LockKeys, owner_value: str) -> None:
         # A failed release is logged, not raised: the work inside the lock is
         # done (and stored), and the lease frees the lock on its own.
         try:
-            with coordination_errors(f"release {name}"):
+            with coordination_errors(f"release {name}", self._breaker, gated=False):
                 await self._release(keys=[keys.owner], args=[owner_value])
         except CoordinationUnavailable as error:
             log.warning("%s; the lease will expire on its own", error)
+        finally:
+            self._local.released(name)
 
 
 def _acquire_keys(keys: _LockKeys) -> list[str]:

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
 
+from adapters.redis.breaker import CircuitBreaker
 from adapters.redis.client import DEFAULT_PREFIX
 from adapters.redis.fair_lock import LockTimings, RedisFairLocks
 
@@ -31,9 +32,15 @@ class RedisIdempotencyGuard:
         *,
         prefix: str = DEFAULT_PREFIX,
         timings: LockTimings | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._claims = RedisFairLocks(
-            redis, prefix=prefix, namespace="claim", fenced=False, timings=timings or LockTimings()
+            redis,
+            prefix=prefix,
+            namespace="claim",
+            fenced=False,
+            timings=timings or LockTimings(),
+            breaker=breaker,
         )
 
     @asynccontextmanager

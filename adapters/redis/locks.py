@@ -6,6 +6,7 @@ from contextlib import AbstractAsyncContextManager
 
 from redis.asyncio import Redis
 
+from adapters.redis.breaker import CircuitBreaker
 from adapters.redis.client import DEFAULT_PREFIX
 from adapters.redis.fair_lock import LockTimings, RedisFairLocks
 from chat_service.ports import LockLease
@@ -22,9 +23,15 @@ class RedisConversationLocks:
         *,
         prefix: str = DEFAULT_PREFIX,
         timings: LockTimings | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._locks = RedisFairLocks(
-            redis, prefix=prefix, namespace="lock", fenced=True, timings=timings or LockTimings()
+            redis,
+            prefix=prefix,
+            namespace="lock",
+            fenced=True,
+            timings=timings or LockTimings(),
+            breaker=breaker,
         )
 
     def hold(

@@ -8,7 +8,13 @@ same as no bucket: its key expires then.
 
 Redis down: acquire raises CoordinationUnavailable. What to do then is the
 caller's decision (pipeline/admission.py admits the call and logs it: a
-limiter outage must not become a full outage).
+limiter outage must not become a full outage). The breaker (breaker.py)
+makes that answer immediate after the first failure: the limiter is on
+every authenticated call's path, and a stalled Redis would otherwise add
+its timeouts to each of them.
+
+The script is not safe to run twice: should redis-py retry it after a lost
+reply, the call spends two tokens. A limit errs on the strict side there.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
+from adapters.redis.breaker import CircuitBreaker
 from adapters.redis.client import DEFAULT_PREFIX
 from adapters.redis.errors import coordination_errors
 from chat_service.config import RateLimit
@@ -60,14 +67,16 @@ class RedisRateLimiter:
         limit_for: Callable[[str], RateLimit],
         *,
         prefix: str = DEFAULT_PREFIX,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._limit_for = limit_for
         self._prefix = prefix
+        self._breaker = breaker or CircuitBreaker()
         self._take = redis.register_script(_TAKE)
 
     async def acquire(self, tenant_id: str, cost: int = 1) -> RateDecision:
         limit = self._limit_for(tenant_id)
-        with coordination_errors(f"rate limit of {tenant_id}"):
+        with coordination_errors(f"rate limit of {tenant_id}", self._breaker):
             allowed, retry_after = await self._take(
                 keys=[f"{self._prefix}rate:{tenant_id}"],
                 args=[repr(float(limit.rate)), limit.burst, cost],

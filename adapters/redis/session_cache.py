@@ -10,7 +10,9 @@ never replaces a newer version (a Lua compare on the version); a reader
 that knows the current version can also tell a stale entry from a fresh
 one. Entries expire after `state_ttl`.
 
-Redis down: every call raises CoordinationUnavailable. A caller that can do
+An entry the cache cannot read (not JSON, not the shape it writes) is a
+miss, logged. Redis down: every call raises CoordinationUnavailable, at once
+while the breaker is open (breaker.py). A caller that can do
 without the cache treats that as a miss; the cache does not decide for it,
 because swallowing a failed put would leave an older state to be read once
 Redis is back.
@@ -19,11 +21,13 @@ Redis is back.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
 
+from adapters.redis.breaker import CircuitBreaker
 from adapters.redis.client import DEFAULT_PREFIX
 from adapters.redis.errors import coordination_errors
 from chat_service.domain.model import ConversationState
@@ -32,6 +36,8 @@ from chat_service.domain.serialization import (
     conversation_state_to_dict,
 )
 from chat_service.ports import SESSION_TTL_SECONDS, CachedState
+
+log = logging.getLogger(__name__)
 
 # KEYS: entry; ARGV: version, state JSON, ttl ms. Equal versions overwrite
 # (a retried put), older ones do not.
@@ -54,28 +60,29 @@ class RedisSessionCache:
         prefix: str = DEFAULT_PREFIX,
         session_ttl: float = SESSION_TTL_SECONDS,
         state_ttl: float = SESSION_TTL_SECONDS,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._redis = redis
+        self._breaker = breaker or CircuitBreaker()
         self._prefix = prefix
         self._session_ttl_ms = round(session_ttl * 1000)
         self._state_ttl_ms = round(state_ttl * 1000)
         self._put_state = redis.register_script(_PUT_STATE)
 
     async def get_session(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
-        with coordination_errors("get session"):
+        with coordination_errors("get session", self._breaker):
             raw = await self._redis.getex(
                 self._session_key(tenant_id, session_id), px=self._session_ttl_ms
             )
         if raw is None:
             return None
-        session: dict[str, Any] = json.loads(raw)
-        return session
+        return _json_object(raw, "session")
 
     async def put_session(
         self, tenant_id: str, session_id: str, session: Mapping[str, Any]
     ) -> None:
         payload = json.dumps(dict(session), separators=(",", ":"), ensure_ascii=False)
-        with coordination_errors("put session"):
+        with coordination_errors("put session", self._breaker):
             await self._redis.set(
                 self._session_key(tenant_id, session_id), payload, px=self._session_ttl_ms
             )
@@ -83,13 +90,22 @@ class RedisSessionCache:
     async def get_conversation_state(
         self, tenant_id: str, conversation_id: str
     ) -> CachedState | None:
-        with coordination_errors("get conversation state"):
+        with coordination_errors("get conversation state", self._breaker):
             version, state = await self._redis.hmget(
                 self._state_key(tenant_id, conversation_id), ["version", "state"]
             )
         if version is None or state is None:
             return None
-        return CachedState(int(version), conversation_state_from_dict(json.loads(state)))
+        data = _json_object(state, "conversation state")
+        try:
+            return (
+                None
+                if data is None
+                else CachedState(int(version), conversation_state_from_dict(data))
+            )
+        except (ValueError, TypeError):
+            log.warning("unreadable conversation state in the cache; taken as a miss")
+            return None
 
     async def put_conversation_state(
         self, tenant_id: str, conversation_id: str, state: ConversationState, *, version: int
@@ -97,7 +113,7 @@ class RedisSessionCache:
         payload = json.dumps(
             conversation_state_to_dict(state), separators=(",", ":"), ensure_ascii=False
         )
-        with coordination_errors("put conversation state"):
+        with coordination_errors("put conversation state", self._breaker):
             stored = await self._put_state(
                 keys=[self._state_key(tenant_id, conversation_id)],
                 args=[version, payload, self._state_ttl_ms],
@@ -109,3 +125,17 @@ class RedisSessionCache:
 
     def _state_key(self, tenant_id: str, conversation_id: str) -> str:
         return f"{self._prefix}state:{tenant_id}/{conversation_id}"
+
+
+def _json_object(raw: bytes | str, what: str) -> dict[str, Any] | None:
+    """The JSON object `raw` holds, or None (logged) when it holds none: an
+    entry written by another version of the service, or by hand, is a miss,
+    not an error for the caller."""
+    try:
+        found = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        found = None
+    if not isinstance(found, dict):
+        log.warning("unreadable %s in the cache; taken as a miss", what)
+        return None
+    return found

@@ -1,6 +1,7 @@
 """Redis down: locks, claims, rate limits and the cache fail fast with
 CoordinationUnavailable (UNAVAILABLE to callers), and work again, on the
-same clients, once Redis is back."""
+same clients, once Redis is back (and the circuit breaker they share lets
+calls through again)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from adapters.redis.breaker import CircuitBreaker
 from adapters.redis.idempotency import RedisIdempotencyGuard
 from adapters.redis.locks import RedisConversationLocks
 from adapters.redis.rate_limit import RedisRateLimiter
@@ -20,12 +22,23 @@ from tests.support.redis import RedisClients, RedisServer
 Operation = Callable[[], Awaitable[object]]
 
 
-def operations(redis_clients: RedisClients, url: str) -> dict[str, Operation]:
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def operations(
+    redis_clients: RedisClients, url: str, breaker: CircuitBreaker | None = None
+) -> dict[str, Operation]:
     client = redis_clients(url)
-    locks = RedisConversationLocks(client)
-    guard = RedisIdempotencyGuard(client)
-    limiter = RedisRateLimiter(client, lambda _: RateLimit(rate=100, burst=100))
-    cache = RedisSessionCache(client)
+    breaker = breaker or CircuitBreaker()
+    locks = RedisConversationLocks(client, breaker=breaker)
+    guard = RedisIdempotencyGuard(client, breaker=breaker)
+    limiter = RedisRateLimiter(client, lambda _: RateLimit(rate=100, burst=100), breaker=breaker)
+    cache = RedisSessionCache(client, breaker=breaker)
 
     async def lock() -> None:
         async with locks.hold("t1", "c1", timeout=5):
@@ -46,7 +59,9 @@ def operations(redis_clients: RedisClients, url: str) -> dict[str, Operation]:
 async def test_redis_down_fails_fast_and_recovers(
     redis_clients: RedisClients, disposable_redis: RedisServer
 ) -> None:
-    ops = operations(redis_clients, disposable_redis.url)
+    clock = FakeClock()
+    breaker = CircuitBreaker(cooldown=3, clock=clock)
+    ops = operations(redis_clients, disposable_redis.url, breaker)
     for op in ops.values():
         await op()  # the pool holds connections that are about to die
 
@@ -56,10 +71,13 @@ async def test_redis_down_fails_fast_and_recovers(
         with pytest.raises(CoordinationUnavailable):
             await op()
         assert time.monotonic() - started < 1.0, name
+    assert breaker.state == "open"
 
     disposable_redis.start()
+    clock.now += 3  # the cooldown is over: the first call probes, and closes it
     for op in ops.values():
         await op()
+    assert breaker.state == "closed"
 
 
 async def test_a_hung_redis_fails_within_the_socket_timeouts(

@@ -47,3 +47,26 @@ async def test_a_conversation_state_expires(redis_clients: RedisClients, redis_p
     assert await cache.get_conversation_state("t1", "c1") is not None
     await asyncio.sleep(0.3)
     assert await cache.get_conversation_state("t1", "c1") is None
+
+
+async def test_entries_the_cache_cannot_read_are_misses(
+    redis_clients: RedisClients, redis_prefix: str
+) -> None:
+    # Written by another version of the service, or by hand: never an error
+    # (INTERNAL) to the caller, who would only have wanted a cache hit.
+    client = redis_clients()
+    cache = RedisSessionCache(client, prefix=redis_prefix)
+    await client.set(f"{redis_prefix}session:t1/garbled", b"\xff{not json")
+    await client.set(f"{redis_prefix}session:t1/a-list", b"[1, 2]")
+    await client.hset(f"{redis_prefix}state:t1/garbled", mapping={"version": "x", "state": "{"})
+    await client.hset(f"{redis_prefix}state:t1/shape", mapping={"version": "2", "state": "[]"})
+
+    assert await cache.get_session("t1", "garbled") is None
+    assert await cache.get_session("t1", "a-list") is None
+    assert await cache.get_conversation_state("t1", "garbled") is None
+    assert await cache.get_conversation_state("t1", "shape") is None
+    # A good put replaces the unreadable entry.
+    assert await cache.put_conversation_state("t1", "garbled", ConversationState(), version=1)
+    assert await cache.get_conversation_state("t1", "garbled") == CachedState(
+        1, ConversationState()
+    )
