@@ -40,6 +40,29 @@ class VersionConflict(StoreError):
     """The conversation changed since it was read (its version moved on)."""
 
 
+class StoreRejected(StoreError):
+    """The store refused what it was given as more than it can hold (a
+    document past its size limit: `too_large`) or as a value it cannot take
+    (a field name, a pattern): the request is at fault, not the store, and
+    the same request fails again. Nothing was written."""
+
+    def __init__(self, detail: str, *, too_large: bool = False) -> None:
+        super().__init__(detail)
+        self.too_large = too_large
+
+
+class EventsPruned(StoreError):
+    """The event log no longer holds every event after the position asked
+    for: retention pruned it through `pruned_through` (see prune_outbox)."""
+
+    def __init__(self, after_position: int, pruned_through: int) -> None:
+        super().__init__(
+            f"events after position {after_position} were pruned (through {pruned_through})"
+        )
+        self.after_position = after_position
+        self.pruned_through = pruned_through
+
+
 class DuplicateMessage(StoreError):
     """A message with this (tenant, message_id) is already stored."""
 
@@ -172,7 +195,10 @@ class ConversationStore(Protocol):
         at the first event another owner holds. Nothing while another owner
         holds the oldest one: one relay at a time publishes the head of the
         outbox, so events leave in outbox order (and a conversation's events
-        in their order) however many relays run."""
+        in their order) however many relays run. Never past a position that
+        read_events would not show yet (a lower one still being written).
+        Rows `owner` itself holds are its own again at once (a relay
+        restarted under the same owner id takes its lease straight over)."""
         ...
 
     async def mark_published(self, owner: str, positions: Sequence[int]) -> None: ...
@@ -183,11 +209,23 @@ class ConversationStore(Protocol):
         """The outbox read as the event log: entries after `after_position`,
         oldest first, published or not; only `tenant_id`'s when given. Positions
         become visible in increasing order (what live tails and resumable
-        watches rely on)."""
+        watches rely on). Raises EventsPruned when `after_position` is below
+        what prune_outbox removed: the read would silently miss events."""
         ...
 
     async def last_event_position(self) -> int:
-        """The position of the newest event (0 when there is none)."""
+        """The position of the newest event (0 when there is none); never below
+        what prune_outbox removed, even once every row is gone."""
+        ...
+
+    async def prune_outbox(self, *, published_before: datetime, keep_last: int, limit: int) -> int:
+        """Retention: deletes published events from the head of the event log,
+        oldest first, at most `limit` of them, each one published before
+        `published_before` or more than `keep_last` positions behind the
+        newest. It stops at the first event it may not delete (unpublished,
+        or to be kept), so the log keeps no holes; and it records how far it
+        went before deleting, so that read_events refuses (EventsPruned) a
+        read that would miss what it deleted. Returns how many it deleted."""
         ...
 
     async def close(self) -> None: ...

@@ -12,12 +12,13 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from chat_service.domain.content import MessageContent
 from chat_service.domain.enums import DeliveryStatus
 from chat_service.domain.events import DomainEvent, OutboxEntry
 from chat_service.domain.model import Conversation, IdempotencyRecord, Message
+from chat_service.domain.text import search_key
 from chat_service.ports import (
     ConversationChange,
     ConversationCursor,
@@ -27,6 +28,7 @@ from chat_service.ports import (
     DuplicateMessage,
     EngineReply,
     EngineRequest,
+    EventsPruned,
     VersionConflict,
 )
 
@@ -39,6 +41,7 @@ class _OutboxRow:
     claimed_by: str = ""
     claimed_until: float = 0.0  # time.monotonic()
     published: bool = False
+    published_at: datetime | None = None
 
 
 class InMemoryStore:
@@ -52,6 +55,8 @@ class InMemoryStore:
         self._records: dict[tuple[str, str], IdempotencyRecord] = {}
         self._outbox: list[_OutboxRow] = []
         self._fences: dict[str, int] = {}  # conversation id -> highest fencing token
+        self._last_position = 0  # positions are never reused, even once pruned
+        self._pruned_through = 0
 
     async def get_conversation(self, tenant_id: str, conversation_id: str) -> Conversation | None:
         await asyncio.sleep(0)  # as real I/O would
@@ -82,7 +87,7 @@ class InMemoryStore:
         return found[:limit]
 
     def _matches(self, c: Conversation, tenant_id: str, query: ConversationQuery) -> bool:
-        needle = query.search_query.casefold()
+        needle = search_key(query.search_query)
         return (
             c.tenant_id == tenant_id
             and query.status in (None, c.status)
@@ -91,7 +96,8 @@ class InMemoryStore:
             and (query.start_time is None or c.created_at >= query.start_time)
             and (query.end_time is None or c.created_at < query.end_time)
             and (
-                not needle or any(needle in m.content.text.casefold() for m in self._messages_of(c))
+                not needle
+                or any(needle in search_key(m.content.text) for m in self._messages_of(c))
             )
         )
 
@@ -201,7 +207,8 @@ class InMemoryStore:
 
     def _append_events(self, events: Sequence[DomainEvent]) -> None:
         for event in events:
-            self._outbox.append(_OutboxRow(OutboxEntry(len(self._outbox) + 1, event)))
+            self._last_position += 1
+            self._outbox.append(_OutboxRow(OutboxEntry(self._last_position, event)))
 
     async def claim_outbox(
         self, owner: str, *, limit: int, lease_seconds: float
@@ -222,13 +229,15 @@ class InMemoryStore:
     async def mark_published(self, owner: str, positions: Sequence[int]) -> None:
         await asyncio.sleep(0)  # as real I/O would
         for row in self._outbox:
-            if row.entry.position in positions and row.claimed_by == owner:
-                row.published = True
+            if row.entry.position in positions and row.claimed_by == owner and not row.published:
+                row.published, row.published_at = True, datetime.now(UTC)
 
     async def read_events(
         self, *, after_position: int, limit: int, tenant_id: str | None = None
     ) -> Sequence[OutboxEntry]:
         await asyncio.sleep(0)  # as real I/O would
+        if after_position < self._pruned_through:
+            raise EventsPruned(after_position, self._pruned_through)
         return [
             row.entry
             for row in self._outbox
@@ -238,7 +247,22 @@ class InMemoryStore:
 
     async def last_event_position(self) -> int:
         await asyncio.sleep(0)  # as real I/O would
-        return self._outbox[-1].entry.position if self._outbox else 0
+        newest = self._outbox[-1].entry.position if self._outbox else 0
+        return max(newest, self._pruned_through)
+
+    async def prune_outbox(self, *, published_before: datetime, keep_last: int, limit: int) -> int:
+        await asyncio.sleep(0)  # as real I/O would
+        kept_from = self._last_position - keep_last  # positions up to it are beyond the count
+        count = 0
+        for row in self._outbox[:limit]:
+            old = row.published_at is not None and row.published_at < published_before
+            if not row.published or not (old or row.entry.position <= kept_from):
+                break
+            count += 1
+        if count:
+            self._pruned_through = max(self._pruned_through, self._outbox[count - 1].entry.position)
+            del self._outbox[:count]
+        return count
 
     async def close(self) -> None:
         await asyncio.sleep(0)  # as real I/O would

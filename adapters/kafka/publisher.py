@@ -53,7 +53,8 @@ class KafkaPublisher:
     up to a request timeout to give up a stalled connection). The service
     keeps serving while events wait in the outbox.
 
-    The topic is created when missing (settings.partitions, default 3)
+    The topic is created when missing (settings.partitions, default 3, with
+    min.insync.replicas so that acks=all means several brokers; topics.py)
     before the first producer starts; until that succeeds, every publish
     tries again first.
     """
@@ -181,7 +182,8 @@ async def _stop_without_flushing(producer: AIOKafkaProducer) -> None:
     the broker is away, is never. So stop its sender first (it waits for the
     requests in flight, at most a request timeout; their records go back to
     the queue), empty the queue, and stop() has nothing left to wait for.
-    Relies on aiokafka internals (as of 0.14); the outage tests in
+    Relies on aiokafka internals of 0.14, which is why pyproject.toml pins
+    aiokafka exactly; the outage tests in
     tests/integration/test_kafka_publisher.py fail if they change.
     """
     await producer._sender.close()

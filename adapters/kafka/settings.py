@@ -32,10 +32,15 @@ class KafkaSettings:
     brokers: Sequence[str]
     topic_prefix: str
     # Used only when the publisher creates the topic; an existing topic is
-    # left as it is.
+    # left as it is (topics.py warns when it is less durable than these).
     partitions: int = 3
     # None: min(3, the brokers in the cluster).
     replication_factor: int | None = None
+    # The topic's min.insync.replicas: how many replicas must have a record
+    # before acks=all acknowledges it. Capped at the replication factor
+    # (above it no write could ever succeed), with a warning, which is what
+    # lets the default run on a single-broker development cluster.
+    min_insync_replicas: int = 2
     # The seed's "event publishing: 100ms window".
     linger_ms: int = 100
     delivery_timeout_seconds: float = 5.0
@@ -54,6 +59,13 @@ class KafkaSettings:
             raise ValueError("partitions must be at least 1")
         if self.replication_factor is not None and self.replication_factor < 1:
             raise ValueError("replication_factor must be at least 1")
+        if self.min_insync_replicas < 1:
+            raise ValueError("min_insync_replicas must be at least 1")
+        if (
+            self.replication_factor is not None
+            and self.min_insync_replicas > self.replication_factor
+        ):
+            raise ValueError("min_insync_replicas must not exceed replication_factor")
         if self.delivery_timeout_seconds <= 0:
             raise ValueError("delivery_timeout_seconds must be positive")
 
@@ -68,8 +80,9 @@ class KafkaSettings:
     def producer_options(self) -> dict[str, Any]:
         """AIOKafkaProducer's keyword arguments. An outbox row counts as
         published once the broker acknowledged it, so the acknowledgement
-        must mean every in-sync replica has the record (acks="all"), and
-        retries must neither duplicate nor reorder it (idempotence)."""
+        must mean every in-sync replica has the record (acks="all"), of
+        which the topic demands at least min_insync_replicas, and retries
+        must neither duplicate nor reorder it (idempotence)."""
         return {
             "bootstrap_servers": self.bootstrap_servers,
             "client_id": self.client_id,

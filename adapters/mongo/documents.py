@@ -40,6 +40,7 @@ from chat_service.domain.serialization import (
     message_from_dict,
     message_to_dict,
 )
+from chat_service.domain.text import search_key
 from chat_service.ports import ConversationChange
 
 CONVERSATIONS = "conversations"
@@ -50,6 +51,9 @@ COUNTERS = "counters"
 
 # The counter document that numbers outbox events.
 OUTBOX_POSITION = "outbox_position"
+# The counter document saying how far retention deleted the event log:
+# {_id: "outbox_pruned", through: <position>} (store.py, prune_outbox).
+OUTBOX_PRUNED = "outbox_pruned"
 
 
 _CONVERSATION_FIELDS = tuple(field.name for field in dataclasses.fields(Conversation))
@@ -149,9 +153,10 @@ def message_from_document(document: Mapping[str, Any]) -> Message:
 
 
 def search_text(message: Message) -> str:
-    """What the search filter of ListConversations matches: casefolded, like
-    the query, so that "Straße" finds "STRASSE" as it does on SQLite."""
-    return message.content.text.casefold()
+    """What the search filter of ListConversations matches: the text's
+    search_key, like the query, so that "Straße" finds "STRASSE" as it does
+    on SQLite."""
+    return search_key(message.content.text)
 
 
 def record_document(record: IdempotencyRecord, *, stored_at: datetime, version: int) -> Document:

@@ -234,9 +234,9 @@ class Journal:
     async def settled_through(self) -> int:
         """The event log's readable end: every position up to it is in the
         outbox or void. Settles what dead writers left in flight first."""
-        counter = await self._positions.read()
+        counter = await self._positions.read(majority=True)
         if await self._settle_abandoned(counter.in_flight):
-            counter = await self._positions.read()
+            counter = await self._positions.read(majority=True)
         return counter.settled_through
 
     # ----------------------------------------------------------- recovery
@@ -245,15 +245,16 @@ class Journal:
         """Rolls forward the conversation's committed change, if one is unfinished."""
         await self._roll_forward(conversation_id, None)
 
-    async def finish_unfinished(self, limit: int) -> None:
+    async def finish_unfinished(self, limit: int) -> int:
         """Rolls forward up to `limit` unfinished changes (the sparse index
-        holds only those), and settles positions left by dead writers."""
+        holds only those), settles positions left by dead writers, and
+        returns the event log's readable end (settled_through)."""
         unfinished = self._conversations.find(
             {"_pending.token": {"$exists": True}}, {"_id": 1}
         ).limit(limit)
         for found in await unfinished.to_list():
             await self.finish(found["_id"])
-        await self._settle_abandoned((await self._positions.read()).in_flight)
+        return await self.settled_through()
 
     async def _settle_abandoned(self, in_flight: Mapping[str, Mapping[str, Any]]) -> bool:
         """Settles the entries whose lease is over: their writes are finished

@@ -16,7 +16,10 @@ entry, so no position is ever taken without being listed. Its write removes
 the entry once its events are in the outbox, or once it gives up. A write
 that died leaves its entry behind: past `until` (its lease), anyone may
 settle it (journal.py does). Readers see positions up to just below the
-lowest one in flight.
+lowest one in flight: the event log's readers, and the relay's claims, so
+that no event is published before one with a lower position (a delivery
+update takes its position without the conversation's lock, so even one
+conversation's events could otherwise leave out of order).
 
 Concurrent writers race for the compare-and-set; losers retry at once with
 a jittered pause. That serializes taking positions (not writing them), on a
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bson.int64 import Int64
+from pymongo.read_concern import ReadConcern
 
 from adapters.mongo.documents import OUTBOX_POSITION
 from adapters.mongo.schema import Collection
@@ -58,6 +62,12 @@ class Counter:
 class PositionRegistry:
     def __init__(self, counters: Collection, *, time_limit: float) -> None:
         self._counters = counters
+        # How far the log is readable is read at majority, as the log itself
+        # is (store.py): a position settled only on a primary about to be
+        # rolled back must not let readers past it. Taking positions reads
+        # the primary's latest (a stale value would only fail its
+        # compare-and-set).
+        self._settled_view = counters.with_options(read_concern=ReadConcern("majority"))
         self._time_limit = time_limit
 
     async def take(self, count: int, *, token: str, until: int, owner: Mapping[str, Any]) -> range:
@@ -84,8 +94,9 @@ class PositionRegistry:
             {"_id": OUTBOX_POSITION}, {"$unset": {f"in_flight.{token}": ""}}
         )
 
-    async def read(self) -> Counter:
-        found = await self._counters.find_one({"_id": OUTBOX_POSITION})
+    async def read(self, *, majority: bool = False) -> Counter:
+        counters = self._settled_view if majority else self._counters
+        found = await counters.find_one({"_id": OUTBOX_POSITION})
         if found is None:  # made at open; only an operator can have removed it
             raise RuntimeError("the outbox position counter is missing; reopen the store")
         return Counter(int(found.get("value", 0)), dict(found.get("in_flight", {})))

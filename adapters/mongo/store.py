@@ -27,6 +27,15 @@ conflicts but let a later position commit before an earlier one, which a
 reader of the log cannot tell from a lost event.) Journalled writes list
 their positions as in flight instead; see positions.py.
 
+Durability. Every write asks for write concern majority with journal
+(`w: "majority", j: true`; a transaction's commit inherits it), and the
+event log (the outbox, and how far it is settled) is read at read concern
+majority. So on a replica set an acknowledged message survives a failover,
+and the relay and watches never see an event a failover could roll back.
+A standalone server (and nx-27017, the test server) has no replicas: there
+majority means "in this server's journal", which survives a crash of the
+process but not the loss of its disk, and nothing fails over.
+
 Outages. Timeouts derive from the request timeout (see `open`). Every driver
 error that means "no server" becomes StoreUnavailable. The store keeps no
 connection state of its own, and the driver reconnects by itself, so when
@@ -45,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -54,11 +62,14 @@ from typing import Any, Protocol, TypeVar
 from bson.int64 import Int64
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
+from pymongo.read_concern import ReadConcern
 
 from adapters.mongo.documents import (
     CONVERSATIONS,
+    COUNTERS,
     MESSAGES,
     OUTBOX,
+    OUTBOX_PRUNED,
     RECORDS,
     EncodedChange,
     Keys,
@@ -70,7 +81,7 @@ from adapters.mongo.documents import (
     record_from_document,
 )
 from adapters.mongo.errors import translated_errors
-from adapters.mongo.filters import all_of
+from adapters.mongo.filters import all_of, literal_pattern
 from adapters.mongo.journal import Journal, now_micros
 from adapters.mongo.schema import Collection, Database, ensure_schema
 from adapters.mongo.transactions import TransactionalWrites, supports_transactions
@@ -78,10 +89,12 @@ from chat_service.domain.enums import DeliveryStatus
 from chat_service.domain.events import DomainEvent, OutboxEntry
 from chat_service.domain.model import Conversation, IdempotencyRecord, Message
 from chat_service.domain.serialization import Document, event_to_dict
+from chat_service.domain.text import search_key
 from chat_service.ports import (
     ConversationChange,
     ConversationCursor,
     ConversationQuery,
+    EventsPruned,
     StoreUnavailable,
 )
 
@@ -104,6 +117,8 @@ DEFAULT_WRITE_LEASE = timedelta(seconds=10)
 # default). 3 s still rides over a dropped connection or a server restart
 # of a second or two.
 _FAIL_FAST_MS = 3_000
+
+_MAJORITY = ReadConcern("majority")
 
 # Conversations examined per round of a search (see _search).
 _SEARCH_BATCH = 100
@@ -138,7 +153,11 @@ class MongoStore:
         self._conversations: Collection = database[CONVERSATIONS]
         self._messages: Collection = database[MESSAGES]
         self._records: Collection = database[RECORDS]
-        self._outbox: Collection = database[OUTBOX]
+        # The event log (what the relay publishes, what watches resume from)
+        # is read at majority: nothing a failover could roll back.
+        self._outbox: Collection = database[OUTBOX].with_options(read_concern=_MAJORITY)
+        self._own_outbox_writes: Collection = database[OUTBOX]
+        self._counters: Collection = database[COUNTERS].with_options(read_concern=_MAJORITY)
         self._keys = keys
         # Journalled writes also shape the reads (what is visible); the
         # transactional ones need nothing of the kind.
@@ -204,6 +223,11 @@ class MongoStore:
             "waitQueueTimeoutMS": timeout_ms,
             "appname": "chat-service",
             "tz_aware": True,
+            # Durability (see the module docstring): a write is acknowledged
+            # once a majority of the replica set has it in its journal, so a
+            # failover cannot roll back an acknowledged message.
+            "w": "majority",
+            "journal": True,
             **(client_options or {}),
         }
         client: Client = AsyncMongoClient(uri, **options)
@@ -381,15 +405,19 @@ class MongoStore:
         self._check_open()
         limit = _positive(limit)
         with translated_errors("claim_outbox"):
+            unpublished: Document = {"unpublished": True}
             if self._journal is not None:
                 # Events of changes committed but not rolled forward are
                 # written first, so that none is ever passed over for good.
-                await self._journal.finish_unfinished(limit)
+                # And no further than the settled end, as read_events: a
+                # write still holding a lower position (a slow commit, a
+                # delivery update, which takes no conversation lock) would
+                # otherwise have its events published after later ones.
+                settled = await self._journal.finish_unfinished(limit)
+                unpublished["position"] = {"$lte": settled}
             now = now_micros()
             oldest = await (
-                self._outbox.find(
-                    {"unpublished": True}, {"_id": 1, "claimed_by": 1, "claimed_until": 1}
-                )
+                self._outbox.find(unpublished, {"_id": 1, "claimed_by": 1, "claimed_until": 1})
                 .sort("position", 1)
                 .limit(limit)
                 .to_list()
@@ -427,8 +455,10 @@ class MongoStore:
                     }
                 },
             )
+            # Which rows this claim got: its own write, read where it was made
+            # (the rows' events were read at majority above).
             got = (
-                await self._outbox.find({"_id": {"$in": run}, "claim": claim})
+                await self._own_outbox_writes.find({"_id": {"$in": run}, "claim": claim})
                 .sort("position", 1)
                 .to_list()
             )
@@ -464,16 +494,49 @@ class MongoStore:
                 where = {"event.tenant_id": tenant_id, "position": position}
                 found = self._outbox.find(where).sort("position", 1)
             entries = await found.limit(limit).to_list()
+            # After the rows: pruning records its reach before it deletes.
+            pruned = await self._pruned_through()
+        if after_position < pruned:
+            raise EventsPruned(after_position, pruned)
         return [outbox_entry(document) for document in entries]
 
     async def last_event_position(self) -> int:
         self._check_open()
         with translated_errors("last_event_position"):
-            where: Document = {}
+            return await self._last_position()
+
+    async def prune_outbox(self, *, published_before: datetime, keep_last: int, limit: int) -> int:
+        self._check_open()
+        limit = _positive(limit)
+        with translated_errors("prune_outbox"):
+            kept_from = await self._last_position() - max(keep_last, 0)
+            head: Document = {}
             if self._journal is not None:
-                where["_id"] = {"$lte": await self._journal.settled_through()}
-            newest = await self._outbox.find(where, {"_id": 1}).sort("_id", -1).limit(1).to_list()
-        return int(newest[0]["_id"]) if newest else 0
+                # Not past a position in flight: its row may still come.
+                head["_id"] = {"$lte": await self._journal.settled_through()}
+            fields = {"_id": 1, "unpublished": 1, "published_at": 1, "published_us": 1}
+            oldest = self._outbox.find(head, fields)
+            before = epoch_micros(published_before)
+            through = None
+            for document in await oldest.sort("_id", 1).limit(limit).to_list():
+                if document.get("unpublished"):
+                    break
+                published = _published_us(document)
+                old = published is not None and published < before
+                if not old and document["_id"] > kept_from:
+                    break
+                through = int(document["_id"])
+            if through is None:
+                return 0
+            # The reach first, then the deletion: a reader that could miss a
+            # deleted row sees the reach (read_events reads it last).
+            await self._counters.update_one(
+                {"_id": OUTBOX_PRUNED}, {"$max": {"through": Int64(through)}}, upsert=True
+            )
+            deleted = await self._outbox.delete_many(
+                {"_id": {"$lte": Int64(through)}, "unpublished": {"$exists": False}}
+            )
+        return deleted.deleted_count
 
     async def mark_published(self, owner: str, positions: Sequence[int]) -> None:
         # Only rows this owner holds: once its lease has passed to another
@@ -488,7 +551,7 @@ class MongoStore:
                     "claimed_by": owner,
                     "unpublished": True,
                 },
-                {"$unset": {"unpublished": "", "claim": ""}, "$set": {"published_at": _utc_now()}},
+                {"$unset": {"unpublished": "", "claim": ""}, "$set": _published_now()},
             )
 
     # ------------------------------------------------------- write paths
@@ -545,9 +608,9 @@ class MongoStore:
         time; one query per batch keeps those with a message containing the
         search text. Memory and each query stay bounded by the batch, and the
         scan stops as soon as the page is full."""
-        # Both sides casefolded (as on SQLite); the text is escaped, so it is
-        # matched as a plain substring whatever characters it holds.
-        pattern = {"$regex": re.escape(query.search_query.casefold())}
+        # Both sides in their search_key form (as on SQLite); the text is
+        # escaped, so it is matched as a plain substring whatever it holds.
+        pattern = {"$regex": literal_pattern(search_key(query.search_query))}
         batch = max(limit, _SEARCH_BATCH)
         found: list[Conversation] = []
         while True:
@@ -596,6 +659,18 @@ class MongoStore:
             [{"$match": where}, {"$group": {"_id": "$conversation_id"}}]
         )
         return {group["_id"] for group in await groups.to_list()}
+
+    async def _last_position(self) -> int:
+        """The newest readable position, never below what pruning deleted."""
+        where: Document = {}
+        if self._journal is not None:
+            where["_id"] = {"$lte": await self._journal.settled_through()}
+        newest = await self._outbox.find(where, {"_id": 1}).sort("_id", -1).limit(1).to_list()
+        return max(int(newest[0]["_id"]) if newest else 0, await self._pruned_through())
+
+    async def _pruned_through(self) -> int:
+        found = await self._counters.find_one({"_id": OUTBOX_PRUNED})
+        return 0 if found is None else int(found["through"])
 
     # ----------------------------------------------------------- plumbing
 
@@ -666,3 +741,21 @@ def _forget(running: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], No
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _published_now() -> Document:
+    # `published_us` is what retention compares (an integer compares the
+    # same on every server; nx-27017 gives back a date set by an update as
+    # a string); `published_at` is for people reading the collection.
+    now = _utc_now()
+    return {"published_at": now, "published_us": epoch_micros(now)}
+
+
+def _published_us(document: Mapping[str, Any]) -> int | None:
+    """When an outbox row was published; None when unknown (a row marked by an
+    earlier version, whose date did not come back as a date): such a row is
+    pruned by count only."""
+    if "published_us" in document:
+        return int(document["published_us"])
+    at = document.get("published_at")
+    return int(epoch_micros(at)) if isinstance(at, datetime) else None

@@ -109,16 +109,27 @@ class TransactionalWrites:
         async def body(session: AsyncClientSession) -> None:
             nonlocal moved
             moved = False  # a retried transaction starts over
-            found = await self._messages.find_one(
-                self._keys.where(tenant_id, message_id), {"delivery_status": 1}, session=session
-            )
-            if found is None or not DeliveryStatus(found["delivery_status"]).can_advance_to(status):
-                return
-            await self._messages.update_one(
-                {"_id": found["_id"]}, {"$set": {"delivery_status": status.value}}, session=session
-            )
-            await self._append_events(() if event is None else (event,), session)
-            moved = True
+            # The update is conditional on the status read, so that it only
+            # moves forward even where transactions do not conflict (each
+            # lost round means the status moved forward: rounds are few).
+            for _ in range(len(DeliveryStatus)):
+                found = await self._messages.find_one(
+                    self._keys.where(tenant_id, message_id), {"delivery_status": 1}, session=session
+                )
+                if found is None:
+                    return
+                current = DeliveryStatus(found["delivery_status"])
+                if not current.can_advance_to(status):
+                    return
+                done = await self._messages.update_one(
+                    {"_id": found["_id"], "delivery_status": current.value},
+                    {"$set": {"delivery_status": status.value}},
+                    session=session,
+                )
+                if done.matched_count == 1:
+                    await self._append_events(() if event is None else (event,), session)
+                    moved = True
+                    return
 
         await run_in_transaction(self._client, body, time_limit=self._time_limit)
         return moved

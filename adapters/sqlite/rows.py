@@ -21,6 +21,7 @@ from chat_service.domain.serialization import (
     send_result_from_dict,
     send_result_to_dict,
 )
+from chat_service.domain.text import search_key
 
 Params = dict[str, Any]
 
@@ -49,8 +50,9 @@ def load_json(text: str) -> Document:
 
 
 def search_text(message: Message) -> str:
-    """What the search filter of ListConversations matches against."""
-    return message.content.text.casefold()
+    """What the search filter of ListConversations matches against (the
+    query takes the same form)."""
+    return search_key(message.content.text)
 
 
 # ------------------------------------------------------------- conversations

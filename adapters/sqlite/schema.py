@@ -106,8 +106,16 @@ _V2 = (
 # Version 3: the highest lock fencing token that wrote each conversation.
 _V3 = ("ALTER TABLE conversations ADD COLUMN fence INTEGER",)
 
+# Version 4: outbox retention. How far pruning has deleted the head of the
+# event log (outbox.py), in a one-row table: a read after a lower position
+# would miss events, and is refused.
+_V4 = (
+    "CREATE TABLE outbox_pruned (through INTEGER NOT NULL)",
+    "INSERT INTO outbox_pruned (through) VALUES (0)",
+)
+
 # MIGRATIONS[n] takes a database from version n to version n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

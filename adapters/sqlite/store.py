@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+from adapters.sqlite import outbox
 from adapters.sqlite.connections import (
     SYNCHRONOUS_MODES,
     ConnectionPool,
@@ -31,7 +32,6 @@ from adapters.sqlite.rows import (
     conversation_from_row,
     conversation_params,
     dump_json,
-    load_json,
     message_from_row,
     message_params,
     record_from_row,
@@ -42,7 +42,8 @@ from adapters.sqlite.schema import migrate
 from chat_service.domain.enums import DeliveryStatus
 from chat_service.domain.events import DomainEvent, OutboxEntry
 from chat_service.domain.model import Conversation, IdempotencyRecord, Message
-from chat_service.domain.serialization import event_from_dict, event_to_dict
+from chat_service.domain.serialization import event_to_dict
+from chat_service.domain.text import search_key
 from chat_service.ports import (
     ConversationChange,
     ConversationCursor,
@@ -210,35 +211,31 @@ class SqliteStore:
         self, owner: str, *, limit: int, lease_seconds: float
     ) -> Sequence[OutboxEntry]:
         lease = round(lease_seconds * 1_000_000)
-        return await self._write(lambda c: _claim_outbox(c, owner, _positive(limit), lease))
+        return await self._write(lambda c: outbox.claim(c, owner, _positive(limit), lease))
 
     async def mark_published(self, owner: str, positions: Sequence[int]) -> None:
         if positions:
-            await self._write(lambda c: _mark_published(c, owner, positions))
+            await self._write(lambda c: outbox.mark_published(c, owner, positions))
 
     async def read_events(
         self, *, after_position: int, limit: int, tenant_id: str | None = None
     ) -> Sequence[OutboxEntry]:
         # One writer commits positions in order, so a reader never sees a
-        # later position before an earlier one.
-        if tenant_id is None:
-            sql = "SELECT position, event FROM outbox WHERE position > ? ORDER BY position LIMIT ?"
-            params: tuple[object, ...] = (after_position, _positive(limit))
-        else:
-            sql = (
-                "SELECT position, event FROM outbox WHERE tenant_id = ? AND position > ?"
-                " ORDER BY position LIMIT ?"
-            )
-            params = (tenant_id, after_position, _positive(limit))
-        return await self._read_all(sql, params, _outbox_entry)
+        # later position before an earlier one (outbox.py).
+        limit = _positive(limit)
+        self._check_open()
+        return await self._readers.run(
+            lambda c: outbox.read_events(c, after_position, limit, tenant_id)
+        )
 
     async def last_event_position(self) -> int:
-        found = await self._read_all(
-            "SELECT coalesce(max(position), 0) AS last FROM outbox",
-            (),
-            lambda row: int(row["last"]),
-        )
-        return found[0]
+        self._check_open()
+        return await self._readers.run(outbox.last_position)
+
+    async def prune_outbox(self, *, published_before: datetime, keep_last: int, limit: int) -> int:
+        before = to_micros(published_before)
+        limit = _positive(limit)
+        return await self._write(lambda c: outbox.prune(c, before, max(keep_last, 0), limit))
 
     # ----------------------------------------------------------- plumbing
 
@@ -327,12 +324,12 @@ def _select_conversations(
     if query.search_query:
         # instr() is a plain substring test: unlike LIKE, it gives % and _
         # no meaning, so the query needs no escaping. Both sides are
-        # casefolded in Python (SQLite folds ASCII only).
+        # put in search_key form in Python (SQLite folds ASCII only).
         where.append(
             "EXISTS (SELECT 1 FROM messages AS m WHERE m.conversation_id = c.conversation_id"
             " AND instr(m.search_text, :search) > 0)"
         )
-        params["search"] = query.search_query.casefold()
+        params["search"] = search_key(query.search_query)
     if after is not None:
         # Keyset pagination: a row-value comparison the index serves directly.
         beyond = "<" if query.descending else ">"
@@ -510,51 +507,3 @@ def _advance_delivery_status(
 
 def _event_rows(events: Iterable[DomainEvent]) -> list[tuple[str, str]]:
     return [(event.tenant_id, dump_json(event_to_dict(event))) for event in events]
-
-
-# ------------------------------------------------------------------- outbox
-
-
-_OLDEST_UNPUBLISHED = """
-SELECT position, event, claimed_by, claimed_until FROM outbox
-WHERE published_at IS NULL
-ORDER BY position
-LIMIT :limit
-"""
-
-
-def _claim_outbox(
-    connection: sqlite3.Connection, owner: str, limit: int, lease_micros: int
-) -> list[OutboxEntry]:
-    now = _now_micros()
-    rows = []
-    for row in connection.execute(_OLDEST_UNPUBLISHED, {"limit": limit}):
-        held_by = row["claimed_by"]
-        if held_by is not None and held_by != owner and row["claimed_until"] > now:
-            break  # another relay's: the run ends here (at the head: nothing)
-        rows.append(row)
-    connection.executemany(
-        "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE position = ?",
-        [(owner, now + lease_micros, row["position"]) for row in rows],
-    )
-    return [_outbox_entry(row) for row in rows]
-
-
-def _outbox_entry(row: sqlite3.Row) -> OutboxEntry:
-    return OutboxEntry(row["position"], event_from_dict(load_json(row["event"])))
-
-
-def _mark_published(connection: sqlite3.Connection, owner: str, positions: Sequence[int]) -> None:
-    # Only rows this owner holds: once its lease has passed to another
-    # owner, that owner publishes (again) and marks; delivery is at least once.
-    now = _now_micros()
-    connection.executemany(
-        "UPDATE outbox SET published_at = ?"
-        " WHERE position = ? AND claimed_by = ? AND published_at IS NULL",
-        [(now, position, owner) for position in positions],
-    )
-
-
-def _now_micros() -> int:
-    # Wall-clock time: leases must mean the same to every process on the file.
-    return time.time_ns() // 1000

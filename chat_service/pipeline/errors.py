@@ -7,17 +7,29 @@ ChatError subclasses, whichever adapter is wired in.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from chat_service.domain.errors import Aborted, Unavailable
+from chat_service.domain.errors import (
+    Aborted,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from chat_service.ports import (
     CoordinationUnavailable,
     DuplicateMessage,
+    EventsPruned,
     LockTimeout,
+    StoreRejected,
     StoreUnavailable,
     VersionConflict,
 )
+
+log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 1.0
 
@@ -31,6 +43,14 @@ def port_errors() -> Iterator[None]:
             "the conversation store is unavailable; retry later",
             reason="STORE_UNAVAILABLE",
             retry_after=RETRY_AFTER_SECONDS,
+        ) from exc
+    except EventsPruned as exc:
+        # Only the event log is read after a position: a watch resuming from
+        # (or falling) further back than the outbox retention keeps.
+        raise FailedPrecondition(
+            "the resume token is older than the event log's retention; start a new watch "
+            "without it",
+            reason="RESUME_TOKEN_EXPIRED",
         ) from exc
     except CoordinationUnavailable as exc:
         raise Unavailable(
@@ -59,4 +79,18 @@ def port_errors() -> Iterator[None]:
             "the conversation is busy with other messages; retry later",
             reason="CONVERSATION_BUSY",
             retry_after=RETRY_AFTER_SECONDS,
+        ) from exc
+    except StoreRejected as exc:
+        # The caller's input, past what validation knows of the store's
+        # limits: not INTERNAL, and not retryable. The store's own words stay
+        # in the log (they may quote anything).
+        log.warning("the store refused a request: %s", exc)
+        if exc.too_large:
+            raise ResourceExhausted(
+                "the request makes a record larger than the store can hold",
+                reason="STORE_LIMIT_EXCEEDED",
+            ) from exc
+        raise InvalidArgument(
+            [FieldViolation("request", "holds a value the store cannot take")],
+            reason="STORE_REJECTED_VALUE",
         ) from exc

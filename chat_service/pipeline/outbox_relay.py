@@ -7,6 +7,21 @@ acknowledged every record). If publishing fails, the batch stays in the
 outbox and is retried with backoff, so nothing is lost while the broker is
 down. Leases let several relays (several processes) share one outbox
 without publishing the same event twice in normal operation.
+
+Owner ids. A relay's leases are held under its owner id, and a claim by the
+same owner takes its own leased rows straight back. So a process slot that
+keeps its id across restarts (bootstrap derives `<host>:<port>`) resumes
+publishing at once after a crash, instead of every tenant's events waiting
+for the dead process's lease to run out; another slot still waits, since
+the lease's holder may be alive. Two live relays must never share an id:
+both would publish the same rows (duplicates; each one's events still
+leave in order).
+
+Retention. The outbox is also the event log that watches resume from, so
+published rows are kept for a while, then pruned from the head in batches
+(`prune_once`, every `prune_interval_seconds`): those published more than
+`retention` ago, and those beyond the newest `retention_max_rows`. A watch
+resuming from before what was pruned gets FAILED_PRECONDITION.
 """
 
 from __future__ import annotations
@@ -15,9 +30,10 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from chat_service.pipeline.batch_loop import BatchLoop
-from chat_service.ports import ConversationStore, EventPublisher, StoreUnavailable
+from chat_service.ports import Clock, ConversationStore, EventPublisher, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +44,10 @@ class RelaySettings:
     lease_seconds: float = 30.0
     idle_poll_seconds: float = 1.0
     max_backoff_seconds: float = 5.0  # how late, at worst, events leave once Kafka is back
+    retention: timedelta = timedelta(hours=168)
+    retention_max_rows: int = 1_000_000
+    prune_interval_seconds: float = 60.0
+    prune_batch_size: int = 1_000
 
 
 class OutboxRelay:
@@ -38,8 +58,10 @@ class OutboxRelay:
         settings: RelaySettings = RelaySettings(),
         *,
         owner: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._publisher = publisher
         self._settings = settings
         self.owner = owner or f"relay-{uuid.uuid4()}"
@@ -51,17 +73,42 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
-        await BatchLoop(
+        """Publishes, and prunes what retention lets go, until cancelled."""
+        settings = self._settings
+        publishing = BatchLoop(
             step=self.publish_once,
             wake=self._wake,
-            batch_size=self._settings.batch_size,
-            idle_seconds=self._settings.idle_poll_seconds,
-            max_backoff=self._settings.max_backoff_seconds,
+            batch_size=settings.batch_size,
+            idle_seconds=settings.idle_poll_seconds,
+            max_backoff=settings.max_backoff_seconds,
             log=log,
             name="outbox relay",
             first_backoff=0.2,
             quiet_errors=(StoreUnavailable,),
-        ).run()
+        )
+        pruning = BatchLoop(
+            step=self.prune_once,
+            wake=asyncio.Event(),  # never set: on its interval only
+            batch_size=settings.prune_batch_size,
+            idle_seconds=settings.prune_interval_seconds,
+            max_backoff=max(settings.prune_interval_seconds, settings.max_backoff_seconds),
+            log=log,
+            name="outbox retention",
+            quiet_errors=(StoreUnavailable,),
+        )
+        async with asyncio.TaskGroup() as group:
+            group.create_task(publishing.run())
+            group.create_task(pruning.run())
+
+    async def prune_once(self) -> int:
+        """Prune one batch of published rows past retention; returns how many."""
+        settings = self._settings
+        return await self._store.prune_outbox(
+            published_before=(self._clock.now() if self._clock else datetime.now(UTC))
+            - settings.retention,
+            keep_last=settings.retention_max_rows,
+            limit=settings.prune_batch_size,
+        )
 
     async def publish_once(self) -> int:
         """Publish one batch; returns how many events went out."""

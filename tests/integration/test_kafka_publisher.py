@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
+from aiokafka.admin.config_resource import (  # type: ignore[import-untyped]
+    ConfigResource,
+    ConfigResourceType,
+)
 
 from adapters.kafka import KafkaPublisher, KafkaSettings, PublishFailed
 from adapters.kafka.topics import ensure_topic
@@ -191,6 +196,57 @@ async def test_the_topic_is_created_with_the_configured_partitions(
 
     assert await partition_count(kafka_broker.bootstrap_servers, default.topic) == 3
     assert await partition_count(kafka_broker.bootstrap_servers, five.topic) == 5
+
+
+async def topic_setting(broker: KafkaBroker, topic: str, name: str) -> tuple[str, int]:
+    """A topic config's value and source as the broker describes it (source
+    1: set on the topic itself; 5: the broker's default)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        await admin.start()
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    [(_code, _message, _type, _name, entries)] = response.resources
+    [(value, source)] = [(entry[1], entry[3]) for entry in entries if entry[0] == name]
+    return value, source
+
+
+async def test_the_topic_is_created_with_min_insync_replicas_capped_at_its_replication(
+    kafka_broker: KafkaBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # acks=all waits for the in-sync replicas only: without the topic's
+    # min.insync.replicas it may be the leader alone. The test cluster has
+    # one broker, so the default of 2 is capped at its replication of 1,
+    # with a warning, rather than making every write fail.
+    settings = kafka_settings(kafka_broker)
+    assert settings.min_insync_replicas == 2
+
+    assert await ensure_topic(settings)
+
+    value, source = await topic_setting(kafka_broker, settings.topic, "min.insync.replicas")
+    assert (value, source) == ("1", 1)
+    assert "min.insync.replicas 2 capped at its replication factor 1" in caplog.text
+
+
+async def test_an_existing_topic_less_durable_than_asked_is_used_with_a_warning(
+    kafka_broker: KafkaBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = kafka_settings(kafka_broker)
+    await create_topic(kafka_broker.bootstrap_servers, settings.topic, partitions=1)
+
+    assert not await ensure_topic(settings)
+
+    assert "exists with min.insync.replicas 1, below the 2 asked for" in caplog.text
+
+
+def test_min_insync_replicas_above_the_replication_factor_is_refused() -> None:
+    with pytest.raises(ValueError, match="min_insync_replicas"):
+        KafkaSettings(brokers=("k:9092",), topic_prefix="p", replication_factor=1)
+    single = KafkaSettings(
+        brokers=("k:9092",), topic_prefix="p", replication_factor=1, min_insync_replicas=1
+    )
+    assert single.min_insync_replicas == 1
 
 
 async def test_an_existing_topic_is_left_as_it_is(kafka_broker: KafkaBroker) -> None:

@@ -10,7 +10,9 @@ nx-27017's gaps, and where the workaround is exercised:
   fail with "no such savepoint"): it answers `hello` like a standalone, so
   the store uses journalled writes there
   (test_nx_27017_gets_journalled_writes); the transactional path runs in
-  the contract suite one operation at a time ("mongo-transactions");
+  the contract suite one operation at a time ("mongo-transactions"), and
+  with concurrent callers but one transaction at a time, conflicts
+  injected (test_concurrent_writers_and_a_relay_...[transactions]);
 - a filter with an $or loses its other conditions: every $or goes inside
   an explicit $and (test_an_or_keeps_its_other_conditions_inside_an_and;
   the contract's keyset-with-filters and claim tests fail without it);
@@ -38,6 +40,11 @@ nx-27017's gaps, and where the workaround is exercised:
   string (the contract's
   test_creation_times_a_fraction_of_a_second_apart_filter_and_page_exactly;
   test_opening_brings_a_database_of_an_earlier_version_up_to_date);
+- a date `$set` by an update comes back as a string: retention compares
+  the integer `published_us` (the contract's retention tests);
+- write and read concerns are accepted and mean nothing (no replicas):
+  what the store asks for is checked on the commands it sends
+  (test_writes_wait_for_a_journalled_majority_and_the_relay_reads_only_majority_data);
 - a filter on anything but `_id` scans the whole collection (its
   equalities also match arrays, which keeps SQLite off the indexes): the
   hot paths find messages and records by a natural `_id`, their unique key
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import timedelta
@@ -57,8 +65,9 @@ from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient, monitoring
+from pymongo.errors import OperationFailure
 
-from adapters.mongo import MongoStore
+from adapters.mongo import MongoStore, transactions
 from adapters.mongo.documents import conversation_document, message_document, record_document
 from adapters.mongo.filters import all_of
 from adapters.mongo.transactions import supports_transactions
@@ -398,6 +407,71 @@ async def test_the_hot_paths_find_messages_and_records_by_id(mongo_uri: str) -> 
 # ------------------------------------------------------ durability, outages
 
 
+class Concerns(monitoring.CommandListener):
+    """The write and read concerns of the commands sent."""
+
+    _WRITES = frozenset({"insert", "update", "delete", "findAndModify", "commitTransaction"})
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, Any]] = []
+        self.reads: list[tuple[str, Any, Any]] = []  # (command, collection, readConcern)
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        command = event.command
+        # In a transaction (`autocommit: false`), only the commit carries one.
+        in_transaction = "autocommit" in command and event.command_name != "commitTransaction"
+        if event.command_name in self._WRITES and not in_transaction:
+            self.writes.append((event.command_name, command.get("writeConcern")))
+        elif event.command_name == "find" and "claim" not in command.get("filter", {}):
+            # (A claim reads back which rows it got, its own write, locally.)
+            collection = command.get(event.command_name)
+            self.reads.append((event.command_name, collection, command.get("readConcern")))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.mark.parametrize("transactions", [False, True], ids=["journalled", "transactions"])
+async def test_writes_wait_for_a_journalled_majority_and_the_relay_reads_only_majority_data(
+    mongo_uri: str, transactions: bool
+) -> None:
+    # On a replica set, a write acknowledged by the primary alone can be
+    # rolled back by a failover, and a relay reading local data could
+    # publish an event that is then lost. nx-27017 takes the concerns and
+    # has no replicas to honour them: this checks what the store asks for.
+    concerns = Concerns()
+    store = await open_store(
+        mongo_uri, transactions=transactions, client_options={"event_listeners": [concerns]}
+    )
+    try:
+        change = full_change()
+        await store.write(change)
+        [message] = change.messages
+        event = make_event(change.conversation, EventType.DELIVERY_UPDATED, message)
+        await store.update_delivery_status(TENANT, message.message_id, DeliveryStatus.SENT, event)
+        concerns.reads.clear()
+        claimed = await store.claim_outbox("relay", limit=10, lease_seconds=60)
+        await store.mark_published("relay", [entry.position for entry in claimed])
+        await store.read_events(after_position=0, limit=10)
+        await store.read_events(after_position=0, limit=10, tenant_id=TENANT)
+        await store.last_event_position()
+    finally:
+        await store.close()
+
+    majority = {"w": "majority", "j": True}
+    assert len(claimed) == 3
+    assert concerns.writes
+    assert [w for w in concerns.writes if w[1] != majority] == []
+    if transactions:
+        assert any(name == "commitTransaction" for name, _ in concerns.writes)
+    outbox_reads = [r for r in concerns.reads if r[1] in ("outbox", "counters")]
+    assert outbox_reads
+    assert [r for r in outbox_reads if r[2] != {"level": "majority"}] == []
+
+
 async def test_data_survives_closing_the_client_and_restarting_the_server(
     server: MongoServer, request: pytest.FixtureRequest
 ) -> None:
@@ -729,10 +803,144 @@ async def test_the_log_shows_no_position_before_the_lower_ones_are_written(
         await store.close()
 
 
-async def test_concurrent_journalled_writers_leave_no_gap_and_lose_no_event(
-    mongo_uri: str,
+async def test_the_relay_claims_no_position_before_the_lower_ones_are_written(
+    mongo_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = await open_store(mongo_uri, write_lease=timedelta(seconds=10))
+    # Issue 9, item 10: the claim took the oldest unpublished rows with no
+    # bound, so the relay published the second change's events (3, 4)
+    # while the first change still held 1 and 2, and those went out after.
+    store = await open_store(mongo_uri, write_lease=timedelta(seconds=30))
+    held = HeldCommit(store, monkeypatch)  # after taking its positions, before its commit
+    try:
+        first, second = full_change(), full_change()
+        first_write = asyncio.create_task(store.write(first))
+        await held.reached.wait()
+        monkeypatch.undo()
+        await store.write(second)
+
+        assert await store.claim_outbox("relay", limit=10, lease_seconds=60) == []
+        held.go_on.set()
+        await first_write
+        claimed = await store.claim_outbox("relay", limit=10, lease_seconds=60)
+        assert [entry.event for entry in claimed] == [*first.events, *second.events]
+        assert [entry.position for entry in claimed] == [1, 2, 3, 4]
+    finally:
+        held.go_on.set()  # (close() waits for the held write)
+        await store.close()
+
+
+async def test_a_delivery_event_in_flight_holds_back_its_conversations_later_events(
+    mongo_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Delivery-status updates take positions without the conversation lock:
+    # one stalled after taking its position must not be overtaken by a later
+    # event of the same conversation at the relay.
+    store = await open_store(mongo_uri, write_lease=timedelta(seconds=30))
+    try:
+        change = full_change()
+        await store.write(change)
+        published = await store.claim_outbox("relay", limit=10, lease_seconds=60)
+        await store.mark_published("relay", [entry.position for entry in published])
+        [message] = change.messages
+        journal = store._journal
+        assert journal is not None
+        positions = journal._positions
+        take, reached, go_on = positions.take, asyncio.Event(), asyncio.Event()
+
+        async def held_take(*args: Any, **kwargs: Any) -> range:
+            taken = await take(*args, **kwargs)
+            reached.set()
+            await go_on.wait()
+            return taken
+
+        monkeypatch.setattr(positions, "take", held_take)
+        delivered = make_event(change.conversation, EventType.DELIVERY_UPDATED, message)
+        update = asyncio.create_task(
+            store.update_delivery_status(TENANT, message.message_id, DeliveryStatus.SENT, delivered)
+        )
+        await reached.wait()
+        monkeypatch.undo()
+        reply = make_message(change.conversation, 2)
+        later = update_change(
+            change.conversation, [reply], [make_event(change.conversation, message=reply)]
+        )
+        await store.write(later)
+
+        assert await store.claim_outbox("relay", limit=10, lease_seconds=60) == []
+        go_on.set()
+        assert await update
+        claimed = await store.claim_outbox("relay", limit=10, lease_seconds=60)
+        assert [entry.event for entry in claimed] == [delivered, *later.events]
+    finally:
+        go_on.set()
+        await store.close()
+
+
+class NoLock(asyncio.Lock):
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+@dataclasses.dataclass
+class SerializedTransactions:
+    """nx-27017 cannot run a transaction beside anything else that writes (two
+    at once fail, and an abort rolls back other sessions' writes; see the
+    module docstring). So the transactional path's concurrency is tested
+    with its transactions, and the relay's claims and marks (`serial`), run
+    one at a time by the test, and everything else concurrent: the callers
+    racing on versions, the retry loop, the readers of the log. A write
+    conflict is injected into every third transaction after its writes, as
+    MongoDB raises when two touch one document (the outbox counter), so that
+    each is aborted and retried; `injected` counts them."""
+
+    serial: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    injected: int = 0
+
+
+def serialized_transactions_with_conflicts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> SerializedTransactions:
+    serialized = SerializedTransactions()
+    serial = serialized.serial
+    run = transactions.run_in_transaction
+    started = itertools.count(1)
+
+    async def one_at_a_time(client: Any, body: Any, *, time_limit: float) -> None:
+        attempts = itertools.count()
+        number = next(started)
+
+        async def conflicting(session: Any) -> None:
+            await body(session)
+            if next(attempts) == 0 and number % 3 == 0:
+                serialized.injected += 1
+                raise OperationFailure(
+                    "WriteConflict (injected)",
+                    112,
+                    {"errorLabels": ["TransientTransactionError"], "code": 112},
+                )
+
+        async with serial:
+            await run(client, conflicting, time_limit=time_limit)
+
+    monkeypatch.setattr(transactions, "run_in_transaction", one_at_a_time)
+    return serialized
+
+
+@pytest.mark.parametrize("transactions", [False, True], ids=["journalled", "transactions"])
+async def test_concurrent_writers_and_a_relay_leave_no_gap_lose_no_event_and_keep_order(
+    mongo_uri: str, monkeypatch: pytest.MonkeyPatch, transactions: bool
+) -> None:
+    serialized = (
+        serialized_transactions_with_conflicts(monkeypatch)
+        if transactions
+        else SerializedTransactions(serial=NoLock())  # journalled: all at once
+    )
+    store = await open_store(
+        mongo_uri, write_lease=timedelta(seconds=10), transactions=transactions
+    )
     try:
         shared = create_change(make_conversation())
         await store.write(shared)
@@ -740,47 +948,72 @@ async def test_concurrent_journalled_writers_leave_no_gap_and_lose_no_event(
 
         async def converse_alone() -> str:
             conversation = make_conversation()
-            change = create_change(conversation, [make_message(conversation, 1)])
+            message = make_message(conversation, 1)
+            change = create_change(conversation, [message])
             await store.write(change)
-            message = make_message(change.conversation, 2)
+            reply = make_message(change.conversation, 2)
             await store.write(
-                update_change(change.conversation, [message], [make_event(conversation)])
+                update_change(change.conversation, [reply], [make_event(conversation)])
+            )
+            # Delivery updates take positions without the conversation's lock.
+            delivered = make_event(conversation, EventType.DELIVERY_UPDATED, message)
+            await store.update_delivery_status(
+                TENANT, message.message_id, DeliveryStatus.SENT, delivered
             )
             return conversation.conversation_id
 
+        events = 24  # 8 lone conversations' 2, the shared one's 8
         tailed: list[int] = []
-        writing = True
+        claimed: list[int] = []
 
         async def tail() -> None:
             """Follows the log's end as WatchConversations does: if a position
-            became visible before a lower one, the tail would skip that one."""
+            became visible before a lower one, the tail would skip that one
+            (and never get to all the events)."""
             after = 0
-            while writing or after < await store.last_event_position():
+            while len(tailed) < events:
                 batch = await store.read_events(after_position=after, limit=100)
                 tailed.extend(entry.position for entry in batch)
                 after = batch[-1].position if batch else after
                 await asyncio.sleep(0 if batch else 0.002)
 
+        async def relay() -> None:
+            """Claims and publishes as the outbox relay does: a position claimed
+            before a lower one would be published before it."""
+            while len(claimed) < events:
+                async with serialized.serial:
+                    batch = await store.claim_outbox("relay", limit=5, lease_seconds=60)
+                    claimed.extend(entry.position for entry in batch)
+                    await store.mark_published("relay", [entry.position for entry in batch])
+                await asyncio.sleep(0 if batch else 0.002)
+
         texts = [f"writer {n}" for n in range(8)]
-        tailing = asyncio.create_task(tail())
-        alone, _ = await asyncio.gather(
-            asyncio.gather(*(converse_alone() for _ in range(8))),
-            asyncio.gather(*(append_retrying(store, shared_id, t) for t in texts)),
-        )
-        writing = False
-        await tailing
+        async with asyncio.timeout(30):
+            alone, *_ = await asyncio.gather(
+                asyncio.gather(*(converse_alone() for _ in range(8))),
+                asyncio.gather(*(append_retrying(store, shared_id, t) for t in texts)),
+                tail(),
+                relay(),
+            )
 
         for conversation_id in alone:
             messages = await store.list_messages(TENANT, conversation_id, limit=10)
             assert [m.sequence for m in messages] == [1, 2]
+            assert messages[0].delivery_status is DeliveryStatus.SENT
         messages = [m async for m in store.iter_messages(TENANT, shared_id)]
         assert [m.sequence for m in messages] == list(range(1, 9))
         assert sorted(m.content.text for m in messages) == sorted(texts)
         log = await store.read_events(after_position=0, limit=100)
         positions = [entry.position for entry in log]
-        assert len(log) == 16
+        assert len(log) == events
         assert positions == sorted(set(positions))
         assert tailed == positions
+        assert claimed == positions
+        for conversation_id in alone:
+            mine = [e.event.event_type for e in log if e.event.conversation_id == conversation_id]
+            assert mine == [EventType.MESSAGE_RECEIVED, EventType.DELIVERY_UPDATED]
+        if transactions:
+            assert serialized.injected >= 8  # a third of the transactions were retried
     finally:
         await store.close()
 

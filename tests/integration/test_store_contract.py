@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,13 +17,15 @@ from adapters.mongo import MongoStore
 from adapters.sqlite import SqliteStore
 from chat_service.domain.content import MessageContent
 from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus, MessageRole
-from chat_service.domain.events import DomainEvent, EventType
+from chat_service.domain.events import DomainEvent, EventType, OutboxEntry
 from chat_service.domain.model import Conversation, Message
+from chat_service.pipeline.outbox_relay import OutboxRelay, RelaySettings
 from chat_service.ports import (
     ConversationCursor,
     ConversationQuery,
     ConversationStore,
     DuplicateMessage,
+    EventsPruned,
     VersionConflict,
 )
 from tests.builders import (
@@ -393,6 +395,37 @@ async def test_search_takes_percent_and_underscore_literally(store: Conversation
         assert ids(list(found)) == [literal.conversation_id], text
 
 
+async def test_search_matches_either_unicode_composition(store: ConversationStore) -> None:
+    composed, _ = await create(store, texts=("une cr\u00e8me br\u00fbl\u00e9e",))
+    decomposed, _ = await create(store, texts=("Pe\u0301rez",))
+
+    async def search(text: str) -> list[str]:
+        query = ConversationQuery(search_query=text)
+        return ids(list(await store.list_conversations(TENANT, query, limit=10)))
+
+    assert await search("cre\u0300me") == [composed.conversation_id]
+    assert await search("CR\u00c8ME BRU\u0302LE\u0301E") == [composed.conversation_id]
+    assert await search("p\u00e9rez") == [decomposed.conversation_id]
+    assert await search("pe\u0301rez") == [decomposed.conversation_id]
+
+
+async def test_search_takes_control_characters_and_regex_syntax_literally(
+    store: ConversationStore,
+) -> None:
+    # Stored text holds no NUL (normalize_text), so a query with one matches
+    # nothing; MongoDB refuses a NUL inside a regular expression, so the
+    # store must not pass one through, whatever the pipeline lets in.
+    syntax, _ = await create(store, texts=("a+b (c) [d] ^$ .* \\ {2} | e\tf",))
+
+    for text in ("a+b (c) [d] ^$ .* \\ {2} |", "\\", "[d]", "e\tf"):
+        query = ConversationQuery(search_query=text)
+        found = await store.list_conversations(TENANT, query, limit=10)
+        assert ids(list(found)) == [syntax.conversation_id], text
+    for text in ("\x00", "b\x00", "a.b", "b.*c", "^a", "(c("):
+        query = ConversationQuery(search_query=text)
+        assert not await store.list_conversations(TENANT, query, limit=10), text
+
+
 async def test_list_orders_by_creation_time_then_id(store: ConversationStore) -> None:
     later, _ = await create(
         store, make_conversation(conversation_id="b", created_at=T0 + timedelta(seconds=1))
@@ -671,6 +704,171 @@ async def test_the_event_log_can_be_read_per_tenant(store: ConversationStore) ->
     assert [entry.event.tenant_id for entry in my_log] == [TENANT, TENANT]
     assert [entry.event.tenant_id for entry in their_log] == [OTHER_TENANT]
     assert len(await store.read_events(after_position=0, limit=10)) == 3
+
+
+@pytest.fixture(params=["memory", "sqlite", "mongo"])
+async def concurrent_store(request: pytest.FixtureRequest) -> AsyncIterator[ConversationStore]:
+    """The stores that take concurrent writers here; the forced transactions
+    on nx-27017 cannot (test_mongo_store.py tests them one transaction at a
+    time, with conflicts)."""
+    opened = await STORE_FACTORIES[request.param](request)
+    yield opened
+    await opened.close()
+
+
+async def test_a_relay_beside_concurrent_writers_claims_every_event_in_log_order(
+    concurrent_store: ConversationStore,
+) -> None:
+    # Issue 9, item 10: a claim must never pass a position still being
+    # written (on SQLite, positions commit in order by themselves).
+    store = concurrent_store
+    total = 8 * 3
+    claimed: list[OutboxEntry] = []
+
+    async def converse() -> None:
+        conversation = make_conversation()
+        message = make_message(conversation, 1)
+        created = create_change(conversation, [message], [make_event(conversation)])
+        await store.write(created)
+        delivered = make_event(conversation, EventType.DELIVERY_UPDATED, message)
+        await store.update_delivery_status(
+            TENANT, message.message_id, DeliveryStatus.SENT, delivered
+        )
+        await store.write(update_change(created.conversation, events=[make_event(conversation)]))
+
+    async def relay() -> None:
+        while len(claimed) < total:
+            batch = await store.claim_outbox("relay", limit=3, lease_seconds=60)
+            claimed.extend(batch)
+            await store.mark_published("relay", [entry.position for entry in batch])
+            await asyncio.sleep(0 if batch else 0.001)
+
+    async with asyncio.timeout(30):
+        await asyncio.gather(relay(), *(converse() for _ in range(8)))
+
+    log = await store.read_events(after_position=0, limit=100)
+    assert [entry.position for entry in claimed] == [entry.position for entry in log]
+    assert [entry.event for entry in claimed] == [entry.event for entry in log]
+    for conversation_id in {entry.event.conversation_id for entry in log}:
+        types = [e.event.event_type for e in claimed if e.event.conversation_id == conversation_id]
+        assert types[1] is EventType.DELIVERY_UPDATED
+
+
+# ------------------------------------------------------------ retention
+
+LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def soon() -> datetime:
+    """A moment after everything published so far (stores keep milliseconds)."""
+    return datetime.now(UTC) + timedelta(seconds=1)
+
+
+async def _publish_all(store: ConversationStore) -> list[int]:
+    claimed = await store.claim_outbox("relay", limit=10_000, lease_seconds=60)
+    await store.mark_published("relay", [entry.position for entry in claimed])
+    return [entry.position for entry in claimed]
+
+
+async def test_retention_keeps_the_newest_rows_by_count(store: ConversationStore) -> None:
+    events = await _fill_outbox(store, 5)
+    positions = await _publish_all(store)
+
+    pruned = await store.prune_outbox(published_before=LONG_AGO, keep_last=2, limit=100)
+
+    assert pruned == 3
+    kept = await store.read_events(after_position=positions[2], limit=10)
+    assert [entry.event for entry in kept] == events[3:]
+    assert await store.last_event_position() == positions[-1]
+    # Reading from before what was pruned would miss events: refused.
+    for after in (0, positions[1]):
+        with pytest.raises(EventsPruned):
+            await store.read_events(after_position=after, limit=10)
+        with pytest.raises(EventsPruned):
+            await store.read_events(after_position=after, limit=10, tenant_id=TENANT)
+    assert await store.prune_outbox(published_before=LONG_AGO, keep_last=2, limit=100) == 0
+
+
+async def test_retention_by_age_may_empty_the_log_and_positions_go_on(
+    store: ConversationStore,
+) -> None:
+    await _fill_outbox(store, 3)
+    positions = await _publish_all(store)
+    assert await store.prune_outbox(published_before=LONG_AGO, keep_last=1_000, limit=100) == 0
+
+    assert await store.prune_outbox(published_before=soon(), keep_last=1_000, limit=100) == 3
+
+    # The end of the log stays where it was (resume tokens up to it stay
+    # valid), and new events take new positions.
+    assert await store.last_event_position() == positions[-1]
+    assert await store.read_events(after_position=positions[-1], limit=10) == []
+    later = await _fill_outbox(store, 2)
+    log = await store.read_events(after_position=positions[-1], limit=10)
+    assert [entry.event for entry in log] == later
+    assert log[0].position > positions[-1]
+
+
+async def test_retention_prunes_only_published_rows_from_the_head_in_batches(
+    store: ConversationStore,
+) -> None:
+    events = await _fill_outbox(store, 6)
+    claimed = await store.claim_outbox("relay", limit=4, lease_seconds=60)
+    await store.mark_published("relay", [entry.position for entry in claimed[:3]])
+
+    assert await store.prune_outbox(published_before=soon(), keep_last=0, limit=2) == 2
+    # Stops at the first unpublished row, however far the count would reach.
+    assert await store.prune_outbox(published_before=soon(), keep_last=0, limit=100) == 1
+    assert await store.prune_outbox(published_before=soon(), keep_last=0, limit=100) == 0
+
+    log = await store.read_events(after_position=claimed[2].position, limit=10)
+    assert [entry.event for entry in log] == events[3:]
+    unpublished = await store.claim_outbox("relay", limit=10, lease_seconds=60)
+    assert [entry.event for entry in unpublished] == events[3:]
+
+
+# ---------------------------------------------------------- relay takeover
+
+
+class _Recording:
+    """An EventPublisher that records, or blocks until released."""
+
+    def __init__(self, *, block: bool = False) -> None:
+        self.published: list[OutboxEntry] = []
+        self.called = asyncio.Event()
+        self._release = asyncio.Event()
+        if not block:
+            self._release.set()
+
+    async def publish(self, entries: Sequence[OutboxEntry]) -> None:
+        self.called.set()
+        await self._release.wait()
+        self.published.extend(entries)
+
+    async def close(self) -> None:
+        return
+
+
+async def test_a_relay_restarted_under_its_owner_id_takes_its_lease_over_at_once(
+    store: ConversationStore,
+) -> None:
+    events = await _fill_outbox(store, 3)
+    settings = RelaySettings(lease_seconds=60)
+    # Relay A claims, and crashes while publishing: its lease is not released.
+    blocked = _Recording(block=True)
+    running = asyncio.create_task(OutboxRelay(store, blocked, settings, owner="host-a:8001").run())
+    await asyncio.wait_for(blocked.called.wait(), 5)
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+
+    # Another process slot waits for the lease to run out...
+    elsewhere = _Recording()
+    assert await OutboxRelay(store, elsewhere, settings, owner="host-b:8001").publish_once() == 0
+    # ...while A's slot, restarted, publishes straight away.
+    restarted = _Recording()
+    assert await OutboxRelay(store, restarted, settings, owner="host-a:8001").publish_once() == 3
+    assert [entry.event for entry in restarted.published] == events
+    assert elsewhere.published == []
+    assert await store.claim_outbox("host-b:8001", limit=10, lease_seconds=60) == []
 
 
 # ------------------------------------------------------------- fencing tokens
