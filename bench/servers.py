@@ -48,6 +48,12 @@ _SERVICE_VARIABLES = (
     "JWT_ALGORITHMS",
     "JWT_ISSUER",
     "JWT_AUDIENCE",
+    "JWT_DEV_KEY",
+    "PAGE_TOKEN_SECRET",
+    "PAGE_TOKEN_SECRET_FILE",
+    "MCP_ENGINE_TLS",
+    "MCP_ENGINE_CA",
+    "MCP_ENGINE_CA_FILE",
 )
 
 
@@ -110,6 +116,9 @@ async def running_chat_service(
             "RATE_LIMIT_PER_SECOND": UNLIMITED_RATE,
             "RATE_LIMIT_BURST": UNLIMITED_RATE,
             "SHUTDOWN_DELAY_SECONDS": "0",
+            # The bench mints its tokens with the development key, also in
+            # the production-shaped scenarios, which refuse it by default.
+            "JWT_DEV_KEY": "allow",
             **(env or {}),
         }
         async with running_child(

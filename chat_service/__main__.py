@@ -55,12 +55,17 @@ def _print_token(
     settings: Settings, tenant: str, user: str, scopes: list[str] | None, ttl: int
 ) -> int:
     from chat_service.auth import DEV_SCOPES, load_or_create_dev_key
+    from chat_service.config import DEV_KEY_REFUSED
 
     if settings.jwt.configured:
         print(
             "a JWT key is configured: tokens come from your identity provider, not this command",
             file=sys.stderr,
         )
+        return 2
+    if not settings.dev_jwt_key_allowed:
+        # The server would refuse to start on this key: its tokens are useless.
+        print(f"configuration error: {DEV_KEY_REFUSED}", file=sys.stderr)
         return 2
     key = load_or_create_dev_key(settings.data_dir)
     print(key.mint(tenant, user, scopes or DEV_SCOPES, ttl_seconds=ttl))

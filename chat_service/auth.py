@@ -6,16 +6,19 @@ Every failure is `Unauthenticated` with a reason saying what was wrong and a
 message that never repeats the token.
 
 Without configured keys the service makes a development key at start-up
-(`load_or_create_dev_key`) and the `token` command mints tokens with it.
+(`load_or_create_dev_key`) and the `token` command mints tokens with it;
+when MONGODB_URI or REDIS_URL is set (a production shape) both refuse to
+unless JWT_DEV_KEY=allow. Whatever a token holds (huge or odd time claims,
+claims of the wrong type, nested JSON, unknown algorithms, megabytes), the
+verifier answers Unauthenticated, never another exception.
 Blocking file I/O here is deliberate: it runs once, before serving.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 import re
-import secrets
 import time
 import uuid
 from collections.abc import Collection, Iterable, Mapping
@@ -28,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from chat_service.domain.errors import Unauthenticated
+from chat_service.key_files import load_or_create
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +47,13 @@ VERIFIED_TOKENS_CACHED = 10_000
 
 # HS256 keys shorter than the hash are brute-forceable (RFC 7518, 3.2).
 MIN_HS256_SECRET_BYTES = 32
+
+# Real tokens are well under 2 KB (and gRPC's default metadata limit is 8 KB):
+# anything longer is refused before it is decoded.
+MAX_TOKEN_LENGTH = 8192
+# NumericDates (RFC 7519, 2) beyond year 9999 are no dates: refused, rather
+# than trusted forever or overflowing a float.
+MAX_NUMERIC_DATE = 253_402_300_800
 
 # ErrorInfo reasons of the Unauthenticated errors (names, not secrets: S105).
 TOKEN_MISSING = "TOKEN_MISSING"  # noqa: S105
@@ -66,6 +77,9 @@ class Principal:
     tenant_id: str
     subject: str
     scopes: frozenset[str]
+    # When the token stops being accepted (epoch seconds: `exp` plus the
+    # leeway); long-lived calls end then. None: never (tests, tools).
+    valid_until: float | None = None
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
@@ -114,10 +128,11 @@ class JwtVerifier:
                     f"(the keys allow {', '.join(sorted(keys))})"
                 )
             keys = {name: key for name, key in keys.items() if name in algorithms}
-        if leeway_seconds < 0:
-            raise ValueError("the JWT leeway must not be negative")
+        if not 0 <= leeway_seconds < MAX_NUMERIC_DATE:  # NaN fails too
+            raise ValueError("the JWT leeway must be a finite number of seconds, not negative")
         self._keys: Mapping[str, _VerificationKey] = keys
-        self._verified: dict[str, tuple[Principal, float]] = {}
+        # Keyed by the token's digest: tokens can be kilobytes long.
+        self._verified: dict[bytes, tuple[Principal, float]] = {}
         self._issuer = issuer or None
         self._audience = audience or None
         self._leeway = leeway_seconds
@@ -129,41 +144,66 @@ class JwtVerifier:
     def verify(self, token: str) -> Principal:
         if not token:
             raise Unauthenticated("a bearer token is required", reason=TOKEN_MISSING)
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise _invalid(f"the token is longer than {MAX_TOKEN_LENGTH} characters")
         # A client sends the same token with every call: checking a signature
         # each time costs more than the rest of authentication, so verified
         # tokens are remembered until they expire (a token cannot change).
-        cached = self._verified.get(token)
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        cached = self._verified.get(digest)
         if cached is not None:
             principal, expires = cached
             if time.time() <= expires + self._leeway:
                 return principal
-            del self._verified[token]
+            del self._verified[digest]
         claims = self._verified_claims(token)
+        expires = self._checked_times(claims)
         tenant_id = claims.get("tenant_id")
-        if not isinstance(tenant_id, str) or not tenant_id:
+        if tenant_id is None or tenant_id == "":
             raise Unauthenticated("the token has no tenant_id claim", reason=TENANT_CLAIM_MISSING)
-        if not TENANT_ID_PATTERN.fullmatch(tenant_id):
+        if not isinstance(tenant_id, str) or not TENANT_ID_PATTERN.fullmatch(tenant_id):
             # Tenant ids become parts of store and Redis keys ("tenant/id"):
             # a "/" or an unbounded length would let one tenant's keys collide
             # with another's.
             raise Unauthenticated(
                 "the token's tenant_id is not a valid tenant id", reason=TENANT_CLAIM_INVALID
             )
-        subject = claims.get("sub")
+        subject = claims.get("sub", "")
+        if not isinstance(subject, str):
+            raise _invalid("the token's sub claim is not a string")
         principal = Principal(
             tenant_id=tenant_id,
-            subject=subject if isinstance(subject, str) else "",
+            subject=subject,
             scopes=_scopes_of(claims),
+            valid_until=expires + self._leeway,
         )
         if len(self._verified) >= VERIFIED_TOKENS_CACHED:
             self._verified.pop(next(iter(self._verified)))  # the oldest entry
-        self._verified[token] = (principal, float(claims["exp"]))
+        self._verified[digest] = (principal, expires)
         return principal
+
+    def _checked_times(self, claims: Mapping[str, Any]) -> float:
+        """`exp`, after checking it and `nbf` and `iat` against the clock.
+
+        Checked here rather than by PyJWT, which takes numbers in strings
+        ("exp": "1900000000"), booleans and dates past any calendar.
+        """
+        now = time.time()
+        expires = _numeric_date(claims, "exp")
+        if expires is None:
+            raise _invalid("the token has no exp claim")
+        if expires <= now - self._leeway:
+            raise Unauthenticated("the token has expired", reason=TOKEN_EXPIRED)
+        for name in ("nbf", "iat"):
+            start = _numeric_date(claims, name)
+            if start is not None and start > now + self._leeway:
+                raise Unauthenticated("the token is not valid yet", reason=TOKEN_NOT_YET_VALID)
+        return expires
 
     def _verified_claims(self, token: str) -> dict[str, Any]:
         try:
             algorithm = jwt.get_unverified_header(token).get("alg")
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
             raise _invalid("the token is malformed") from None
         if not isinstance(algorithm, str) or algorithm not in self._keys:
             raise _invalid("the token's signing algorithm is not accepted")
@@ -174,15 +214,15 @@ class JwtVerifier:
                 algorithms=[algorithm],
                 issuer=self._issuer,
                 audience=self._audience,
-                leeway=self._leeway,
-                options={"require": ["exp"], "verify_aud": self._audience is not None},
+                options={
+                    "require": ["exp"],
+                    "verify_aud": self._audience is not None,
+                    # Times are checked by _checked_times.
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthenticated("the token has expired", reason=TOKEN_EXPIRED) from None
-        except jwt.ImmatureSignatureError:
-            raise Unauthenticated(
-                "the token is not valid yet", reason=TOKEN_NOT_YET_VALID
-            ) from None
         except jwt.InvalidIssuerError:
             raise _wrong_issuer() from None
         except jwt.InvalidAudienceError:
@@ -193,14 +233,30 @@ class JwtVerifier:
             if missing.claim == "aud":
                 raise _wrong_audience() from None
             raise _invalid(f"the token has no {missing.claim} claim") from None
-        except jwt.PyJWTError as error:
-            # PyJWT's messages name the check that failed, never the token.
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError, RecursionError) as error:
+            # Whatever PyJWT cannot digest is an invalid token, never a crash.
+            # Its messages name the check that failed, never the token.
             logger.debug("token rejected: %s", error)
             raise _invalid("the token's signature or claims are invalid") from None
 
 
 def _invalid(message: str) -> Unauthenticated:
     return Unauthenticated(message, reason=TOKEN_INVALID)
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    """A time claim as epoch seconds: a JSON number within years ±9999."""
+    if name not in claims:
+        return None
+    value = claims[name]
+    # NaN fails every comparison, so the range check refuses it too.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not -MAX_NUMERIC_DATE < value < MAX_NUMERIC_DATE
+    ):
+        raise _invalid(f"the token's {name} claim is not a date")
+    return float(value)
 
 
 def _wrong_issuer() -> Unauthenticated:
@@ -286,47 +342,19 @@ class DevKey:
 
 
 def load_or_create_dev_key(data_dir: Path) -> DevKey:
-    """Load `data_dir/dev-jwt-ed25519.pem`, creating it (mode 0600) if absent.
-
-    Creation is atomic: the key is written to a private temporary file and
-    hard-linked into place, which fails if the file already exists, so that
-    processes starting together all end up with the first one's key and
-    none ever reads a half-written file.
-    """
+    """Load `data_dir/dev-jwt-ed25519.pem`, creating it (mode 0600) if absent;
+    processes starting together all end up with one key (key_files.py)."""
     path = data_dir / DEV_KEY_FILENAME
-    data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        pem = path.read_bytes()
-    except FileNotFoundError:
-        pem = _create_key_file(path)
-    else:
-        if path.stat().st_mode & 0o077:
-            logger.warning("%s is readable by other users; it should be mode 0600", path)
+    pem = load_or_create(path, _new_private_key_pem, what="development JWT key")
     return DevKey(_load_private_key(pem, path), path)
 
 
-def _create_key_file(path: Path) -> bytes:
-    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+def _new_private_key_pem() -> bytes:
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            os.fchmod(file.fileno(), 0o600)  # exactly 0600, whatever the umask
-            file.write(pem)
-            file.flush()
-            os.fsync(file.fileno())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return path.read_bytes()  # another process created it first
-        logger.info("created the development JWT key %s", path)
-        return pem
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _load_private_key(pem: bytes, path: Path) -> ed25519.Ed25519PrivateKey:

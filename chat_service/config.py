@@ -9,9 +9,24 @@ variable.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# Without a bound of its own, no numeric setting means anything past these.
+MAX_NUMBER = 1e9
+MAX_INTEGER = 2**53
+# An HMAC key shorter than its hash is weaker than the hash (RFC 2104, 3).
+MIN_PAGE_TOKEN_SECRET_BYTES = 32
+_HOUR_MS = 3_600_000
+
+DEV_KEY_REFUSED = (
+    "no JWT key is configured (JWT_PUBLIC_KEY, JWT_SECRET or their _FILE forms) while "
+    "MONGODB_URI or REDIS_URL is set: a production deployment must not trust the "
+    "self-made development key. Configure your identity provider's key, or set "
+    "JWT_DEV_KEY=allow to use the development key anyway (test set-ups only)"
+)
 
 
 class ConfigError(ValueError):
@@ -34,6 +49,10 @@ class JwtSettings:
     issuer: str = ""
     audience: str = ""
     leeway_seconds: float = 30.0
+    # JWT_DEV_KEY: "allow" or "refuse" the self-made development key when no
+    # key is configured; "auto" allows it unless MONGODB_URI or REDIS_URL is
+    # set (a production shape).
+    dev_key: str = "auto"
 
     @property
     def configured(self) -> bool:
@@ -52,22 +71,52 @@ class Settings:
     mongodb_uri: str = ""
     redis_url: str = ""
     mcp_engine_url: str = ""
+    mcp_engine_tls: bool = False
+    mcp_engine_ca_pem: str = ""  # trusted roots for the engine; empty: the system's
     security_hub_url: str = ""
     kafka_brokers: tuple[str, ...] = ()
     kafka_topic_prefix: str = "chatbot.platform"
+    kafka_replication_factor: int | None = None  # None: min(3, the cluster's brokers)
+    kafka_min_insync_replicas: int = 2
+    outbox_relay_id: str = ""  # "": <hostname>:<SERVICE_PORT> (bootstrap.relay_owner)
+    outbox_retention_hours: float = 168.0
+    outbox_retention_max_rows: int = 1_000_000
+    outbox_prune_interval_seconds: float = 60.0
     max_connections_mongo: int = 100
     max_connections_redis: int = 50
+    # After a call fails to reach Redis, calls skip it for this long (then
+    # one probes): adapters/redis/breaker.py.
+    redis_breaker_seconds: float = 3.0
     request_timeout_ms: int = 30_000
     mcp_engine_timeout_ms: int = 8_000
     lock_timeout_ms: int = 10_000
     stream_buffer_size: int = 256
     stream_stall_grace_seconds: float = 5.0
+    stream_first_frame_timeout_seconds: float = 10.0
+    max_streams_per_tenant: int = 1000
+    max_watches_per_tenant: int = 100
     shutdown_delay_seconds: float = 1.0
     shutdown_grace_seconds: float = 10.0
     rate_limit: RateLimit = RateLimit(rate=100.0, burst=200)
     tenant_rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
     jwt: JwtSettings = JwtSettings()
+    # Signs page and resume tokens; every process of a deployment needs the
+    # same. Empty: a key made in DATA_DIR (shared by processes sharing it).
+    page_token_secret: str = ""
     fallback_text: str = "Sorry, I can't answer right now. Please try again in a moment."
+
+    @property
+    def production_shape(self) -> bool:
+        """Shared production parts are configured (replicas are likely)."""
+        return bool(self.mongodb_uri or self.redis_url)
+
+    @property
+    def dev_jwt_key_allowed(self) -> bool:
+        """Whether the self-made development JWT key may stand in for a
+        configured one (JWT_DEV_KEY)."""
+        if self.jwt.dev_key == "auto":
+            return not self.production_shape
+        return self.jwt.dev_key == "allow"
 
     @property
     def engine_timeout(self) -> float:
@@ -103,33 +152,66 @@ class Settings:
             mongodb_uri=r.text("MONGODB_URI", ""),
             redis_url=r.text("REDIS_URL", ""),
             mcp_engine_url=r.text("MCP_ENGINE_URL", ""),
+            mcp_engine_tls=r.flag("MCP_ENGINE_TLS", defaults.mcp_engine_tls),
+            mcp_engine_ca_pem=r.text_or_file("MCP_ENGINE_CA"),
             security_hub_url=r.text("SECURITY_HUB_URL", ""),
             kafka_brokers=r.csv("KAFKA_BROKERS"),
             kafka_topic_prefix=r.text("KAFKA_TOPIC_PREFIX", defaults.kafka_topic_prefix),
+            # Unset (0 here) means: as many replicas as the cluster has, up to 3.
+            kafka_replication_factor=r.integer("KAFKA_REPLICATION_FACTOR", 0, low=1) or None,
+            kafka_min_insync_replicas=r.integer(
+                "KAFKA_MIN_INSYNC_REPLICAS", defaults.kafka_min_insync_replicas, low=1
+            ),
+            outbox_relay_id=r.text("OUTBOX_RELAY_ID", ""),
+            outbox_retention_hours=r.number(
+                "OUTBOX_RETENTION_HOURS", defaults.outbox_retention_hours, low=0.001
+            ),
+            outbox_retention_max_rows=r.integer(
+                "OUTBOX_RETENTION_MAX_ROWS", defaults.outbox_retention_max_rows, low=1
+            ),
+            outbox_prune_interval_seconds=r.number(
+                "OUTBOX_PRUNE_INTERVAL_SECONDS", defaults.outbox_prune_interval_seconds, low=0.01
+            ),
             max_connections_mongo=r.integer(
-                "MAX_CONNECTIONS_MONGO", defaults.max_connections_mongo, low=1
+                "MAX_CONNECTIONS_MONGO", defaults.max_connections_mongo, low=1, high=10_000
             ),
             max_connections_redis=r.integer(
-                "MAX_CONNECTIONS_REDIS", defaults.max_connections_redis, low=1
+                "MAX_CONNECTIONS_REDIS", defaults.max_connections_redis, low=1, high=10_000
+            ),
+            redis_breaker_seconds=r.number(
+                "REDIS_BREAKER_SECONDS", defaults.redis_breaker_seconds, low=0, high=3600
             ),
             request_timeout_ms=r.integer(
-                "REQUEST_TIMEOUT_MS", defaults.request_timeout_ms, low=100
+                "REQUEST_TIMEOUT_MS", defaults.request_timeout_ms, low=100, high=_HOUR_MS
             ),
             mcp_engine_timeout_ms=r.integer(
                 "MCP_ENGINE_TIMEOUT_MS", defaults.mcp_engine_timeout_ms, low=1
             ),
-            lock_timeout_ms=r.integer("LOCK_TIMEOUT_MS", defaults.lock_timeout_ms, low=1),
+            lock_timeout_ms=r.integer(
+                "LOCK_TIMEOUT_MS", defaults.lock_timeout_ms, low=1, high=_HOUR_MS
+            ),
             stream_buffer_size=r.integer(
                 "STREAM_BUFFER_SIZE", defaults.stream_buffer_size, low=1, high=100_000
             ),
             stream_stall_grace_seconds=r.number(
-                "STREAM_STALL_GRACE_SECONDS", defaults.stream_stall_grace_seconds, low=0
+                "STREAM_STALL_GRACE_SECONDS", defaults.stream_stall_grace_seconds, low=0, high=3600
+            ),
+            stream_first_frame_timeout_seconds=r.number(
+                "STREAM_FIRST_FRAME_TIMEOUT_SECONDS",
+                defaults.stream_first_frame_timeout_seconds,
+                low=0.001,
+            ),
+            max_streams_per_tenant=r.integer(
+                "MAX_STREAMS_PER_TENANT", defaults.max_streams_per_tenant, low=1
+            ),
+            max_watches_per_tenant=r.integer(
+                "MAX_WATCHES_PER_TENANT", defaults.max_watches_per_tenant, low=1
             ),
             shutdown_delay_seconds=r.number(
-                "SHUTDOWN_DELAY_SECONDS", defaults.shutdown_delay_seconds, low=0
+                "SHUTDOWN_DELAY_SECONDS", defaults.shutdown_delay_seconds, low=0, high=3600
             ),
             shutdown_grace_seconds=r.number(
-                "SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds, low=0
+                "SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds, low=0, high=3600
             ),
             rate_limit=RateLimit(
                 rate=r.number("RATE_LIMIT_PER_SECOND", defaults.rate_limit.rate, low=0.001),
@@ -142,12 +224,27 @@ class Settings:
                 algorithms=r.csv("JWT_ALGORITHMS"),
                 issuer=r.text("JWT_ISSUER", ""),
                 audience=r.text("JWT_AUDIENCE", ""),
-                leeway_seconds=r.number("JWT_LEEWAY_SECONDS", 30.0, low=0),
+                leeway_seconds=r.number("JWT_LEEWAY_SECONDS", 30.0, low=0, high=600),
+                dev_key=r.choice("JWT_DEV_KEY", "auto", {"auto", "allow", "refuse"}),
             ),
+            page_token_secret=r.text_or_file("PAGE_TOKEN_SECRET"),
             fallback_text=r.text("FALLBACK_MESSAGE", defaults.fallback_text),
         )
         if settings.mcp_engine_timeout_ms > settings.request_timeout_ms:
             raise ConfigError("MCP_ENGINE_TIMEOUT_MS must not exceed REQUEST_TIMEOUT_MS")
+        if settings.mcp_engine_ca_pem and not settings.mcp_engine_tls:
+            raise ConfigError("MCP_ENGINE_CA_FILE (or MCP_ENGINE_CA) needs MCP_ENGINE_TLS=true")
+        if 0 < len(settings.page_token_secret.encode()) < MIN_PAGE_TOKEN_SECRET_BYTES:
+            raise ConfigError(
+                f"PAGE_TOKEN_SECRET must be at least {MIN_PAGE_TOKEN_SECRET_BYTES} bytes long"
+            )
+        replication = settings.kafka_replication_factor
+        if replication is not None and settings.kafka_min_insync_replicas > replication:
+            # acks=all could then never be satisfied: every publish would fail.
+            raise ConfigError(
+                "KAFKA_MIN_INSYNC_REPLICAS must not exceed KAFKA_REPLICATION_FACTOR "
+                f"({settings.kafka_min_insync_replicas} > {replication})"
+            )
         return settings
 
 
@@ -178,28 +275,46 @@ class _Reader:
         except OSError as exc:
             raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
 
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if value.lower() in {"true", "1", "yes", "on"}:
+            return True
+        if value.lower() in {"false", "0", "no", "off"}:
+            return False
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
     def integer(
-        self, name: str, default: int, *, low: int | None = None, high: int | None = None
+        self, name: str, default: int, *, low: int | None = 0, high: int | None = MAX_INTEGER
     ) -> int:
+        """An integer in [low, high]; by default not negative and at most 2**53."""
         value = self._raw(name)
         if value is None:
             return default
         try:
             number = int(value)
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        except ValueError:  # also past int()'s digit limit
+            raise ConfigError(f"{name} must be an integer, got {value[:40]!r}") from None
         _check_range(name, number, low, high)
         return number
 
-    def number(self, name: str, default: float, *, low: float | None = None) -> float:
+    def number(
+        self, name: str, default: float, *, low: float | None = 0, high: float | None = MAX_NUMBER
+    ) -> float:
+        """A finite number in [low, high]; by default not negative and at most
+        10**9. NaN would pass every comparison (JWT_LEEWAY_SECONDS=nan kept
+        expired tokens valid), so non-finite values are refused first."""
         value = self._raw(name)
         if value is None:
             return default
         try:
             number = float(value)
         except ValueError:
-            raise ConfigError(f"{name} must be a number, got {value!r}") from None
-        _check_range(name, number, low, None)
+            raise ConfigError(f"{name} must be a number, got {value[:40]!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{name} must be a finite number, got {value[:40]!r}")
+        _check_range(name, number, low, high)
         return number
 
     def choice(self, name: str, default: str, allowed: set[str], *, upper: bool = False) -> str:
@@ -227,8 +342,8 @@ class _Reader:
                 if not (sep and sep2 and tenant.strip()):
                     raise ValueError
                 limit = RateLimit(rate=float(rate), burst=int(burst))
-                if limit.rate <= 0 or limit.burst < 1:
-                    raise ValueError
+                if not (0 < limit.rate <= MAX_NUMBER and 1 <= limit.burst <= MAX_INTEGER):
+                    raise ValueError  # NaN and infinities fail the comparison
             except ValueError:
                 raise ConfigError(
                     f"{name}: expected 'tenant=rate:burst' (rate > 0, burst >= 1), got {item!r}"

@@ -5,6 +5,10 @@ call carries a deadline, so the engine can stop work nobody waits for. Any
 failure becomes EngineFailure with a reason the pipeline reports:
 "timeout" (DEADLINE_EXCEEDED), "unavailable" (UNAVAILABLE: the engine is
 down or unreachable) or "error" (anything else).
+
+With MCP_ENGINE_TLS the channel is TLS, verified against MCP_ENGINE_CA_FILE
+(else the system's trusted roots); the engine's certificate must name the
+host of MCP_ENGINE_URL.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import grpc
 from chatbot.mcp.v1 import engine_service_pb2 as pb
 from chatbot.mcp.v1 import engine_service_pb2_grpc
+from cryptography import x509
 
 from adapters.engine.mapping import reply_from_proto, request_to_proto
 from chat_service.ports import EngineFailure, EngineReply, EngineRequest
@@ -29,8 +34,21 @@ class GrpcEngine:
     name = "mcp"
     history_size = 20  # ProcessMessageRequest.recent_messages: "at most 20"
 
-    def __init__(self, target: str, *, timeout: float) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+    ) -> None:
+        if root_certificates is not None:
+            _check_certificates(root_certificates)
+        if tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = engine_service_pb2_grpc.EngineServiceStub(self._channel)
         self._timeout = timeout
 
@@ -50,3 +68,12 @@ class GrpcEngine:
 
     async def close(self) -> None:
         await self._channel.close(grace=None)
+
+
+def _check_certificates(pem: bytes) -> None:
+    """Refuse a CA file with no certificate at start-up: grpc would only
+    fail each call, the engine looking merely unreachable."""
+    try:
+        x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise ValueError("the engine's CA file holds no PEM certificate") from None

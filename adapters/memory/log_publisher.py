@@ -1,7 +1,9 @@
 """The embedded default's event publisher: one log line per event.
 
 Stands in for Kafka when KAFKA_BROKERS is unset, so that the outbox is still
-drained and every event is visible (logger `chat_service.events`).
+drained and every event is visible (logger `chat_service.events`): at INFO
+what happened where (ids, type, position), never the end user's id or
+words; the whole event at DEBUG.
 """
 
 from __future__ import annotations
@@ -18,10 +20,21 @@ log = logging.getLogger("chat_service.events")
 
 class LogPublisher:
     async def publish(self, entries: Sequence[OutboxEntry]) -> None:
-        if not log.isEnabledFor(logging.INFO):
-            return
-        for entry in entries:
-            log.info("event %s", json.dumps(event_to_dict(entry.event), separators=(",", ":")))
+        if log.isEnabledFor(logging.DEBUG):
+            for entry in entries:
+                log.debug("event %s", json.dumps(event_to_dict(entry.event), separators=(",", ":")))
+        elif log.isEnabledFor(logging.INFO):
+            for entry in entries:
+                event = entry.event
+                log.info(
+                    "event %s %s tenant=%s conversation=%s message=%s position=%d",
+                    event.event_type.value,
+                    event.event_id,
+                    event.tenant_id,
+                    event.conversation_id,
+                    event.message_id or "-",
+                    entry.position,
+                )
 
     async def close(self) -> None:
         return None

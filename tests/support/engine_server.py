@@ -55,11 +55,17 @@ class _Engine(engine_service_pb2_grpc.EngineServiceServicer):
 
 
 @asynccontextmanager
-async def running_engine(port: int) -> AsyncIterator[EngineBehaviour]:
+async def running_engine(
+    port: int, *, credentials: grpc.ServerCredentials | None = None
+) -> AsyncIterator[EngineBehaviour]:
+    """An engine on 127.0.0.1:port; TLS with `credentials`."""
     behaviour = EngineBehaviour()
     server = grpc.aio.server()
     engine_service_pb2_grpc.add_EngineServiceServicer_to_server(_Engine(behaviour), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    if credentials is None:
+        server.add_insecure_port(f"127.0.0.1:{port}")
+    else:
+        server.add_secure_port(f"127.0.0.1:{port}", credentials)
     await server.start()
     try:
         yield behaviour

@@ -152,6 +152,9 @@ class ServiceProcess:
             "LOG_LEVEL": "INFO",
             "SHUTDOWN_GRACE_SECONDS": "5",
             "SHUTDOWN_DELAY_SECONDS": "0",
+            # token() signs with the development key, also when a test sets
+            # MONGODB_URI or REDIS_URL (which refuse it unless allowed).
+            "JWT_DEV_KEY": "allow",
             **self.store.environment(self.data_dir),
             **self.extra_env,
         }

@@ -74,9 +74,13 @@ def _reason(verify: Callable[[], Principal]) -> str:
 
 
 def test_valid_eddsa_token_gives_the_principal() -> None:
-    principal = _eddsa_verifier().verify(_eddsa_token())
+    token = _eddsa_token()
+    principal = _eddsa_verifier().verify(token)
     assert principal == Principal(
-        tenant_id="tenant-a", subject="user-1", scopes=frozenset({SCOPE_READ, SCOPE_WRITE})
+        tenant_id="tenant-a",
+        subject="user-1",
+        scopes=frozenset({SCOPE_READ, SCOPE_WRITE}),
+        valid_until=jwt.decode(token, options={"verify_signature": False})["exp"],
     )
 
 
@@ -200,10 +204,16 @@ def test_configured_issuer_and_audience_must_match(claims: dict[str, Any], reaso
     assert _reason(lambda: verifier.verify(token)) == reason
 
 
-@pytest.mark.parametrize("tenant", [None, "", 42, ["tenant-a"]])
-def test_missing_or_malformed_tenant_claim(tenant: object) -> None:
+@pytest.mark.parametrize("tenant", [None, ""])
+def test_missing_tenant_claim(tenant: object) -> None:
     token = _eddsa_token(tenant_id=tenant)
     assert _reason(lambda: _eddsa_verifier().verify(token)) == "TENANT_CLAIM_MISSING"
+
+
+@pytest.mark.parametrize("tenant", [42, ["tenant-a"], {"id": "tenant-a"}, True, 1.5])
+def test_a_tenant_claim_of_another_type_is_invalid(tenant: object) -> None:
+    token = _eddsa_token(tenant_id=tenant)
+    assert _reason(lambda: _eddsa_verifier().verify(token)) == "TENANT_CLAIM_INVALID"
 
 
 def test_expiry_is_required() -> None:
@@ -242,6 +252,13 @@ def test_a_verifier_needs_a_key() -> None:
         JwtVerifier()
 
 
+@pytest.mark.parametrize("leeway", [float("nan"), float("inf"), -1.0])
+def test_a_leeway_that_is_no_duration_is_refused(leeway: float) -> None:
+    # A NaN leeway made `exp <= now - leeway` false forever: no token expired.
+    with pytest.raises(ValueError, match="leeway"):
+        _eddsa_verifier(leeway_seconds=leeway)
+
+
 def test_a_short_hs256_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 32 bytes"):
         JwtVerifier(secret="short")
@@ -275,8 +292,12 @@ def test_dev_tokens_verify_with_the_dev_verifier(tmp_path: Path) -> None:
     key = load_or_create_dev_key(tmp_path)
     token = key.mint("tenant-d", "alice", {SCOPE_READ, OTHER_SCOPE}, ttl_seconds=60)
     assert jwt.decode(token, options={"verify_signature": False})["iss"] == DEV_ISSUER
-    assert key.verifier().verify(token) == Principal(
-        tenant_id="tenant-d", subject="alice", scopes=frozenset({SCOPE_READ, OTHER_SCOPE})
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert key.verifier(leeway_seconds=5).verify(token) == Principal(
+        tenant_id="tenant-d",
+        subject="alice",
+        scopes=frozenset({SCOPE_READ, OTHER_SCOPE}),
+        valid_until=exp + 5,
     )
 
 
@@ -364,7 +385,7 @@ def test_a_verified_token_is_remembered_until_it_expires(monkeypatch: pytest.Mon
 
     # Past exp by the cache's clock: the token is checked in full again.
     monkeypatch.setattr(time, "time", lambda: now + 120)
-    verifier.verify(token)
+    assert _reason(lambda: verifier.verify(token)) == "TOKEN_EXPIRED"
     assert checked == [token, token]
 
 
@@ -382,3 +403,174 @@ def test_a_tenant_id_that_could_collide_in_keys_is_refused(tenant: str) -> None:
         _reason(lambda: _eddsa_verifier().verify(_eddsa_token(tenant_id=tenant)))
         == "TENANT_CLAIM_INVALID"
     )
+
+
+# ------------------------------------------------- tokens nobody should send
+#
+# Whatever a token holds, the verifier answers Unauthenticated: never
+# OverflowError, ValueError or RecursionError (INTERNAL to the caller).
+
+
+def _b64(data: str) -> str:
+    return jwt.utils.base64url_encode(data.encode()).decode()
+
+
+def _raw_eddsa(payload: str, header: str = '{"alg":"EdDSA","typ":"JWT"}') -> str:
+    """A token over exactly this JSON text (numbers json.dumps cannot write)."""
+    signing_input = f"{_b64(header)}.{_b64(payload)}"
+    signature = jwt.utils.base64url_encode(ED_KEY.sign(signing_input.encode())).decode()
+    return f"{signing_input}.{signature}"
+
+
+def _with_time_claim(name: str, json_value: str) -> str:
+    claims = _claims()
+    claims.pop(name, None)
+    body = json.dumps(claims)[:-1] + f', "{name}": {json_value}}}'
+    return _raw_eddsa(body)
+
+
+HUGE = "1" + "0" * 400  # 10**400: int() of it is fine, float() overflows
+ODD_TIME_VALUES = [
+    HUGE,
+    "-" + HUGE,
+    "9" * 5000,  # past int()'s digit limit
+    "1e400",  # json.loads: inf
+    "-1e400",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e18",  # a finite number, but no date
+    "1.7976931348623157e308",
+    "true",
+    "false",
+    "null",
+    '"1900000000"',  # a number in a string
+    '"soon"',
+    "[1900000000]",
+    '{"t": 1}',
+]
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", ODD_TIME_VALUES)
+def test_a_time_claim_that_is_no_date_is_invalid(claim: str, value: str) -> None:
+    token = _with_time_claim(claim, value)
+    assert _reason(lambda: _eddsa_verifier().verify(token)) == "TOKEN_INVALID"
+
+
+def test_time_claims_may_be_fractional_and_past_dates_expire() -> None:
+    now = time.time()
+    assert _eddsa_verifier().verify(_with_time_claim("exp", repr(now + 60.5))).tenant_id
+    assert _eddsa_verifier().verify(_with_time_claim("iat", repr(now - 0.25))).tenant_id
+    expired = _with_time_claim("exp", "-5")
+    assert _reason(lambda: _eddsa_verifier().verify(expired)) == "TOKEN_EXPIRED"
+    future = _with_time_claim("iat", str(int(now) + 3600))
+    assert _reason(lambda: _eddsa_verifier().verify(future)) == "TOKEN_NOT_YET_VALID"
+
+
+def test_a_remembered_token_with_a_huge_expiry_cannot_break_the_cache() -> None:
+    verifier = _eddsa_verifier()
+    token = _with_time_claim("exp", HUGE)
+    for _ in range(2):
+        assert _reason(lambda: verifier.verify(token)) == "TOKEN_INVALID"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        '{"a":' * 50_000 + "1" + "}" * 50_000,
+        "[1, 2]",
+        '"a string"',
+        "not json",
+        "",
+    ],
+    ids=["nested-list", "nested-object", "list", "string", "not-json", "empty"],
+)
+def test_a_payload_that_is_no_claims_object_is_invalid(payload: str) -> None:
+    assert _reason(lambda: _eddsa_verifier().verify(_raw_eddsa(payload))) == "TOKEN_INVALID"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"alg":"EdDSA","x":' + "[" * 100_000 + "]" * 100_000 + "}",
+        '["EdDSA"]',
+        '{"alg":["EdDSA"]}',
+        '{"alg":null}',
+        '{"alg":"none"}',
+        '{"alg":"NONE"}',
+        '{"alg":"eddsa"}',
+        '{"alg":"EdDSA","crit":["exp"]}',
+        '{"alg":"EdDSA","b64":false}',
+    ],
+)
+def test_an_odd_header_is_invalid(header: str) -> None:
+    token = _raw_eddsa(json.dumps(_claims()), header)
+    assert _reason(lambda: _eddsa_verifier().verify(token)) == "TOKEN_INVALID"
+
+
+def test_an_enormous_token_is_refused_before_it_is_decoded() -> None:
+    verifier = _eddsa_verifier()
+    padded = _eddsa_token(padding="x" * 1_000_000)  # validly signed, but absurd
+    assert _reason(lambda: verifier.verify(padded)) == "TOKEN_INVALID"
+    assert _reason(lambda: verifier.verify("a" * 10_000_000)) == "TOKEN_INVALID"
+
+
+def test_eddsa_and_es256_are_never_mixed_up() -> None:
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    es_verifier = JwtVerifier(public_key_pem=_public_pem(ec_key))
+    ed_verifier = _eddsa_verifier()
+    es_token = jwt.encode(_claims(), ec_key, algorithm="ES256")
+    # An EdDSA signature under an ES256 header, and the reverse.
+    header_es = _b64('{"alg":"ES256","typ":"JWT"}')
+    _, payload, ed_signature = _eddsa_token().split(".")
+    header_ed, _, es_signature = es_token.split(".")
+
+    assert _reason(lambda: ed_verifier.verify(es_token)) == "TOKEN_INVALID"
+    assert _reason(lambda: es_verifier.verify(_eddsa_token())) == "TOKEN_INVALID"
+    assert _reason(lambda: es_verifier.verify(f"{header_es}.{payload}.{ed_signature}")) == (
+        "TOKEN_INVALID"
+    )
+    es_payload = es_token.split(".")[1]
+    assert _reason(lambda: ed_verifier.verify(f"{header_ed}.{es_payload}.{es_signature}")) == (
+        "TOKEN_INVALID"
+    )
+    # ES384 and ES256K are other curves: never verified with the P-256 key.
+    for algorithm in ("ES384", "ES256K", "ES512"):
+        header = _b64(json.dumps({"alg": algorithm, "typ": "JWT"}))
+        with pytest.raises(Unauthenticated) as refused:
+            es_verifier.verify(f"{header}.{es_payload}.{es_signature}")
+        assert refused.value.reason == "TOKEN_INVALID"
+
+
+def test_hs256_signed_with_the_public_key_pem_of_an_rs256_verifier_is_invalid() -> None:
+    import hashlib
+    import hmac
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    verifier = JwtVerifier(public_key_pem=_public_pem(rsa_key), secret=SECRET)
+    signing_input = _b64('{"alg":"HS256"}') + "." + _b64(json.dumps(_claims()))
+    mac = hmac.new(_public_pem(rsa_key), signing_input.encode(), hashlib.sha256).digest()
+    token = f"{signing_input}.{jwt.utils.base64url_encode(mac).decode()}"
+
+    assert _reason(lambda: verifier.verify(token)) == "TOKEN_INVALID"
+
+
+@pytest.mark.parametrize("subject", [5, ["user-1"], {"id": 1}, True])
+def test_a_subject_of_another_type_is_invalid(subject: object) -> None:
+    token = _eddsa_token(sub=subject)
+    assert _reason(lambda: _eddsa_verifier().verify(token)) == "TOKEN_INVALID"
+
+
+@pytest.mark.parametrize(
+    ("scope", "granted"),
+    [
+        ([SCOPE_READ], {SCOPE_READ}),  # a list, as `scp` is
+        (5, set()),
+        ([5, None, [SCOPE_WRITE]], set()),
+        ({"chat:read": True}, set()),
+    ],
+)
+def test_a_scope_of_another_type_grants_nothing_more(scope: object, granted: set[str]) -> None:
+    assert _eddsa_verifier().verify(_eddsa_token(scope=scope)).scopes == granted
