@@ -1,4 +1,4 @@
-"""Plain-text rules shared by validation and channel formatting.
+"""Plain-text rules shared by validation, search and channel formatting.
 
 Kept apart from validation.py and channels.py because both need them and
 validation also needs the channel rules: this module breaks the cycle.
@@ -11,6 +11,10 @@ import unicodedata
 
 _LINE_BREAK = re.compile(r"\r\n?")
 
+# How much of a caller's value an error message may quote (see quote).
+QUOTE_LIMIT = 32
+MAX_SEARCH_QUERY_LENGTH = 200
+
 
 def normalize_text(text: str) -> str:
     """The stored form of message text (content.proto, MessageContent.text).
@@ -20,10 +24,60 @@ def normalize_text(text: str) -> str:
     "\\n" and "\\t" removed (they render as garbage or break platform
     payloads); surrounding white space trimmed. Idempotent.
     """
-    text = unicodedata.normalize("NFC", text)
-    text = _LINE_BREAK.sub("\n", text)
+    text = composed_lines(text)
     text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
     return text.strip()
+
+
+def composed_lines(text: str) -> str:
+    """NFC, line breaks as "\\n": the part of normalize_text that keeps
+    every other character."""
+    return _LINE_BREAK.sub("\n", unicodedata.normalize("NFC", text))
+
+
+def search_key(text: str) -> str:
+    """The form both sides of a text search take (ListConversations'
+    search_query and the stored message text it is matched against): NFC,
+    then casefolded, so that "e" + U+0301 finds U+00E9 and "Straße" finds
+    "STRASSE". Stored text is already NFC (normalize_text), so for it this
+    is its casefold."""
+    return unicodedata.normalize("NFC", text).casefold()
+
+
+def search_query_problem(query: str) -> str | None:
+    """Why ListConversations' search_query cannot be searched for, or None.
+
+    Checked before normalize_search_query: the length first, so that an
+    oversized query costs nothing more. Stored text holds no control
+    characters but tab and line feed (normalize_text), so a query with any
+    other could match nothing; NUL would also reach MongoDB inside a
+    regular expression, which it refuses.
+    """
+    if len(query) > MAX_SEARCH_QUERY_LENGTH:
+        return f"must be at most {MAX_SEARCH_QUERY_LENGTH} characters, got {len(query)}"
+    if any(ch not in "\t\n\r" and unicodedata.category(ch) == "Cc" for ch in query):
+        return "must not contain control characters other than tab and line breaks"
+    return None
+
+
+def normalize_search_query(query: str) -> str:
+    """The query as stored text is normalized: NFC, line breaks as "\\n".
+    Not trimmed: surrounding spaces are part of a substring search."""
+    return composed_lines(query)
+
+
+def quote(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """A caller's value as an error message may show it: a repr of at most
+    `limit` characters of it, and its length when it is longer.
+
+    Error texts travel in gRPC trailers, which are small (8 KiB by
+    default): a value copied whole could make the status itself fail. The
+    repr escapes control characters, so nothing the caller sent can break
+    a log line or a terminal either.
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 # Where a long text may be cut, best first, and whether the cut goes before

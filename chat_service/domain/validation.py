@@ -13,15 +13,11 @@ normalize_text); nothing else is rewritten.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from enum import Enum
-from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from chat_service.domain.channels import rules_for
@@ -35,19 +31,19 @@ from chat_service.domain.content import (
 )
 from chat_service.domain.enums import ButtonType, MessageType
 from chat_service.domain.errors import FieldViolation, InvalidArgument
+from chat_service.domain.identifiers import (
+    MAX_MESSAGE_ID_LENGTH,
+    MAX_SESSION_ID_LENGTH,
+    MAX_USER_ID_LENGTH,
+    MESSAGE_ID_PATTERN,
+    conversation_id_problem,
+    has_control,
+    identifier_problem,
+)
 from chat_service.domain.model import ChannelMetadata, InboundMessage, JsonValue
-from chat_service.domain.text import normalize_text
-
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
+from chat_service.domain.text import normalize_text, quote
 
 # ------------------------------------------------------------------ limits
-
-MAX_MESSAGE_ID_LENGTH = 128
-MAX_CONVERSATION_ID_LENGTH = 128
-MESSAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]+")
-MAX_USER_ID_LENGTH = 255
-MAX_SESSION_ID_LENGTH = 255
 
 MAX_TEXT_LENGTH = 4096  # Unicode code points
 LANGUAGE_PATTERN = re.compile(r"[a-z]{2}")  # ISO 639-1
@@ -153,8 +149,8 @@ def validate_inbound(msg: InboundMessage, *, field_prefix: str = "") -> InboundM
         check.length("message_id", msg.message_id, maximum=MAX_MESSAGE_ID_LENGTH)
         if not MESSAGE_ID_PATTERN.fullmatch(msg.message_id):
             check.fail("message_id", "must contain only letters, digits and . _ : @ -")
-    check.length("user_id", msg.user_id, required=True, maximum=MAX_USER_ID_LENGTH)
-    check.length("session_id", msg.session_id, maximum=MAX_SESSION_ID_LENGTH)
+    check.identifier("user_id", msg.user_id, required=True, maximum=MAX_USER_ID_LENGTH)
+    check.identifier("session_id", msg.session_id, maximum=MAX_SESSION_ID_LENGTH)
     if msg.channel is None:
         check.fail("channel", "is required")
     content = _check_content(check.nested("content."), msg.content)
@@ -173,18 +169,6 @@ def validate_inbound(msg: InboundMessage, *, field_prefix: str = "") -> InboundM
     return dataclasses.replace(msg, content=content)
 
 
-def conversation_id_problem(conversation_id: str) -> str | None:
-    """Why a given conversation id cannot be one this service issued (they
-    are UUIDs), or None. Checked before the id is used as a lock key."""
-    if len(conversation_id) > MAX_CONVERSATION_ID_LENGTH:
-        return (
-            f"must be at most {MAX_CONVERSATION_ID_LENGTH} characters, got {len(conversation_id)}"
-        )
-    if not MESSAGE_ID_PATTERN.fullmatch(conversation_id):
-        return "must contain only letters, digits and . _ : @ -"
-    return None
-
-
 def validate_content(content: MessageContent, *, field_prefix: str) -> MessageContent:
     """Check one MessageContent (an inbound one, or a bot engine's reply).
 
@@ -196,24 +180,6 @@ def validate_content(content: MessageContent, *, field_prefix: str) -> MessageCo
     normalized = _check_content(check, content)
     check.raise_if_any()
     return normalized
-
-
-def request_fingerprint(msg: InboundMessage) -> str:
-    """A digest of what a request asks for, to tell a retry from a reuse.
-
-    SHA-256 of a canonical JSON of every field but message_id and tenant_id
-    (the key the fingerprint is stored under). Fields at their declared
-    default are left out, so that adding a defaulted field to the model
-    later does not change the fingerprint of requests that do not use it;
-    timestamps count by their exact value, None stays None.
-    """
-    document = {
-        name: value
-        for name, value in _canonical_fields(msg).items()
-        if name not in ("message_id", "tenant_id")
-    }
-    encoded = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
 # ------------------------------------------------------------------ checker
@@ -231,6 +197,12 @@ class _Checker:
 
     def fail(self, field: str, description: str) -> None:
         self._violations.append(FieldViolation(self._prefix + field, description))
+
+    def identifier(self, field: str, value: str, *, maximum: int, required: bool = False) -> None:
+        if required and not value:
+            self.fail(field, "is required")
+        elif problem := identifier_problem(value, maximum=maximum):
+            self.fail(field, problem)
 
     def length(self, field: str, value: str, *, maximum: int, required: bool = False) -> None:
         if required and not value:
@@ -286,10 +258,12 @@ def _check_content(check: _Checker, content: MessageContent) -> MessageContent:
     else:
         _check_parts(check, content, kind)
 
-    text = normalize_text(content.text)
+    # The length first: normalizing megabytes only to refuse them would
+    # cost real CPU time per call.
+    text = content.text
     if len(content.text) > MAX_TEXT_LENGTH:
         check.length("text", content.text, maximum=MAX_TEXT_LENGTH)
-    elif len(text) > MAX_TEXT_LENGTH:  # NFC can lengthen a few scripts
+    elif len(text := normalize_text(content.text)) > MAX_TEXT_LENGTH:  # NFC can lengthen
         check.fail("text", f"must be at most {MAX_TEXT_LENGTH} characters once normalized")
     elif kind is MessageType.TEXT and content.text and not text:
         check.fail("text", "must contain more than white space and control characters")
@@ -297,26 +271,30 @@ def _check_content(check: _Checker, content: MessageContent) -> MessageContent:
     if content.language and not LANGUAGE_PATTERN.fullmatch(content.language):
         check.fail(
             "language",
-            f"must be an ISO 639-1 code of two lowercase letters, got {content.language!r}",
+            f"must be an ISO 639-1 code of two lowercase letters, got {quote(content.language)}",
         )
     if content.media is not None:
         _check_media(check.nested("media."), content.media, kind)
     if content.location is not None:
         _check_location(check.nested("location."), content.location)
 
+    # Past its maximum a list is refused as a whole; only the items within
+    # it are checked, so that a huge list cannot make a huge error.
     check.count(
         "quick_replies", content.quick_replies, maximum=MAX_QUICK_REPLIES, noun="quick replies"
     )
-    for index, reply in enumerate(content.quick_replies):
+    for index, reply in enumerate(content.quick_replies[:MAX_QUICK_REPLIES]):
         _check_quick_reply(check.nested(f"quick_replies[{index}]."), reply)
     check.count("buttons", content.buttons, maximum=MAX_BUTTONS, noun="buttons")
-    for index, button in enumerate(content.buttons):
+    for index, button in enumerate(content.buttons[:MAX_BUTTONS]):
         _check_button(check.nested(f"buttons[{index}]."), button)
     if kind is MessageType.CAROUSEL:
         check.count("cards", content.cards, maximum=MAX_CARDS, noun="cards")
-    for index, card in enumerate(content.cards):
+    for index, card in enumerate(content.cards[:MAX_CARDS]):
         _check_card(check.nested(f"cards[{index}]."), card)
 
+    if len(content.quick_replies) > MAX_QUICK_REPLIES:
+        return content  # refused above; not worth normalizing
     return dataclasses.replace(
         content,
         text=text,
@@ -354,7 +332,7 @@ def _check_media(check: _Checker, media: MediaContent, kind: MessageType | None)
         check.fail("type", "is required")
     elif media.type not in ALLOWED_MIME_TYPES:
         allowed = ", ".join(sorted(ALLOWED_MIME_TYPES))
-        check.fail("type", f"must be one of {allowed}, got {media.type!r}")
+        check.fail("type", f"must be one of {allowed}, got {quote(media.type)}")
     elif media.type not in fitting and kind is not None:
         check.fail(
             "type",
@@ -387,7 +365,7 @@ def _check_quick_reply(check: _Checker, reply: QuickReply) -> None:
     check.length("payload", reply.payload, required=True, maximum=MAX_PAYLOAD_LENGTH)
     if reply.content_type and reply.content_type not in QUICK_REPLY_CONTENT_TYPES:
         allowed = ", ".join(sorted(QUICK_REPLY_CONTENT_TYPES))
-        check.fail("content_type", f"must be one of {allowed}, got {reply.content_type!r}")
+        check.fail("content_type", f"must be one of {allowed}, got {quote(reply.content_type)}")
 
 
 def _check_button(check: _Checker, button: Button) -> None:
@@ -397,7 +375,8 @@ def _check_button(check: _Checker, button: Button) -> None:
     if button.type is ButtonType.PHONE:
         if not E164_PATTERN.fullmatch(button.payload):
             check.fail(
-                "payload", f"must be an E.164 number like +14155550123, got {button.payload!r}"
+                "payload",
+                f"must be an E.164 number like +14155550123, got {quote(button.payload)}",
             )
     else:
         # Bounded for every type, not only POSTBACK: it is sent back verbatim.
@@ -415,7 +394,7 @@ def _check_card(check: _Checker, card: CarouselCard) -> None:
     check.length("subtitle", card.subtitle, maximum=MAX_CARD_SUBTITLE_LENGTH)
     check.url("image_url", card.image_url)
     check.count("buttons", card.buttons, maximum=MAX_CARD_BUTTONS, noun="buttons")
-    for index, button in enumerate(card.buttons):
+    for index, button in enumerate(card.buttons[:MAX_CARD_BUTTONS]):
         _check_button(check.nested(f"buttons[{index}]."), button)
 
 
@@ -424,7 +403,7 @@ def _check_card(check: _Checker, card: CarouselCard) -> None:
 
 def _check_channel_metadata(check: _Checker, metadata: ChannelMetadata) -> None:
     for field in _METADATA_STRING_FIELDS:
-        check.length(field, getattr(metadata, field), maximum=MAX_METADATA_FIELD_LENGTH)
+        check.identifier(field, getattr(metadata, field), maximum=MAX_METADATA_FIELD_LENGTH)
     problem = _additional_data_problem(metadata.additional_data)
     if problem:
         check.fail("additional_data", problem)
@@ -435,6 +414,10 @@ def _additional_data_problem(data: Mapping[str, JsonValue]) -> str | None:
     depth = _depth(data, MAX_ADDITIONAL_DATA_DEPTH + 1)
     if depth > MAX_ADDITIONAL_DATA_DEPTH:
         return f"must be nested at most {MAX_ADDITIONAL_DATA_DEPTH} levels deep"
+    # Keys become field names in MongoDB, where NUL is refused outright.
+    bad_key = _control_key(data)
+    if bad_key is not None:
+        return f"keys must not contain control characters, got {quote(bad_key)}"
     try:
         encoded = json.dumps(
             data, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_default
@@ -443,6 +426,22 @@ def _additional_data_problem(data: Mapping[str, JsonValue]) -> str | None:
         return f"must be JSON-serializable: {error}"
     if len(encoded) > MAX_ADDITIONAL_DATA_BYTES:
         return f"must be at most {MAX_ADDITIONAL_DATA_BYTES} bytes as JSON, got {len(encoded)}"
+    return None
+
+
+def _control_key(value: object) -> str | None:
+    """The first object key in `value` holding a control character (depth
+    already bounded by the caller)."""
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            if has_control(str(key)):
+                return str(key)
+            if (found := _control_key(child)) is not None:
+                return found
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        for child in value:
+            if (found := _control_key(child)) is not None:
+                return found
     return None
 
 
@@ -463,41 +462,3 @@ def _json_default(value: object) -> object:
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
         return list(value)
     raise TypeError(f"{type(value).__name__} is not a JSON value")
-
-
-# ------------------------------------------------------------- fingerprint
-
-
-def _canonical(value: object) -> object:
-    """A JSON-able form of a domain value, fields at their default left out."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _canonical_fields(value)
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(key): _canonical(item) for key, item in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [_canonical(item) for item in value]
-    return value
-
-
-def _canonical_fields(obj: DataclassInstance) -> dict[str, object]:
-    document: dict[str, object] = {}
-    for field in dataclasses.fields(obj):
-        value = getattr(obj, field.name)
-        if value != _default_of(field):
-            document[field.name] = _canonical(value)
-    return document
-
-
-_NO_DEFAULT = object()
-
-
-def _default_of(field: dataclasses.Field[Any]) -> object:
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return _NO_DEFAULT

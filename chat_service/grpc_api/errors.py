@@ -9,6 +9,11 @@ plain google.rpc.Status inside a StreamConversation `error` frame.
 
 Unexpected exceptions become INTERNAL with a fixed message: their text may
 hold anything (queries, keys, another tenant's data) and is only logged.
+
+A status is bounded whatever the error holds: gRPC refuses trailers past
+8 KiB by default (16 KiB at most), and a status that does not fit reaches
+the client as RESOURCE_EXHAUSTED with no details. Messages quote callers'
+values short already (domain.text.quote); these bounds are the backstop.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from chat_service.domain.errors import (
     Aborted,
     ChatError,
     FailedPrecondition,
+    FieldViolation,
     Internal,
     InvalidArgument,
     NotFound,
@@ -43,6 +49,16 @@ INTERNAL_REASON = "INTERNAL"
 INTERNAL_MESSAGE = "internal error"
 UNIMPLEMENTED_REASON = "UNIMPLEMENTED"
 UNIMPLEMENTED_MESSAGE = "method not implemented"
+
+# UTF-8 bytes; the status message also travels percent-encoded in grpc-message.
+MAX_MESSAGE_BYTES = 400
+MAX_FIELD_BYTES = 200
+MAX_DESCRIPTION_BYTES = 400
+MAX_METADATA_VALUE_BYTES = 200
+# Field violations are kept, in order, while their fields and descriptions
+# fit in this; the number left out is ErrorInfo metadata OMITTED_VIOLATIONS.
+VIOLATIONS_BUDGET_BYTES = 2048
+OMITTED_VIOLATIONS = "omitted_violations"
 
 _UNKNOWN: int = code_pb2.UNKNOWN
 _CODES: dict[type[ChatError], int] = {
@@ -72,26 +88,55 @@ def status_code_of(error: ChatError) -> int:
 
 
 def to_status(error: ChatError, *, domain: str) -> status_pb2.Status:
-    """The google.rpc.Status of an error; `domain` is the service's name."""
+    """The google.rpc.Status of an error; `domain` is the service's name.
+
+    Bounded (see the module's docstring): long texts are cut, and field
+    violations past the budget are left out and counted.
+    """
+    metadata = {
+        key: _clip(value, MAX_METADATA_VALUE_BYTES) for key, value in error.metadata.items()
+    }
+    violations: list[error_details_pb2.BadRequest.FieldViolation] = []
+    if isinstance(error, InvalidArgument):
+        violations = _bounded_violations(error.violations)
+        omitted = len(error.violations) - len(violations)
+        if omitted:
+            metadata[OMITTED_VIOLATIONS] = str(omitted)
     details: list[Message] = [
-        error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
+        error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=metadata)
     ]
     if isinstance(error, InvalidArgument):
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=violation.field, description=violation.description
-                    )
-                    for violation in error.violations
-                ]
-            )
-        )
+        details.append(error_details_pb2.BadRequest(field_violations=violations))
     if error.retry_after is not None:
         details.append(
             error_details_pb2.RetryInfo(retry_delay=seconds_to_duration(error.retry_after))
         )
-    return _status(status_code_of(error), error.message, details)
+    return _status(status_code_of(error), _clip(error.message, MAX_MESSAGE_BYTES), details)
+
+
+def _bounded_violations(
+    violations: Iterable[FieldViolation],
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    kept: list[error_details_pb2.BadRequest.FieldViolation] = []
+    spent = 0
+    for violation in violations:
+        field = _clip(violation.field, MAX_FIELD_BYTES)
+        description = _clip(violation.description, MAX_DESCRIPTION_BYTES)
+        spent += len(field.encode()) + len(description.encode())
+        if kept and spent > VIOLATIONS_BUDGET_BYTES:
+            break
+        kept.append(
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+        )
+    return kept
+
+
+def _clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, "..." marking a cut."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode(errors="ignore") + "..."
 
 
 def internal_error_status(*, domain: str) -> status_pb2.Status:

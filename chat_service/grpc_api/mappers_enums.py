@@ -8,7 +8,7 @@ value is required; `*_to_proto` maps None back to UNSPECIFIED.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, TypeVar
@@ -26,6 +26,7 @@ from chat_service.domain.enums import (
     Priority,
     SortOrder,
 )
+from chat_service.domain.errors import FieldViolation
 
 _D = TypeVar("_D", bound=Enum)
 _P = TypeVar("_P", bound=int)
@@ -216,3 +217,36 @@ def export_format_from_proto(value: int) -> ExportFormat | None:
 
 def export_format_to_proto(value: ExportFormat | None) -> chat_service_pb2.ExportFormat.ValueType:
     return _EXPORT_FORMATS.to_proto(value)
+
+
+# Unknown numbers named per repeated enum field, at most.
+MAX_UNKNOWN_REPORTED = 10
+
+
+def enum_set_from_proto(
+    numbers: Sequence[int],
+    from_proto: Callable[[int], _D | None],
+    *,
+    field: str,
+    noun: str,
+    violations: list[FieldViolation],
+) -> frozenset[_D]:
+    """The distinct values of a repeated enum field (a filter).
+
+    A number the mapping does not know (UNSPECIFIED among them) adds a
+    violation naming its first index, for at most MAX_UNKNOWN_REPORTED
+    distinct numbers: a 4 MiB request holds millions of them, and one
+    violation each would cost seconds and a status no trailer can carry.
+    """
+    converted = {number: from_proto(number) for number in set(numbers)}
+    unknown = {number for number, value in converted.items() if value is None}
+    if unknown:
+        wanted = min(len(unknown), MAX_UNKNOWN_REPORTED)
+        reported: set[int] = set()
+        for index, number in enumerate(numbers):
+            if number in unknown and number not in reported:
+                reported.add(number)
+                violations.append(FieldViolation(f"{field}[{index}]", f"unknown {noun} {number}"))
+                if len(reported) == wanted:
+                    break
+    return frozenset(value for value in converted.values() if value is not None)

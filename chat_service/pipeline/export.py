@@ -1,12 +1,16 @@
-"""ExportConversation: a conversation's messages, streamed from the store."""
+"""ExportConversation: a conversation's messages, streamed from the store.
+
+Also the rule that keeps a CSV export from running as a spreadsheet's
+formulas (spreadsheet_safe); the encoding itself is the gRPC layer's.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
 from chat_service.domain.errors import InvalidArgument, conversation_not_found
+from chat_service.domain.identifiers import conversation_id_problem
 from chat_service.domain.model import Conversation, Message
-from chat_service.domain.validation import conversation_id_problem
 from chat_service.pipeline.errors import port_errors
 from chat_service.ports import ConversationStore
 
@@ -37,3 +41,18 @@ class ExportConversation:
                 through_sequence=conversation.last_sequence,
             ):
                 yield message
+
+
+# What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A CSV cell that a spreadsheet shows as text, never runs as a formula.
+
+    As OWASP advises, a cell starting with = + - @ tab or carriage return
+    gets a leading single quote, which spreadsheets hide and which marks the
+    cell as text; a reader that is not a spreadsheet sees the quote. Every
+    other cell is left as it is.
+    """
+    return "'" + cell if cell.startswith(_FORMULA_STARTS) else cell

@@ -34,7 +34,7 @@ from chat_service.domain.enums import (
     Priority,
     SortOrder,
 )
-from chat_service.domain.errors import InvalidArgument
+from chat_service.domain.errors import FieldViolation, InvalidArgument
 from chat_service.domain.events import DomainEvent, EventType
 from chat_service.domain.model import (
     ChannelMetadata,
@@ -734,3 +734,60 @@ def _random_json(rng: random.Random, depth: int) -> dict[str, Any]:
 
 def _timestamp_in_range(stamp: timestamp_pb2.Timestamp) -> bool:
     return -62_135_596_800 <= stamp.seconds <= 253_402_300_799 and 0 <= stamp.nanos < 1_000_000_000
+
+
+# ------------------------------------------------------------ repeated enum filters
+
+
+def test_a_repeated_enum_filter_maps_its_distinct_values() -> None:
+    violations: list[FieldViolation] = []
+    numbers = [resources_pb2.CHANNEL_WEB, resources_pb2.CHANNEL_SMS, resources_pb2.CHANNEL_WEB]
+
+    found = mappers_enums.enum_set_from_proto(
+        numbers,
+        mappers_enums.channel_from_proto,
+        field="channels",
+        noun="channel",
+        violations=violations,
+    )
+
+    assert found == {Channel.WEB, Channel.SMS}
+    assert violations == []
+
+
+def test_a_repeated_enum_filter_names_the_first_index_of_each_unknown_number() -> None:
+    violations: list[FieldViolation] = []
+    numbers = [resources_pb2.CHANNEL_WEB, 99, 99, resources_pb2.CHANNEL_UNSPECIFIED, 99]
+
+    found = mappers_enums.enum_set_from_proto(
+        numbers,
+        mappers_enums.channel_from_proto,
+        field="channels",
+        noun="channel",
+        violations=violations,
+    )
+
+    assert found == {Channel.WEB}
+    assert violations == [
+        FieldViolation("channels[1]", "unknown channel 99"),
+        FieldViolation("channels[3]", "unknown channel 0"),
+    ]
+
+
+def test_a_huge_repeated_enum_filter_costs_one_lookup_per_distinct_number() -> None:
+    calls: list[int] = []
+
+    def counting(number: int) -> Channel | None:
+        calls.append(number)
+        return mappers_enums.channel_from_proto(number)
+
+    violations: list[FieldViolation] = []
+    numbers = [resources_pb2.CHANNEL_WEB] * 1_000_000 + list(range(100, 100_100))
+
+    mappers_enums.enum_set_from_proto(
+        numbers, counting, field="channels", noun="channel", violations=violations
+    )
+
+    assert len(calls) == len(set(numbers))
+    assert len(violations) == mappers_enums.MAX_UNKNOWN_REPORTED
+    assert violations[0] == FieldViolation("channels[1000000]", "unknown channel 100")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from chat_service.domain import validation
 from chat_service.domain.content import (
     Button,
     CarouselCard,
@@ -19,11 +21,20 @@ from chat_service.domain.content import (
 )
 from chat_service.domain.enums import ButtonType, Channel, MessageType, Priority
 from chat_service.domain.errors import InvalidArgument
+from chat_service.domain.fingerprint import request_fingerprint
+from chat_service.domain.identifiers import identifier_problem
 from chat_service.domain.model import ChannelMetadata, InboundMessage, JsonValue, ProcessingHints
+from chat_service.domain.text import (
+    QUOTE_LIMIT,
+    normalize_search_query,
+    normalize_text,
+    quote,
+    search_key,
+    search_query_problem,
+)
 from chat_service.domain.validation import (
     MAX_ADDITIONAL_DATA_DEPTH,
     MAX_TEXT_LENGTH,
-    request_fingerprint,
     validate_content,
     validate_inbound,
 )
@@ -556,3 +567,165 @@ def test_fingerprint_tells_numbers_from_booleans_and_strings() -> None:
     digests = {request_fingerprint(with_data(value)) for value in (1, True, "1", 1.5, None)}
 
     assert len(digests) == 5
+
+
+# ------------------------------------------------------------ bad input, bounded
+
+HUGE = "x" * 1_000_000
+
+HUGE_VALUES: list[tuple[str, InboundMessage, str]] = [
+    ("language", content(language=HUGE), "content.language"),
+    ("media type", media(type=HUGE), "content.media.type"),
+    (
+        "quick reply content type",
+        quick_reply(content_type=HUGE),
+        "content.quick_replies[2].content_type",
+    ),
+    ("phone payload", button(CALL, payload=HUGE), "content.buttons[1].payload"),
+    ("card phone payload", card_button(CALL, payload=HUGE), "content.cards[1].buttons[1].payload"),
+    ("text", content(text=HUGE), "content.text"),
+    ("user_id", inbound(user_id=HUGE), "user_id"),
+    ("message_id", inbound(message_id=HUGE), "message_id"),
+    ("conversation_id", inbound(conversation_id=HUGE), "conversation_id"),
+    ("media url", media(url=HUGE), "content.media.url"),
+    (
+        "additional data key",
+        metadata(additional_data={"\x00" + HUGE: 1}),
+        "channel_metadata.additional_data",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("message", "field"), [pytest.param(m, f, id=case) for case, m, f in HUGE_VALUES]
+)
+def test_an_error_quotes_at_most_a_short_prefix_of_a_huge_value(
+    message: InboundMessage, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_inbound(message)
+
+    assert [v.field for v in raised.value.violations] == [field]
+    assert len(raised.value.violations[0].description) <= 200
+    assert len(raised.value.message) <= 200
+
+
+def test_quote_shows_a_prefix_and_the_length() -> None:
+    assert quote("EN") == "'EN'"
+    assert quote("x" * QUOTE_LIMIT) == repr("x" * QUOTE_LIMIT)
+    assert quote("y" * 5000) == f"{'y' * QUOTE_LIMIT!r}... (5000 characters)"
+    assert quote("a\x00\x1b[31m") == "'a\\x00\\x1b[31m'"  # control characters escaped
+
+
+def test_an_oversized_text_is_refused_before_it_is_normalized(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lengths: list[int] = []
+
+    def spying(text: str) -> str:
+        lengths.append(len(text))
+        return normalize_text(text)
+
+    monkeypatch.setattr(validation, "normalize_text", spying)
+
+    with pytest.raises(InvalidArgument):
+        validate_inbound(content(text="\u0958" * (4 * 1024 * 1024)))
+    assert all(length <= MAX_TEXT_LENGTH for length in lengths), lengths
+
+
+def test_a_list_past_its_maximum_is_refused_without_a_violation_per_item() -> None:
+    blank_reply = QuickReply("", "")
+    blank_button = Button(None, "")
+    message = content(
+        quick_replies=(blank_reply,) * 100_000,
+        buttons=(blank_button,) * 100_000,
+        cards=(replace(CARD, title="", buttons=(blank_button,) * 1_000),) * 1_000,
+    )
+
+    with pytest.raises(InvalidArgument) as raised:
+        validate_inbound(message)
+
+    fields = [v.field for v in raised.value.violations]
+    assert {"content.quick_replies", "content.buttons", "content.cards"} <= set(fields)
+    # Only the items within each maximum are looked at: 10 quick replies, 3
+    # buttons, 10 cards of 3 buttons each.
+    assert "content.quick_replies[9].title" in fields
+    assert not any(field.startswith("content.quick_replies[10]") for field in fields)
+    assert not any(field.startswith("content.cards[10]") for field in fields)
+    assert not any(".buttons[3]" in field for field in fields)
+    assert len(fields) < 150
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "tab\there", "\x1b[31mred", "line\nbreak", "\x7f"])
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("user_id", lambda value: inbound(user_id=value)),
+        ("session_id", lambda value: inbound(session_id=value)),
+        ("channel_metadata.platform_user_id", lambda value: metadata(platform_user_id=value)),
+        ("channel_metadata.thread_id", lambda value: metadata(thread_id=value)),
+    ],
+)
+def test_ids_refuse_control_characters(
+    field: str, message: Callable[[str], InboundMessage], value: str
+) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_inbound(message(value))
+
+    assert [(v.field, v.description) for v in raised.value.violations] == [
+        (field, "must not contain control characters")
+    ]
+    assert identifier_problem(value, maximum=255) is not None
+
+
+def test_ids_take_any_other_character() -> None:
+    for value in ("caf\u00e9", "user@example.com", "\u200bzero width", "a b", "\U0001f600"):
+        assert identifier_problem(value, maximum=255) is None
+        validate_inbound(inbound(user_id=value, session_id=value))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"a\x00b": 1}, {"outer": {"in\x00ner": 1}}, {"list": [{"\x1b": "x"}]}],
+    ids=["top level", "nested", "inside a list"],
+)
+def test_additional_data_keys_refuse_control_characters(data: dict[str, JsonValue]) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_inbound(metadata(additional_data=data))
+
+    (violation,) = raised.value.violations
+    assert violation.field == "channel_metadata.additional_data"
+    assert "control characters" in violation.description
+
+
+def test_additional_data_values_may_hold_control_characters() -> None:
+    validate_inbound(metadata(additional_data={"raw": "a\x00b\x1b"}))
+
+
+# ------------------------------------------------------------------ search query
+
+
+@pytest.mark.parametrize("query", ["a\x00b", "\x00", "bell\x07", "esc\x1b", "\x85next line"])
+def test_a_search_query_with_control_characters_is_refused(query: str) -> None:
+    assert search_query_problem(query) is not None
+
+
+@pytest.mark.parametrize("query", ["", "refund", "a\tb", "two\nlines", "crlf\r\n", "x" * 200])
+def test_a_search_query_may_hold_tabs_and_line_breaks(query: str) -> None:
+    assert search_query_problem(query) is None
+
+
+def test_a_search_query_is_measured_before_it_is_normalized() -> None:
+    assert search_query_problem("x" * 201) == "must be at most 200 characters, got 201"
+    assert search_query_problem("\x00" * 1_000_000) == (
+        "must be at most 200 characters, got 1000000"
+    )
+
+
+def test_a_search_query_is_normalized_as_stored_text_is() -> None:
+    decomposed = "cafe\u0301"
+    assert normalize_search_query(decomposed) == "caf\u00e9"
+    assert normalize_search_query(decomposed) == normalize_text(decomposed)
+    assert normalize_search_query("a\r\nb\rc") == "a\nb\nc"
+    assert normalize_search_query("  spaced  ") == "  spaced  "  # a substring: kept
+    assert search_key("CAFE\u0301") == search_key("caf\u00e9") == "caf\u00e9"
