@@ -75,6 +75,11 @@ class Conversation:
     channel_metadata: ChannelMetadata = field(default_factory=ChannelMetadata)
     status_reason: str = ""
 
+    def continues_session(self, user_id: str, channel: Channel | None) -> bool:
+        """Whether a session's next message (of `user_id`, on `channel`) goes
+        on here: the same user's conversation, on the same channel, not closed."""
+        return not self.status.is_closed and self.user_id == user_id and self.channel == channel
+
 
 @dataclass(frozen=True, slots=True)
 class Message:

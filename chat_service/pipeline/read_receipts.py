@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from chat_service.domain.enums import DeliveryStatus, MessageRole
 from chat_service.domain.errors import InvalidArgument, conversation_not_found
-from chat_service.domain.model import Message
+from chat_service.domain.model import Conversation, Message
 from chat_service.pipeline.errors import port_errors
 from chat_service.pipeline.events import delivery_updated
 from chat_service.ports import Clock, ConversationStore
@@ -17,10 +17,12 @@ _PAGE = 100
 class MarkRead:
     """Moves the conversation's outbound messages up to a sequence to READ.
 
-    Receipts only move forward, so the walk goes backwards from the sequence
-    and stops at the first outbound message already READ: everything before
-    it was marked by an earlier receipt. A receipt costs what it marks, not
-    the length of the conversation.
+    The READ messages of a conversation are kept a prefix of its outbound
+    ones (FAILED aside, which stays FAILED): receipts mark in ascending
+    order, so one that fails midway leaves a longer prefix and the next
+    receipt carries on from there. That is what lets a receipt find where to
+    start by walking back from its sequence to the newest READ message: it
+    costs what it marks, not the length of the conversation.
     """
 
     def __init__(
@@ -48,27 +50,62 @@ class MarkRead:
                     f"must be between 1 and the conversation's last sequence "
                     f"({conversation.last_sequence}), got {through_sequence}",
                 )
-            marked = 0
-            before = through_sequence + 1
-            while True:
-                page = await self._store.list_messages(
-                    tenant_id, conversation_id, limit=_PAGE, after_sequence=before, descending=True
-                )
-                for message in page:
-                    if message.role is MessageRole.USER:
-                        continue
-                    if message.delivery_status is DeliveryStatus.READ:
-                        return marked
-                    if not message.delivery_status.can_advance_to(DeliveryStatus.READ):
-                        continue  # FAILED stays FAILED
-                    event = delivery_updated(
-                        conversation, message, DeliveryStatus.READ, self._clock.now()
-                    )
-                    if await self._store.update_delivery_status(
-                        tenant_id, message.message_id, DeliveryStatus.READ, event
-                    ):
-                        marked += 1
-                        self._on_change(message, DeliveryStatus.READ)
-                if len(page) < _PAGE:
+            start = await self._newest_read(conversation, through_sequence)
+            if start == through_sequence:
+                return 0
+            return await self._mark(conversation, start, through_sequence)
+
+    async def _newest_read(self, conversation: Conversation, through_sequence: int) -> int:
+        """The sequence of the newest READ outbound message at or before
+        `through_sequence` (0 if none): everything before it is marked."""
+        before = through_sequence + 1
+        while True:
+            page = await self._store.list_messages(
+                conversation.tenant_id,
+                conversation.conversation_id,
+                limit=_PAGE,
+                after_sequence=before,
+                descending=True,
+            )
+            for message in page:
+                if _outbound(message) and message.delivery_status is DeliveryStatus.READ:
+                    return message.sequence
+            if len(page) < _PAGE:
+                return 0
+            before = page[-1].sequence
+
+    async def _mark(self, conversation: Conversation, after: int, through_sequence: int) -> int:
+        """Marks the outbound messages after `after` through `through_sequence`,
+        oldest first. The store moves a status forward only, so a message
+        that turned FAILED (or READ) since it was read here stays as it is."""
+        marked = 0
+        while after < through_sequence:
+            page = await self._store.list_messages(
+                conversation.tenant_id,
+                conversation.conversation_id,
+                limit=min(_PAGE, through_sequence - after),
+                after_sequence=after,
+            )
+            for message in page:
+                if message.sequence > through_sequence:
                     return marked
-                before = page[-1].sequence
+                after = message.sequence
+                if not _outbound(message) or not message.delivery_status.can_advance_to(
+                    DeliveryStatus.READ
+                ):
+                    continue  # FAILED stays FAILED
+                event = delivery_updated(
+                    conversation, message, DeliveryStatus.READ, self._clock.now()
+                )
+                if await self._store.update_delivery_status(
+                    message.tenant_id, message.message_id, DeliveryStatus.READ, event
+                ):
+                    marked += 1
+                    self._on_change(message, DeliveryStatus.READ)
+            if not page:
+                break
+        return marked
+
+
+def _outbound(message: Message) -> bool:
+    return message.role is not MessageRole.USER

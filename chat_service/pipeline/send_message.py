@@ -22,9 +22,10 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 
 from chat_service.domain.channels import format_for_channel
 from chat_service.domain.content import MessageContent
@@ -36,6 +37,7 @@ from chat_service.domain.errors import (
     conversation_not_found,
 )
 from chat_service.domain.events import DomainEvent, EventType
+from chat_service.domain.fingerprint import request_fingerprint
 from chat_service.domain.model import (
     Conversation,
     IdempotencyRecord,
@@ -44,7 +46,7 @@ from chat_service.domain.model import (
     ProcessingHints,
     SendResult,
 )
-from chat_service.domain.validation import request_fingerprint, validate_content, validate_inbound
+from chat_service.domain.validation import validate_content, validate_inbound
 from chat_service.pipeline.delivery import DeliveryQueue
 from chat_service.pipeline.errors import port_errors
 from chat_service.pipeline.events import conversation_event, message_event, status_changed
@@ -61,7 +63,9 @@ from chat_service.ports import (
     EngineReply,
     EngineRequest,
     IdempotencyGuard,
+    LockLease,
     SessionCache,
+    VersionConflict,
 )
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,16 @@ class SendOutcome:
 # message can make the service store and deliver.
 MAX_REPLY_CONTENTS = 10
 MAX_REPLY_PARTS = 30  # after adapting and splitting for the channel
+
+
+@dataclass(slots=True)
+class _Call:
+    """One call's progress, shared by its caller and the task doing the work."""
+
+    # Set just before the inbound message's write (or a resumed answer)
+    # starts: from there on the work finishes even if the caller leaves.
+    committed: bool = False
+    abandoned: bool = False  # the caller left (cancelled) before the end
 
 
 def reply_message_id(inbound_message_id: str, index: int) -> str:
@@ -117,11 +131,63 @@ class SendMessage:
         self._clock = clock
         self._settings = settings
         self._new_id = new_id
+        self._running: set[asyncio.Task[SendOutcome]] = set()
 
     async def __call__(self, inbound: InboundMessage, *, field_prefix: str = "") -> SendOutcome:
+        """Handles one message. The work runs in a task of this object's: a
+        caller that leaves (a deadline, a cancelled call) stops it only before
+        the inbound message's write starts. What is committed finishes (the
+        reply is asked for, stored and handed to delivery), so that a retry
+        finds the whole result instead of a message left unanswered."""
         msg = validate_inbound(inbound, field_prefix=field_prefix)
         if not msg.message_id:
             msg = replace(msg, message_id=self._new_id())
+        call = _Call()
+        task = asyncio.create_task(
+            self._send(msg, field_prefix, call), name=f"send message {msg.message_id}"
+        )
+        self._running.add(task)
+        task.add_done_callback(partial(self._finished, call))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            call.abandoned = True
+            if not call.committed:
+                task.cancel()
+            raise
+
+    @property
+    def running(self) -> int:
+        """Calls still being worked on (their callers may have left)."""
+        return len(self._running)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is being worked on; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._running:
+                    await asyncio.wait(set(self._running))
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float) -> None:
+        """At shutdown: let the calls in progress finish within `timeout`, then
+        cancel the rest (a retry resumes a committed message: see _resume)."""
+        if not await self.wait_idle(timeout):
+            for task in list(self._running):
+                task.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _finished(self, call: _Call, task: asyncio.Task[SendOutcome]) -> None:
+        self._running.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here too, for when nobody awaits it
+        if error is not None and call.abandoned:
+            log.warning("message %s (its caller left) was not finished: %r", task.get_name(), error)
+
+    async def _send(self, msg: InboundMessage, field_prefix: str, call: _Call) -> SendOutcome:
         fingerprint = request_fingerprint(msg)
         timeout = self._settings.lock_timeout
         with port_errors():
@@ -136,11 +202,8 @@ class SendMessage:
                     if stored.fingerprint != fingerprint:
                         raise _reused_id(field_prefix)
                 async with AsyncExitStack() as locks:
-                    if stored is not None:
-                        conversation_id = stored.conversation_id
-                    elif msg.conversation_id:
-                        conversation_id = msg.conversation_id
-                    elif msg.session_id:
+                    lease: LockLease
+                    if stored is None and not msg.conversation_id and msg.session_id:
                         # The session's messages are resolved one at a time,
                         # so they cannot each start a conversation.
                         await locks.enter_async_context(
@@ -148,18 +211,23 @@ class SendMessage:
                                 msg.tenant_id, f"session/{msg.session_id}", timeout=timeout
                             )
                         )
-                        conversation_id = await self._session_conversation(msg) or self._new_id()
+                        conversation_id, lease = await locks.enter_async_context(
+                            self._hold_session_conversation(msg, timeout)
+                        )
                     else:
-                        conversation_id = self._new_id()
-                    lease = await locks.enter_async_context(
-                        self._locks.hold(msg.tenant_id, conversation_id, timeout=timeout)
-                    )
+                        if stored is not None:
+                            conversation_id = stored.conversation_id
+                        else:
+                            conversation_id = msg.conversation_id or self._new_id()
+                        lease = await locks.enter_async_context(
+                            self._locks.hold(msg.tenant_id, conversation_id, timeout=timeout)
+                        )
                     fence = lease.fencing_token
                     if stored is None:
                         return await self._process_new(
-                            msg, conversation_id, fingerprint, field_prefix, fence
+                            msg, conversation_id, fingerprint, field_prefix, fence, call
                         )
-                    return await self._resume(msg, stored, field_prefix, fence)
+                    return await self._resume(msg, stored, field_prefix, fence, call)
 
     async def _stored_result(
         self, msg: InboundMessage, fingerprint: str, field_prefix: str
@@ -178,6 +246,7 @@ class SendMessage:
         fingerprint: str,
         field_prefix: str,
         fence: int,
+        call: _Call,
     ) -> SendOutcome:
         conversation = await self._load_or_create(msg, conversation_id, field_prefix)
         now = self._clock.now()
@@ -233,6 +302,7 @@ class SendMessage:
             record=record,
             fencing_token=fence,
         )
+        call.committed = True  # a write once started may apply: see it through
         try:
             await self._writer.write(change)
             if msg.session_id:
@@ -254,7 +324,7 @@ class SendMessage:
         return SendOutcome(result, replayed=False)
 
     async def _resume(
-        self, msg: InboundMessage, inbound: Message, field_prefix: str, fence: int
+        self, msg: InboundMessage, inbound: Message, field_prefix: str, fence: int, call: _Call
     ) -> SendOutcome:
         """The inbound message is stored but was never answered (a crash or a
         lost store between the two writes): answer it now."""
@@ -300,6 +370,7 @@ class SendMessage:
                 replayed=True,
             )
         log.info("resuming unanswered message %s", inbound.message_id)
+        call.committed = True
         return SendOutcome(
             await self._answer(conversation, inbound, msg.processing_hints, fence), replayed=False
         )
@@ -316,25 +387,36 @@ class SendMessage:
             replies.append(found)
         return replies
 
-    async def _session_conversation(self, msg: InboundMessage) -> str | None:
-        """The session's conversation, if it can take the message: the same
-        user's, on the same channel, not closed. Read under the session's lock,
-        which every message that could change the answer also takes."""
+    @asynccontextmanager
+    async def _hold_session_conversation(
+        self, msg: InboundMessage, timeout: float
+    ) -> AsyncIterator[tuple[str, LockLease]]:
+        """Holds the lock of the conversation a session message goes to: the
+        session's, if it can take the message (checked under its lock, so a
+        close that came first is seen), else a new one. Entered under the
+        session's lock, which every message that could change the answer
+        also takes."""
+        chosen = await self._session_conversation_id(msg)
+        if chosen is not None:
+            async with self._locks.hold(msg.tenant_id, chosen, timeout=timeout) as lease:
+                found = await self._store.get_conversation(msg.tenant_id, chosen)
+                if found is not None and found.continues_session(msg.user_id, msg.channel):
+                    yield chosen, lease
+                    return
+        created = self._new_id()
+        async with self._locks.hold(msg.tenant_id, created, timeout=timeout) as lease:
+            yield created, lease
+
+    async def _session_conversation_id(self, msg: InboundMessage) -> str | None:
         try:
             session = await self._sessions.get_session(msg.tenant_id, msg.session_id)
         except CoordinationUnavailable:
             return None  # a cache: without it, the message starts a conversation
-        conversation_id = None if session is None else session.get("conversation_id")
-        if not isinstance(conversation_id, str):
+        if session is None:
             return None
-        found = await self._store.get_conversation(msg.tenant_id, conversation_id)
-        if (
-            found is None
-            or found.status.is_closed
-            or found.user_id != msg.user_id
-            or found.channel != msg.channel
-        ):
-            return None
+        conversation_id = session.get("conversation_id")
+        if not isinstance(conversation_id, str) or session.get("user_id") != msg.user_id:
+            return None  # another user's session id: not worth that lock's wait
         return conversation_id
 
     async def _remember_session(self, conversation: Conversation, session_id: str) -> None:
@@ -357,13 +439,15 @@ class SendMessage:
         assert msg.channel is not None  # validated
         if not msg.conversation_id:
             if msg.session_id:
-                # The session's conversation (checked when it was chosen), or
+                # The session's conversation (checked under this lock), or
                 # a new id: then nothing is stored under it yet.
                 found = await self._store.get_conversation(msg.tenant_id, conversation_id)
                 if found is not None and not found.status.is_closed:
                     return found
-                if found is not None:  # closed since it was chosen
-                    raise _closed(found)
+                if found is not None:
+                    # Closed under our lock, so the lock was lost: ABORTED, and
+                    # the retry starts the new conversation the contract promises.
+                    raise VersionConflict(f"conversation {conversation_id!r} was closed")
             now = self._clock.now()
             return Conversation(
                 conversation_id=conversation_id,

@@ -585,6 +585,29 @@ async def test_a_closed_conversation_refuses_messages(
     assert (await client.get(conversation_id)).last_sequence == 2
 
 
+async def test_a_session_message_racing_a_close_goes_to_one_conversation_or_the_next(
+    client: TenantClient,
+) -> None:
+    # A session's conversation closes while its next message is on the way:
+    # the message lands in it (before the close) or in a new conversation
+    # (after it), never CONVERSATION_CLOSED.
+    for attempt in range(8):
+        session = f"racing-{attempt}"
+        first = await client.send_text("hi", session_id=session)
+
+        _, sent = await asyncio.gather(
+            client.update_status(first.conversation_id, COMPLETED),
+            client.send_text("still there?", session_id=session),
+        )
+
+        if sent.conversation_id == first.conversation_id:
+            assert sent.processing_metadata.sequence == 3
+        else:
+            assert sent.processing_metadata.sequence == 1
+            assert (await client.get(sent.conversation_id)).session_id == session
+        assert (await client.get(first.conversation_id)).status == COMPLETED
+
+
 async def test_update_status_refuses_bad_input(
     client: TenantClient, service: ServiceProcess, module_stub: Any
 ) -> None:

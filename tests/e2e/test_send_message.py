@@ -10,7 +10,9 @@ import pytest
 from chatbot.chat.v1 import chat_service_pb2 as pb
 from chatbot.chat.v1 import chat_service_pb2_grpc, resources_pb2
 
+from tests.support.engine_server import running_engine
 from tests.support.grpc_client import bearer, rich_error, text_request
+from tests.support.net import free_port
 from tests.support.service import ServiceProcess
 
 
@@ -193,3 +195,73 @@ async def test_a_request_protobuf_cannot_parse_is_invalid_argument(
         error = rich_error(caught.value)
         assert error.code is grpc.StatusCode.INVALID_ARGUMENT
         assert error.fields == ["request"]
+
+
+async def test_each_message_is_answered_right_after_it_and_a_callers_order_holds(
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
+) -> None:
+    # FIFO per conversation: concurrent callers arrive in no defined order,
+    # but every message's reply comes right after it, without gaps, and one
+    # caller's messages sent one after another keep their order.
+    auth = bearer(service.token(tenant()))
+    first = await stub.SendMessage(text_request("start", message_id="s-0"), metadata=auth)
+    conversation_id = first.conversation_id
+
+    async def in_turn(count: int) -> None:
+        for n in range(1, count + 1):
+            await stub.SendMessage(
+                text_request(f"turn {n}", message_id=f"s-{n}", conversation_id=conversation_id),
+                metadata=auth,
+            )
+
+    await asyncio.gather(
+        in_turn(8),
+        *(
+            stub.SendMessage(
+                text_request(f"burst {n}", message_id=f"b-{n}", conversation_id=conversation_id),
+                metadata=auth,
+            )
+            for n in range(12)
+        ),
+    )
+
+    listed = await stub.ListMessages(
+        pb.ListMessagesRequest(conversation_id=conversation_id, page_size=1000), metadata=auth
+    )
+    messages = list(listed.messages)
+    assert [m.sequence for m in messages] == list(range(1, 2 * 21 + 1))
+    for user, bot in zip(messages[::2], messages[1::2], strict=True):
+        assert user.role == resources_pb2.MESSAGE_ROLE_USER
+        assert bot.role == resources_pb2.MESSAGE_ROLE_BOT
+        assert bot.reply_to_message_id == user.message_id
+    inbound = [m.message_id for m in messages[::2]]
+    assert [i for i in inbound if i.startswith("s-")] == [f"s-{n}" for n in range(9)]
+    assert sorted(i for i in inbound if i.startswith("b-")) == sorted(f"b-{n}" for n in range(12))
+
+
+async def test_a_call_past_its_deadline_is_still_answered_once(
+    fresh_service: ServiceProcess,
+) -> None:
+    port = free_port()
+    async with running_engine(port) as engine:
+        engine.delay = 0.5
+        fresh_service.extra_env.update(
+            {"MCP_ENGINE_URL": f"127.0.0.1:{port}", "MCP_ENGINE_TIMEOUT_MS": "5000"}
+        )
+        fresh_service.start()
+        auth = bearer(fresh_service.token(tenant()))
+        request = text_request("hello", message_id="late-1")
+        async with grpc.aio.insecure_channel(fresh_service.address) as channel:
+            stub = chat_service_pb2_grpc.ChatServiceStub(channel)
+
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.SendMessage(request, metadata=auth, timeout=0.2)
+            assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert engine.called.is_set()  # the message was committed
+            call = stub.SendMessage(request, metadata=auth)
+            again = await call
+
+        assert ("x-idempotent-replay", "true") in tuple(await call.trailing_metadata())
+        assert again.processing_metadata.engine == "mcp"
+        assert again.response.text == "mcp heard: hello (history 0)"
+        assert len(engine.requests) == 1  # asked once, not again by the retry

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -24,11 +25,13 @@ from chat_service.domain.errors import Aborted, FailedPrecondition, InvalidArgum
 from chat_service.domain.errors import Unavailable as UnavailableError
 from chat_service.domain.events import EventType
 from chat_service.domain.model import (
+    Conversation,
     ConversationState,
     IdempotencyRecord,
     InboundMessage,
     ProcessingHints,
 )
+from chat_service.pipeline.conversations import UpdateConversationStatus
 from chat_service.pipeline.delivery import DeliveryPolicy, DeliveryQueue
 from chat_service.pipeline.send_message import SendMessage, SendSettings
 from chat_service.pipeline.writer import ConversationWriter
@@ -37,6 +40,8 @@ from chat_service.ports import (
     CoordinationUnavailable,
     EngineFailure,
     EngineReply,
+    EngineRequest,
+    LockLease,
     StoreUnavailable,
 )
 from tests.builders import T0
@@ -63,9 +68,11 @@ def build_core(
     *,
     engine_timeout: float = 0.5,
     sessions: InProcessSessionCache | None = None,
+    engine: ScriptedEngine | None = None,
+    locks: InProcessConversationLocks | None = None,
 ) -> Core:
     store = store or InMemoryStore()
-    engine = ScriptedEngine()
+    engine = engine or ScriptedEngine()
     sender = RecordingSender()
     clock = SteppingClock(T0)
     delivery = DeliveryQueue(
@@ -77,7 +84,7 @@ def build_core(
     send = SendMessage(
         store=store,
         writer=ConversationWriter(store),
-        locks=InProcessConversationLocks(),
+        locks=locks or InProcessConversationLocks(),
         idempotency=InProcessIdempotencyGuard(),
         engine=engine,
         delivery=delivery,
@@ -582,3 +589,190 @@ async def test_an_errored_conversation_is_not_escalated_by_the_engine(core: Core
     after = await core.store.get_conversation(TENANT, conversation.conversation_id)
     assert after is not None
     assert after.status is ConversationStatus.ERROR
+
+
+# ------------------------------------------------------------------- races
+
+
+class PausingLocks(InProcessConversationLocks):
+    """Conversation locks that, once, stop a caller just before it asks for
+    `pause_on`'s lock until the test lets it go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pause_on = ""
+        self.paused = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    def hold(
+        self, tenant_id: str, conversation_id: str, *, timeout: float
+    ) -> AbstractAsyncContextManager[LockLease]:
+        if not self.pause_on or conversation_id != self.pause_on:
+            return super().hold(tenant_id, conversation_id, timeout=timeout)
+        self.pause_on = ""
+        return self._after_pause(super().hold(tenant_id, conversation_id, timeout=timeout))
+
+    @asynccontextmanager
+    async def _after_pause(
+        self, hold: AbstractAsyncContextManager[LockLease]
+    ) -> AsyncIterator[LockLease]:
+        self.paused.set()
+        await self.resume.wait()
+        async with hold as lease:
+            yield lease
+
+
+async def test_a_session_conversation_closed_before_its_lock_gives_way_to_a_new_one() -> None:
+    locks = PausingLocks()
+    core = build_core(locks=locks)
+    first = await core.send(inbound("hi", session_id="s-race"))
+    closing = first.result.conversation_id
+    close = UpdateConversationStatus(
+        store=core.store,
+        writer=ConversationWriter(core.store),
+        locks=locks,
+        clock=SteppingClock(T0),
+        lock_timeout=5.0,
+    )
+    locks.pause_on = closing
+    sending = asyncio.create_task(core.send(inbound("back again", session_id="s-race")))
+    await locks.paused.wait()  # the session chose `closing`, not locked yet
+
+    await close(TENANT, closing, ConversationStatus.COMPLETED)
+    locks.resume.set()
+    after = await sending
+
+    assert after.result.conversation_id != closing
+    assert after.result.sequence == 1
+    assert after.result.replies
+    then = await core.send(inbound("and again", session_id="s-race"))
+    assert then.result.conversation_id == after.result.conversation_id
+    await core.delivery.close(1.0)
+
+
+class GatedEngine(ScriptedEngine):
+    """Answers only once `release` is set; `called` says a request arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.called = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def process(self, request: EngineRequest) -> EngineReply:
+        self.called.set()
+        await self.release.wait()
+        return await super().process(request)
+
+
+async def test_a_call_cancelled_after_its_commit_still_stores_the_reply() -> None:
+    engine = GatedEngine()
+    core = build_core(engine=engine, engine_timeout=5.0)
+    call = asyncio.create_task(core.send(inbound("hi", message_id="m-1")))
+    await engine.called.wait()  # the inbound message is committed
+
+    call.cancel()  # the client's deadline
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    engine.release.set()
+    again = await core.send(inbound("hi", message_id="m-1"))
+
+    assert again.replayed
+    assert len(engine.requests) == 1  # the engine is not asked twice
+    assert [r.content.text for r in again.result.replies] == ["echo: hi"]
+    assert again.result.engine == "scripted"
+    messages = await core.store.list_messages(TENANT, again.result.conversation_id, limit=10)
+    assert [(m.sequence, m.role) for m in messages] == [(1, MessageRole.USER), (2, MessageRole.BOT)]
+    assert await core.send.wait_idle(1.0)
+    await core.delivery.close(1.0)
+
+
+class SignallingLocks(InProcessConversationLocks):
+    """Conversation locks that say when `watched`'s lock is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watched = ""
+        self.asked = asyncio.Event()
+
+    def hold(
+        self, tenant_id: str, conversation_id: str, *, timeout: float
+    ) -> AbstractAsyncContextManager[LockLease]:
+        if conversation_id == self.watched:
+            self.asked.set()
+        return super().hold(tenant_id, conversation_id, timeout=timeout)
+
+
+async def test_a_call_cancelled_before_its_commit_writes_nothing() -> None:
+    locks = SignallingLocks()
+    core = build_core(locks=locks)
+    first = await core.send(inbound("hi"))
+    conversation_id = locks.watched = first.result.conversation_id
+
+    async with locks.hold(TENANT, conversation_id, timeout=1.0):  # busy
+        locks.asked.clear()
+        call = asyncio.create_task(
+            core.send(inbound("later", message_id="m-2", conversation_id=conversation_id))
+        )
+        await locks.asked.wait()  # queued behind us
+        assert core.send.running == 1
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert await core.send.wait_idle(1.0)  # it gave up its place in the queue
+
+    assert await core.store.get_message(TENANT, "m-2") is None
+    assert len(core.engine.requests) == 1
+    await core.delivery.close(1.0)
+
+
+async def test_close_waits_for_committed_work_then_cancels_the_rest() -> None:
+    engine = GatedEngine()
+    core = build_core(engine=engine, engine_timeout=5.0)
+    call = asyncio.create_task(core.send(inbound("hi", message_id="m-1")))
+    await engine.called.wait()
+    call.cancel()
+
+    assert not await core.send.wait_idle(0.01)  # still waiting for the engine
+    await core.send.close(0.01)  # gives up on it: a retry resumes it
+
+    assert core.send.running == 0
+    engine.release.set()
+    again = await core.send(inbound("hi", message_id="m-1"))
+    assert [r.content.text for r in again.result.replies] == ["echo: hi"]
+    await core.delivery.close(1.0)
+
+
+class ClosesBehindTheLock(InMemoryStore):
+    """Closes `target` right after the next read of it, without its lock (as
+    a writer does whose lock was lost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.target = ""
+
+    async def get_conversation(self, tenant_id: str, conversation_id: str) -> Conversation | None:
+        found = await super().get_conversation(tenant_id, conversation_id)
+        if found is not None and conversation_id == self.target:
+            self.target = ""
+            closed = dataclasses.replace(
+                found, status=ConversationStatus.ABANDONED, version=found.version + 1
+            )
+            await self.write(ConversationChange(closed, expected_version=found.version))
+        return found
+
+
+async def test_a_session_conversation_closed_under_a_lost_lock_is_aborted_then_replaced() -> None:
+    store = ClosesBehindTheLock()
+    core = build_core(store)
+    first = await core.send(inbound("hi", session_id="s-lost"))
+    store.target = first.result.conversation_id
+
+    with pytest.raises(Aborted) as caught:
+        await core.send(inbound("again", message_id="m-2", session_id="s-lost"))
+    assert caught.value.reason == "CONVERSATION_CHANGED"
+    assert await store.get_message(TENANT, "m-2") is None
+
+    retry = await core.send(inbound("again", message_id="m-2", session_id="s-lost"))
+    assert retry.result.conversation_id != first.result.conversation_id
+    assert retry.result.sequence == 1
+    await core.delivery.close(1.0)
