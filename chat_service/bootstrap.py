@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from adapters.engine.builtin import BuiltinEngine
 from adapters.engine.grpc_engine import GrpcEngine
@@ -27,6 +30,7 @@ from adapters.memory.log_publisher import LogPublisher
 from adapters.memory.rate_limit import InProcessRateLimiter
 from adapters.memory.session_cache import InProcessSessionCache
 from adapters.mongo import MongoStore
+from adapters.redis.breaker import CircuitBreaker
 from adapters.redis.client import connect_redis
 from adapters.redis.idempotency import RedisIdempotencyGuard
 from adapters.redis.live_bus import RedisLiveBus
@@ -35,10 +39,10 @@ from adapters.redis.rate_limit import RedisRateLimiter
 from adapters.redis.session_cache import RedisSessionCache
 from adapters.sqlite.store import SqliteStore
 from chat_service.auth import JwtVerifier, load_or_create_dev_key
-from chat_service.config import ConfigError, Settings
+from chat_service.config import DEV_KEY_REFUSED, ConfigError, Settings
 from chat_service.domain.enums import Channel, DeliveryStatus
-from chat_service.domain.errors import Unavailable
 from chat_service.domain.model import Message
+from chat_service.key_files import load_or_create_page_token_key
 from chat_service.pipeline.admission import TenantAdmission
 from chat_service.pipeline.conversation_stream import ConversationStreams, StreamServices
 from chat_service.pipeline.conversations import ConversationQueries, UpdateConversationStatus
@@ -46,9 +50,11 @@ from chat_service.pipeline.delivery import DeliveryQueue
 from chat_service.pipeline.export import ExportConversation
 from chat_service.pipeline.live import LiveFeed
 from chat_service.pipeline.outbox_relay import OutboxRelay, RelaySettings
+from chat_service.pipeline.page_tokens import PageTokens
 from chat_service.pipeline.read_receipts import MarkRead
 from chat_service.pipeline.send_message import SendMessage, SendSettings
 from chat_service.pipeline.state_cache import StateCacheFeed
+from chat_service.pipeline.stream_limits import server_draining
 from chat_service.pipeline.watch import EventTail, WatchConversations
 from chat_service.pipeline.writer import ConversationWriter
 from chat_service.ports import (
@@ -115,18 +121,18 @@ class Services:
         self._tasks.append(asyncio.create_task(self.tail.run(), name="event tail"))
 
     def end_streams(self) -> None:
-        """Ends every open stream (UNAVAILABLE): they never finish by themselves."""
-        self.streams.close_all(
-            Unavailable(
-                "the server is shutting down; reconnect to another instance",
-                reason="SERVER_DRAINING",
-                retry_after=0.1,
-            )
-        )
+        """Ends every open stream and watch, and any opened from now on
+        (UNAVAILABLE, SERVER_DRAINING, with the resume position): they never
+        finish by themselves."""
+        self.streams.close_all(server_draining)
+        self.watch.close_all(server_draining)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Finish deliveries, publish what is in the outbox, then close
         adapters; each step bounded so that shutdown always ends."""
+        # Messages whose callers left after the commit are still being
+        # answered; their replies go to delivery, so they come first.
+        await self.send_message.close(timeout)
         await self.delivery.close(timeout)
         for task in self._tasks:
             task.cancel()
@@ -155,13 +161,14 @@ async def build_services(settings: Settings) -> Services:
 
 async def _build(settings: Settings, life: Lifecycle) -> Services:
     verifier = _verifier(settings)
+    tokens = _page_tokens(settings)
     clock = SystemClock()
     store = await _store(settings, life)
     coordination = _coordination(settings, life)
     publisher = _publisher(settings, life)
     engine = _engine(settings, life)
     relay = OutboxRelay(
-        store, publisher, RelaySettings(batch_size=500 if settings.kafka_brokers else 100)
+        store, publisher, relay_settings(settings), owner=relay_owner(settings), clock=clock
     )
     tail = EventTail(store)
     live = LiveFeed(coordination.bus)
@@ -218,6 +225,8 @@ async def _build(settings: Settings, life: Lifecycle) -> Services:
             clock=clock,
             buffer_size=settings.stream_buffer_size,
             stall_grace=settings.stream_stall_grace_seconds,
+            max_per_tenant=settings.max_streams_per_tenant,
+            first_frame_timeout=settings.stream_first_frame_timeout_seconds,
         )
     )
     return Services(
@@ -226,7 +235,7 @@ async def _build(settings: Settings, life: Lifecycle) -> Services:
         verifier=verifier,
         admission=admission,
         send_message=send_message,
-        queries=ConversationQueries(store),
+        queries=ConversationQueries(store, tokens=tokens),
         update_status=UpdateConversationStatus(
             store=store,
             writer=writer,
@@ -235,7 +244,14 @@ async def _build(settings: Settings, life: Lifecycle) -> Services:
             lock_timeout=settings.lock_timeout,
         ),
         streams=streams,
-        watch=WatchConversations(store, tail, buffer_size=settings.stream_buffer_size),
+        watch=WatchConversations(
+            store,
+            tail,
+            buffer_size=settings.stream_buffer_size,
+            max_per_tenant=settings.max_watches_per_tenant,
+            stall_grace=settings.stream_stall_grace_seconds,
+            tokens=tokens,
+        ),
         export=ExportConversation(store),
         tail=tail,
         delivery=delivery,
@@ -277,12 +293,14 @@ def _coordination(settings: Settings, life: Lifecycle) -> Coordination:
     bus = RedisLiveBus(redis)
     life.starters.append(bus.start)
     life.closers.append(bus.close)
+    # One breaker for the one Redis: what one adapter learns, all use.
+    breaker = CircuitBreaker(cooldown=settings.redis_breaker_seconds)
     return Coordination(
-        locks=RedisConversationLocks(redis),
-        idempotency=RedisIdempotencyGuard(redis),
-        limiter=RedisRateLimiter(redis, settings.rate_limit_for),
+        locks=RedisConversationLocks(redis, breaker=breaker),
+        idempotency=RedisIdempotencyGuard(redis, breaker=breaker),
+        limiter=RedisRateLimiter(redis, settings.rate_limit_for, breaker=breaker),
         bus=bus,
-        sessions=RedisSessionCache(redis),
+        sessions=RedisSessionCache(redis, breaker=breaker),
     )
 
 
@@ -290,7 +308,12 @@ def _publisher(settings: Settings, life: Lifecycle) -> EventPublisher:
     publisher: EventPublisher
     if settings.kafka_brokers:
         kafka = KafkaPublisher(
-            KafkaSettings(brokers=settings.kafka_brokers, topic_prefix=settings.kafka_topic_prefix)
+            KafkaSettings(
+                brokers=settings.kafka_brokers,
+                topic_prefix=settings.kafka_topic_prefix,
+                replication_factor=settings.kafka_replication_factor,
+                min_insync_replicas=settings.kafka_min_insync_replicas,
+            )
         )
         life.starters.append(kafka.start)  # never fails: the outbox waits for Kafka
         publisher = kafka
@@ -300,12 +323,57 @@ def _publisher(settings: Settings, life: Lifecycle) -> EventPublisher:
     return publisher
 
 
+def relay_settings(settings: Settings) -> RelaySettings:
+    return RelaySettings(
+        batch_size=500 if settings.kafka_brokers else 100,
+        retention=timedelta(hours=settings.outbox_retention_hours),
+        retention_max_rows=settings.outbox_retention_max_rows,
+        prune_interval_seconds=settings.outbox_prune_interval_seconds,
+    )
+
+
+def relay_owner(settings: Settings) -> str:
+    """The outbox relay's owner id: OUTBOX_RELAY_ID, else `<host>:<port>`, which
+    a restarted process keeps (so it takes its own lease straight over, see
+    pipeline/outbox_relay.py) and no two live processes share (they cannot
+    both listen on it). With port 0 (any free port) nothing is stable: random."""
+    if settings.outbox_relay_id:
+        return settings.outbox_relay_id
+    if settings.port == 0:
+        return f"{socket.gethostname()}:{uuid.uuid4().hex}"
+    return f"{socket.gethostname()}:{settings.port}"
+
+
 def _engine(settings: Settings, life: Lifecycle) -> Engine:
     if not settings.mcp_engine_url:
         return BuiltinEngine()
-    engine = GrpcEngine(settings.mcp_engine_url, timeout=settings.engine_timeout)
+    try:
+        engine = GrpcEngine(
+            settings.mcp_engine_url,
+            timeout=settings.engine_timeout,
+            tls=settings.mcp_engine_tls,
+            root_certificates=settings.mcp_engine_ca_pem.encode() or None,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"MCP_ENGINE_CA_FILE: {exc}") from exc
     life.closers.append(engine.close)
     return engine
+
+
+def _page_tokens(settings: Settings) -> PageTokens:
+    if settings.page_token_secret:
+        return PageTokens(settings.page_token_secret.encode())
+    try:
+        key = load_or_create_page_token_key(settings.data_dir)
+    except ValueError as exc:
+        raise ConfigError(f"PAGE_TOKEN_SECRET not set, and {exc}") from exc
+    if settings.production_shape:
+        log.warning(
+            "PAGE_TOKEN_SECRET not set: page and resume tokens are signed with the key in "
+            "%s, so replicas must share DATA_DIR or they refuse each other's tokens",
+            settings.data_dir,
+        )
+    return PageTokens(key)
 
 
 def _verifier(settings: Settings) -> JwtVerifier:
@@ -322,6 +390,8 @@ def _verifier(settings: Settings) -> JwtVerifier:
             )
         except ValueError as exc:
             raise ConfigError(f"JWT settings: {exc}") from exc
+    if not settings.dev_jwt_key_allowed:
+        raise ConfigError(DEV_KEY_REFUSED)
     key = load_or_create_dev_key(settings.data_dir)
     log.warning(
         "no JWT key configured (JWT_PUBLIC_KEY / JWT_SECRET): accepting tokens signed with the "

@@ -2,9 +2,11 @@
 
 On SIGTERM (or SIGINT) the server reports NOT_SERVING on health and keeps
 serving for SHUTDOWN_DELAY_SECONDS, so that load balancers see it and stop
-sending; then it stops taking new calls, lets in-flight calls finish within
-SHUTDOWN_GRACE_SECONDS, finishes deliveries and publishes what is left in
-the outbox, and exits.
+sending; then it stops taking new calls, ends every open stream and watch
+at once (UNAVAILABLE, reason SERVER_DRAINING, with `resume_after_sequence`
+or `resume_token` in the ErrorInfo metadata: reconnect elsewhere and
+resume), lets other in-flight calls finish within SHUTDOWN_GRACE_SECONDS,
+finishes deliveries and publishes what is left in the outbox, and exits.
 """
 
 from __future__ import annotations

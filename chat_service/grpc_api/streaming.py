@@ -29,6 +29,7 @@ from chat_service.domain.live import (
     TypingChanged,
 )
 from chat_service.domain.model import Message
+from chat_service.grpc_api.auth_interceptor import current_principal
 from chat_service.grpc_api.errors import to_status
 from chat_service.grpc_api.mappers import (
     conversation_to_proto,
@@ -41,6 +42,7 @@ from chat_service.grpc_api.mappers_enums import (
     conversation_status_from_proto,
     conversation_status_to_proto,
     delivery_status_to_proto,
+    enum_set_from_proto,
     export_format_from_proto,
     message_role_to_proto,
 )
@@ -53,14 +55,13 @@ from chat_service.pipeline.conversation_stream import (
     StreamItem,
     StreamOpenRequest,
 )
-from chat_service.pipeline.export import ExportConversation
-from chat_service.pipeline.page_tokens import decode_token, encode_token
+from chat_service.pipeline.export import ExportConversation, spreadsheet_safe
+from chat_service.pipeline.stream_limits import with_metadata
 from chat_service.pipeline.watch import WatchConversations
 
 log = logging.getLogger(__name__)
 
 EXPORT_CHUNK_BYTES = 64 * 1024
-_WATCH_QUERY = "watch"
 
 # ---------------------------------------------------------- StreamConversation
 
@@ -72,14 +73,30 @@ async def stream_conversation(
     *,
     error_domain: str,
 ) -> AsyncIterator[pb.StreamConversationResponse]:
-    first = await anext(frames, None)
+    # A call that never says what it wants must not hold a connection's
+    # stream (and the server's task) for ever.
+    timeout = streams.first_frame_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            first = await anext(frames, None)
+    except TimeoutError:
+        raise InvalidArgument.of(
+            "open",
+            f"the first frame of a stream must be `open`, sent within {timeout:g} s",
+            reason="FIRST_FRAME_TIMEOUT",
+        ) from None
     if first is None:
         return  # the client closed before saying anything
     if first.WhichOneof("frame") != "open":
         raise InvalidArgument.of("open", "the first frame of a stream must be `open`")
     handler = asyncio.current_task()
     assert handler is not None
-    stream = await streams.open(tenant_id, _open_request(first.open), abandon=handler.cancel)
+    stream = await streams.open(
+        tenant_id,
+        _open_request(first.open),
+        abandon=handler.cancel,
+        valid_until=current_principal().valid_until,
+    )
     reader = asyncio.create_task(_read_frames(frames, stream), name=f"stream {stream.id} reader")
     try:
         async for item in stream.items():
@@ -210,23 +227,34 @@ async def watch_conversations(
     channels, statuses = _watch_filters(request)
     resume_after = None
     if request.resume_token:
-        position = decode_token(
-            request.resume_token, digest=_WATCH_QUERY, field="resume_token"
-        ).get("p")
-        if not isinstance(position, int) or isinstance(position, bool) or not 0 <= position < 2**63:
-            raise InvalidArgument.of("resume_token", "is not a resume token this service issued")
+        position = watches.tokens.resume_position(tenant_id, request.resume_token)
         await watches.check_resume(position)
         resume_after = position
-    watch = watches.open(tenant_id, channels=channels, statuses=statuses, resume_after=resume_after)
+    handler = asyncio.current_task()
+    assert handler is not None
+    watch = watches.open(
+        tenant_id,
+        channels=channels,
+        statuses=statuses,
+        resume_after=resume_after,
+        valid_until=current_principal().valid_until,
+        abandon=handler.cancel,
+    )
     try:
         # Headers now: the client knows the watch is listening before the
         # first event, however long that takes.
         await context.send_initial_metadata(())
-        async for entry in watch.entries():
-            yield pb.WatchConversationsResponse(
-                event=event_to_proto(entry.event),
-                resume_token=encode_token({"p": entry.position}, digest=_WATCH_QUERY),
-            )
+        try:
+            async for entry in watch.entries():
+                yield pb.WatchConversationsResponse(
+                    event=event_to_proto(entry.event),
+                    resume_token=watches.tokens.resume_token(tenant_id, entry.position),
+                )
+        except ChatError as error:
+            # Whatever ended the watch (drain, expired token, the store), the
+            # client resumes where it stopped: everything before went out.
+            token = watches.tokens.resume_token(tenant_id, watch.position)
+            raise with_metadata(error, resume_token=token) from None
     finally:
         watch.close()
 
@@ -234,24 +262,24 @@ async def watch_conversations(
 def _watch_filters(
     request: pb.WatchConversationsRequest,
 ) -> tuple[frozenset[Channel], frozenset[ConversationStatus]]:
-    violations = []
-    channels = set()
-    for index, number in enumerate(request.channels):
-        channel = channel_from_proto(number)
-        if channel is None:
-            violations.append(FieldViolation(f"channels[{index}]", f"unknown channel {number}"))
-        else:
-            channels.add(channel)
-    statuses = set()
-    for index, value in enumerate(request.statuses):
-        status = conversation_status_from_proto(value)
-        if status is None:
-            violations.append(FieldViolation(f"statuses[{index}]", f"unknown status {value}"))
-        else:
-            statuses.add(status)
+    violations: list[FieldViolation] = []
+    channels = enum_set_from_proto(
+        request.channels,
+        channel_from_proto,
+        field="channels",
+        noun="channel",
+        violations=violations,
+    )
+    statuses = enum_set_from_proto(
+        request.statuses,
+        conversation_status_from_proto,
+        field="statuses",
+        noun="status",
+        violations=violations,
+    )
     if violations:
         raise InvalidArgument(violations)
-    return frozenset(channels), frozenset(statuses)
+    return channels, statuses
 
 
 # ---------------------------------------------------------- ExportConversation
@@ -307,7 +335,8 @@ def _json_line(message: Message) -> bytes:
 
 
 class _CsvLines:
-    """RFC 4180 rows, one message each."""
+    """RFC 4180 rows, one message each; no cell can run as a spreadsheet
+    formula (spreadsheet_safe)."""
 
     def __init__(self) -> None:
         self._buffer = io.StringIO()
@@ -318,13 +347,18 @@ class _CsvLines:
         self._writer.writerow(
             (
                 message.sequence,
-                message.message_id,
-                message.role.value,
-                message.created_at.isoformat(),
-                content.type.value if content.type else "",
-                content.text,
-                content.media.url if content.media else "",
-                message.delivery_status.value,
+                *map(
+                    spreadsheet_safe,
+                    (
+                        message.message_id,
+                        message.role.value,
+                        message.created_at.isoformat(),
+                        content.type.value if content.type else "",
+                        content.text,
+                        content.media.url if content.media else "",
+                        message.delivery_status.value,
+                    ),
+                ),
             )
         )
         row = self._buffer.getvalue().encode()

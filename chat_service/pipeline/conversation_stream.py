@@ -12,15 +12,19 @@ client. Past that the stream stops listening at once and ends with
 RESOURCE_EXHAUSTED (the client reconnects with resume_after_sequence), so one
 slow reader can never make the server hold an unbounded backlog. A client
 that reads nothing at all cannot even be told: after `stall_grace` seconds
-its call is abandoned (cancelled) instead.
+its call is abandoned (cancelled) instead. Typing indicators never count
+against that bound and never end a stream (see stream_buffer).
+
+A tenant holds at most `max_per_tenant` streams in a process; a stream ends
+with UNAUTHENTICATED when its token expires, and with UNAVAILABLE when the
+server drains. Every ending but a protocol error carries
+`resume_after_sequence`: the last sequence the client was sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -36,6 +40,12 @@ from chat_service.domain.errors import (
     conversation_not_found,
 )
 from chat_service.domain.events import EventType
+from chat_service.domain.identifiers import (
+    MAX_SESSION_ID_LENGTH,
+    MAX_USER_ID_LENGTH,
+    conversation_id_problem,
+    identifier_problem,
+)
 from chat_service.domain.live import (
     LiveEvent,
     MessageStored,
@@ -44,16 +54,18 @@ from chat_service.domain.live import (
     conversation_topic,
 )
 from chat_service.domain.model import Conversation, InboundMessage, Message
-from chat_service.domain.validation import (
-    MAX_SESSION_ID_LENGTH,
-    MAX_USER_ID_LENGTH,
-    conversation_id_problem,
-)
 from chat_service.pipeline.admission import TenantAdmission
 from chat_service.pipeline.errors import port_errors
 from chat_service.pipeline.events import conversation_event
 from chat_service.pipeline.read_receipts import MarkRead
 from chat_service.pipeline.send_message import SendMessage
+from chat_service.pipeline.stream_buffer import StreamBuffer, TypingThrottle
+from chat_service.pipeline.stream_limits import (
+    TenantSlots,
+    on_expiry,
+    token_expired,
+    with_metadata,
+)
 from chat_service.pipeline.writer import ConversationWriter
 from chat_service.ports import Clock, ConversationChange, ConversationStore, LiveBus
 
@@ -93,16 +105,6 @@ class Refused:
 StreamItem: TypeAlias = Opened | Acked | Refused | LiveEvent
 
 
-_TYPING_INTERVAL = 1.0
-
-
-class _Wake:
-    """Queued to wake the reader when the stream fails."""
-
-
-_WAKE = _Wake()
-
-
 @dataclass(frozen=True, slots=True)
 class StreamServices:
     """What a stream works with."""
@@ -121,6 +123,12 @@ class StreamServices:
     # How long opening waits for the live subscription to be in effect;
     # past it the stream opens anyway (it fills gaps from the store).
     subscribe_timeout: float = 2.0
+    # Open streams per tenant in this process (RESOURCE_EXHAUSTED past it).
+    max_per_tenant: int = 1000
+    # How long a new stream may take to send its `open` frame.
+    first_frame_timeout: float = 10.0
+    # A stream publishes at most one typing indicator per interval.
+    typing_interval: float = 1.0
 
 
 class ConversationStreams:
@@ -129,10 +137,18 @@ class ConversationStreams:
     def __init__(self, services: StreamServices) -> None:
         self._services = services
         self._open: set[ConversationStream] = set()
+        self._slots = TenantSlots(
+            services.max_per_tenant, kind="streams", reason="TOO_MANY_STREAMS"
+        )
+        self._draining: Callable[[], ChatError] | None = None
 
     @property
     def open_count(self) -> int:
         return len(self._open)
+
+    @property
+    def first_frame_timeout(self) -> float:
+        return self._services.first_frame_timeout
 
     async def open(
         self,
@@ -140,19 +156,31 @@ class ConversationStreams:
         request: StreamOpenRequest,
         *,
         abandon: Callable[[], object] = lambda: None,
+        valid_until: float | None = None,
     ) -> ConversationStream:
         """`abandon` ends the call without a status, for a client that stopped
-        reading (see the module doc)."""
+        reading (see the module doc); the stream ends with UNAUTHENTICATED
+        once the wall clock passes `valid_until` (the token's expiry)."""
         _validate_open(request)
+        release = self._slots.take(tenant_id)
         conversation_id = request.conversation_id or str(uuid.uuid4())
-        stream = ConversationStream(
-            self._services,
-            tenant_id,
-            conversation_id,
-            request.resume_after,
-            on_close=self._open.discard,
-            abandon=abandon,
-        )
+
+        def closed(stream: ConversationStream) -> None:
+            release()
+            self._open.discard(stream)
+
+        try:
+            stream = ConversationStream(
+                self._services,
+                tenant_id,
+                conversation_id,
+                request.resume_after,
+                on_close=closed,
+                abandon=abandon,
+            )
+        except BaseException:
+            release()
+            raise
         try:
             # Listening must be in effect before the conversation is read, or
             # a message stored in between would reach neither.
@@ -166,11 +194,17 @@ class ConversationStreams:
             stream.close()
             raise
         self._open.add(stream)
+        stream.expire_at(valid_until)
+        if self._draining is not None:  # it opened while the server drains
+            stream.fail(self._draining(), resumable=True)
         return stream
 
-    def close_all(self, error: ChatError) -> None:
+    def close_all(self, make_error: Callable[[], ChatError]) -> None:
+        """End every open stream, and any opened from now on, with an error of
+        `make_error` (each its own: it gets the stream's resume position)."""
+        self._draining = make_error
         for stream in tuple(self._open):
-            stream.fail(error)
+            stream.fail(make_error(), resumable=True)
 
     async def _conversation_for(
         self, tenant_id: str, conversation_id: str, request: StreamOpenRequest
@@ -224,14 +258,10 @@ def _validate_open(request: StreamOpenRequest) -> None:
         violations.append(FieldViolation("open.conversation_id", problem))
     if request.resume_after is not None and request.resume_after < 0:
         violations.append(FieldViolation("open.resume_after_sequence", "must not be negative"))
-    if len(request.user_id) > MAX_USER_ID_LENGTH:
-        violations.append(
-            FieldViolation("open.user_id", f"must be at most {MAX_USER_ID_LENGTH} characters")
-        )
-    if len(request.session_id) > MAX_SESSION_ID_LENGTH:
-        violations.append(
-            FieldViolation("open.session_id", f"must be at most {MAX_SESSION_ID_LENGTH} characters")
-        )
+    if problem := identifier_problem(request.user_id, maximum=MAX_USER_ID_LENGTH):
+        violations.append(FieldViolation("open.user_id", problem))
+    if problem := identifier_problem(request.session_id, maximum=MAX_SESSION_ID_LENGTH):
+        violations.append(FieldViolation("open.session_id", problem))
     if not request.conversation_id:
         if not request.user_id:
             violations.append(FieldViolation("open.user_id", "is required to start a conversation"))
@@ -265,11 +295,13 @@ class ConversationStream:
         self._on_close = on_close
         self._abandon = abandon
         self._finished = False
-        self._last_typing: tuple[bool, float] | None = None
-        self._out: asyncio.Queue[StreamItem | _Wake] = asyncio.Queue(services.buffer_size)
+        self._typing = TypingThrottle(services.typing_interval, self._publish_typing)
+        self._out: StreamBuffer[StreamItem] = StreamBuffer(services.buffer_size)
         # Live events that arrive while the replay runs wait here.
         self._pending: list[LiveEvent] | None = []
         self._fatal: ChatError | None = None
+        self._resumable = False  # the fatal error gets the resume position
+        self._timers: list[asyncio.TimerHandle] = []
         self._last = 0  # the last message sequence sent to the client
         self._topic = conversation_topic(tenant_id, conversation_id)
         # Listening starts before the conversation is read: see the module doc.
@@ -284,27 +316,41 @@ class ConversationStream:
         self._last = conversation.last_sequence if resume_after is None else resume_after
 
     def close(self) -> None:
+        if self._finished:
+            return
         self._finished = True
         self._stop_listening()
+        self._typing.close()
+        for timer in self._timers:
+            timer.cancel()
         self._on_close(self)
+
+    def expire_at(self, valid_until: float | None) -> None:
+        timer = on_expiry(valid_until, lambda: self.fail(token_expired(), resumable=True))
+        if timer is not None:
+            self._timers.append(timer)
 
     def _stop_listening(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
 
-    def fail(self, error: ChatError) -> None:
+    def fail(self, error: ChatError, *, resumable: bool = False) -> None:
         """End the stream with `error`: at once if the client is waiting, else
-        when it reads next; abandon the call if it does not within the grace."""
-        if self._fatal is not None:
+        when it reads next; abandon the call if it does not within the grace.
+        A `resumable` error gets `resume_after_sequence` when it is raised."""
+        if self._fatal is not None or self._finished:
             return
         self._fatal = error
+        self._resumable = resumable
         self._stop_listening()  # nothing more piles up
         self._pending = None
-        # A full queue means the reader is not waiting: it checks _fatal first.
-        with contextlib.suppress(asyncio.QueueFull):
-            self._out.put_nowait(_WAKE)
-        asyncio.get_running_loop().call_later(self._services.stall_grace, self._abandon_if_stalled)
+        self._out.wake()
+        self._timers.append(
+            asyncio.get_running_loop().call_later(
+                self._services.stall_grace, self._abandon_if_stalled
+            )
+        )
 
     def _abandon_if_stalled(self) -> None:
         if not self._finished:
@@ -333,7 +379,7 @@ class ConversationStream:
         while True:
             self._check()
             queued = await self._out.get()
-            if isinstance(queued, _Wake):
+            if queued is None:
                 continue
             async for deliverable in self._deliverable(queued):
                 yield deliverable
@@ -343,16 +389,17 @@ class ConversationStream:
             return
         if isinstance(event, TypingChanged | ReadThrough) and event.origin == self.id:
             return  # the client knows what it said itself
+        if isinstance(event, TypingChanged):
+            self._out.typing(event)  # coalesced, outside the bound: never ends the stream
+            return
         if self._pending is not None:
             if len(self._pending) >= self._services.buffer_size:
-                self.fail(self._overflow())
+                self.fail(self._overflow(), resumable=True)
             else:
                 self._pending.append(event)
             return
-        try:
-            self._out.put_nowait(event)
-        except asyncio.QueueFull:
-            self.fail(self._overflow())
+        if not self._out.offer(event):
+            self.fail(self._overflow(), resumable=True)
 
     async def _deliverable(self, item: StreamItem) -> AsyncIterator[StreamItem]:
         if not isinstance(item, MessageStored):
@@ -378,14 +425,17 @@ class ConversationStream:
                 yield message
 
     def _check(self) -> None:
-        if self._fatal is not None:
-            raise self._fatal
+        if self._fatal is None:
+            return
+        if self._resumable:
+            # Everything yielded so far went out before this status does.
+            raise with_metadata(self._fatal, resume_after_sequence=str(self._last))
+        raise self._fatal
 
     def _overflow(self) -> ResourceExhausted:
         return ResourceExhausted(
             "the client reads too slowly; reconnect with resume_after_sequence",
             reason="STREAM_BUFFER_FULL",
-            metadata={"resume_after_sequence": str(self._last)},
         )
 
     # -------------------------------------------------------------- input
@@ -408,13 +458,15 @@ class ConversationStream:
         await self._out.put(Acked(result.message_id, result.sequence, outcome.replayed))
 
     def typing(self, typing: bool) -> None:
-        # At most one indicator per second per stream (and none repeating
-        # the last), so a chatty client cannot flood the other streams.
-        now = time.monotonic()
-        last = self._last_typing
-        if last is not None and last[0] == typing and now - last[1] < _TYPING_INTERVAL:
-            return
-        self._last_typing = (typing, now)
+        """A typing frame. Rate limited per stream, not by the tenant's limit:
+        at most one indicator per `typing_interval`, the latest state winning
+        (TypingThrottle); with the per-tenant stream cap that bounds a
+        tenant's typing traffic, and typing never spends the budget that the
+        tenant's messages need."""
+        if self._fatal is None and not self._finished:
+            self._typing.set(typing)
+
+    def _publish_typing(self, typing: bool) -> None:
         self._services.bus.publish(
             self._topic, TypingChanged(MessageRole.USER, typing, origin=self.id)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Generic, TypeGuard, TypeVar
+from typing import Generic, TypeVar
 
 from chat_service.domain.enums import ConversationStatus
 from chat_service.domain.errors import (
@@ -14,11 +14,16 @@ from chat_service.domain.errors import (
     InvalidArgument,
     conversation_not_found,
 )
+from chat_service.domain.identifiers import (
+    MAX_USER_ID_LENGTH,
+    conversation_id_problem,
+    identifier_problem,
+)
 from chat_service.domain.model import Conversation, Message
-from chat_service.domain.validation import MAX_USER_ID_LENGTH, conversation_id_problem
+from chat_service.domain.text import normalize_search_query, search_query_problem
 from chat_service.pipeline.errors import port_errors
 from chat_service.pipeline.events import status_changed
-from chat_service.pipeline.page_tokens import decode_token, encode_token, query_digest
+from chat_service.pipeline.page_tokens import PageTokens, is_position, query_digest
 from chat_service.pipeline.writer import ConversationWriter
 from chat_service.ports import (
     Clock,
@@ -33,7 +38,6 @@ CONVERSATIONS_DEFAULT_PAGE = 20
 CONVERSATIONS_MAX_PAGE = 100
 MESSAGES_DEFAULT_PAGE = 50
 MESSAGES_MAX_PAGE = 1000
-MAX_SEARCH_QUERY = 200
 MAX_STATUS_REASON = 500
 
 T = TypeVar("T")
@@ -60,8 +64,11 @@ def _require_id(conversation_id: str) -> None:
 
 
 class ConversationQueries:
-    def __init__(self, store: ConversationStore) -> None:
+    def __init__(self, store: ConversationStore, *, tokens: PageTokens | None = None) -> None:
         self._store = store
+        # Production passes the deployment's key (bootstrap); a random one
+        # serves a single object's life (tests).
+        self._tokens = tokens or PageTokens.ephemeral()
 
     async def get(self, tenant_id: str, conversation_id: str) -> Conversation:
         _require_id(conversation_id)
@@ -78,25 +85,20 @@ class ConversationQueries:
         limit = _page_size(
             page_size, CONVERSATIONS_DEFAULT_PAGE, CONVERSATIONS_MAX_PAGE, violations
         )
-        if len(query.user_id) > MAX_USER_ID_LENGTH:
-            violations.append(
-                FieldViolation("user_id", f"must be at most {MAX_USER_ID_LENGTH} characters")
-            )
-        if len(query.search_query) > MAX_SEARCH_QUERY:
-            violations.append(
-                FieldViolation(
-                    "search_query",
-                    f"must be at most {MAX_SEARCH_QUERY} characters, got {len(query.search_query)}",
-                )
-            )
+        if problem := identifier_problem(query.user_id, maximum=MAX_USER_ID_LENGTH):
+            violations.append(FieldViolation("user_id", problem))
+        if problem := search_query_problem(query.search_query):
+            violations.append(FieldViolation("search_query", problem))
+        else:  # searched as stored text is stored: NFC, "\n" line breaks
+            query = replace(query, search_query=normalize_search_query(query.search_query))
         if query.start_time and query.end_time and query.end_time <= query.start_time:
             violations.append(FieldViolation("end_time", "must be after start_time"))
         if violations:
             raise InvalidArgument(violations)
-        digest = query_digest("conversations", query)
+        digest = query_digest("conversations", tenant_id, query)
         after = None
         if page_token:
-            position = decode_token(page_token, digest=digest)
+            position = self._tokens.decode(page_token, digest=digest)
             after = _cursor_from(position)
         with port_errors():
             items = await self._store.list_conversations(
@@ -106,7 +108,7 @@ class ConversationQueries:
         if len(items) > limit:
             items = items[:limit]
             last = items[-1]
-            token = encode_token(
+            token = self._tokens.encode(
                 {"t": last.created_at.isoformat(), "id": last.conversation_id}, digest=digest
             )
         return Page(items, token)
@@ -125,11 +127,11 @@ class ConversationQueries:
         limit = _page_size(page_size, MESSAGES_DEFAULT_PAGE, MESSAGES_MAX_PAGE, violations)
         if violations:
             raise InvalidArgument(violations)
-        digest = query_digest("messages", conversation_id, descending)
+        digest = query_digest("messages", tenant_id, conversation_id, descending)
         after: int | None = None
         if page_token:
-            sequence = decode_token(page_token, digest=digest).get("s")
-            if not _is_position(sequence):
+            sequence = self._tokens.decode(page_token, digest=digest).get("s")
+            if not is_position(sequence):
                 raise InvalidArgument.of("page_token", "is not a page token this service issued")
             after = sequence
         await self.get(tenant_id, conversation_id)  # NOT_FOUND before an empty page
@@ -144,13 +146,8 @@ class ConversationQueries:
         token = ""
         if len(items) > limit:
             items = items[:limit]
-            token = encode_token({"s": items[-1].sequence}, digest=digest)
+            token = self._tokens.encode({"s": items[-1].sequence}, digest=digest)
         return Page(items, token)
-
-
-def _is_position(value: object) -> TypeGuard[int]:
-    """An integer the stores can take (a forged token may hold anything)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def _cursor_from(position: object) -> ConversationCursor:

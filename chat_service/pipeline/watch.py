@@ -6,21 +6,29 @@ per process follows the log's end and hands new entries to the watchers of
 their tenant; a watcher that resumes first reads what it missed from the
 store. So a watch misses nothing and repeats nothing across reconnects, and
 it sees events written by any process sharing the store.
+
+A watch never ends by itself: only with an error (the server drains, its
+token expires, the store fails), after which the client resumes from the
+watch's position (the gRPC layer puts its resume token in the error). A
+tenant holds at most `max_per_tenant` watches in a process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 
 from chat_service.domain.enums import Channel, ConversationStatus
-from chat_service.domain.errors import FailedPrecondition
+from chat_service.domain.errors import ChatError, FailedPrecondition
 from chat_service.domain.events import OutboxEntry
 from chat_service.pipeline.batch_loop import BatchLoop
 from chat_service.pipeline.errors import port_errors
-from chat_service.ports import ConversationStore, StoreUnavailable
+from chat_service.pipeline.page_tokens import PageTokens
+from chat_service.pipeline.stream_limits import TenantSlots, on_expiry, token_expired
+from chat_service.ports import ConversationStore, EventsPruned, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +91,16 @@ class EventTail:
             # small query) rather than reading every event.
             self.position = max(self.position, await self._store.last_event_position())
             return 0
-        entries = await self._store.read_events(
-            after_position=self.position, limit=self._settings.batch_size
-        )
+        try:
+            entries = await self._store.read_events(
+                after_position=self.position, limit=self._settings.batch_size
+            )
+        except EventsPruned as pruned:
+            # Behind the outbox retention (stalled for longer than it keeps
+            # events): go on from what is left rather than fail for ever.
+            log.error("event tail: %s; live watches skip them", pruned)
+            self.position = pruned.pruned_through
+            return self._settings.batch_size  # (read on at once)
         for entry in entries:
             self.position = entry.position
             for listener in tuple(self._listeners.get(entry.event.tenant_id, ())):
@@ -97,10 +112,32 @@ class EventTail:
 
 
 class WatchConversations:
-    def __init__(self, store: ConversationStore, tail: EventTail, *, buffer_size: int) -> None:
+    """Opens watches, caps them per tenant, and ends them all when the server
+    drains."""
+
+    def __init__(
+        self,
+        store: ConversationStore,
+        tail: EventTail,
+        *,
+        buffer_size: int,
+        max_per_tenant: int = 100,
+        stall_grace: float = 5.0,
+        tokens: PageTokens | None = None,
+    ) -> None:
         self._store = store
         self._tail = tail
         self._buffer_size = buffer_size
+        # Signs and checks resume tokens (the deployment's key in production).
+        self.tokens = tokens or PageTokens.ephemeral()
+        self._stall_grace = stall_grace
+        self._slots = TenantSlots(max_per_tenant, kind="watches", reason="TOO_MANY_WATCHES")
+        self._open: set[Watch] = set()
+        self._draining: Callable[[], ChatError] | None = None
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
 
     async def check_resume(self, position: int) -> None:
         """A resume token past the end of the log was not issued by this
@@ -120,24 +157,64 @@ class WatchConversations:
         channels: Collection[Channel] = (),
         statuses: Collection[ConversationStatus] = (),
         resume_after: int | None = None,
+        valid_until: float | None = None,
+        abandon: Callable[[], object] = lambda: None,
     ) -> Watch:
         """A watch of the tenant's events after `resume_after` (None: from now
-        on). It listens from this call on; close it when done."""
-        return Watch(
-            self._store,
-            self._tail,
-            tenant_id,
-            buffer_size=self._buffer_size,
-            channels=frozenset(channels),
-            statuses=frozenset(statuses),
-            resume_after=resume_after,
-        )
+        on). It listens from this call on; close it when done. It ends with
+        UNAUTHENTICATED once the wall clock passes `valid_until` (the token's
+        expiry); `abandon` ends the call without a status, for a client that
+        stops reading after the watch failed."""
+        release = self._slots.take(tenant_id)
+
+        def closed(watch: Watch) -> None:
+            release()
+            self._open.discard(watch)
+
+        try:
+            watch = Watch(
+                self._store,
+                self._tail,
+                tenant_id,
+                buffer_size=self._buffer_size,
+                channels=frozenset(channels),
+                statuses=frozenset(statuses),
+                resume_after=resume_after,
+                stall_grace=self._stall_grace,
+                abandon=abandon,
+                on_close=closed,
+            )
+        except BaseException:
+            release()
+            raise
+        self._open.add(watch)
+        watch.expire_at(valid_until)
+        if self._draining is not None:
+            watch.fail(self._draining())
+        return watch
+
+    def close_all(self, make_error: Callable[[], ChatError]) -> None:
+        """End every open watch, and any opened from now on, with an error of
+        `make_error` (each its own: it gets the watch's resume position)."""
+        self._draining = make_error
+        for watch in tuple(self._open):
+            watch.fail(make_error())
+
+
+class _Wake:
+    """Queued to wake a waiting watcher: it has fallen behind, or failed."""
+
+
+_WAKE = _Wake()
 
 
 class Watch:
     """Live entries come through a bounded queue. A watcher that falls behind
     loses nothing: when the queue overflows, the watch drops it and reads on
-    from the store (the log) at the watcher's own pace, then goes live again."""
+    from the store (the log) at the watcher's own pace, then goes live again.
+
+    A watch ends only with an error (`fail`): the consumer raises it at its
+    next step; `position` is where a new watch resumes without a loss."""
 
     def __init__(
         self,
@@ -149,33 +226,89 @@ class Watch:
         channels: frozenset[Channel],
         statuses: frozenset[ConversationStatus],
         resume_after: int | None,
+        stall_grace: float = 5.0,
+        abandon: Callable[[], object] = lambda: None,
+        on_close: Callable[[Watch], object] = lambda _watch: None,
     ) -> None:
         self._store = store
         self._tenant_id = tenant_id
         self._channels = channels
         self._statuses = statuses
-        self._queue: asyncio.Queue[OutboxEntry] = asyncio.Queue(buffer_size)
+        self._stall_grace = stall_grace
+        self._abandon = abandon
+        self._on_close = on_close
+        self._queue: asyncio.Queue[OutboxEntry | _Wake] = asyncio.Queue(buffer_size)
+        self._fatal: ChatError | None = None
+        self._closed = False
+        self._timers: list[asyncio.TimerHandle] = []
         # Listen first, then catch up: whatever commits meanwhile is either
         # read from the store or queued, and duplicates are dropped by position.
-        self._unsubscribe = tail.subscribe(tenant_id, self._on_entry)
+        self._unsubscribe: Callable[[], None] | None = tail.subscribe(tenant_id, self._on_entry)
         self._behind = resume_after is not None  # read from the store first
         self._last = tail.position if resume_after is None else resume_after
 
+    @property
+    def position(self) -> int:
+        """Every wanted entry up to here was handed to the consumer."""
+        return self._last
+
     def close(self) -> None:
-        self._unsubscribe()
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_listening()
+        for timer in self._timers:
+            timer.cancel()
+        self._on_close(self)
+
+    def expire_at(self, valid_until: float | None) -> None:
+        timer = on_expiry(valid_until, lambda: self.fail(token_expired()))
+        if timer is not None:
+            self._timers.append(timer)
+
+    def fail(self, error: ChatError) -> None:
+        """End the watch with `error`: at once if the consumer waits, else at
+        its next step; abandon the call if it does not get there in time."""
+        if self._fatal is not None or self._closed:
+            return
+        self._fatal = error
+        self._stop_listening()
+        self._wake()
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_later(self._stall_grace, self._abandon_if_stalled))
+
+    def _abandon_if_stalled(self) -> None:
+        if not self._closed:
+            log.info("a watch of %s reads nothing after it failed; abandoning it", self._tenant_id)
+            self._abandon()
+
+    def _stop_listening(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _wake(self) -> None:
+        # A full queue means the consumer is not waiting: it checks first.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_WAKE)
+
+    def _check(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
 
     async def entries(self) -> AsyncIterator[OutboxEntry]:
         while True:
+            self._check()
             if self._behind:
                 self._behind = False
                 async for entry in self._catch_up():
                     yield entry
                 continue
-            entry = await self._queue.get()
-            if entry.position <= self._last:
+            queued = await self._queue.get()
+            if isinstance(queued, _Wake) or queued.position <= self._last:
                 continue
-            self._last = entry.position
-            yield entry
+            self._last = queued.position
+            yield queued
 
     async def _catch_up(self) -> AsyncIterator[OutboxEntry]:
         while True:
@@ -184,6 +317,7 @@ class Watch:
                     after_position=self._last, limit=_CATCH_UP_BATCH, tenant_id=self._tenant_id
                 )
             for entry in batch:
+                self._check()
                 self._last = entry.position
                 if self._wanted(entry):
                     yield entry
@@ -197,9 +331,11 @@ class Watch:
             self._queue.put_nowait(entry)
         except asyncio.QueueFull:
             # Too far behind to follow live: drop the queue, read the log.
+            # The consumer may be waiting on the queue: wake it to do so.
             self._behind = True
             while not self._queue.empty():
                 self._queue.get_nowait()
+            self._wake()
 
     def _wanted(self, entry: OutboxEntry) -> bool:
         event = entry.event

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,10 +20,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from tests.e2e.test_watch_and_export import Watcher
 from tests.support.engine_server import running_engine
 from tests.support.grpc_client import bearer, rich_error, text_request
 from tests.support.net import free_port
 from tests.support.service import ServiceProcess
+from tests.support.streams import StreamClient
 
 CHAT = "chatbot.chat.v1.ChatService"
 
@@ -158,3 +161,72 @@ async def test_unfinished_rpcs_answer_unimplemented(
         await stub.HandleWebhook(pb.HandleWebhookRequest(tenant_id="acme", platform="slack"))
 
     assert rich_error(caught.value).code is grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_draining_ends_streams_and_watches_with_where_to_resume(tmp_path: Path) -> None:
+    # Two replicas on one store (two processes: a couple of seconds to start).
+    # The one drained must end its stream and watch at once, telling each
+    # client where to resume; they resume on the other and lose nothing.
+    data_dir = tmp_path / "service"
+    draining = ServiceProcess(data_dir, {"SHUTDOWN_GRACE_SECONDS": "30"}, name="draining")
+    staying = ServiceProcess(data_dir, name="staying")
+    try:
+        draining.start()
+        staying.start()
+        auth = bearer(draining.token("acme"))
+        async with (
+            grpc.aio.insecure_channel(draining.address) as to_draining,
+            grpc.aio.insecure_channel(staying.address) as to_staying,
+        ):
+            stub = chat_service_pb2_grpc.ChatServiceStub(to_draining)
+            watcher = Watcher(stub, auth)
+            await asyncio.wait_for(watcher.call.initial_metadata(), 10)
+            stream = StreamClient(stub, auth)
+            conversation_id = (await stream.open()).conversation.conversation_id
+            stream.say("before the drain", "d-1")
+            seen = await stream.messages_through(2)
+            await watcher.until(3)  # started, received, sent
+
+            started = time.monotonic()
+            stopping = asyncio.get_running_loop().run_in_executor(None, draining.stop)
+            _, stream_ended = await stream.until_error(timeout=20)
+            watch_ended = await watcher.error(timeout=20)
+            assert await stopping == 0
+            assert time.monotonic() - started < 10  # not the 30 s grace
+
+            for ended in (stream_ended, watch_ended):
+                error = rich_error(ended)
+                assert (error.code, error.reason) == (
+                    grpc.StatusCode.UNAVAILABLE,
+                    "SERVER_DRAINING",
+                )
+            resume_after = int(rich_error(stream_ended).metadata["resume_after_sequence"])
+            resume_token = rich_error(watch_ended).metadata["resume_token"]
+            assert resume_after == seen[-1].sequence
+            watched = list(watcher.events)
+
+            # The conversation goes on while the clients reconnect.
+            other = chat_service_pb2_grpc.ChatServiceStub(to_staying)
+            later = await other.SendMessage(
+                text_request("while away", conversation_id=conversation_id), metadata=auth
+            )
+            resumed = StreamClient(other, auth)
+            await resumed.open(conversation_id=conversation_id, resume_after=resume_after)
+            after = await resumed.messages_through(4)
+            rewatch = Watcher(other, auth, resume_token=resume_token)
+            rewatched = await rewatch.until(2)
+
+            listed = await other.ListMessages(
+                pb.ListMessagesRequest(conversation_id=conversation_id), metadata=auth
+            )
+            assert [m.message_id for m in seen + after] == [m.message_id for m in listed.messages]
+            assert [e.event.message_id for e in rewatched[:2]] == [
+                later.message_id,
+                later.replies[0].message_id,
+            ]
+            assert not {e.event.event_id for e in watched} & {e.event.event_id for e in rewatched}
+            resumed.cancel()
+            await rewatch.stop()
+    finally:
+        draining.kill()
+        staying.kill()

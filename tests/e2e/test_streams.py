@@ -287,3 +287,35 @@ async def test_a_hundred_streams_each_get_their_own_replies(
         assert [m.message_id for m in messages] == [f"n-{i}", f"n-{i}/reply-1"]
         assert messages[1].content.text == f"You said: I am number {i}"
         client.cancel()
+
+
+async def test_a_flood_of_typing_flips_reaches_peers_throttled_with_the_last_word(
+    stub: chat_service_pb2_grpc.ChatServiceAsyncStub, auth: Metadata
+) -> None:
+    # Takes about a second: the last word goes out at the end of the
+    # typing interval (one second).
+    typist = StreamClient(stub, auth)
+    conversation_id = (await typist.open()).conversation.conversation_id
+    peer = StreamClient(stub, auth)
+    await peer.open(conversation_id=conversation_id)
+
+    for n in range(200):  # true, false, true, ... false
+        typist.send(typing=pb.TypingIndicator(typing=n % 2 == 0))
+    typist.say("no id", "")  # refused: once answered, the flood was handled
+    await typist.next_of("error")
+    sent = await stub.SendMessage(
+        text_request("after the flood", conversation_id=conversation_id), metadata=auth
+    )
+
+    typing: list[bool] = []
+    messages: list[str] = []
+    while len(messages) < 2 or typing[-1:] != [False]:
+        response = await peer.next(timeout=5)
+        if response.HasField("typing"):
+            typing.append(response.typing.typing)
+        elif response.HasField("message"):
+            messages.append(response.message.message_id)
+    assert typing == [True, False]  # the first at once, the last word a second later
+    assert messages == [sent.message_id, sent.replies[0].message_id]
+    typist.cancel()
+    peer.cancel()

@@ -45,6 +45,14 @@ class Watcher:
                 await asyncio.sleep(0.01)
         return self.events
 
+    async def error(self, timeout: float = 10) -> grpc.aio.AioRpcError:
+        """The error the watch ends with (all of its events are read by then)."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except grpc.aio.AioRpcError as error:
+            return error
+        raise AssertionError("the watch ended without an error")
+
     async def stop(self) -> None:
         self.call.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
@@ -243,3 +251,36 @@ async def test_export_errors(
             stub, stranger, conversation_id=sent.conversation_id, format=pb.EXPORT_FORMAT_CSV
         )
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_waiting_watch_whose_buffer_overflows_keeps_flowing(
+    fresh_service: ServiceProcess,
+) -> None:
+    # Regression: the overflow emptied the buffer under a waiting watcher and
+    # never woke it: the watch froze for good. A buffer of one overflows on
+    # the first write (conversation.started and message.received together).
+    fresh_service.extra_env["STREAM_BUFFER_SIZE"] = "1"
+    fresh_service.start()
+    auth = bearer(fresh_service.token(tenant()))
+    async with grpc.aio.insecure_channel(fresh_service.address) as channel:
+        stub = chat_service_pb2_grpc.ChatServiceStub(channel)
+        watcher = Watcher(stub, auth)
+        await _started(watcher)
+
+        sent = await stub.SendMessage(text_request("hello"), metadata=auth)
+        events = await watcher.until(3)
+        again = await stub.SendMessage(
+            text_request("again", conversation_id=sent.conversation_id), metadata=auth
+        )
+        more = await watcher.until(5)
+
+        assert [e.event.event_type for e in events[:3]] == [
+            "conversation.started",
+            "message.received",
+            "message.sent",
+        ]
+        assert [e.event.message_id for e in more[3:5]] == [
+            again.message_id,
+            again.replies[0].message_id,
+        ]
+        await watcher.stop()

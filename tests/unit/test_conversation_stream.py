@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,7 @@ class World:
     streams: ConversationStreams
 
 
-def build(buffer_size: int = 64, stall_grace: float = 5.0) -> World:
+def build(buffer_size: int = 64, stall_grace: float = 5.0, **options: Any) -> World:
     store = InMemoryStore()
     bus = InProcessLiveBus()
     live = LiveFeed(bus)
@@ -82,6 +83,7 @@ def build(buffer_size: int = 64, stall_grace: float = 5.0) -> World:
             clock=clock,
             buffer_size=buffer_size,
             stall_grace=stall_grace,
+            **options,
         )
     )
     return World(store, bus, streams)
@@ -371,3 +373,25 @@ async def test_a_stream_that_ends_in_time_is_not_abandoned() -> None:
     stream.close()
     await asyncio.sleep(0.1)
     assert not abandoned.is_set()
+
+
+async def test_a_waiting_watcher_is_woken_when_its_buffer_overflows() -> None:
+    # Regression: the overflow emptied the queue while the consumer waited on
+    # it, and nothing woke the consumer again: the watch froze for good.
+    store = InMemoryStore()
+    tail = EventTail(store)
+    watch = WatchConversations(store, tail, buffer_size=2).open(TENANT)
+    entries = watch.entries()
+    waiting = asyncio.create_task(_entries(entries, 7))
+    await asyncio.sleep(0.01)  # the consumer waits for its first entry now
+    assert not waiting.done()
+    conversation = make_conversation(tenant_id=TENANT)
+    await store.write(
+        create_change(conversation, events=tuple(make_event(conversation) for _ in range(7)))
+    )
+
+    await tail.follow_once()  # 7 live entries for a queue of 2, consumer waiting
+
+    got = await waiting  # _entries gives up after 2 s: a frozen watch fails here
+    assert [e.position for e in got] == list(range(1, 8))
+    watch.close()
