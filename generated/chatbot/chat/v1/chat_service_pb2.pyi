@@ -57,7 +57,9 @@ class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFo
     """
     EXPORT_FORMAT_CSV: _ExportFormat.ValueType  # 2
     """text/csv (RFC 4180) with a header row: sequence, message_id, role,
-    create_time, type, text, media_url, delivery_status.
+    create_time, type, text, media_url, delivery_status. A cell that starts
+    with `=`, `+`, `-`, `@`, tab or CR gets a leading `'`, so spreadsheets
+    show it as text and never run it as a formula (OWASP CSV injection).
     """
 
 class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
@@ -70,7 +72,9 @@ JSON mapping of Message.
 """
 EXPORT_FORMAT_CSV: ExportFormat.ValueType  # 2
 """text/csv (RFC 4180) with a header row: sequence, message_id, role,
-create_time, type, text, media_url, delivery_status.
+create_time, type, text, media_url, delivery_status. A cell that starts
+with `=`, `+`, `-`, `@`, tab or CR gets a leading `'`, so spreadsheets
+show it as text and never run it as a formula (OWASP CSV injection).
 """
 Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 
@@ -231,7 +235,11 @@ class ProcessingMetadata(_message.Message):
     CONFIDENCE_SCORES_FIELD_NUMBER: _builtins.int
     engine: _builtins.str
     """What produced the reply: "builtin" (the embedded rule engine), "mcp"
-    (the MCP Engine), "fallback" (the engine failed), or "none" (no reply).
+    (the MCP Engine), "fallback" (the engine failed), "none" (no reply), or
+    "replay": a retry that arrived after its idempotency record expired,
+    answered from the replies stored the first time; which engine produced
+    them, its latency, fallback and confidence scores are no longer known
+    and are left empty.
     """
     fallback_used: _builtins.bool
     """The engine failed or timed out, and the reply is the fallback."""
@@ -330,17 +338,22 @@ class ListConversationsRequest(_message.Message):
     """1 to 100; 0 means 20; larger values are treated as 100."""
     page_token: _builtins.str
     """From a previous response; the other fields must be the same as in the
-    call that returned it (else INVALID_ARGUMENT).
+    call that returned it (else INVALID_ARGUMENT). Tokens are opaque,
+    signed, at most 1 KiB, and valid only for the caller's tenant.
     """
     status: _resources_pb2.ConversationStatus.ValueType
     """Only conversations in this status; empty means any."""
     channel: _resources_pb2.Channel.ValueType
     """Only conversations on this channel; empty means any."""
     user_id: _builtins.str
-    """Only this end user's conversations; at most 255 characters."""
+    """Only this end user's conversations; at most 255 characters, no control
+    characters.
+    """
     search_query: _builtins.str
     """Only conversations with a message whose text contains this,
-    case-insensitively; at most 200 characters.
+    case-insensitively and whatever its Unicode composition (both sides are
+    NFC-normalized; CRLF and CR count as LF); at most 200 characters;
+    control characters other than tab and line breaks are INVALID_ARGUMENT.
     """
     order: Global___SortOrder.ValueType
     """By creation time; empty means DESCENDING (newest first)."""
@@ -410,7 +423,9 @@ class ListMessagesRequest(_message.Message):
     page_size: _builtins.int
     """1 to 1000; 0 means 50; larger values are treated as 1000."""
     page_token: _builtins.str
-    """From a previous response, with the same other fields."""
+    """From a previous response, with the same other fields (opaque, signed,
+    valid only for the caller's tenant).
+    """
     order: Global___SortOrder.ValueType
     """By sequence; empty means ASCENDING (oldest first)."""
     def __init__(
@@ -934,7 +949,9 @@ class WatchConversationsRequest(_message.Message):
     resume_token: _builtins.str
     """Continue after this event (from a previous response); empty means only
     events from now on. A token past the retention is FAILED_PRECONDITION
-    (reason RESUME_TOKEN_EXPIRED).
+    (reason RESUME_TOKEN_EXPIRED): start a new watch without one. Tokens
+    are opaque, signed and valid only for the caller's tenant; anything else
+    is INVALID_ARGUMENT.
     """
     @_builtins.property
     def channels(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.Channel.ValueType]:

@@ -101,7 +101,9 @@ class ChatServiceStub:
 
     Protocol:
     1. The client's first message must be `open` (any other first message,
-       or a second `open`, ends the stream with INVALID_ARGUMENT). Without
+       or a second `open`, ends the stream with INVALID_ARGUMENT), sent
+       within STREAM_FIRST_FRAME_TIMEOUT_SECONDS (10 s by default; else
+       INVALID_ARGUMENT on `open`, reason FIRST_FRAME_TIMEOUT). Without
        a conversation_id it starts a new conversation; with one it joins it
        (NOT_FOUND if the tenant has no such conversation).
     2. The server answers `opened`. If `open.resume_after_sequence` was set,
@@ -118,10 +120,22 @@ class ChatServiceStub:
        `delivery` (a message's delivery status moved), `typing`,
        `read`, `status` (the conversation's status changed), `error`.
     4. A bad client message gets an `error` naming it and its field; the
-       stream stays open. Fatal problems end the stream with a gRPC status:
-       PERMISSION_DENIED or NOT_FOUND at open, RESOURCE_EXHAUSTED when the
-       client reads too slowly and its buffer fills (reconnect with
-       resume_after_sequence), UNAVAILABLE while the server drains.
+       stream stays open. Fatal problems end the stream with a gRPC status
+       whose ErrorInfo says why:
+       - PERMISSION_DENIED or NOT_FOUND at open;
+       - RESOURCE_EXHAUSTED TOO_MANY_STREAMS at open, when the tenant holds
+         MAX_STREAMS_PER_TENANT streams on this server (metadata `limit`);
+       - RESOURCE_EXHAUSTED STREAM_BUFFER_FULL when the client reads too
+         slowly and its buffer fills;
+       - UNAUTHENTICATED TOKEN_EXPIRED when the caller's token expires;
+       - UNAVAILABLE SERVER_DRAINING when the server shuts down.
+       All but the first two carry `resume_after_sequence` in the ErrorInfo
+       metadata: reconnect (with a fresh token after TOKEN_EXPIRED) and pass
+       it as open.resume_after_sequence to miss nothing.
+
+    Typing: each stream forwards at most one typing indicator per second
+    (the latest state always arrives), and a slow reader holds at most one
+    pending indicator per role, so typing never ends a stream.
 
     All streams on one conversation see the same `message` events in the
     same order. Sequence numbers of messages start at 1 and have no gaps.
@@ -130,7 +144,12 @@ class ChatServiceStub:
     """The tenant's live conversation events (the same events as published to
     Kafka), filtered by channel and conversation status. Never another
     tenant's. Resumable: pass the last `resume_token` received to continue
-    after it, within the service's event retention.
+    after it, within the service's event retention. A watcher that reads
+    slowly catches up from the event log and is never ended for it. The
+    watch ends with RESOURCE_EXHAUSTED TOO_MANY_WATCHES at open when the
+    tenant holds MAX_WATCHES_PER_TENANT watches on this server, and with
+    UNAUTHENTICATED TOKEN_EXPIRED or UNAVAILABLE SERVER_DRAINING, each with
+    the `resume_token` to continue from in the ErrorInfo metadata.
     """
     HandleWebhook: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.HandleWebhookRequest, _chat_service_pb2.HandleWebhookResponse]
     """Takes in a platform's webhook call (WhatsApp, Messenger, Slack, Teams,
@@ -218,7 +237,9 @@ class ChatServiceAsyncStub(ChatServiceStub):
 
     Protocol:
     1. The client's first message must be `open` (any other first message,
-       or a second `open`, ends the stream with INVALID_ARGUMENT). Without
+       or a second `open`, ends the stream with INVALID_ARGUMENT), sent
+       within STREAM_FIRST_FRAME_TIMEOUT_SECONDS (10 s by default; else
+       INVALID_ARGUMENT on `open`, reason FIRST_FRAME_TIMEOUT). Without
        a conversation_id it starts a new conversation; with one it joins it
        (NOT_FOUND if the tenant has no such conversation).
     2. The server answers `opened`. If `open.resume_after_sequence` was set,
@@ -235,10 +256,22 @@ class ChatServiceAsyncStub(ChatServiceStub):
        `delivery` (a message's delivery status moved), `typing`,
        `read`, `status` (the conversation's status changed), `error`.
     4. A bad client message gets an `error` naming it and its field; the
-       stream stays open. Fatal problems end the stream with a gRPC status:
-       PERMISSION_DENIED or NOT_FOUND at open, RESOURCE_EXHAUSTED when the
-       client reads too slowly and its buffer fills (reconnect with
-       resume_after_sequence), UNAVAILABLE while the server drains.
+       stream stays open. Fatal problems end the stream with a gRPC status
+       whose ErrorInfo says why:
+       - PERMISSION_DENIED or NOT_FOUND at open;
+       - RESOURCE_EXHAUSTED TOO_MANY_STREAMS at open, when the tenant holds
+         MAX_STREAMS_PER_TENANT streams on this server (metadata `limit`);
+       - RESOURCE_EXHAUSTED STREAM_BUFFER_FULL when the client reads too
+         slowly and its buffer fills;
+       - UNAUTHENTICATED TOKEN_EXPIRED when the caller's token expires;
+       - UNAVAILABLE SERVER_DRAINING when the server shuts down.
+       All but the first two carry `resume_after_sequence` in the ErrorInfo
+       metadata: reconnect (with a fresh token after TOKEN_EXPIRED) and pass
+       it as open.resume_after_sequence to miss nothing.
+
+    Typing: each stream forwards at most one typing indicator per second
+    (the latest state always arrives), and a slow reader holds at most one
+    pending indicator per role, so typing never ends a stream.
 
     All streams on one conversation see the same `message` events in the
     same order. Sequence numbers of messages start at 1 and have no gaps.
@@ -247,7 +280,12 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """The tenant's live conversation events (the same events as published to
     Kafka), filtered by channel and conversation status. Never another
     tenant's. Resumable: pass the last `resume_token` received to continue
-    after it, within the service's event retention.
+    after it, within the service's event retention. A watcher that reads
+    slowly catches up from the event log and is never ended for it. The
+    watch ends with RESOURCE_EXHAUSTED TOO_MANY_WATCHES at open when the
+    tenant holds MAX_WATCHES_PER_TENANT watches on this server, and with
+    UNAUTHENTICATED TOKEN_EXPIRED or UNAVAILABLE SERVER_DRAINING, each with
+    the `resume_token` to continue from in the ErrorInfo metadata.
     """
     HandleWebhook: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.HandleWebhookRequest, _chat_service_pb2.HandleWebhookResponse]  # type: ignore[assignment]
     """Takes in a platform's webhook call (WhatsApp, Messenger, Slack, Teams,
@@ -374,7 +412,9 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Protocol:
         1. The client's first message must be `open` (any other first message,
-           or a second `open`, ends the stream with INVALID_ARGUMENT). Without
+           or a second `open`, ends the stream with INVALID_ARGUMENT), sent
+           within STREAM_FIRST_FRAME_TIMEOUT_SECONDS (10 s by default; else
+           INVALID_ARGUMENT on `open`, reason FIRST_FRAME_TIMEOUT). Without
            a conversation_id it starts a new conversation; with one it joins it
            (NOT_FOUND if the tenant has no such conversation).
         2. The server answers `opened`. If `open.resume_after_sequence` was set,
@@ -391,10 +431,22 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
            `delivery` (a message's delivery status moved), `typing`,
            `read`, `status` (the conversation's status changed), `error`.
         4. A bad client message gets an `error` naming it and its field; the
-           stream stays open. Fatal problems end the stream with a gRPC status:
-           PERMISSION_DENIED or NOT_FOUND at open, RESOURCE_EXHAUSTED when the
-           client reads too slowly and its buffer fills (reconnect with
-           resume_after_sequence), UNAVAILABLE while the server drains.
+           stream stays open. Fatal problems end the stream with a gRPC status
+           whose ErrorInfo says why:
+           - PERMISSION_DENIED or NOT_FOUND at open;
+           - RESOURCE_EXHAUSTED TOO_MANY_STREAMS at open, when the tenant holds
+             MAX_STREAMS_PER_TENANT streams on this server (metadata `limit`);
+           - RESOURCE_EXHAUSTED STREAM_BUFFER_FULL when the client reads too
+             slowly and its buffer fills;
+           - UNAUTHENTICATED TOKEN_EXPIRED when the caller's token expires;
+           - UNAVAILABLE SERVER_DRAINING when the server shuts down.
+           All but the first two carry `resume_after_sequence` in the ErrorInfo
+           metadata: reconnect (with a fresh token after TOKEN_EXPIRED) and pass
+           it as open.resume_after_sequence to miss nothing.
+
+        Typing: each stream forwards at most one typing indicator per second
+        (the latest state always arrives), and a slow reader holds at most one
+        pending indicator per role, so typing never ends a stream.
 
         All streams on one conversation see the same `message` events in the
         same order. Sequence numbers of messages start at 1 and have no gaps.
@@ -409,7 +461,12 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         """The tenant's live conversation events (the same events as published to
         Kafka), filtered by channel and conversation status. Never another
         tenant's. Resumable: pass the last `resume_token` received to continue
-        after it, within the service's event retention.
+        after it, within the service's event retention. A watcher that reads
+        slowly catches up from the event log and is never ended for it. The
+        watch ends with RESOURCE_EXHAUSTED TOO_MANY_WATCHES at open when the
+        tenant holds MAX_WATCHES_PER_TENANT watches on this server, and with
+        UNAUTHENTICATED TOKEN_EXPIRED or UNAVAILABLE SERVER_DRAINING, each with
+        the `resume_token` to continue from in the ErrorInfo metadata.
         """
 
     @_abc_1.abstractmethod
