@@ -1,5 +1,5 @@
 """The production store: MongoDB through pymongo's AsyncMongoClient."""
 
-from adapters.mongo.store import MongoStore
+from adapters.mongo.store import InvalidMongoUri, MongoStore
 
-__all__ = ["MongoStore"]
+__all__ = ["InvalidMongoUri", "MongoStore"]

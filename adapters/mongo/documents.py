@@ -22,25 +22,25 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from bson.int64 import Int64
 
-from chat_service.domain.events import OutboxEntry
-from chat_service.domain.model import Conversation, IdempotencyRecord, Message
-from chat_service.domain.serialization import (
-    Document,
+from adapters.storage.search import message_search_text
+from adapters.storage.times import to_micros
+from chat_service.domain.conversation_codec import (
     conversation_from_dict,
     conversation_to_dict,
-    event_from_dict,
-    event_to_dict,
     idempotency_record_from_dict,
     idempotency_record_to_dict,
     message_from_dict,
     message_to_dict,
 )
-from chat_service.domain.text import search_key
+from chat_service.domain.event_codec import event_from_dict, event_to_dict
+from chat_service.domain.events import OutboxEntry
+from chat_service.domain.model import Conversation, IdempotencyRecord, Message
+from chat_service.domain.serialization import Document
 from chat_service.ports import ConversationChange
 
 CONVERSATIONS = "conversations"
@@ -52,19 +52,16 @@ COUNTERS = "counters"
 # The counter document that numbers outbox events.
 OUTBOX_POSITION = "outbox_position"
 # The counter document saying how far retention deleted the event log:
-# {_id: "outbox_pruned", through: <position>} (store.py, prune_outbox).
+# {_id: "outbox_pruned", through: <position>} (event_log.py, prune).
 OUTBOX_PRUNED = "outbox_pruned"
 
 
 _CONVERSATION_FIELDS = tuple(field.name for field in dataclasses.fields(Conversation))
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 
 def epoch_micros(moment: datetime) -> Int64:
-    """Microseconds since the Unix epoch, exactly (integer arithmetic); the
-    value must be timezone-aware."""
-    return Int64((moment - _EPOCH) // timedelta(microseconds=1))
+    """storage.times.to_micros as a BSON 64-bit integer, whatever its size."""
+    return Int64(to_micros(moment))
 
 
 def conversation_fields(conversation: Conversation) -> Document:
@@ -144,19 +141,12 @@ def message_document(message: Message) -> Document:
     return {
         "_id": message_key(message.tenant_id, message.message_id),
         **message_to_dict(message),
-        "search_text": search_text(message),
+        "search_text": message_search_text(message),
     }
 
 
 def message_from_document(document: Mapping[str, Any]) -> Message:
     return message_from_dict(document)
-
-
-def search_text(message: Message) -> str:
-    """What the search filter of ListConversations matches: the text's
-    search_key, like the query, so that "Straße" finds "STRASSE" as it does
-    on SQLite."""
-    return search_key(message.content.text)
 
 
 def record_document(record: IdempotencyRecord, *, stored_at: datetime, version: int) -> Document:

@@ -42,25 +42,10 @@ record) is then written in this order:
    released from in flight, and `_pending` is removed, conditional on its
    token.
 
-Recovery, when a writer dies part-way (a crash, or MongoDB going away):
-- after step 4 nothing is lost: step 5 is idempotent and is run by whoever
-  meets the unfinished change: the next write of the conversation (before
-  it may take the lease), `get_record` (so a retry finds its record), and
-  every `claim_outbox`, which first finishes all unfinished changes, so the
-  relay publishes every event of every committed change.
-- before step 4 the change was never visible. The next writer takes its
-  lease over: at once if it holds a newer lock (a higher fencing token),
-  else once the lease has run out (after `lease`). A write is abandoned
-  when its conversation's lease and journal no longer name it, since its
-  commit is conditional on the lease. Its positions are released by the
-  writer taking its lease over, or else declared void by the next
-  `claim_outbox` or event-log read once its lease is over (revoking a
-  lease that ran out but was not taken over, which fences the writer).
-  Its reservations are deleted by whoever needs their keys. Safety never
-  rests on clocks: a writer slower than its lease, or one whose clock is
-  off, loses its lease and gets VersionConflict, nothing written.
-- sequence numbers have no gap: a committed `last_sequence` covers exactly
-  the messages reserved, and kept, by the write that committed it.
+Recovery, when a writer dies part-way (nothing is lost after step 4,
+nothing was visible before it, and sequence numbers keep no gap), is in
+recovery.py (step 5 with it), with the visibility rule readers follow
+meanwhile.
 
 Delivery status updates are journalled on the message document: the new
 status and its event (`_events.<token>`, positioned in flight) in one
@@ -72,18 +57,15 @@ A write that is fenced or loses a race gets VersionConflict or
 DuplicateMessage with nothing visible written, as with transactions. What
 the journal cannot give: the events and the record of a committed change
 reach their collections a moment after the conversation (step 5), or after
-a crash only once someone finishes the change as above.
+a crash only once someone finishes the change (recovery.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
 import uuid
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
@@ -92,8 +74,6 @@ from adapters.mongo.documents import (
     CONVERSATIONS,
     COUNTERS,
     MESSAGES,
-    OUTBOX,
-    RECORDS,
     EncodedChange,
     Keys,
     fence_admits,
@@ -102,7 +82,10 @@ from adapters.mongo.documents import (
 from adapters.mongo.errors import first_failed_index, is_duplicate_key
 from adapters.mongo.filters import all_of
 from adapters.mongo.positions import PositionRegistry
+from adapters.mongo.recovery import Recovery
 from adapters.mongo.schema import Collection, Database
+from adapters.storage.changes import already_exists
+from adapters.storage.times import now_micros
 from chat_service.domain.enums import DeliveryStatus
 from chat_service.domain.serialization import Document
 from chat_service.ports import DuplicateMessage, StoreUnavailable, VersionConflict
@@ -116,7 +99,8 @@ _ROUNDS = 4
 
 
 class Journal:
-    """The journalled write protocol over the store's collections."""
+    """The journalled write protocol over the store's collections. Its
+    `recovery` finishes what writers leave, and is what readers consult."""
 
     def __init__(
         self, database: Database, *, keys: Keys, lease: timedelta, time_limit: float
@@ -126,10 +110,9 @@ class Journal:
         self._keys = keys
         self._conversations: Collection = database[CONVERSATIONS]
         self._messages: Collection = database[MESSAGES]
-        self._records: Collection = database[RECORDS]
-        self._outbox: Collection = database[OUTBOX]
         self._positions = PositionRegistry(database[COUNTERS], time_limit=time_limit)
         self._lease_micros = lease // timedelta(microseconds=1)
+        self.recovery = Recovery(database, keys=keys, positions=self._positions)
 
     # ------------------------------------------------------------- writes
 
@@ -150,7 +133,7 @@ class Journal:
             # The commit applied after all; only its answer was lost.
             pending = None
         try:
-            await self._roll_forward(change.conversation_id, pending)
+            await self.recovery.roll_forward(change.conversation_id, pending)
         except PyMongoError as error:
             # Committed and durable: the next writer, a record lookup or the
             # outbox relay's next claim rolls it forward.
@@ -174,7 +157,7 @@ class Journal:
                     "_write": 1,
                 },
             )
-            if found is None or not await self.is_visible(found):
+            if found is None or not await self.recovery.is_visible(found):
                 return False
             current = DeliveryStatus(found["delivery_status"])
             if not current.can_advance_to(status):
@@ -192,96 +175,11 @@ class Journal:
             moved = await self._messages.update_one(where, {"$set": update})
             if moved.matched_count == 1:
                 if event is not None:
-                    await self._finish_quietly(self._finish_delivery(key, token))
+                    await self._finish_quietly(self.recovery.finish_delivery(key, token))
                 return True
             if event is not None:
                 await self._positions.release(token)  # taken for nothing: void
         raise StoreUnavailable(f"delivery status of {message_id!r}: kept losing its lease")
-
-    # ------------------------------------------------------------ readers
-
-    async def visible_bound(self, tenant_id: str, conversation_id: str) -> int | None:
-        """The highest sequence readers may see in the conversation, None when
-        the conversation does not exist (for this tenant)."""
-        found = await self._conversations.find_one(
-            {"_id": conversation_id, "tenant_id": tenant_id, "version": {"$gt": 0}},
-            {"last_sequence": 1},
-        )
-        return None if found is None else int(found.get("last_sequence", 0))
-
-    async def is_visible(self, message: Mapping[str, Any]) -> bool:
-        if "_write" not in message:
-            return True
-        bound = await self.visible_bound(message["tenant_id"], message["conversation_id"])
-        return bound is not None and int(message["sequence"]) <= bound
-
-    async def record_in_flight(self, tenant_id: str, message_id: str) -> Document | None:
-        """The record of a committed change not rolled forward yet: finishes the
-        change of the message's conversation, then reads the record."""
-        message = await self._messages.find_one(
-            self._keys.where(tenant_id, message_id), {"conversation_id": 1}
-        )
-        if message is None:
-            return None
-        unfinished = await self._conversations.find_one(
-            {"_id": message["conversation_id"], "_pending.token": {"$exists": True}}, {"_id": 1}
-        )
-        if unfinished is None:
-            return None
-        await self.finish(message["conversation_id"])
-        return await self._records.find_one(self._keys.where(tenant_id, message_id))
-
-    async def settled_through(self) -> int:
-        """The event log's readable end: every position up to it is in the
-        outbox or void. Settles what dead writers left in flight first."""
-        counter = await self._positions.read(majority=True)
-        if await self._settle_abandoned(counter.in_flight):
-            counter = await self._positions.read(majority=True)
-        return counter.settled_through
-
-    # ----------------------------------------------------------- recovery
-
-    async def finish(self, conversation_id: str) -> None:
-        """Rolls forward the conversation's committed change, if one is unfinished."""
-        await self._roll_forward(conversation_id, None)
-
-    async def finish_unfinished(self, limit: int) -> int:
-        """Rolls forward up to `limit` unfinished changes (the sparse index
-        holds only those), settles positions left by dead writers, and
-        returns the event log's readable end (settled_through)."""
-        unfinished = self._conversations.find(
-            {"_pending.token": {"$exists": True}}, {"_id": 1}
-        ).limit(limit)
-        for found in await unfinished.to_list():
-            await self.finish(found["_id"])
-        return await self.settled_through()
-
-    async def _settle_abandoned(self, in_flight: Mapping[str, Mapping[str, Any]]) -> bool:
-        """Settles the entries whose lease is over: their writes are finished
-        if they committed, else fenced and their positions declared void.
-        Returns whether there were any."""
-        now = now_micros()
-        expired = {token: entry for token, entry in in_flight.items() if entry["until"] <= now}
-        for token, entry in expired.items():
-            if "message_key" in entry:
-                await self._settle_delivery(entry["message_key"], token)
-            elif await self._is_abandoned(entry["conversation_id"], token):
-                await self._positions.release(token)
-            else:
-                await self.finish(entry["conversation_id"])
-        return bool(expired)
-
-    async def _settle_delivery(self, message_key: object, token: str) -> None:
-        # One conditional update decides: either the writer's update is in
-        # (finish it), or from now on it can never be (void).
-        voided = await self._messages.update_one(
-            {"_id": message_key, f"_events.{token}": {"$exists": False}},
-            {"$set": {f"_void.{token}": True}},
-        )
-        if voided.matched_count == 1:
-            await self._positions.release(token)
-        else:
-            await self._finish_delivery(message_key, token)
 
     # -------------------------------------------------------------- steps
 
@@ -302,7 +200,7 @@ class Journal:
                 placeholder = {"_id": conversation_id, "tenant_id": tenant_id, "version": 0}
                 if await self._lease_conversation(all_of(placeholder, free), lease):
                     return until
-                raise VersionConflict(f"conversation {conversation_id!r} already exists")
+                raise already_exists(conversation_id)
             current_version = {
                 "_id": conversation_id,
                 "tenant_id": tenant_id,
@@ -336,7 +234,7 @@ class Journal:
                     f"conversation {conversation_id!r} is being written by another writer"
                 )
             # The change that made this version is still rolling forward.
-            await self.finish(conversation_id)
+            await self.recovery.finish(conversation_id)
         raise VersionConflict(f"conversation {conversation_id!r} kept changing")
 
     async def _lease_conversation(self, where: Document, lease: Document) -> bool:
@@ -412,36 +310,11 @@ class Journal:
             writer = blocker.get("_write")
             if writer is None or writer == token:
                 return False
-            if not await self._is_abandoned(blocker["conversation_id"], writer):
+            if not await self.recovery.is_abandoned(blocker["conversation_id"], writer):
                 return False
         for blocker in blockers:
             await self._messages.delete_one({"_id": blocker["_id"], "_write": blocker["_write"]})
         return True  # (also when the blockers vanished meanwhile: try again)
-
-    async def _is_abandoned(self, conversation_id: str, writer: str) -> bool:
-        """Whether the write `writer` of this conversation can never commit;
-        revokes its lease if that ran out (so that it cannot)."""
-        for _ in range(2):
-            current = await self._conversations.find_one(
-                # Whole subdocuments: nx-27017 flattens dotted projections.
-                {"_id": conversation_id},
-                {"_lease": 1, "_pending": 1},
-            )
-            if current is None:
-                return True  # a creation that gave up its placeholder
-            if current.get("_pending", {}).get("token") == writer:
-                return False  # committed; being rolled forward
-            lease = current.get("_lease")
-            if lease is None or lease.get("token") != writer:
-                return True  # its writer lost the lease, so it can never commit
-            if lease["until"] > now_micros():
-                return False  # its writer may still be at work
-            revoked = await self._conversations.update_one(
-                {"_id": conversation_id, "_lease.token": writer}, {"$unset": {"_lease": ""}}
-            )
-            if revoked.matched_count == 1:
-                return True
-        return False
 
     async def _take_positions(self, change: EncodedChange, token: str, until: int) -> range:
         if not change.events:
@@ -490,29 +363,6 @@ class Journal:
             )
         return pending
 
-    async def _roll_forward(self, conversation_id: str, pending: Document | None) -> None:
-        if pending is None:
-            found = await self._conversations.find_one({"_id": conversation_id}, {"_pending": 1})
-            pending = None if found is None else found.get("_pending")
-            if not pending:
-                return
-        token = pending["token"]
-        reserved = _reserved_by(conversation_id, pending.get("messages"))
-        if reserved is not None:
-            await self._messages.update_many(
-                {**reserved, "_write": token}, {"$unset": {"_write": ""}}
-            )
-        events = pending.get("events", [])
-        if events:
-            await _insert_missing(self._outbox, events)
-            await self._positions.release(token)
-        record = pending.get("record")
-        if record is not None:
-            await self._save_record_unless_newer(record)
-        await self._conversations.update_one(
-            {"_id": conversation_id, "_pending.token": token}, {"$unset": {"_pending": ""}}
-        )
-
     async def _abandon(self, change: EncodedChange, token: str) -> bool:
         """Undoes a write that failed at or before its commit; returns True when
         the commit turns out to have applied (its answer was lost)."""
@@ -542,27 +392,6 @@ class Journal:
             log.warning("could not undo a failed write of %s: %s", conversation_id, error)
         return False
 
-    async def _save_record_unless_newer(self, record: Document) -> None:
-        # No match means this write's record, or a newer one, is saved already:
-        # the upsert then collides with it on a unique key, and that is fine.
-        with contextlib.suppress(DuplicateKeyError):
-            await self._records.update_one(
-                {
-                    **self._keys.where(record["tenant_id"], record["message_id"]),
-                    "version": {"$lt": record["version"]},
-                },
-                {"$set": record},
-                upsert=True,
-            )
-
-    async def _finish_delivery(self, message_key: object, token: str) -> None:
-        found = await self._messages.find_one({"_id": message_key}, {"_events": 1})
-        event = None if found is None else found.get("_events", {}).get(token)
-        if event is not None:
-            await _insert_missing(self._outbox, [event])
-        await self._positions.release(token)
-        await self._messages.update_one({"_id": message_key}, {"$unset": {f"_events.{token}": ""}})
-
     @staticmethod
     async def _finish_quietly(finishing: Awaitable[None]) -> None:
         try:
@@ -570,27 +399,6 @@ class Journal:
         except PyMongoError as error:
             # Journalled on the message: settled once its lease is over.
             log.warning("delivery update journalled, outbox insert deferred: %s", error)
-
-
-async def _insert_missing(collection: Collection, documents: Iterable[Document]) -> None:
-    """Inserts the documents whose _id is not there yet."""
-    documents = [dict(document) for document in documents]
-    if not documents:
-        return
-    try:
-        await collection.insert_many(documents, ordered=False)
-    except BulkWriteError as error:
-        if not is_duplicate_key(error):
-            raise
-
-
-def _reserved_by(conversation_id: str, message_keys: list[str] | None) -> Document | None:
-    """Filter: the messages a committed change reserved, by `_id` (None when
-    it reserved none). A change journalled by an earlier version, which did
-    not list them, is looked up by its conversation."""
-    if message_keys is None:
-        return {"conversation_id": conversation_id}
-    return {"_id": {"$in": message_keys}} if message_keys else None
 
 
 def _lease_free(now: int, fencing_token: int | None) -> Document:
@@ -607,9 +415,3 @@ def _lease_free(now: int, fencing_token: int | None) -> Document:
 def _new_token() -> str:
     # A letter first: tokens are also field names (`_events.<token>`).
     return f"w{uuid.uuid4().hex}"
-
-
-def now_micros() -> int:
-    # Wall-clock time: leases must mean the same to every process. Only
-    # liveness depends on it (see the module docstring), never safety.
-    return time.time_ns() // 1000

@@ -15,7 +15,7 @@ A block is taken by one compare-and-set of `value` that also adds its
 entry, so no position is ever taken without being listed. Its write removes
 the entry once its events are in the outbox, or once it gives up. A write
 that died leaves its entry behind: past `until` (its lease), anyone may
-settle it (journal.py does). Readers see positions up to just below the
+settle it (recovery.py does). Readers see positions up to just below the
 lowest one in flight: the event log's readers, and the relay's claims, so
 that no event is published before one with a lower position (a delivery
 update takes its position without the conversation's lock, so even one
@@ -63,7 +63,7 @@ class PositionRegistry:
     def __init__(self, counters: Collection, *, time_limit: float) -> None:
         self._counters = counters
         # How far the log is readable is read at majority, as the log itself
-        # is (store.py): a position settled only on a primary about to be
+        # is (event_log.py): a position settled only on a primary about to be
         # rolled back must not let readers past it. Taking positions reads
         # the primary's latest (a stale value would only fail its
         # compare-and-set).

@@ -7,8 +7,9 @@ A TTL that changed since the index was made is changed in place (collMod);
 any other difference is left for an operator to resolve, with the error
 naming the index.
 
-Keys follow the queries in store.py and journal.py; none holds `_id` inside
-a compound key (nx-27017, the test server, cannot index that).
+Keys follow the queries in reads.py, event_log.py, journal.py and
+recovery.py; none holds `_id` inside a compound key (nx-27017, the test
+server, cannot index that).
 
 Earlier versions, and what opening does about them (each step a no-op once
 done, so safe to repeat and to run from several processes):

@@ -43,9 +43,10 @@ from adapters.mongo.documents import (
 from adapters.mongo.errors import first_failed_index, is_duplicate_key
 from adapters.mongo.filters import all_of
 from adapters.mongo.schema import Collection, Database
+from adapters.storage.changes import already_exists, stale_version
 from chat_service.domain.enums import DeliveryStatus
 from chat_service.domain.serialization import Document
-from chat_service.ports import DuplicateMessage, VersionConflict
+from chat_service.ports import DuplicateMessage
 
 TransactionBody = Callable[[AsyncClientSession], Awaitable[None]]
 Client = AsyncMongoClient[dict[str, Any]]
@@ -142,7 +143,7 @@ class TransactionalWrites:
             try:
                 await self._conversations.insert_one(dict(change.conversation), session=session)
             except DuplicateKeyError as error:
-                raise VersionConflict(f"conversation {conversation_id!r} already exists") from error
+                raise already_exists(conversation_id) from error
             return
         where = {
             "_id": conversation_id,
@@ -155,10 +156,7 @@ class TransactionalWrites:
             session=session,
         )
         if replaced.matched_count != 1:
-            raise VersionConflict(
-                f"conversation {conversation_id!r} is not at version {change.expected_version}, "
-                f"or was written under a newer lock than fencing token {change.fencing_token}"
-            )
+            raise stale_version(conversation_id, change.expected_version, change.fencing_token)
 
     async def _append_events(self, events: Sequence[Document], session: AsyncClientSession) -> None:
         """Numbers the events from the counter and appends them to the outbox."""

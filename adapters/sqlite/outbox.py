@@ -16,13 +16,19 @@ than silently missing events.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Sequence
 
 from adapters.sqlite.rows import load_json
+from adapters.storage.outbox import (
+    HeadRow,
+    Lease,
+    claimable_count,
+    prune_reach,
+    refuse_pruned,
+)
+from adapters.storage.times import now_micros
+from chat_service.domain.event_codec import event_from_dict
 from chat_service.domain.events import OutboxEntry
-from chat_service.domain.serialization import event_from_dict
-from chat_service.ports import EventsPruned
 
 _OLDEST_UNPUBLISHED = """
 SELECT position, event, claimed_by, claimed_until FROM outbox
@@ -36,12 +42,9 @@ def claim(
     connection: sqlite3.Connection, owner: str, limit: int, lease_micros: int
 ) -> list[OutboxEntry]:
     now = now_micros()
-    rows = []
-    for row in connection.execute(_OLDEST_UNPUBLISHED, {"limit": limit}):
-        held_by = row["claimed_by"]
-        if held_by is not None and held_by != owner and row["claimed_until"] > now:
-            break  # another relay's: the run ends here (at the head: nothing)
-        rows.append(row)
+    oldest = connection.execute(_OLDEST_UNPUBLISHED, {"limit": limit}).fetchall()
+    leases = (Lease(row["claimed_by"], row["claimed_until"]) for row in oldest)
+    rows = oldest[: claimable_count(leases, owner, now)]
     connection.executemany(
         "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE position = ?",
         [(owner, now + lease_micros, row["position"]) for row in rows],
@@ -75,9 +78,7 @@ def read_events(
     entries = [_entry(row) for row in connection.execute(sql, params)]
     # After the rows: a pruning that removed any of them had recorded its
     # reach before (in its own transaction), so it is seen here.
-    pruned = pruned_through(connection)
-    if after_position < pruned:
-        raise EventsPruned(after_position, pruned)
+    refuse_pruned(after_position, pruned_through(connection))
     return entries
 
 
@@ -97,18 +98,19 @@ def prune(
     connection: sqlite3.Connection, published_before_micros: int, keep_last: int, limit: int
 ) -> int:
     """ConversationStore.prune_outbox, in the writer's transaction."""
-    kept_from = last_position(connection) - keep_last  # up to here: beyond the count
-    through = None
+    last = last_position(connection)
     head = connection.execute(
         "SELECT position, published_at FROM outbox ORDER BY position LIMIT ?", (limit,)
     )
-    for row in head:
-        published_at = row["published_at"]
-        if published_at is None:
-            break
-        if published_at >= published_before_micros and row["position"] > kept_from:
-            break
-        through = row["position"]
+    through = prune_reach(
+        (
+            HeadRow(row["position"], row["published_at"] is not None, row["published_at"])
+            for row in head
+        ),
+        published_before=published_before_micros,
+        last_position=last,
+        keep_last=keep_last,
+    )
     if through is None:
         return 0
     connection.execute("UPDATE outbox_pruned SET through = max(through, ?)", (through,))
@@ -120,8 +122,3 @@ def prune(
 
 def _entry(row: sqlite3.Row) -> OutboxEntry:
     return OutboxEntry(row["position"], event_from_dict(load_json(row["event"])))
-
-
-def now_micros() -> int:
-    # Wall-clock time: leases must mean the same to every process on the file.
-    return time.time_ns() // 1000

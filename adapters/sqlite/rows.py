@@ -5,39 +5,24 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus, MessageRole
-from chat_service.domain.model import Conversation, IdempotencyRecord, Message
-from chat_service.domain.serialization import (
-    Document,
+from adapters.storage.search import message_search_text
+from adapters.storage.times import from_micros, to_micros
+from chat_service.domain.content_codec import content_from_dict, content_to_dict
+from chat_service.domain.conversation_codec import (
     channel_metadata_from_dict,
     channel_metadata_to_dict,
-    content_from_dict,
-    content_to_dict,
     conversation_state_from_dict,
     conversation_state_to_dict,
     send_result_from_dict,
     send_result_to_dict,
 )
-from chat_service.domain.text import search_key
+from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus, MessageRole
+from chat_service.domain.model import Conversation, IdempotencyRecord, Message
+from chat_service.domain.serialization import Document
 
 Params = dict[str, Any]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def to_micros(value: datetime) -> int:
-    """Microseconds since the epoch; exact (integer timedelta arithmetic)."""
-    if value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value!r}: store times must be timezone-aware")
-    return (value - _EPOCH) // _MICROSECOND
-
-
-def from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
 
 
 def dump_json(document: Document) -> str:
@@ -47,12 +32,6 @@ def dump_json(document: Document) -> str:
 def load_json(text: str) -> Document:
     document: Document = json.loads(text)
     return document
-
-
-def search_text(message: Message) -> str:
-    """What the search filter of ListConversations matches against (the
-    query takes the same form)."""
-    return search_key(message.content.text)
 
 
 # ------------------------------------------------------------- conversations
@@ -107,7 +86,7 @@ def message_params(message: Message) -> Params:
         "channel": message.channel.value,
         "user_id": message.user_id,
         "content": dump_json(content_to_dict(message.content)),
-        "search_text": search_text(message),
+        "search_text": message_search_text(message),
         "created_at": to_micros(message.created_at),
         "delivery_status": message.delivery_status.value,
         "client_time": None if message.client_time is None else to_micros(message.client_time),

@@ -18,7 +18,7 @@ from adapters.sqlite import SqliteStore
 from adapters.sqlite.connections import GroupCommitWriter, connect
 from adapters.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from chat_service.domain.enums import DeliveryStatus
-from chat_service.domain.serialization import event_to_dict
+from chat_service.domain.event_codec import event_to_dict
 from chat_service.ports import StoreUnavailable
 from tests.builders import (
     TENANT,

@@ -1,0 +1,97 @@
+"""The SQL of the store's reads: each a statement and its parameters,
+built from fixed fragments with every value bound."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import TypeVar
+
+from adapters.sqlite.rows import Params
+from adapters.storage.search import query_search_text
+from adapters.storage.times import to_micros
+from chat_service.ports import ConversationCursor, ConversationQuery
+
+_T = TypeVar("_T")
+
+
+def fetch_all(
+    connection: sqlite3.Connection,
+    sql: str,
+    params: Params | tuple[object, ...],
+    decode: Callable[[sqlite3.Row], _T],
+) -> list[_T]:
+    return [decode(row) for row in connection.execute(sql, params)]
+
+
+def select_conversations(
+    tenant_id: str,
+    query: ConversationQuery,
+    limit: int,
+    after: ConversationCursor | None,
+) -> tuple[str, Params]:
+    where = ["c.tenant_id = :tenant_id"]
+    params: Params = {"tenant_id": tenant_id, "limit": limit}
+    if query.status is not None:
+        where.append("c.status = :status")
+        params["status"] = query.status.value
+    if query.channel is not None:
+        where.append("c.channel = :channel")
+        params["channel"] = query.channel.value
+    if query.user_id:
+        where.append("c.user_id = :user_id")
+        params["user_id"] = query.user_id
+    if query.start_time is not None:
+        where.append("c.created_at >= :start_time")
+        params["start_time"] = to_micros(query.start_time)
+    if query.end_time is not None:
+        where.append("c.created_at < :end_time")
+        params["end_time"] = to_micros(query.end_time)
+    if query.search_query:
+        # instr() is a plain substring test: unlike LIKE, it gives % and _
+        # no meaning, so the query needs no escaping. Both sides are in
+        # their search form (storage/search.py).
+        where.append(
+            "EXISTS (SELECT 1 FROM messages AS m WHERE m.conversation_id = c.conversation_id"
+            " AND instr(m.search_text, :search) > 0)"
+        )
+        params["search"] = query_search_text(query.search_query)
+    if after is not None:
+        # Keyset pagination: a row-value comparison the index serves directly.
+        beyond = "<" if query.descending else ">"
+        where.append(f"(c.created_at, c.conversation_id) {beyond} (:after_time, :after_id)")
+        params["after_time"] = to_micros(after.created_at)
+        params["after_id"] = after.conversation_id
+    order = "DESC" if query.descending else "ASC"
+    sql = (
+        "SELECT c.* FROM conversations AS c WHERE "  # noqa: S608 (fixed fragments; values bound)
+        + " AND ".join(where)
+        + f" ORDER BY c.created_at {order}, c.conversation_id {order} LIMIT :limit"
+    )
+    return sql, params
+
+
+def select_messages(
+    tenant_id: str,
+    conversation_id: str,
+    *,
+    limit: int,
+    after_sequence: int | None = None,
+    through_sequence: int | None = None,
+    descending: bool = False,
+) -> tuple[str, Params]:
+    where = ["conversation_id = :conversation_id", "tenant_id = :tenant_id"]
+    params: Params = {"conversation_id": conversation_id, "tenant_id": tenant_id, "limit": limit}
+    if after_sequence is not None:
+        where.append("sequence < :after" if descending else "sequence > :after")
+        params["after"] = after_sequence
+    if through_sequence is not None:
+        where.append("sequence <= :through")
+        params["through"] = through_sequence
+    order = "DESC" if descending else "ASC"
+    sql = (
+        "SELECT * FROM messages WHERE "  # noqa: S608 (fixed fragments; values bound)
+        + " AND ".join(where)
+        + f" ORDER BY sequence {order} LIMIT :limit"
+    )
+    return sql, params
