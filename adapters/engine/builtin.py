@@ -12,9 +12,9 @@ import re
 from dataclasses import replace
 
 from chat_service.domain.content import Button, MessageContent, QuickReply
+from chat_service.domain.content_limits import MAX_TEXT_LENGTH
 from chat_service.domain.enums import ButtonType, MessageType
 from chat_service.domain.model import ConversationState, JsonValue
-from chat_service.domain.validation import MAX_TEXT_LENGTH
 from chat_service.ports import EngineReply, EngineRequest, ExpectedInput
 
 _GREETING = re.compile(r"^\s*(hi|hello|hey|hola|good (morning|afternoon|evening))\b", re.I)

@@ -12,8 +12,8 @@ import json
 import logging
 from collections.abc import Sequence
 
+from chat_service.domain.event_codec import event_to_dict
 from chat_service.domain.events import OutboxEntry
-from chat_service.domain.serialization import event_to_dict
 
 log = logging.getLogger("chat_service.events")
 

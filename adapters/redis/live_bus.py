@@ -37,8 +37,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from adapters.redis.client import DEFAULT_PREFIX
+from chat_service.domain.event_codec import live_event_from_dict, live_event_to_dict
 from chat_service.domain.live import LiveEvent
-from chat_service.domain.serialization import live_event_from_dict, live_event_to_dict
 from chat_service.ports import LiveListener
 
 log = logging.getLogger(__name__)

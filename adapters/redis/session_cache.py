@@ -30,11 +30,11 @@ from redis.asyncio import Redis
 from adapters.redis.breaker import CircuitBreaker
 from adapters.redis.client import DEFAULT_PREFIX
 from adapters.redis.errors import coordination_errors
-from chat_service.domain.model import ConversationState
-from chat_service.domain.serialization import (
+from chat_service.domain.conversation_codec import (
     conversation_state_from_dict,
     conversation_state_to_dict,
 )
+from chat_service.domain.model import ConversationState
 from chat_service.ports import SESSION_TTL_SECONDS, CachedState
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,10 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from chat_service.domain.model import InboundMessage
+from chat_service.domain.serialization import declared_defaults
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -51,20 +52,10 @@ def _canonical(value: object) -> object:
 
 
 def _canonical_fields(obj: DataclassInstance) -> dict[str, object]:
+    defaults = declared_defaults(type(obj))
     document: dict[str, object] = {}
     for field in dataclasses.fields(obj):
         value = getattr(obj, field.name)
-        if value != _default_of(field):
+        if field.name not in defaults or value != defaults[field.name]:
             document[field.name] = _canonical(value)
     return document
-
-
-_NO_DEFAULT = object()
-
-
-def _default_of(field: dataclasses.Field[Any]) -> object:
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return _NO_DEFAULT

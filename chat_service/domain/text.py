@@ -1,7 +1,9 @@
 """Plain-text rules shared by validation, search and channel formatting.
 
-Kept apart from validation.py and channels.py because both need them and
-validation also needs the channel rules: this module breaks the cycle.
+One module for every rule about text itself (its stored form, how a search
+matches it, how much of it an error may quote, where a long one is cut), so
+that what validation stores, what search compares and what formatting
+splits are the same text.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Channel rules and reply formatting (domain/channels.py, domain/text.py)."""
+"""Channel rules and reply formatting (domain/channel_rules.py, domain/channels.py,
+domain/text.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from chat_service.domain import validation
-from chat_service.domain.channels import MAPS_URL, ChannelRules, format_for_channel, rules_for
+from chat_service.domain.channel_rules import ChannelRules, rules_for
+from chat_service.domain.channels import MAPS_URL, format_for_channel
 from chat_service.domain.content import (
     Button,
     CarouselCard,
@@ -19,6 +20,7 @@ from chat_service.domain.content import (
     MessageContent,
     QuickReply,
 )
+from chat_service.domain.content_limits import MAX_TEXT_LENGTH
 from chat_service.domain.enums import ButtonType, Channel, MessageType
 from chat_service.domain.text import split_text
 from chat_service.domain.validation import validate_content
@@ -169,7 +171,7 @@ def test_every_channel_has_rules_within_the_content_model() -> None:
     for channel in Channel:
         rules = rules_for(channel)
         assert rules.channel is channel
-        assert rules.max_text_length <= validation.MAX_TEXT_LENGTH
+        assert rules.max_text_length <= MAX_TEXT_LENGTH
         assert rules.inbound_types
         assert MessageType.TEXT in rules.outbound_types
 

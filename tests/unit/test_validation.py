@@ -1,4 +1,5 @@
-"""Validation of inbound messages and bot replies (domain/validation.py)."""
+"""Validation of inbound messages and bot replies (domain/validation.py,
+domain/content_checks.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chat_service.domain import validation
+from chat_service.domain import content_checks
 from chat_service.domain.content import (
     Button,
     CarouselCard,
@@ -19,6 +20,7 @@ from chat_service.domain.content import (
     MessageContent,
     QuickReply,
 )
+from chat_service.domain.content_limits import MAX_TEXT_LENGTH
 from chat_service.domain.enums import ButtonType, Channel, MessageType, Priority
 from chat_service.domain.errors import InvalidArgument
 from chat_service.domain.fingerprint import request_fingerprint
@@ -34,7 +36,6 @@ from chat_service.domain.text import (
 )
 from chat_service.domain.validation import (
     MAX_ADDITIONAL_DATA_DEPTH,
-    MAX_TEXT_LENGTH,
     validate_content,
     validate_inbound,
 )
@@ -626,7 +627,7 @@ def test_an_oversized_text_is_refused_before_it_is_normalized(
         lengths.append(len(text))
         return normalize_text(text)
 
-    monkeypatch.setattr(validation, "normalize_text", spying)
+    monkeypatch.setattr(content_checks, "normalize_text", spying)
 
     with pytest.raises(InvalidArgument):
         validate_inbound(content(text="\u0958" * (4 * 1024 * 1024)))
@@ -699,7 +700,9 @@ def test_additional_data_keys_refuse_control_characters(data: dict[str, JsonValu
 
 
 def test_additional_data_values_may_hold_control_characters() -> None:
-    validate_inbound(metadata(additional_data={"raw": "a\x00b\x1b"}))
+    validated = validate_inbound(metadata(additional_data={"raw": "a\x00b\x1b"}))
+
+    assert validated.channel_metadata.additional_data == {"raw": "a\x00b\x1b"}  # kept as is
 
 
 # ------------------------------------------------------------------ search query
