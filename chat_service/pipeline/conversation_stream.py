@@ -1,5 +1,7 @@
 """StreamConversation: one client's live view of a conversation, and its input.
 
+stream_opener.py opens the streams; this is one open stream.
+
 A stream listens on the conversation's live topic before it reads the
 conversation, then replays what the client asked for from the store, then
 goes live. Messages carry gap-free sequences, so the stream can check every
@@ -30,22 +32,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from chat_service.domain.enums import Channel, ConversationStatus, MessageRole
-from chat_service.domain.errors import (
-    ChatError,
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    ResourceExhausted,
-    conversation_not_found,
-)
-from chat_service.domain.events import EventType
-from chat_service.domain.identifiers import (
-    MAX_SESSION_ID_LENGTH,
-    MAX_USER_ID_LENGTH,
-    conversation_id_problem,
-    identifier_problem,
-)
+from chat_service.domain.enums import MessageRole
+from chat_service.domain.errors import ChatError, InvalidArgument, ResourceExhausted
 from chat_service.domain.live import (
     LiveEvent,
     MessageStored,
@@ -56,29 +44,14 @@ from chat_service.domain.live import (
 from chat_service.domain.model import Conversation, InboundMessage, Message
 from chat_service.pipeline.admission import TenantAdmission
 from chat_service.pipeline.errors import port_errors
-from chat_service.pipeline.events import conversation_event
 from chat_service.pipeline.read_receipts import MarkRead
 from chat_service.pipeline.send_message import SendMessage
 from chat_service.pipeline.stream_buffer import StreamBuffer, TypingThrottle
-from chat_service.pipeline.stream_limits import (
-    TenantSlots,
-    on_expiry,
-    token_expired,
-    with_metadata,
-)
+from chat_service.pipeline.stream_limits import on_expiry, token_expired, with_metadata
 from chat_service.pipeline.writer import ConversationWriter
-from chat_service.ports import Clock, ConversationChange, ConversationStore, LiveBus
+from chat_service.ports import Clock, ConversationStore, LiveBus
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamOpenRequest:
-    conversation_id: str = ""
-    user_id: str = ""
-    channel: Channel | None = None
-    session_id: str = ""
-    resume_after: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,150 +102,6 @@ class StreamServices:
     first_frame_timeout: float = 10.0
     # A stream publishes at most one typing indicator per interval.
     typing_interval: float = 1.0
-
-
-class ConversationStreams:
-    """Opens streams, and ends them all when the server drains."""
-
-    def __init__(self, services: StreamServices) -> None:
-        self._services = services
-        self._open: set[ConversationStream] = set()
-        self._slots = TenantSlots(
-            services.max_per_tenant, kind="streams", reason="TOO_MANY_STREAMS"
-        )
-        self._draining: Callable[[], ChatError] | None = None
-
-    @property
-    def open_count(self) -> int:
-        return len(self._open)
-
-    @property
-    def first_frame_timeout(self) -> float:
-        return self._services.first_frame_timeout
-
-    async def open(
-        self,
-        tenant_id: str,
-        request: StreamOpenRequest,
-        *,
-        abandon: Callable[[], object] = lambda: None,
-        valid_until: float | None = None,
-    ) -> ConversationStream:
-        """`abandon` ends the call without a status, for a client that stopped
-        reading (see the module doc); the stream ends with UNAUTHENTICATED
-        once the wall clock passes `valid_until` (the token's expiry)."""
-        _validate_open(request)
-        release = self._slots.take(tenant_id)
-        conversation_id = request.conversation_id or str(uuid.uuid4())
-
-        def closed(stream: ConversationStream) -> None:
-            release()
-            self._open.discard(stream)
-
-        try:
-            stream = ConversationStream(
-                self._services,
-                tenant_id,
-                conversation_id,
-                request.resume_after,
-                on_close=closed,
-                abandon=abandon,
-            )
-        except BaseException:
-            release()
-            raise
-        try:
-            # Listening must be in effect before the conversation is read, or
-            # a message stored in between would reach neither.
-            try:
-                async with asyncio.timeout(self._services.subscribe_timeout):
-                    await self._services.bus.synced()
-            except TimeoutError:
-                log.warning("stream %s opens before its subscription is confirmed", stream.id)
-            stream.start(await self._conversation_for(tenant_id, conversation_id, request))
-        except BaseException:
-            stream.close()
-            raise
-        self._open.add(stream)
-        stream.expire_at(valid_until)
-        if self._draining is not None:  # it opened while the server drains
-            stream.fail(self._draining(), resumable=True)
-        return stream
-
-    def close_all(self, make_error: Callable[[], ChatError]) -> None:
-        """End every open stream, and any opened from now on, with an error of
-        `make_error` (each its own: it gets the stream's resume position)."""
-        self._draining = make_error
-        for stream in tuple(self._open):
-            stream.fail(make_error(), resumable=True)
-
-    async def _conversation_for(
-        self, tenant_id: str, conversation_id: str, request: StreamOpenRequest
-    ) -> Conversation:
-        if not request.conversation_id:
-            return await self._start(tenant_id, conversation_id, request)
-        with port_errors():
-            conversation = await self._services.store.get_conversation(tenant_id, conversation_id)
-        if conversation is None:
-            raise conversation_not_found(conversation_id)
-        if request.user_id and request.user_id != conversation.user_id:
-            raise FailedPrecondition(
-                "open.user_id differs from the conversation's",
-                reason="CONVERSATION_MISMATCH",
-                metadata={"conversation_id": conversation_id, "fields": "open.user_id"},
-            )
-        if request.resume_after is not None and request.resume_after > conversation.last_sequence:
-            raise InvalidArgument.of(
-                "open.resume_after_sequence",
-                f"is past the conversation's last sequence ({conversation.last_sequence})",
-            )
-        return conversation
-
-    async def _start(
-        self, tenant_id: str, conversation_id: str, request: StreamOpenRequest
-    ) -> Conversation:
-        assert request.channel is not None  # validated
-        now = self._services.clock.now()
-        conversation = Conversation(
-            conversation_id=conversation_id,
-            tenant_id=tenant_id,
-            user_id=request.user_id,
-            channel=request.channel,
-            status=ConversationStatus.ACTIVE,
-            created_at=now,
-            updated_at=now,
-            version=1,
-            session_id=request.session_id,
-        )
-        started = conversation_event(EventType.CONVERSATION_STARTED, conversation, now)
-        with port_errors():
-            await self._services.writer.write(
-                ConversationChange(conversation, expected_version=0, events=(started,))
-            )
-        return conversation
-
-
-def _validate_open(request: StreamOpenRequest) -> None:
-    violations = []
-    if request.conversation_id and (problem := conversation_id_problem(request.conversation_id)):
-        violations.append(FieldViolation("open.conversation_id", problem))
-    if request.resume_after is not None and request.resume_after < 0:
-        violations.append(FieldViolation("open.resume_after_sequence", "must not be negative"))
-    if problem := identifier_problem(request.user_id, maximum=MAX_USER_ID_LENGTH):
-        violations.append(FieldViolation("open.user_id", problem))
-    if problem := identifier_problem(request.session_id, maximum=MAX_SESSION_ID_LENGTH):
-        violations.append(FieldViolation("open.session_id", problem))
-    if not request.conversation_id:
-        if not request.user_id:
-            violations.append(FieldViolation("open.user_id", "is required to start a conversation"))
-        if request.channel is None:
-            violations.append(FieldViolation("open.channel", "is required to start a conversation"))
-        if request.resume_after is not None:
-            violations.append(
-                FieldViolation("open.resume_after_sequence", "needs a conversation_id")
-            )
-    if violations:
-        raise InvalidArgument(violations)
 
 
 class ConversationStream:
@@ -446,11 +275,10 @@ class ConversationStream:
             if not inbound.message_id:
                 raise InvalidArgument.of("message.message_id", "is required on a stream")
             await self._services.admission.admit(self.tenant_id)
-            # Shielded: a client that leaves mid-way does not stop the reply
-            # to what it already sent from being stored.
-            outcome = await asyncio.shield(
-                self._services.send_message(inbound, field_prefix="message.")
-            )
+            # Not shielded: SendMessage finishes what it committed, and a
+            # stream that ends before the commit leaves nothing stored (the
+            # client, without an ack, resends the message when it reconnects).
+            outcome = await self._services.send_message(inbound, field_prefix="message.")
         except ChatError as error:
             await self._out.put(Refused(inbound.message_id, error))
             return

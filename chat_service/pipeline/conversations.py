@@ -8,21 +8,16 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from chat_service.domain.enums import ConversationStatus
-from chat_service.domain.errors import (
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    conversation_not_found,
-)
+from chat_service.domain.errors import FieldViolation, InvalidArgument
+from chat_service.domain.events import status_changed
 from chat_service.domain.identifiers import (
     MAX_USER_ID_LENGTH,
     conversation_id_problem,
     identifier_problem,
 )
-from chat_service.domain.model import Conversation, Message
+from chat_service.domain.model import Conversation, Message, conversation_of
 from chat_service.domain.text import normalize_search_query, search_query_problem
 from chat_service.pipeline.errors import port_errors
-from chat_service.pipeline.events import status_changed
 from chat_service.pipeline.page_tokens import PageTokens, is_position, query_digest
 from chat_service.pipeline.writer import ConversationWriter
 from chat_service.ports import (
@@ -55,12 +50,17 @@ def _page_size(size: int, default: int, maximum: int, violations: list[FieldViol
     return default if size <= 0 else min(size, maximum)
 
 
-def _require_id(conversation_id: str) -> None:
+def _id_violation(conversation_id: str) -> FieldViolation | None:
     if not conversation_id:
-        raise InvalidArgument.of("conversation_id", "is required")
-    problem = conversation_id_problem(conversation_id)
-    if problem:
-        raise InvalidArgument.of("conversation_id", problem)
+        return FieldViolation("conversation_id", "is required")
+    if problem := conversation_id_problem(conversation_id):
+        return FieldViolation("conversation_id", problem)
+    return None
+
+
+def _require_id(conversation_id: str) -> None:
+    if violation := _id_violation(conversation_id):
+        raise InvalidArgument([violation], f"{violation.field}: {violation.description}")
 
 
 class ConversationQueries:
@@ -73,10 +73,8 @@ class ConversationQueries:
     async def get(self, tenant_id: str, conversation_id: str) -> Conversation:
         _require_id(conversation_id)
         with port_errors():
-            conversation = await self._store.get_conversation(tenant_id, conversation_id)
-        if conversation is None:
-            raise conversation_not_found(conversation_id)
-        return conversation
+            found = await self._store.get_conversation(tenant_id, conversation_id)
+        return conversation_of(tenant_id, conversation_id, found)
 
     async def list_conversations(
         self, tenant_id: str, query: ConversationQuery, *, page_size: int, page_token: str
@@ -190,10 +188,8 @@ class UpdateConversationStatus:
         reason: str = "",
     ) -> Conversation:
         violations = []
-        if not conversation_id:
-            violations.append(FieldViolation("conversation_id", "is required"))
-        elif problem := conversation_id_problem(conversation_id):
-            violations.append(FieldViolation("conversation_id", problem))
+        if violation := _id_violation(conversation_id):
+            violations.append(violation)
         if status is None:
             violations.append(FieldViolation("status", "is required"))
         if len(reason) > MAX_STATUS_REASON:
@@ -207,25 +203,12 @@ class UpdateConversationStatus:
             async with self._locks.hold(
                 tenant_id, conversation_id, timeout=self._lock_timeout
             ) as lease:
-                conversation = await self._store.get_conversation(tenant_id, conversation_id)
-                if conversation is None:
-                    raise conversation_not_found(conversation_id)
+                found = await self._store.get_conversation(tenant_id, conversation_id)
+                conversation = conversation_of(tenant_id, conversation_id, found)
                 if conversation.status is status:
-                    return conversation
-                if not conversation.status.can_become(status):
-                    raise FailedPrecondition(
-                        f"cannot go from {conversation.status.value} to {status.value}",
-                        reason="INVALID_STATUS_TRANSITION",
-                        metadata={"from": conversation.status.value, "to": status.value},
-                    )
+                    return conversation  # idempotent: nothing to write
                 now = self._clock.now()
-                updated = replace(
-                    conversation,
-                    status=status,
-                    status_reason=reason,
-                    updated_at=now,
-                    version=conversation.version + 1,
-                )
+                updated = conversation.moved_to(status, reason=reason, at=now)
                 await self._writer.write(
                     ConversationChange(
                         conversation=updated,

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from chat_service.domain.enums import Channel, DeliveryStatus
+from chat_service.domain.events import delivery_updated
 from chat_service.domain.model import Conversation, JsonObject, Message
-from chat_service.pipeline.events import delivery_updated
 from chat_service.ports import (
     ChannelSender,
     Clock,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from chat_service.domain.enums import DeliveryStatus, MessageRole
-from chat_service.domain.errors import InvalidArgument, conversation_not_found
-from chat_service.domain.model import Conversation, Message
+from chat_service.domain.enums import DeliveryStatus
+from chat_service.domain.errors import InvalidArgument
+from chat_service.domain.events import delivery_updated
+from chat_service.domain.model import Conversation, Message, conversation_of
 from chat_service.pipeline.errors import port_errors
-from chat_service.pipeline.events import delivery_updated
 from chat_service.ports import Clock, ConversationStore
 
 _PAGE = 100
@@ -41,9 +41,8 @@ class MarkRead:
     ) -> int:
         """Returns how many messages became READ."""
         with port_errors():
-            conversation = await self._store.get_conversation(tenant_id, conversation_id)
-            if conversation is None:
-                raise conversation_not_found(conversation_id)
+            found = await self._store.get_conversation(tenant_id, conversation_id)
+            conversation = conversation_of(tenant_id, conversation_id, found)
             if not 1 <= through_sequence <= conversation.last_sequence:
                 raise InvalidArgument.of(
                     field,
@@ -68,7 +67,7 @@ class MarkRead:
                 descending=True,
             )
             for message in page:
-                if _outbound(message) and message.delivery_status is DeliveryStatus.READ:
+                if message.is_outbound and message.delivery_status is DeliveryStatus.READ:
                     return message.sequence
             if len(page) < _PAGE:
                 return 0
@@ -90,7 +89,7 @@ class MarkRead:
                 if message.sequence > through_sequence:
                     return marked
                 after = message.sequence
-                if not _outbound(message) or not message.delivery_status.can_advance_to(
+                if not message.is_outbound or not message.delivery_status.can_advance_to(
                     DeliveryStatus.READ
                 ):
                     continue  # FAILED stays FAILED
@@ -105,7 +104,3 @@ class MarkRead:
             if not page:
                 break
         return marked
-
-
-def _outbound(message: Message) -> bool:
-    return message.role is not MessageRole.USER
