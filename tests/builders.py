@@ -1,15 +1,19 @@
 """Small factories of domain objects for tests: sensible defaults, override
-what the test is about."""
+what the test is about; and the core itself, wired as production wires it,
+around fakes (`build_core`)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from chat_service.auth import JwtVerifier
+from chat_service.bootstrap import in_process_coordination
+from chat_service.config import RateLimit, Settings
 from chat_service.domain.content import MessageContent
 from chat_service.domain.enums import (
     Channel,
@@ -25,7 +29,22 @@ from chat_service.domain.model import (
     Message,
     SendResult,
 )
-from chat_service.ports import ConversationChange, ConversationStore, VersionConflict
+from chat_service.pipeline.delivery import DeliveryPolicy
+from chat_service.pipeline.page_tokens import PageTokens
+from chat_service.ports import (
+    ChannelSender,
+    Clock,
+    ConversationChange,
+    ConversationLocks,
+    ConversationStore,
+    Engine,
+    EventPublisher,
+    LiveBus,
+    SessionCache,
+    VersionConflict,
+)
+from chat_service.wiring import Parts, Services, Tuning, wire
+from tests.fakes import InMemoryStore, RecordingPublisher, ScriptedEngine, SteppingClock
 
 TENANT = "tenant-a"
 OTHER_TENANT = "tenant-b"
@@ -175,3 +194,59 @@ async def append_retrying(
             return
         except VersionConflict:
             await asyncio.sleep(0.001)
+
+
+# ------------------------------------------------------------------ the core
+
+# Production's settings, with waits short enough for unit tests and a rate
+# limit no test reaches by accident.
+CORE_SETTINGS = Settings(
+    mcp_engine_timeout_ms=500,
+    lock_timeout_ms=5_000,
+    stream_buffer_size=64,
+    fallback_text="Sorry, try later.",
+    rate_limit=RateLimit(rate=1000.0, burst=1000),
+)
+FAST = Tuning(delivery=DeliveryPolicy(attempts=3, first_backoff=0.001))
+_JWT_SECRET = "unit-tests-only-" * 2  # HS256 wants 32 bytes
+
+
+def build_core(
+    *,
+    store: ConversationStore | None = None,
+    engine: Engine | None = None,
+    clock: Clock | None = None,
+    publisher: EventPublisher | None = None,
+    senders: Mapping[Channel, ChannelSender] | None = None,
+    locks: ConversationLocks | None = None,
+    sessions: SessionCache | None = None,
+    bus: LiveBus | None = None,
+    state_cache: SessionCache | None = None,
+    settings: Settings = CORE_SETTINGS,
+    tuning: Tuning = FAST,
+) -> Services:
+    """The core through production's wiring (chat_service.wiring.wire), with
+    fakes for the store, engine, clock and publisher, the in-process
+    coordination production uses in one process, and whatever a test passes
+    instead. Nothing runs until `start()`; close what a test used (e.g.
+    `delivery.close`)."""
+    coordination = in_process_coordination(settings)
+    coordination = dataclasses.replace(
+        coordination,
+        locks=coordination.locks if locks is None else locks,
+        sessions=coordination.sessions if sessions is None else sessions,
+        bus=coordination.bus if bus is None else bus,
+    )
+    parts = Parts(
+        store=InMemoryStore() if store is None else store,
+        coordination=coordination,
+        publisher=RecordingPublisher() if publisher is None else publisher,
+        engine=ScriptedEngine() if engine is None else engine,
+        clock=SteppingClock(T0) if clock is None else clock,
+        verifier=JwtVerifier(secret=_JWT_SECRET),
+        tokens=PageTokens.ephemeral(),
+        relay_owner="unit-core",
+        senders={} if senders is None else senders,
+        state_cache=state_cache,
+    )
+    return wire(parts, settings, tuning)

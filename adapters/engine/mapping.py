@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from chatbot.mcp.v1 import engine_service_pb2 as pb
 
-from chat_service.grpc_api.mappers import (
+from chat_service.ports import EngineReply, EngineRequest, ExpectedInput
+from chat_service.protomap.content import message_content_from_proto, message_content_to_proto
+from chat_service.protomap.enums import channel_to_proto, message_type_from_proto
+from chat_service.protomap.resources import (
     conversation_state_from_proto,
     conversation_state_to_proto,
     message_to_proto,
     processing_hints_to_proto,
 )
-from chat_service.grpc_api.mappers_content import (
-    message_content_from_proto,
-    message_content_to_proto,
-)
-from chat_service.grpc_api.mappers_enums import channel_to_proto, message_type_from_proto
-from chat_service.ports import EngineReply, EngineRequest, ExpectedInput
 
 
 def request_to_proto(request: EngineRequest) -> pb.ProcessMessageRequest:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chat_service.domain.events import DomainEvent
-from chat_service.grpc_api.mappers import event_to_proto
+from chat_service.protomap.events import event_to_proto
 
 # Header names: consumers route and decode by these without parsing the value.
 EVENT_TYPE_HEADER = "event_type"

@@ -1,4 +1,6 @@
-"""The gRPC face of the service: servicers, proto<->domain mappers, interceptors, statuses.
+"""The gRPC face of the service: servicers, request/response mapping,
+interceptors, statuses.
 
-The only package of the core that imports grpc and the generated protobuf code.
+The resources, content, enums and events it maps are chat_service.protomap's,
+shared with the adapters that speak protobuf (tests/unit/test_layering.py).
 """

@@ -43,7 +43,7 @@ from chat_service.domain.errors import (
     Unavailable,
     Unimplemented,
 )
-from chat_service.grpc_api.mappers_wellknown import seconds_to_duration
+from chat_service.protomap.wellknown import seconds_to_duration
 
 INTERNAL_REASON = "INTERNAL"
 INTERNAL_MESSAGE = "internal error"

@@ -17,29 +17,22 @@ from google.protobuf.message import Message
 from chat_service.domain.enums import SortOrder
 from chat_service.domain.errors import FieldViolation, InvalidArgument, Unimplemented
 from chat_service.grpc_api.auth_interceptor import current_principal
-from chat_service.grpc_api.mappers import (
-    conversation_to_proto,
-    inbound_from_send_request,
-    message_to_proto,
-    send_result_to_response,
-)
-from chat_service.grpc_api.mappers_enums import (
-    channel_from_proto,
-    conversation_status_from_proto,
-    sort_order_from_proto,
-)
-from chat_service.grpc_api.mappers_wellknown import timestamp_to_datetime
+from chat_service.grpc_api.mappers import inbound_from_send_request, send_result_to_response
+from chat_service.grpc_api.mappers_enums import sort_order_from_proto
 from chat_service.grpc_api.streaming import (
     export_conversation,
     stream_conversation,
     watch_conversations,
 )
-from chat_service.pipeline.conversation_stream import ConversationStreams
 from chat_service.pipeline.conversations import ConversationQueries, UpdateConversationStatus
 from chat_service.pipeline.export import ExportConversation
 from chat_service.pipeline.send_message import SendMessage
+from chat_service.pipeline.stream_opener import ConversationStreams
 from chat_service.pipeline.watch import WatchConversations
 from chat_service.ports import ConversationQuery
+from chat_service.protomap.enums import channel_from_proto, conversation_status_from_proto
+from chat_service.protomap.resources import conversation_to_proto, message_to_proto
+from chat_service.protomap.wellknown import timestamp_to_datetime
 
 Context = Any  # grpc.aio.ServicerContext; its stubs are not generic-friendly here
 

@@ -31,9 +31,9 @@ from adapters.kafka.topics import ensure_topic
 from adapters.sqlite.store import SqliteStore
 from chat_service.domain.enums import ConversationStatus
 from chat_service.domain.events import DomainEvent, EventType, OutboxEntry
-from chat_service.grpc_api.mappers import event_to_proto
 from chat_service.pipeline.outbox_relay import OutboxRelay, RelaySettings
 from chat_service.ports import ConversationChange, EventPublisher
+from chat_service.protomap.events import event_to_proto
 from tests.builders import (
     create_change,
     make_conversation,

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from chat_service.bootstrap import Services, build_services
+from chat_service.bootstrap import build_services
 from chat_service.config import ConfigError, Settings
 from chat_service.domain.errors import InvalidArgument
 from chat_service.key_files import PAGE_TOKEN_KEY_FILENAME
 from chat_service.ports import ConversationQuery
+from chat_service.wiring import Services
 from tests.builders import TENANT, create_change, make_conversation
 
 Built = Callable[..., AbstractAsyncContextManager[Services]]

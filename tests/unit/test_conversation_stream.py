@@ -6,15 +6,10 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
 from adapters.memory.live_bus import InProcessLiveBus
-from adapters.memory.locks import InProcessConversationLocks, InProcessIdempotencyGuard
-from adapters.memory.rate_limit import InProcessRateLimiter
-from adapters.memory.session_cache import InProcessSessionCache
-from chat_service.config import RateLimit
 from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus
 from chat_service.domain.errors import (
     FailedPrecondition,
@@ -25,24 +20,13 @@ from chat_service.domain.errors import (
 from chat_service.domain.events import OutboxEntry
 from chat_service.domain.live import DeliveryChanged, MessageStored, conversation_topic
 from chat_service.domain.model import Conversation
-from chat_service.pipeline.admission import TenantAdmission
-from chat_service.pipeline.conversation_stream import (
-    Acked,
-    ConversationStreams,
-    Opened,
-    StreamItem,
-    StreamOpenRequest,
-    StreamServices,
-)
-from chat_service.pipeline.delivery import DeliveryQueue
-from chat_service.pipeline.live import LiveFeed
-from chat_service.pipeline.read_receipts import MarkRead
-from chat_service.pipeline.send_message import SendMessage, SendSettings
+from chat_service.pipeline.conversation_stream import Acked, Opened, StreamItem
+from chat_service.pipeline.stream_opener import ConversationStreams, StreamOpenRequest
 from chat_service.pipeline.watch import EventTail, WatchConversations
-from chat_service.pipeline.writer import ConversationWriter
 from chat_service.ports import ConversationChange
-from tests.builders import T0, TENANT, create_change, make_conversation, make_event, make_message
-from tests.fakes import InMemoryStore, ScriptedEngine, SteppingClock
+from tests import builders
+from tests.builders import TENANT, create_change, make_conversation, make_event, make_message
+from tests.fakes import InMemoryStore
 from tests.unit.test_send_message import inbound
 
 
@@ -53,40 +37,25 @@ class World:
     streams: ConversationStreams
 
 
-def build(buffer_size: int = 64, stall_grace: float = 5.0, **options: Any) -> World:
+def build(
+    buffer_size: int = 64,
+    stall_grace: float = 5.0,
+    *,
+    max_per_tenant: int = 1000,
+    typing_interval: float = 1.0,
+) -> World:
+    """The core as production wires it, on fakes; its streams, store and bus."""
     store = InMemoryStore()
     bus = InProcessLiveBus()
-    live = LiveFeed(bus)
-    clock = SteppingClock(T0)
-    writer = ConversationWriter(store, [live.committed])
-    send = SendMessage(
-        store=store,
-        writer=writer,
-        locks=InProcessConversationLocks(),
-        idempotency=InProcessIdempotencyGuard(),
-        engine=ScriptedEngine(),
-        sessions=InProcessSessionCache(),
-        delivery=DeliveryQueue(
-            store=store, senders={}, clock=clock, delivered_by_storing=[Channel.WEB]
-        ),
-        clock=clock,
-        settings=SendSettings(engine_timeout=1, lock_timeout=1, fallback_text="sorry"),
+    settings = dataclasses.replace(
+        builders.CORE_SETTINGS,
+        stream_buffer_size=buffer_size,
+        stream_stall_grace_seconds=stall_grace,
+        max_streams_per_tenant=max_per_tenant,
     )
-    streams = ConversationStreams(
-        StreamServices(
-            store=store,
-            writer=writer,
-            bus=bus,
-            send_message=send,
-            mark_read=MarkRead(store=store, clock=clock, on_change=live.delivery_changed),
-            admission=TenantAdmission(InProcessRateLimiter(lambda t: RateLimit(1000, 1000))),
-            clock=clock,
-            buffer_size=buffer_size,
-            stall_grace=stall_grace,
-            **options,
-        )
-    )
-    return World(store, bus, streams)
+    tuning = dataclasses.replace(builders.FAST, typing_interval=typing_interval)
+    services = builders.build_core(store=store, bus=bus, settings=settings, tuning=tuning)
+    return World(store, bus, services.streams)
 
 
 async def _conversation_with(store: InMemoryStore, count: int) -> Conversation:
@@ -371,7 +340,12 @@ async def test_a_stream_that_ends_in_time_is_not_abandoned() -> None:
     with pytest.raises(ResourceExhausted):
         await _take(stream.items(), 5)
     stream.close()
-    await asyncio.sleep(0.1)
+    # Not time but a later timer: timers run in the order they are due, so
+    # once this one has run, the abandon timer (due 0.05 s after fail()) has
+    # had its turn.
+    later = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.05 + 0.01, later.set)
+    await later.wait()
     assert not abandoned.is_set()
 
 

@@ -47,11 +47,12 @@ from chat_service.domain.model import (
     SendResult,
 )
 from chat_service.grpc_api import mappers, mappers_enums
-from chat_service.grpc_api.mappers_content import (
+from chat_service.protomap import enums, events, resources
+from chat_service.protomap.content import (
     message_content_from_proto,
     message_content_to_proto,
 )
-from chat_service.grpc_api.mappers_wellknown import (
+from chat_service.protomap.wellknown import (
     datetime_to_timestamp,
     dict_to_struct,
     milliseconds_to_duration,
@@ -67,44 +68,44 @@ ENUM_CASES: list[EnumCase] = [
     (
         Channel,
         resources_pb2.Channel.DESCRIPTOR,
-        mappers_enums.channel_to_proto,
-        mappers_enums.channel_from_proto,
+        enums.channel_to_proto,
+        enums.channel_from_proto,
     ),
     (
         ConversationStatus,
         resources_pb2.ConversationStatus.DESCRIPTOR,
-        mappers_enums.conversation_status_to_proto,
-        mappers_enums.conversation_status_from_proto,
+        enums.conversation_status_to_proto,
+        enums.conversation_status_from_proto,
     ),
     (
         MessageRole,
         resources_pb2.MessageRole.DESCRIPTOR,
-        mappers_enums.message_role_to_proto,
-        mappers_enums.message_role_from_proto,
+        enums.message_role_to_proto,
+        enums.message_role_from_proto,
     ),
     (
         DeliveryStatus,
         resources_pb2.DeliveryStatus.DESCRIPTOR,
-        mappers_enums.delivery_status_to_proto,
-        mappers_enums.delivery_status_from_proto,
+        enums.delivery_status_to_proto,
+        enums.delivery_status_from_proto,
     ),
     (
         Priority,
         resources_pb2.Priority.DESCRIPTOR,
-        mappers_enums.priority_to_proto,
-        mappers_enums.priority_from_proto,
+        enums.priority_to_proto,
+        enums.priority_from_proto,
     ),
     (
         MessageType,
         content_pb2.MessageType.DESCRIPTOR,
-        mappers_enums.message_type_to_proto,
-        mappers_enums.message_type_from_proto,
+        enums.message_type_to_proto,
+        enums.message_type_from_proto,
     ),
     (
         ButtonType,
         content_pb2.ButtonType.DESCRIPTOR,
-        mappers_enums.button_type_to_proto,
-        mappers_enums.button_type_from_proto,
+        enums.button_type_to_proto,
+        enums.button_type_from_proto,
     ),
     (
         SortOrder,
@@ -410,10 +411,44 @@ def test_empty_send_request_maps_to_defaults_the_validator_can_reject() -> None:
     assert inbound.channel_metadata == ChannelMetadata()
 
 
-def test_unspecified_or_unknown_priority_is_normal() -> None:
-    for number in (0, 77):
-        hints = resources_pb2.ProcessingHints(priority=number)  # type: ignore[arg-type]
-        assert mappers.processing_hints_from_proto(hints).priority is Priority.NORMAL
+def test_unspecified_priority_is_normal() -> None:
+    hints = resources_pb2.ProcessingHints()
+    assert resources.processing_hints_from_proto(hints).priority is Priority.NORMAL
+
+
+HINT_FIELDS = ("priority", "expected_response_type")
+
+
+@pytest.mark.parametrize("hint", HINT_FIELDS)
+@pytest.mark.parametrize("number", [77, -1, 2**31 - 1])
+def test_an_unknown_hint_number_is_an_invalid_argument_naming_it(hint: str, number: int) -> None:
+    # Regression: an unknown number read as "no preference" (NORMAL, none),
+    # where every other enum of a request is refused.
+    hints = resources_pb2.ProcessingHints(**{hint: number})  # type: ignore[arg-type]
+    request = chat_service_pb2.SendMessageRequest(processing_hints=hints)
+    with pytest.raises(InvalidArgument) as raised:
+        mappers.inbound_from_send_request(request, "t")
+    assert [v.field for v in raised.value.violations] == [f"processing_hints.{hint}"]
+    assert str(number) in raised.value.violations[0].description
+
+    frame = chat_service_pb2.StreamMessage(processing_hints=hints)
+    with pytest.raises(InvalidArgument) as raised:
+        mappers.inbound_from_stream_message(
+            frame, tenant_id="t", conversation_id="c", user_id="u", channel=Channel.WEB
+        )
+    assert [v.field for v in raised.value.violations] == [f"message.processing_hints.{hint}"]
+
+
+def test_both_unknown_hints_are_named_at_once() -> None:
+    hints = resources_pb2.ProcessingHints(priority=9, expected_response_type=9)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument) as raised:
+        mappers.inbound_from_send_request(
+            chat_service_pb2.SendMessageRequest(processing_hints=hints), "t"
+        )
+    assert [v.field for v in raised.value.violations] == [
+        "processing_hints.priority",
+        "processing_hints.expected_response_type",
+    ]
 
 
 def test_send_request_with_an_impossible_timestamp_is_an_invalid_argument() -> None:
@@ -455,12 +490,11 @@ def test_randomly_filled_send_requests_never_make_the_mapper_raise() -> None:
         request = chat_service_pb2.SendMessageRequest()
         _fill_randomly(request, rng, depth=0)
         request = _through_wire(request)
-        if request.HasField("timestamp") and not _timestamp_in_range(request.timestamp):
-            # The one thing the mapper refuses itself: a timestamp no
-            # datetime can hold.
+        refused = _refused_by_the_mapper(request)
+        if refused:
             with pytest.raises(InvalidArgument) as raised:
                 mappers.inbound_from_send_request(request, "t")
-            assert [v.field for v in raised.value.violations] == ["timestamp"]
+            assert [v.field for v in raised.value.violations] == refused
         else:
             inbound = mappers.inbound_from_send_request(request, "t")
             assert inbound.message_id == request.message_id
@@ -495,14 +529,14 @@ def test_conversation_maps_every_field_except_tenant_and_version() -> None:
         channel_metadata=ChannelMetadata(workspace_id="T1", thread_id="th"),
         status_reason="needs a human",
     )
-    proto = mappers.conversation_to_proto(conversation)
+    proto = resources.conversation_to_proto(conversation)
     assert proto == resources_pb2.Conversation(
         conversation_id="c-1",
         user_id="u-1",
         session_id="s",
         channel=resources_pb2.CHANNEL_SLACK,
         status=resources_pb2.CONVERSATION_STATUS_ESCALATED,
-        state=mappers.conversation_state_to_proto(state),
+        state=resources.conversation_state_to_proto(state),
         create_time=datetime_to_timestamp(CREATED),
         update_time=datetime_to_timestamp(UPDATED),
         last_sequence=12,
@@ -510,7 +544,7 @@ def test_conversation_maps_every_field_except_tenant_and_version() -> None:
         status_reason="needs a human",
     )
     assert b"tenant-secret-value" not in proto.SerializeToString()
-    assert mappers.conversation_state_from_proto(_through_wire(proto.state)) == state
+    assert resources.conversation_state_from_proto(_through_wire(proto.state)) == state
 
 
 def test_channel_metadata_and_hints_round_trip() -> None:
@@ -523,13 +557,15 @@ def test_channel_metadata_and_hints_round_trip() -> None:
     )
     hints = ProcessingHints(priority=Priority.URGENT, expected_response_type=MessageType.IMAGE)
     assert (
-        mappers.channel_metadata_from_proto(
-            _through_wire(mappers.channel_metadata_to_proto(metadata))
+        resources.channel_metadata_from_proto(
+            _through_wire(resources.channel_metadata_to_proto(metadata))
         )
         == metadata
     )
     assert (
-        mappers.processing_hints_from_proto(_through_wire(mappers.processing_hints_to_proto(hints)))
+        resources.processing_hints_from_proto(
+            _through_wire(resources.processing_hints_to_proto(hints))
+        )
         == hints
     )
 
@@ -553,7 +589,7 @@ def _message(sequence: int, *, client_time: datetime | None = None) -> Message:
 
 
 def test_message_maps_every_field_except_tenant_and_fingerprint() -> None:
-    proto = mappers.message_to_proto(_message(2, client_time=NOW))
+    proto = resources.message_to_proto(_message(2, client_time=NOW))
     assert proto == resources_pb2.Message(
         message_id="m-2",
         conversation_id="c-1",
@@ -574,7 +610,7 @@ def test_message_maps_every_field_except_tenant_and_fingerprint() -> None:
 
 
 def test_message_without_client_time_leaves_it_unset() -> None:
-    assert not mappers.message_to_proto(_message(2)).HasField("client_time")
+    assert not resources.message_to_proto(_message(2)).HasField("client_time")
 
 
 def test_send_result_maps_to_a_response_with_processing_metadata() -> None:
@@ -628,7 +664,7 @@ def test_domain_event_maps_to_a_conversation_event_with_plain_strings() -> None:
         sequence=5,
         metadata={"delivery_status": "sent", "attempt": 2},
     )
-    proto = _through_wire(mappers.event_to_proto(event))
+    proto = _through_wire(events.event_to_proto(event))
     assert proto.event_type == "message.received"
     assert proto.channel == "whatsapp"
     assert proto.message_type == "quick_reply"
@@ -648,7 +684,7 @@ def test_conversation_event_without_message_has_an_empty_message_type() -> None:
         channel=Channel.WEB,
         user_id="u",
     )
-    assert mappers.event_to_proto(event).message_type == ""
+    assert events.event_to_proto(event).message_type == ""
 
 
 # ------------------------------------------------------------------- helpers
@@ -732,6 +768,24 @@ def _random_json(rng: random.Random, depth: int) -> dict[str, Any]:
     return {f"k{i}": value(depth) for i in range(rng.randint(0, 4))}
 
 
+def _refused_by_the_mapper(request: chat_service_pb2.SendMessageRequest) -> list[str]:
+    """The fields the mapper refuses itself (the validator the rest): a
+    timestamp no datetime can hold, else the hint enums this build does not know."""
+    if request.HasField("timestamp") and not _timestamp_in_range(request.timestamp):
+        return ["timestamp"]
+    hints = request.processing_hints
+    known = {
+        name: field.enum_type.values_by_number
+        for name, field in hints.DESCRIPTOR.fields_by_name.items()
+        if field.enum_type is not None
+    }
+    return [
+        f"processing_hints.{name}"
+        for name in HINT_FIELDS
+        if getattr(hints, name) not in known[name]
+    ]
+
+
 def _timestamp_in_range(stamp: timestamp_pb2.Timestamp) -> bool:
     return -62_135_596_800 <= stamp.seconds <= 253_402_300_799 and 0 <= stamp.nanos < 1_000_000_000
 
@@ -745,7 +799,7 @@ def test_a_repeated_enum_filter_maps_its_distinct_values() -> None:
 
     found = mappers_enums.enum_set_from_proto(
         numbers,
-        mappers_enums.channel_from_proto,
+        enums.channel_from_proto,
         field="channels",
         noun="channel",
         violations=violations,
@@ -761,7 +815,7 @@ def test_a_repeated_enum_filter_names_the_first_index_of_each_unknown_number() -
 
     found = mappers_enums.enum_set_from_proto(
         numbers,
-        mappers_enums.channel_from_proto,
+        enums.channel_from_proto,
         field="channels",
         noun="channel",
         violations=violations,
@@ -779,7 +833,7 @@ def test_a_huge_repeated_enum_filter_costs_one_lookup_per_distinct_number() -> N
 
     def counting(number: int) -> Channel | None:
         calls.append(number)
-        return mappers_enums.channel_from_proto(number)
+        return enums.channel_from_proto(number)
 
     violations: list[FieldViolation] = []
     numbers = [resources_pb2.CHANNEL_WEB] * 1_000_000 + list(range(100, 100_100))

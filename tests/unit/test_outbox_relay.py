@@ -10,12 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from chat_service.bootstrap import relay_owner, relay_settings
+from chat_service.bootstrap import relay_owner
 from chat_service.config import ConfigError, Settings
 from chat_service.domain.events import OutboxEntry
 from chat_service.pipeline.outbox_relay import OutboxRelay, RelaySettings
 from chat_service.pipeline.watch import EventTail
 from chat_service.ports import EventsPruned
+from chat_service.wiring import relay_settings
 from tests.builders import create_change, make_conversation, make_event, update_change
 from tests.fakes import InMemoryStore
 

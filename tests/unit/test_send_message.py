@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
 
-from adapters.memory.locks import InProcessConversationLocks, InProcessIdempotencyGuard
+from adapters.memory.locks import InProcessConversationLocks
 from adapters.memory.session_cache import InProcessSessionCache
-from chat_service.domain.channels import rules_for
+from chat_service.domain.channel_rules import rules_for
 from chat_service.domain.content import MessageContent, QuickReply
 from chat_service.domain.enums import (
     Channel,
@@ -31,10 +32,8 @@ from chat_service.domain.model import (
     InboundMessage,
     ProcessingHints,
 )
-from chat_service.pipeline.conversations import UpdateConversationStatus
-from chat_service.pipeline.delivery import DeliveryPolicy, DeliveryQueue
-from chat_service.pipeline.send_message import SendMessage, SendSettings
-from chat_service.pipeline.writer import ConversationWriter
+from chat_service.pipeline.delivery import DeliveryQueue
+from chat_service.pipeline.send_message import SendMessage
 from chat_service.ports import (
     ConversationChange,
     CoordinationUnavailable,
@@ -44,8 +43,9 @@ from chat_service.ports import (
     LockLease,
     StoreUnavailable,
 )
-from tests.builders import T0
-from tests.fakes import InMemoryStore, RecordingSender, ScriptedEngine, SteppingClock
+from chat_service.wiring import Services
+from tests import builders
+from tests.fakes import InMemoryStore, RecordingSender, ScriptedEngine
 
 TENANT = "acme"
 
@@ -55,8 +55,15 @@ class Core:
     store: InMemoryStore
     engine: ScriptedEngine
     sender: RecordingSender
-    delivery: DeliveryQueue
-    send: SendMessage
+    services: Services
+
+    @property
+    def delivery(self) -> DeliveryQueue:
+        return self.services.delivery
+
+    @property
+    def send(self) -> SendMessage:
+        return self.services.send_message
 
     async def events(self) -> list[EventType]:
         entries = await self.store.claim_outbox("test", limit=10_000, lease_seconds=60)
@@ -71,30 +78,22 @@ def build_core(
     engine: ScriptedEngine | None = None,
     locks: InProcessConversationLocks | None = None,
 ) -> Core:
+    """The core as production wires it; SMS replies go to `sender` (web
+    replies are delivered by storing them, as in production)."""
     store = store or InMemoryStore()
     engine = engine or ScriptedEngine()
     sender = RecordingSender()
-    clock = SteppingClock(T0)
-    delivery = DeliveryQueue(
+    services = builders.build_core(
         store=store,
-        senders={Channel.WEB: sender, Channel.SMS: sender},
-        clock=clock,
-        policy=DeliveryPolicy(attempts=3, first_backoff=0.001),
-    )
-    send = SendMessage(
-        store=store,
-        writer=ConversationWriter(store),
-        locks=locks or InProcessConversationLocks(),
-        idempotency=InProcessIdempotencyGuard(),
         engine=engine,
-        delivery=delivery,
-        sessions=sessions or InProcessSessionCache(),
-        clock=clock,
-        settings=SendSettings(
-            engine_timeout=engine_timeout, lock_timeout=5.0, fallback_text="Sorry, try later."
+        senders={Channel.SMS: sender},
+        locks=locks,
+        sessions=sessions,
+        settings=dataclasses.replace(
+            builders.CORE_SETTINGS, mcp_engine_timeout_ms=round(engine_timeout * 1000)
         ),
     )
-    return Core(store, engine, sender, delivery, send)
+    return Core(store, engine, sender, services)
 
 
 @pytest.fixture
@@ -118,7 +117,7 @@ def inbound(text: str = "hello", **overrides: object) -> InboundMessage:
 
 
 async def test_new_conversation_gets_inbound_and_reply_in_sequence(core: Core) -> None:
-    outcome = await core.send(inbound("hi there", message_id="m-1"))
+    outcome = await core.send(inbound("hi there", message_id="m-1", channel=Channel.SMS))
 
     result = outcome.result
     assert not outcome.replayed
@@ -143,11 +142,11 @@ async def test_new_conversation_gets_inbound_and_reply_in_sequence(core: Core) -
 
 
 async def test_retry_with_same_id_replays_without_side_effects(core: Core) -> None:
-    first = await core.send(inbound("hi", message_id="m-1"))
+    first = await core.send(inbound("hi", message_id="m-1", channel=Channel.SMS))
     await core.delivery.wait_idle(1.0)
     events_before = await core.events()
 
-    again = await core.send(inbound("hi", message_id="m-1"))
+    again = await core.send(inbound("hi", message_id="m-1", channel=Channel.SMS))
 
     assert again.replayed
     assert again.result == first.result
@@ -418,7 +417,7 @@ async def test_version_conflict_is_aborted_and_writes_nothing() -> None:
 
 
 async def test_replies_are_delivered_and_marked_sent(core: Core) -> None:
-    result = (await core.send(inbound("hi"))).result
+    result = (await core.send(inbound("hi", channel=Channel.SMS))).result
     assert result.replies[0].delivery_status is DeliveryStatus.PENDING
 
     assert await core.delivery.wait_idle(1.0)
@@ -627,13 +626,7 @@ async def test_a_session_conversation_closed_before_its_lock_gives_way_to_a_new_
     core = build_core(locks=locks)
     first = await core.send(inbound("hi", session_id="s-race"))
     closing = first.result.conversation_id
-    close = UpdateConversationStatus(
-        store=core.store,
-        writer=ConversationWriter(core.store),
-        locks=locks,
-        clock=SteppingClock(T0),
-        lock_timeout=5.0,
-    )
+    close = core.services.update_status
     locks.pause_on = closing
     sending = asyncio.create_task(core.send(inbound("back again", session_id="s-race")))
     await locks.paused.wait()  # the session chose `closing`, not locked yet
@@ -776,3 +769,51 @@ async def test_a_session_conversation_closed_under_a_lost_lock_is_aborted_then_r
     assert retry.result.conversation_id != first.result.conversation_id
     assert retry.result.sequence == 1
     await core.delivery.close(1.0)
+
+
+# ------------------------------------------------------- the engine's faults
+
+
+async def test_an_oversized_engine_state_gives_the_fallback_and_keeps_the_state(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: a huge state only failed at the store (RESOURCE_EXHAUSTED
+    # for the caller, whose message was fine): the engine's fault.
+    first = await core.send(inbound("hi"))
+    said = "my secret words "
+    core.engine.reply = EngineReply(
+        contents=(MessageContent.of_text("noted"),),
+        state=ConversationState(slots={"heard": said * 5000}),  # ~80 KB
+    )
+
+    with caplog.at_level(logging.DEBUG):
+        outcome = await core.send(inbound(said, conversation_id=first.result.conversation_id))
+
+    result = outcome.result
+    assert result.fallback_reason == "invalid_reply"
+    assert [r.content.text for r in result.replies] == ["Sorry, try later."]
+    assert result.state == first.result.state
+    stored = await core.store.get_conversation(TENANT, result.conversation_id)
+    assert stored is not None
+    assert stored.state == first.result.state
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("state" in text and "invalid_reply" in text for text in warnings)
+    assert not any("secret" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_invalid_engine_reply_is_logged_without_its_values(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The engine may echo the user's text into what it got wrong.
+    core.engine.reply = EngineReply(
+        contents=(dataclasses.replace(MessageContent.of_text("ok"), language="my secret words"),),
+        state=ConversationState(),
+    )
+
+    with caplog.at_level(logging.DEBUG):
+        result = (await core.send(inbound("my secret words"))).result
+
+    assert result.fallback_reason == "invalid_reply"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("response_contents[0].language" in text for text in warnings)
+    assert not any("secret" in r.getMessage() for r in caplog.records)

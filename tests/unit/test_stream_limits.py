@@ -9,8 +9,9 @@ import time
 import pytest
 
 from chat_service.domain.errors import NotFound, ResourceExhausted, Unauthenticated, Unavailable
-from chat_service.pipeline.conversation_stream import Opened, StreamItem, StreamOpenRequest
+from chat_service.pipeline.conversation_stream import Opened, StreamItem
 from chat_service.pipeline.stream_limits import server_draining
+from chat_service.pipeline.stream_opener import StreamOpenRequest
 from chat_service.pipeline.watch import EventTail, WatchConversations
 from tests.builders import OTHER_TENANT, TENANT, create_change, make_conversation, make_event
 from tests.fakes import InMemoryStore

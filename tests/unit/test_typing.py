@@ -9,11 +9,8 @@ import pytest
 
 from chat_service.domain.enums import DeliveryStatus, MessageRole
 from chat_service.domain.live import DeliveryChanged, LiveEvent, TypingChanged, conversation_topic
-from chat_service.pipeline.conversation_stream import (
-    ConversationStream,
-    StreamItem,
-    StreamOpenRequest,
-)
+from chat_service.pipeline.conversation_stream import ConversationStream, StreamItem
+from chat_service.pipeline.stream_opener import StreamOpenRequest
 from tests.builders import TENANT
 from tests.unit.test_conversation_stream import World, _conversation_with, _take, build
 

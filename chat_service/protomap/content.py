@@ -18,7 +18,7 @@ from chat_service.domain.content import (
     MessageContent,
     QuickReply,
 )
-from chat_service.grpc_api.mappers_enums import (
+from chat_service.protomap.enums import (
     button_type_from_proto,
     button_type_to_proto,
     message_type_from_proto,
