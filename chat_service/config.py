@@ -149,13 +149,13 @@ class Settings:
             sqlite_synchronous=r.choice(
                 "SQLITE_SYNCHRONOUS", defaults.sqlite_synchronous, {"NORMAL", "FULL"}, upper=True
             ),
-            mongodb_uri=r.text("MONGODB_URI", ""),
-            redis_url=r.text("REDIS_URL", ""),
+            mongodb_uri=r.url("MONGODB_URI", {"mongodb", "mongodb+srv"}),
+            redis_url=r.url("REDIS_URL", {"redis", "rediss", "unix"}),
             mcp_engine_url=r.text("MCP_ENGINE_URL", ""),
             mcp_engine_tls=r.flag("MCP_ENGINE_TLS", defaults.mcp_engine_tls),
             mcp_engine_ca_pem=r.text_or_file("MCP_ENGINE_CA"),
             security_hub_url=r.text("SECURITY_HUB_URL", ""),
-            kafka_brokers=r.csv("KAFKA_BROKERS"),
+            kafka_brokers=r.hosts("KAFKA_BROKERS"),
             kafka_topic_prefix=r.text("KAFKA_TOPIC_PREFIX", defaults.kafka_topic_prefix),
             # Unset (0 here) means: as many replicas as the cluster has, up to 3.
             kafka_replication_factor=r.integer("KAFKA_REPLICATION_FACTOR", 0, low=1) or None,
@@ -332,6 +332,35 @@ class _Reader:
             return ()
         return tuple(part.strip() for part in value.split(",") if part.strip())
 
+    def url(self, name: str, schemes: set[str]) -> str:
+        """A URL of one of `schemes` whose hosts (`host[:port]`, comma
+        separated) have ports in 1..65535, or a unix socket path: checked
+        here, so that a typo fails start-up naming the variable rather than
+        deep inside a client library. Never quoted: it may hold a password."""
+        value = self._raw(name)
+        if value is None:
+            return ""
+        scheme, separator, rest = value.partition("://")
+        if not separator or scheme.lower() not in schemes:
+            expected = " or ".join(f"{each}://" for each in sorted(schemes))
+            raise ConfigError(f"{name} must start with {expected}")
+        if scheme.lower() == "unix":
+            if not rest.strip("/"):
+                raise ConfigError(f"{name} must name a socket path")
+            return value
+        # Between "://" and the path, after any "user:password@".
+        hosts = rest.split("/", 1)[0].rpartition("@")[2]
+        for host in hosts.split(","):
+            _check_host(name, host)
+        return value
+
+    def hosts(self, name: str) -> tuple[str, ...]:
+        """Comma-separated `host[:port]` entries (ports in 1..65535)."""
+        hosts = self.csv(name)
+        for host in hosts:
+            _check_host(name, host)
+        return hosts
+
     def tenant_limits(self, name: str) -> dict[str, RateLimit]:
         """`tenant=rate:burst,other=rate:burst`."""
         limits: dict[str, RateLimit] = {}
@@ -350,6 +379,16 @@ class _Reader:
                 ) from None
             limits[tenant.strip()] = limit
         return limits
+
+
+def _check_host(name: str, host: str) -> None:
+    """`host`, `host:port` or `[v6 address]:port`, port in 1..65535."""
+    address, bracket, after = host.rpartition("]") if host.startswith("[") else ("", "", host)
+    named, colon, port = after.rpartition(":") if ":" in after else (after, "", "")
+    if not (address + bracket + named).strip("[]"):
+        raise ConfigError(f"{name} needs a host in every address, got {host[:40]!r}")
+    if colon and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(f"{name}: the port must be a number in 1..65535, got {port[:10]!r}")
 
 
 def _check_range(name: str, number: float, low: float | None, high: float | None) -> None:

@@ -7,14 +7,19 @@ at once (UNAVAILABLE, reason SERVER_DRAINING, with `resume_after_sequence`
 or `resume_token` in the ErrorInfo metadata: reconnect elsewhere and
 resume), lets other in-flight calls finish within SHUTDOWN_GRACE_SECONDS,
 finishes deliveries and publishes what is left in the outbox, and exits.
+
+A start that cannot work because something it needs cannot be reached (the
+store, the port to listen on) raises StartupFailed, naming the setting that
+points at it; `python -m chat_service` prints it on one line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -23,11 +28,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chat_service.auth import Principal
-from chat_service.bootstrap import Services, build_services
+from chat_service.bootstrap import build_services
 from chat_service.config import Settings
+from chat_service.domain.errors import Unavailable
 from chat_service.grpc_api.auth_interceptor import AuthInterceptor
 from chat_service.grpc_api.error_interceptor import ErrorTranslationInterceptor
 from chat_service.grpc_api.servicer import ChatServicer
+from chat_service.ports import StoreUnavailable
+from chat_service.wiring import Services
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,20 @@ log = logging.getLogger(__name__)
 AsyncHealthServicer = health.aio.HealthServicer  # type: ignore[attr-defined]
 
 CHAT_SERVICE_NAME = chat_service_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+
+# A failure's own words, cut to fit one line (drivers describe whole topologies).
+_MAX_CAUSE_LENGTH = 200
+
+
+class StartupFailed(Exception):
+    """What the service needs at start cannot be used: `what`, and the
+    `variable` (setting) that points at it."""
+
+    def __init__(self, what: str, variable: str) -> None:
+        super().__init__(f"{what}; check {variable}")
+        self.what = what
+        self.variable = variable
+
 
 SERVER_OPTIONS = [
     # Ping idle connections so dead peers (and their streams) are noticed,
@@ -93,16 +115,21 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    services = await build_services(settings)
+    with _store_failures(settings):
+        services = await build_services(settings)
     server, health_servicer = build_server(services)
     try:
         try:
             port = server.add_insecure_port(f"{settings.host}:{settings.port}")
         except RuntimeError as exc:
-            raise OSError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+            raise StartupFailed(
+                f"cannot listen on {settings.host}:{settings.port} ({_brief(exc)})",
+                "SERVICE_HOST and SERVICE_PORT",
+            ) from exc
         # Background work first: the outbox relay and the event tail must run
         # before the first call is taken.
-        await services.start()
+        with _store_failures(settings):
+            await services.start()
         await server.start()
     except BaseException:
         await server.stop(None)
@@ -125,3 +152,26 @@ async def serve(
         await stopping
         await services.close()
         log.info("stopped")
+
+
+@contextlib.contextmanager
+def _store_failures(settings: Settings) -> Iterator[None]:
+    """The store cannot be reached while starting: StartupFailed. Only the
+    store does I/O while the core is built and started (Redis and Kafka
+    connect lazily and wait for their servers)."""
+    try:
+        yield
+    except (StoreUnavailable, Unavailable) as exc:
+        if isinstance(exc, Unavailable) and exc.reason != "STORE_UNAVAILABLE":
+            raise
+        cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ else exc
+        variable = "MONGODB_URI" if settings.mongodb_uri else "DATA_DIR"
+        raise StartupFailed(f"the store is unreachable ({_brief(cause)})", variable) from exc
+
+
+def _brief(error: BaseException) -> str:
+    """The first line of what `error` says, at most _MAX_CAUSE_LENGTH long."""
+    text = " ".join(str(error).split("\n", 1)[0].split()) or type(error).__name__
+    if len(text) > _MAX_CAUSE_LENGTH:
+        return text[: _MAX_CAUSE_LENGTH - 1] + "…"
+    return text

@@ -11,6 +11,11 @@ A watch never ends by itself: only with an error (the server drains, its
 token expires, the store fails), after which the client resumes from the
 watch's position (the gRPC layer puts its resume token in the error). A
 tenant holds at most `max_per_tenant` watches in a process.
+
+If the tail stalls for longer than the outbox retention, the events pruned
+meanwhile cannot be handed out: the live watches behind them end with
+FAILED_PRECONDITION RESUME_TOKEN_EXPIRED, as a resume from that far back
+would, so that their clients start new watches rather than miss events.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 
 from chat_service.domain.enums import Channel, ConversationStatus
-from chat_service.domain.errors import ChatError, FailedPrecondition
+from chat_service.domain.errors import RESUME_TOKEN_EXPIRED, ChatError, FailedPrecondition
 from chat_service.domain.events import OutboxEntry
 from chat_service.pipeline.batch_loop import BatchLoop
 from chat_service.pipeline.errors import port_errors
@@ -33,6 +38,8 @@ from chat_service.ports import ConversationStore, EventsPruned, StoreUnavailable
 log = logging.getLogger(__name__)
 
 EntryListener = Callable[[OutboxEntry], None]
+# Told the position through which events were pruned before the tail read them.
+PrunedListener = Callable[[int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,7 @@ class EventTail:
         self._store = store
         self._settings = settings
         self._listeners: dict[str, list[EntryListener]] = {}
+        self._pruned_listeners: list[PrunedListener] = []
         self._wake = asyncio.Event()
         self.position = 0  # everything up to here was handed out
 
@@ -60,8 +68,14 @@ class EventTail:
     def wake(self) -> None:
         self._wake.set()
 
-    def subscribe(self, tenant_id: str, listener: EntryListener) -> Callable[[], None]:
+    def subscribe(
+        self, tenant_id: str, listener: EntryListener, pruned: PrunedListener | None = None
+    ) -> Callable[[], None]:
+        """`listener` gets the tenant's new entries; `pruned`, if given, hears
+        of every stretch of the log (any tenant's) that the tail skipped."""
         self._listeners.setdefault(tenant_id, []).append(listener)
+        if pruned is not None:
+            self._pruned_listeners.append(pruned)
 
         def unsubscribe() -> None:
             listeners = self._listeners.get(tenant_id)
@@ -69,6 +83,8 @@ class EventTail:
                 listeners.remove(listener)
                 if not listeners:
                     del self._listeners[tenant_id]
+            if pruned is not None and pruned in self._pruned_listeners:
+                self._pruned_listeners.remove(pruned)
 
         return unsubscribe
 
@@ -97,9 +113,12 @@ class EventTail:
             )
         except EventsPruned as pruned:
             # Behind the outbox retention (stalled for longer than it keeps
-            # events): go on from what is left rather than fail for ever.
-            log.error("event tail: %s; live watches skip them", pruned)
+            # events): go on from what is left rather than fail for ever, and
+            # tell the watches that would miss what is gone.
+            log.error("event tail: %s; live watches behind them end", pruned)
             self.position = pruned.pruned_through
+            for told in tuple(self._pruned_listeners):
+                told(pruned.pruned_through)
             return self._settings.batch_size  # (read on at once)
         for entry in entries:
             self.position = entry.position
@@ -243,7 +262,9 @@ class Watch:
         self._timers: list[asyncio.TimerHandle] = []
         # Listen first, then catch up: whatever commits meanwhile is either
         # read from the store or queued, and duplicates are dropped by position.
-        self._unsubscribe: Callable[[], None] | None = tail.subscribe(tenant_id, self._on_entry)
+        self._unsubscribe: Callable[[], None] | None = tail.subscribe(
+            tenant_id, self._on_entry, self._on_pruned
+        )
         self._behind = resume_after is not None  # read from the store first
         self._last = tail.position if resume_after is None else resume_after
 
@@ -336,6 +357,20 @@ class Watch:
             while not self._queue.empty():
                 self._queue.get_nowait()
             self._wake()
+
+    def _on_pruned(self, through: int) -> None:
+        # Behind, the watch reads the store itself from its own position
+        # (which refuses a read that would miss events); live, it would skip
+        # whatever of (position, through] was its tenant's: unknowable now.
+        if self._behind or self._last >= through:
+            return
+        self.fail(
+            FailedPrecondition(
+                "this watch fell behind the event log's retention and may have missed events; "
+                "start a new watch without a resume token",
+                reason=RESUME_TOKEN_EXPIRED,
+            )
+        )
 
     def _wanted(self, entry: OutboxEntry) -> bool:
         event = entry.event

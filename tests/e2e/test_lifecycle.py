@@ -6,6 +6,9 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +27,7 @@ from tests.e2e.test_watch_and_export import Watcher
 from tests.support.engine_server import running_engine
 from tests.support.grpc_client import bearer, rich_error, text_request
 from tests.support.net import free_port
-from tests.support.service import ServiceProcess
+from tests.support.service import ROOT, ServiceProcess
 from tests.support.streams import StreamClient
 
 CHAT = "chatbot.chat.v1.ChatService"
@@ -230,3 +233,96 @@ async def test_draining_ends_streams_and_watches_with_where_to_resume(tmp_path: 
     finally:
         draining.kill()
         staying.kill()
+
+
+# ------------------------------------------------------------ a failed start
+
+# sysexits.h: EX_UNAVAILABLE (what it needs cannot be reached: try again
+# later) and the configuration error of every bad setting.
+EXIT_UNAVAILABLE = 69
+EXIT_CONFIG = 2
+
+
+def _failed_start(tmp_path: Path, env: Mapping[str, str]) -> tuple[int, str]:
+    """Runs `python -m chat_service`, which must exit by itself: its exit
+    code and what it wrote."""
+    base = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("JWT_", "MONGODB_", "REDIS_", "KAFKA_", "MCP_"))
+    }
+    process = subprocess.run(
+        [sys.executable, "-m", "chat_service"],
+        cwd=ROOT,
+        env={
+            **base,
+            "SERVICE_HOST": "127.0.0.1",
+            "SERVICE_PORT": str(free_port()),
+            "DATA_DIR": str(tmp_path),
+            "JWT_DEV_KEY": "allow",
+            "PAGE_TOKEN_SECRET": "s" * 32,
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return process.returncode, process.stdout + process.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "code"),
+    [
+        # Nothing listens on a fresh free port: MongoDB is unreachable.
+        (
+            {
+                "MONGODB_URI": "mongodb://127.0.0.1:{port}/chat",
+                "REQUEST_TIMEOUT_MS": "1000",  # how long the store's open waits
+                "MCP_ENGINE_TIMEOUT_MS": "1000",
+            },
+            "MONGODB_URI",
+            EXIT_UNAVAILABLE,
+        ),
+        ({"MONGODB_URI": "http://db:27017/chat"}, "MONGODB_URI", EXIT_CONFIG),
+        # The shape is right, but pymongo refuses an option.
+        ({"MONGODB_URI": "mongodb://db:27017/chat?authSource="}, "MONGODB_URI", EXIT_CONFIG),
+        ({"REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL", EXIT_CONFIG),
+        ({"REDIS_URL": "redis://cache:port/0"}, "REDIS_URL", EXIT_CONFIG),
+        ({"KAFKA_BROKERS": "kafka:port"}, "KAFKA_BROKERS", EXIT_CONFIG),
+    ],
+    ids=[
+        "mongo-unreachable",
+        "mongo-no-uri",
+        "mongo-bad-option",
+        "redis-scheme",
+        "redis-port",
+        "kafka-port",
+    ],
+)
+def test_a_start_that_cannot_work_says_why_in_one_line(
+    tmp_path: Path, env: dict[str, str], variable: str, code: int
+) -> None:
+    env = {name: value.format(port=free_port()) for name, value in env.items()}
+
+    exit_code, output = _failed_start(tmp_path, env)
+
+    assert exit_code == code, output
+    assert "Traceback" not in output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(("cannot start: ", "configuration error: ")), output
+    assert variable in last
+
+
+def test_a_taken_port_is_a_clean_failed_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        exit_code, output = _failed_start(tmp_path, {"SERVICE_PORT": str(port)})
+
+    assert exit_code == EXIT_UNAVAILABLE, output
+    assert "Traceback" not in output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"cannot start: cannot listen on 127.0.0.1:{port}"), output
+    assert "SERVICE_PORT" in last

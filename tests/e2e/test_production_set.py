@@ -124,6 +124,43 @@ async def test_a_stream_on_one_process_hears_replies_made_on_the_other(clients: 
     stream.cancel()
 
 
+async def test_streams_on_both_processes_see_every_message_once_in_order(
+    clients: Clients,
+) -> None:
+    # The guarantee across processes: sequences come from the store under
+    # the conversation's Redis lock; each process publishes its own commits
+    # to Redis, so live events of A and B may reach a stream out of order or
+    # not at all. The stream drops what it already sent and fills a gap from
+    # the store, so its client still sees every message once, in order.
+    first = await clients.a.SendMessage(text_request("start"), metadata=clients.auth)
+    conversation_id = first.conversation_id
+    on_b, on_a = StreamClient(clients.b, clients.auth), StreamClient(clients.a, clients.auth)
+    await on_b.open(conversation_id=conversation_id)
+    await on_a.open(conversation_id=conversation_id)
+
+    async def send(n: int) -> None:
+        await (clients.a if n % 2 else clients.b).SendMessage(
+            text_request(f"message {n}", conversation_id=conversation_id, message_id=f"m-{n}"),
+            metadata=clients.auth,
+        )
+
+    await asyncio.gather(*(send(n) for n in range(20)))  # racing for the lock
+    last = 2 + 20 * 2
+    heard_on_b = await on_b.messages_through(last)
+    heard_on_a = await on_a.messages_through(last)
+
+    listed = await clients.b.ListMessages(
+        pb.ListMessagesRequest(conversation_id=conversation_id, page_size=1000),
+        metadata=clients.auth,
+    )
+    expected = [(m.sequence, m.message_id) for m in listed.messages[2:]]
+    assert [m.sequence for m in listed.messages] == list(range(1, last + 1))
+    for heard in (heard_on_b, heard_on_a):
+        assert [(m.sequence, m.message_id) for m in heard] == expected
+    on_a.cancel()
+    on_b.cancel()
+
+
 async def test_a_retry_on_the_other_process_is_a_replay(clients: Clients) -> None:
     request = text_request("once only", message_id=str(uuid.uuid4()))
 

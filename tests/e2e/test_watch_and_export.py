@@ -81,8 +81,11 @@ async def test_watch_shows_the_tenants_events_and_never_anothers(
     ]
     assert {e.event.conversation_id for e in events} == {sent.conversation_id}
     assert all(e.event.conversation_status == "active" for e in events)
-    await asyncio.sleep(0.3)  # time for anything that should not come
-    assert spy.events == []
+    # The spy's own events come after ours in the log, and a watch hands
+    # events out in log order: once it has its own, it would have had ours.
+    own = await stub.SendMessage(text_request("mine"), metadata=theirs)
+    heard = await spy.until(3)
+    assert {e.event.conversation_id for e in heard} == {own.conversation_id}
     await watcher.stop()
     await spy.stop()
 
@@ -107,15 +110,51 @@ async def test_watch_filters_by_channel_and_status(
         metadata=auth,
     )
 
-    sms_events = await sms_only.until(4)
-    escalated = await escalated_only.until(1)
-    await asyncio.sleep(0.3)
-    assert {e.event.channel for e in sms_only.events} == {"sms"}
-    assert [e.event.conversation_id for e in sms_events] == [sms.conversation_id] * len(sms_events)
-    assert [e.event.event_type for e in escalated_only.events] == ["conversation.status_changed"]
-    assert escalated[0].event.metadata["to"] == "escalated"
+    # Last, an event both filters let through: once each watch has it, it
+    # has had every earlier event it would ever get (log order).
+    marker = await stub.SendMessage(
+        text_request("last", channel=resources_pb2.CHANNEL_SMS), metadata=auth
+    )
+    await stub.UpdateConversationStatus(
+        pb.UpdateConversationStatusRequest(
+            conversation_id=marker.conversation_id,
+            status=resources_pb2.CONVERSATION_STATUS_ESCALATED,
+        ),
+        metadata=auth,
+    )
+    sms_events = await _through_marker(sms_only, marker.conversation_id)
+    escalated = await _through_marker(escalated_only, marker.conversation_id)
+
+    assert {e.event.channel for e in sms_events} == {"sms"}
+    assert {e.event.conversation_id for e in sms_events} == {
+        sms.conversation_id,
+        marker.conversation_id,
+    }
+    # (Delivery updates of an escalated conversation's replies may pass too.)
+    assert {e.event.conversation_status for e in escalated} == {"escalated"}
+    changes = [e.event for e in escalated if e.event.event_type == "conversation.status_changed"]
+    assert [c.conversation_id for c in changes] == [sms.conversation_id, marker.conversation_id]
+    assert changes[0].metadata["to"] == "escalated"
     await sms_only.stop()
     await escalated_only.stop()
+
+
+async def _through_marker(
+    watcher: Watcher, conversation_id: str
+) -> list[pb.WatchConversationsResponse]:
+    """The watch's events through the marker conversation's status change."""
+
+    def has_marker() -> bool:
+        return any(
+            e.event.conversation_id == conversation_id
+            and e.event.event_type == "conversation.status_changed"
+            for e in watcher.events
+        )
+
+    async with asyncio.timeout(10):
+        while not has_marker():
+            await watcher.until(len(watcher.events) + 1)
+    return list(watcher.events)
 
 
 async def test_a_resumed_watch_misses_nothing_and_repeats_nothing(
@@ -251,6 +290,22 @@ async def test_export_errors(
             stub, stranger, conversation_id=sent.conversation_id, format=pb.EXPORT_FORMAT_CSV
         )
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_unknown_export_format_is_not_called_missing(
+    service: ServiceProcess, stub: chat_service_pb2_grpc.ChatServiceAsyncStub
+) -> None:
+    # Regression: a format number this build does not know was "is required".
+    owner = bearer(service.token(tenant()))
+    sent = await stub.SendMessage(text_request("hello"), metadata=owner)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _export(stub, owner, conversation_id=sent.conversation_id, format=7)
+    error = rich_error(caught.value)
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    [(field, description)] = error.field_violations
+    assert field == "format"
+    assert "7 is not a known format" in description
+    assert "required" not in description
 
 
 async def test_a_waiting_watch_whose_buffer_overflows_keeps_flowing(

@@ -100,11 +100,13 @@ async def test_other_conversations_are_not_blocked(
 ) -> None:
     a, b = two_processes(redis_clients, redis_prefix)
     async with (
-        a.hold("t1", "c1", timeout=1),
-        b.hold("t1", "c2", timeout=1),
-        b.hold("t2", "c1", timeout=1),
+        a.hold("t1", "c1", timeout=1) as held,
+        # Granted at once although t1/c1 is held (a LockTimeout otherwise).
+        b.hold("t1", "c2", timeout=0.2) as other_conversation,
+        b.hold("t2", "c1", timeout=0.2) as other_tenant,
     ):
-        pass
+        assert len({held.key, other_conversation.key, other_tenant.key}) == 3
+        assert await b.waiting("t1", "c2") == await b.waiting("t2", "c1") == 0
 
 
 async def test_renewal_keeps_the_lock_past_its_lease(
@@ -281,15 +283,17 @@ async def test_a_claim_is_exclusive_and_a_duplicate_waits_for_it(
     a = RedisIdempotencyGuard(redis_clients(), prefix=redis_prefix)
     b = RedisIdempotencyGuard(redis_clients(), prefix=redis_prefix)
     log: list[str] = []
+    first_in = asyncio.Event()
 
     async def request(guard: RedisIdempotencyGuard, name: str) -> None:
         async with guard.claim("t1", "m1", timeout=5):
             log.append(f"{name} in")
-            await asyncio.sleep(0.1)
+            first_in.set()
+            await asyncio.sleep(0.1)  # the work the duplicate must wait for
             log.append(f"{name} out")
 
     first = asyncio.create_task(request(a, "first"))
-    await asyncio.sleep(0.02)
+    await first_in.wait()
     await asyncio.gather(first, request(b, "duplicate"))
     assert log == ["first in", "first out", "duplicate in", "duplicate out"]
 

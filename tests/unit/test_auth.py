@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from chat_service.__main__ import main
 from chat_service.auth import (
     DEV_ISSUER,
     DEV_KEY_FILENAME,
@@ -397,12 +398,50 @@ def test_a_rejected_token_is_never_remembered() -> None:
         assert _reason(lambda: verifier.verify(forged)) == "TOKEN_INVALID"
 
 
-@pytest.mark.parametrize("tenant", ["a/b", "-leading-dash", "x" * 129, "tab\there", "ünïcode"])
+@pytest.mark.parametrize(
+    "tenant",
+    [
+        "a/b",
+        "-leading-dash",
+        "x" * 129,
+        "tab\there",
+        "ünïcode",
+        # Control characters anywhere (a trailing newline too: fullmatch, not $).
+        "acme\x00",
+        "acme\n",
+        "ac\x7fme",
+        "acme\u2028",
+        "acme ",
+    ],
+)
 def test_a_tenant_id_that_could_collide_in_keys_is_refused(tenant: str) -> None:
     assert (
         _reason(lambda: _eddsa_verifier().verify(_eddsa_token(tenant_id=tenant)))
         == "TENANT_CLAIM_INVALID"
     )
+
+
+def test_the_longest_tenant_id_is_accepted() -> None:
+    tenant = "t" * 128  # the bound store and Redis keys are sized for
+    assert _eddsa_verifier().verify(_eddsa_token(tenant_id=tenant)).tenant_id == tenant
+
+
+@pytest.mark.parametrize("tenant", ["a/b", "acme\x00", "x" * 129])
+def test_the_token_command_refuses_a_tenant_the_server_would_refuse(
+    tenant: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in ("MONGODB_URI", "REDIS_URL", "JWT_PUBLIC_KEY", "JWT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+
+    assert main(["token", "--tenant", tenant]) == 2
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "--tenant" in captured.err
 
 
 # ------------------------------------------------- tokens nobody should send

@@ -123,12 +123,26 @@ async def test_tenants_have_their_own_buckets_and_limits() -> None:
 
 
 class DownLimiter:
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
     async def acquire(self, tenant_id: str, cost: int = 1) -> RateDecision:
+        self.asked.append(tenant_id)
         raise CoordinationUnavailable("redis down")
 
 
-async def test_admission_lets_calls_through_when_the_limiter_is_down() -> None:
-    await TenantAdmission(DownLimiter()).admit("acme")  # no exception
+async def test_admission_lets_calls_through_when_the_limiter_is_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limiter = DownLimiter()
+    admission = TenantAdmission(limiter)
+
+    for _ in range(3):
+        await admission.admit("acme")  # admitted: no ResourceExhausted, no Unavailable
+
+    assert limiter.asked == ["acme"] * 3  # asked every time, not given up on
+    warnings = [r for r in caplog.records if "rate limits not enforced" in r.getMessage()]
+    assert len(warnings) == 1  # said once, not per call
 
 
 async def test_admission_refuses_past_the_limit_with_retry_info() -> None:

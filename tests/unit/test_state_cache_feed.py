@@ -21,6 +21,7 @@ class SlowCache(InProcessSessionCache):
     def __init__(self) -> None:
         super().__init__()
         self.gate = asyncio.Event()
+        self.entered = asyncio.Event()  # a put reached the cache
         self.in_flight = 0
         self.most_in_flight = 0
         self.puts = 0
@@ -30,6 +31,7 @@ class SlowCache(InProcessSessionCache):
     ) -> bool:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.entered.set()
         try:
             await self.gate.wait()
             self.puts += 1
@@ -67,8 +69,11 @@ async def test_a_stalled_cache_gets_a_bounded_number_of_puts_and_the_newest_stat
     conversations = [make_conversation() for _ in range(50)]
     for conversation in commits(conversations, rounds=20):
         feed.committed(change(conversation))
-    await asyncio.sleep(0.01)  # let whatever was started reach the cache
-    assert cache.in_flight <= 2
+    async with asyncio.timeout(2):  # both workers reach the cache and wait there
+        while cache.in_flight < 2:
+            cache.entered.clear()
+            await cache.entered.wait()
+    assert cache.in_flight == 2  # and no third put beside them
 
     cache.gate.set()
     await feed.drain()
