@@ -27,7 +27,14 @@ class BatchLoop:
 
     async def run(self) -> None:
         failures = 0
+        me = asyncio.current_task()
         while True:
+            # A cancellation some library swallowed (Python 3.11's
+            # asyncio.wait_for can lose one that races its own completion;
+            # pymongo uses it) still stops the loop: else shutdown would
+            # wait for it for ever.
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
             # Cleared before the step, so a wake-up that arrives while a
             # batch is under way is not lost.
             self.wake.clear()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Sequence
 
 from chat_service.domain.enums import Channel, DeliveryStatus
-from chat_service.domain.events import EventType
+from chat_service.domain.events import EventType, OutboxEntry
 from chat_service.domain.model import Conversation, Message
 from chat_service.pipeline.batch_loop import BatchLoop
 from chat_service.pipeline.delivery import DeliveryPolicy, DeliveryQueue
@@ -44,8 +46,20 @@ async def test_events_wait_in_the_outbox_while_publishing_fails() -> None:
     relay = OutboxRelay(
         store, publisher, RelaySettings(lease_seconds=0.01, max_backoff_seconds=0.01)
     )
+    attempts = 0
+    retried = asyncio.Event()
+    publish = publisher.publish
+
+    async def counted(entries: Sequence[OutboxEntry]) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 3:
+            retried.set()
+        await publish(entries)
+
+    publisher.publish = counted  # type: ignore[method-assign]
     task = asyncio.create_task(relay.run())
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(retried.wait(), 2)  # tried, and tried again after backoffs
     assert publisher.published == []
 
     publisher.failing = False
@@ -190,9 +204,11 @@ async def test_the_batch_loop_drains_backlogs_backs_off_and_wakes() -> None:
     results: list[int | Exception] = [3, 3, 1, ConnectionError("down"), 0]
     calls: list[float] = []
     wake = asyncio.Event()
+    called = asyncio.Event()
 
     async def step() -> int:
         calls.append(asyncio.get_running_loop().time())
+        called.set()
         outcome = results.pop(0) if results else 0
         if isinstance(outcome, Exception):
             raise outcome
@@ -208,12 +224,54 @@ async def test_the_batch_loop_drains_backlogs_backs_off_and_wakes() -> None:
         name="test loop",
         first_backoff=0.001,
     )
+
+    async def calls_reach(count: int) -> None:
+        async with asyncio.timeout(2):
+            while len(calls) < count:
+                called.clear()
+                await called.wait()
+
     task = asyncio.create_task(loop.run())
-    await asyncio.sleep(0.1)
     # Full batches ran back to back, the short one waited: the error came
     # only with the wake-up, then a retry after the backoff, then idle again.
+    await calls_reach(3)
+    # An idle loop does nothing: no event to wait for, so a short bounded
+    # wait (the loop's backoffs are 1-10 ms, its idle time 30 s).
+    await asyncio.sleep(0.05)
     assert len(calls) == 3
     wake.set()
-    await asyncio.sleep(0.1)
+    await calls_reach(5)
+    await asyncio.sleep(0.05)  # (as above)
     task.cancel()
     assert len(calls) == 5
+
+
+async def test_the_batch_loop_stops_when_a_step_swallowed_its_cancellation() -> None:
+    # As Python 3.11's asyncio.wait_for (used inside pymongo) can: the
+    # CancelledError is lost and the step returns normally. Without the
+    # loop's own check it would run on for ever and shutdown would hang.
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def swallowing_step() -> int:
+        entered.set()
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed
+            await release.wait()
+        return 1  # a full batch: the loop would go again at once
+
+    loop = BatchLoop(
+        step=swallowing_step,
+        wake=asyncio.Event(),
+        batch_size=1,
+        idle_seconds=30,
+        max_backoff=0.01,
+        log=logging.getLogger("test"),
+        name="test loop",
+    )
+    task = asyncio.create_task(loop.run())
+    async with asyncio.timeout(2):
+        await entered.wait()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert task in done
+    assert task.cancelled()
