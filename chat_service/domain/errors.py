@@ -18,6 +18,11 @@ class FieldViolation:
     description: str
 
 
+# A watch's resume position is older than the event log keeps (outbox
+# retention): resuming cannot work, the client starts a new watch.
+RESUME_TOKEN_EXPIRED = "RESUME_TOKEN_EXPIRED"  # noqa: S105 (an error reason)
+
+
 class ChatError(Exception):
     """Base of the errors a caller may see."""
 

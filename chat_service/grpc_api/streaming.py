@@ -1,7 +1,7 @@
 """The streaming RPCs: StreamConversation, WatchConversations, ExportConversation.
 
 The protocols are specified in chat_service.proto; the logic lives in the
-pipeline (conversation_stream, watch, export). This module reads frames,
+pipeline (stream_opener, conversation_stream, watch, export). This module reads frames,
 maps domain items to protobuf frames, and formats exports.
 """
 
@@ -20,7 +20,13 @@ from chatbot.chat.v1 import chat_service_pb2 as pb
 from google.protobuf import json_format
 
 from chat_service.domain.enums import Channel, ConversationStatus, ExportFormat
-from chat_service.domain.errors import ChatError, FieldViolation, Internal, InvalidArgument
+from chat_service.domain.errors import (
+    RESUME_TOKEN_EXPIRED,
+    ChatError,
+    FieldViolation,
+    Internal,
+    InvalidArgument,
+)
 from chat_service.domain.live import (
     DeliveryChanged,
     MessageStored,
@@ -31,33 +37,29 @@ from chat_service.domain.live import (
 from chat_service.domain.model import Message
 from chat_service.grpc_api.auth_interceptor import current_principal
 from chat_service.grpc_api.errors import to_status
-from chat_service.grpc_api.mappers import (
-    conversation_to_proto,
-    event_to_proto,
-    inbound_from_stream_message,
+from chat_service.grpc_api.mappers import inbound_from_stream_message
+from chat_service.grpc_api.mappers_enums import enum_set_from_proto, export_format_from_proto
+from chat_service.pipeline.conversation_stream import (
+    Acked,
+    ConversationStream,
+    Opened,
+    Refused,
+    StreamItem,
 )
-from chat_service.grpc_api.mappers import message_to_proto as message_proto
-from chat_service.grpc_api.mappers_enums import (
+from chat_service.pipeline.export import ExportConversation, spreadsheet_safe
+from chat_service.pipeline.stream_limits import with_metadata
+from chat_service.pipeline.stream_opener import ConversationStreams, StreamOpenRequest
+from chat_service.pipeline.watch import WatchConversations
+from chat_service.protomap.enums import (
     channel_from_proto,
     conversation_status_from_proto,
     conversation_status_to_proto,
     delivery_status_to_proto,
-    enum_set_from_proto,
-    export_format_from_proto,
     message_role_to_proto,
 )
-from chat_service.pipeline.conversation_stream import (
-    Acked,
-    ConversationStream,
-    ConversationStreams,
-    Opened,
-    Refused,
-    StreamItem,
-    StreamOpenRequest,
-)
-from chat_service.pipeline.export import ExportConversation, spreadsheet_safe
-from chat_service.pipeline.stream_limits import with_metadata
-from chat_service.pipeline.watch import WatchConversations
+from chat_service.protomap.events import event_to_proto
+from chat_service.protomap.resources import conversation_to_proto
+from chat_service.protomap.resources import message_to_proto as message_proto
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +255,10 @@ async def watch_conversations(
         except ChatError as error:
             # Whatever ended the watch (drain, expired token, the store), the
             # client resumes where it stopped: everything before went out.
+            # Except past the retention: that position is gone, and a token
+            # for it would only be refused again; the client starts afresh.
+            if error.reason == RESUME_TOKEN_EXPIRED:
+                raise
             token = watches.tokens.resume_token(tenant_id, watch.position)
             raise with_metadata(error, resume_token=token) from None
     finally:
@@ -308,7 +314,8 @@ async def export_conversation(
         violations.append(FieldViolation("conversation_id", "is required"))
     export_format = export_format_from_proto(request.format)
     if export_format is None:
-        violations.append(FieldViolation("format", "is required: JSON_LINES or CSV"))
+        problem = f"{request.format} is not a known format" if request.format else "is required"
+        violations.append(FieldViolation("format", f"{problem}: JSON_LINES or CSV"))
     if violations:
         raise InvalidArgument(violations)
     assert export_format is not None

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from chat_service.domain.errors import (
+    RESUME_TOKEN_EXPIRED,
     Aborted,
     FailedPrecondition,
     FieldViolation,
@@ -50,7 +51,7 @@ def port_errors() -> Iterator[None]:
         raise FailedPrecondition(
             "the resume token is older than the event log's retention; start a new watch "
             "without it",
-            reason="RESUME_TOKEN_EXPIRED",
+            reason=RESUME_TOKEN_EXPIRED,
         ) from exc
     except CoordinationUnavailable as exc:
         raise Unavailable(
