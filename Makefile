@@ -9,7 +9,7 @@ BUF := node_modules/.bin/buf
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 
-.PHONY: all install run test check lint typecheck buf-lint buf-breaking generate check-generated bench fmt clean
+.PHONY: all install run test test-embedded test-mongo check lint typecheck buf-lint buf-breaking generate check-generated bench fmt clean
 
 all: check test
 
@@ -28,9 +28,17 @@ $(STAMP_NODE): package.json package-lock.json
 run: $(STAMP_PY)
 	$(PY) -m chat_service
 
+# Two passes, run side by side (each prints when it ends): the whole suite
+# on the embedded store, and the end-to-end tests whose outcome depends on
+# the store again on MongoDB. Each starts its own servers on free ports.
 test: $(STAMP_PY)
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-embedded test-mongo
+
+test-embedded: $(STAMP_PY)
 	$(PY) -m pytest $(PYTEST_ARGS)
-	CHAT_TEST_STORE=mongo $(PY) -m pytest tests/e2e -m "not heavy_load" $(PYTEST_ARGS)
+
+test-mongo: $(STAMP_PY)
+	CHAT_TEST_STORE=mongo $(PY) -m pytest tests/e2e -m "not heavy_load and not store_independent" $(PYTEST_ARGS)
 
 check: lint typecheck buf-lint buf-breaking check-generated
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+import pytest_asyncio
 from chatbot.chat.v1 import chat_service_pb2_grpc
 
+from tests.e2e.requests import TenantClient, client_for
 from tests.support.mongo import MongoServer
 from tests.support.service import (
     MongoDatabases,
@@ -101,3 +103,23 @@ async def channel(service: ServiceProcess) -> AsyncIterator[grpc.aio.Channel]:
 @pytest.fixture
 def stub(channel: grpc.aio.Channel) -> chat_service_pb2_grpc.ChatServiceAsyncStub:
     return chat_service_pb2_grpc.ChatServiceStub(channel)
+
+
+# For modules whose tests share one channel (they run on a module-scoped
+# event loop: pytestmark asyncio(loop_scope="module")).
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_stub(
+    service: ServiceProcess,
+) -> AsyncIterator[chat_service_pb2_grpc.ChatServiceAsyncStub]:
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        yield chat_service_pb2_grpc.ChatServiceStub(channel)
+
+
+@pytest.fixture
+def client(
+    service: ServiceProcess,
+    module_stub: chat_service_pb2_grpc.ChatServiceAsyncStub,
+    request: pytest.FixtureRequest,
+) -> TenantClient:
+    """The service as seen by a tenant of this test's own."""
+    return client_for(service, module_stub, request.node.name)

@@ -12,7 +12,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,24 +47,6 @@ ERROR = C.CONVERSATION_STATUS_ERROR
 STATUSES = (ACTIVE, COMPLETED, ABANDONED, ESCALATED, ERROR)
 ASCENDING = pb.SORT_ORDER_ASCENDING
 DESCENDING = pb.SORT_ORDER_DESCENDING
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def module_stub(
-    service: ServiceProcess,
-) -> AsyncIterator[chat_service_pb2_grpc.ChatServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(service.address) as channel:
-        yield chat_service_pb2_grpc.ChatServiceStub(channel)
-
-
-@pytest.fixture
-def client(
-    service: ServiceProcess,
-    module_stub: chat_service_pb2_grpc.ChatServiceAsyncStub,
-    request: pytest.FixtureRequest,
-) -> TenantClient:
-    """The service as seen by a tenant of this test's own."""
-    return client_for(service, module_stub, request.node.name)
 
 
 def status_name(status: ConversationStatus) -> str:

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 from chatbot.chat.v1 import chat_service_pb2 as pb
 from chatbot.chat.v1 import chat_service_pb2_grpc, content_pb2, resources_pb2
 from google.protobuf import struct_pb2
@@ -156,14 +155,6 @@ def set_value(request: Message, path: Path, value: Any) -> bool:
 
 def unindexed(field: str) -> str:
     return re.sub(r"\[\d+\]", "", field)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def module_stub(
-    service: ServiceProcess,
-) -> AsyncIterator[chat_service_pb2_grpc.ChatServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(service.address) as channel:
-        yield chat_service_pb2_grpc.ChatServiceStub(channel)
 
 
 async def call(client: TenantClient, method: str, request: Message) -> None:

@@ -142,6 +142,10 @@ async def _seed_conversation(service: ServiceProcess, count: int, text: str) -> 
     return conversation.conversation_id
 
 
+# Seeding and exporting 100,000 messages through nx-27017 (a pure-Python
+# server) takes over a minute and crowds the tests after it; the MongoDB
+# export's cursor batches are covered by test_watch_and_export.py.
+@pytest.mark.heavy_load
 async def test_export_of_a_hundred_thousand_messages_in_bounded_memory(
     fresh_service: ServiceProcess,
 ) -> None:
