@@ -1,7 +1,8 @@
 """What the core needs from the outside world, stated as protocols.
 
-Adapters (adapters/) implement these; bootstrap.py picks them; unit tests use
-the fakes in tests/fakes.py. Nothing here knows gRPC, SQLite, MongoDB, Redis
+Adapters (adapters/) implement these; bootstrap.py picks them and wiring.py
+builds the core around them; unit tests wire the fakes in tests/fakes.py
+(tests/builders.build_core). Nothing here knows gRPC, SQLite, MongoDB, Redis
 or Kafka.
 """
 

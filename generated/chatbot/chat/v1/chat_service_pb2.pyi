@@ -245,8 +245,10 @@ class ProcessingMetadata(_message.Message):
     """The engine failed or timed out, and the reply is the fallback."""
     fallback_reason: _builtins.str
     """Why the fallback was used: "timeout", "unavailable", "error", or
-    "invalid_reply" (the engine's reply broke the content rules, or would
-    make more than 30 messages on the channel).
+    "invalid_reply" (the engine's reply broke the content rules, would make
+    more than 30 messages on the channel, or its conversation state exceeds
+    64 KiB as compact JSON or 32 levels of nesting; the conversation then
+    keeps its previous state).
     """
     sequence: _builtins.int
     """The inbound message's sequence number."""
