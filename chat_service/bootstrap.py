@@ -34,12 +34,22 @@ from adapters.redis.live_bus import RedisLiveBus
 from adapters.redis.locks import RedisConversationLocks
 from adapters.redis.rate_limit import RedisRateLimiter
 from adapters.redis.session_cache import RedisSessionCache
+from adapters.secrets import AesGcmSecretBox
 from adapters.sqlite.store import SqliteStore
 from chat_service.auth import JwtVerifier, load_or_create_dev_key
-from chat_service.config import DEV_KEY_REFUSED, ConfigError, Settings
-from chat_service.key_files import load_or_create_page_token_key
+from chat_service.config import (
+    CHANNEL_SECRETS_KEY_REFUSED,
+    DEV_KEY_REFUSED,
+    ConfigError,
+    Settings,
+    parse_channel_secret_keys,
+)
+from chat_service.key_files import (
+    load_or_create_channel_secrets_key,
+    load_or_create_page_token_key,
+)
 from chat_service.pipeline.page_tokens import PageTokens
-from chat_service.ports import ConversationStore, Engine, EventPublisher
+from chat_service.ports import ConversationStore, Engine, EventPublisher, SecretBox
 from chat_service.wiring import Coordination, Lifecycle, Parts, Services, wire
 
 log = logging.getLogger(__name__)
@@ -218,3 +228,22 @@ def _verifier(settings: Settings) -> JwtVerifier:
         key.path,
     )
     return key.verifier(leeway_seconds=jwt.leeway_seconds)
+
+
+def channel_secret_box(settings: Settings) -> SecretBox:
+    """The box that seals tenants' channel credentials: CHANNEL_SECRETS_KEY's
+    keys, else (development only) a key made once in DATA_DIR."""
+    keys = settings.channel_secrets_keys
+    if not keys:
+        if settings.production_shape:
+            raise ConfigError(CHANNEL_SECRETS_KEY_REFUSED)
+        path, text = load_or_create_channel_secrets_key(settings.data_dir)
+        keys = parse_channel_secret_keys(str(path), text)
+        if not keys:
+            raise ConfigError(f"{path} holds no key; delete it to have a new one made")
+        log.warning(
+            "CHANNEL_SECRETS_KEY not set: channel credentials are sealed with the development "
+            "key in %s; losing that file loses every stored secret",
+            path,
+        )
+    return AesGcmSecretBox([(each.kid, each.key) for each in keys])

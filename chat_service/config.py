@@ -9,7 +9,10 @@ variable.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,55 @@ DEV_KEY_REFUSED = (
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
+
+
+# Channel secrets (adapters/secrets/aes_gcm.py): AES-256-GCM keys with ids.
+CHANNEL_SECRET_KEY_BYTES = 32
+CHANNEL_SECRET_KID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+CHANNEL_SECRETS_KEY_REFUSED = (
+    "CHANNEL_SECRETS_KEY (or CHANNEL_SECRETS_KEY_FILE) is not set while MONGODB_URI or "
+    "REDIS_URL is set: a production deployment must not encrypt tenants' channel "
+    "credentials with a key made in DATA_DIR (replicas would not share it, and losing "
+    "DATA_DIR would lose every stored secret). Set CHANNEL_SECRETS_KEY=kid:base64key"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSecretKey:
+    kid: str
+    key: bytes = field(repr=False)  # never in a log line or a repr
+
+
+def parse_channel_secret_keys(source: str, text: str) -> tuple[ChannelSecretKey, ...]:
+    """`kid:base64key[,kid:base64key...]`, the first key current (it seals;
+    all open). Errors name `source` and never quote key material."""
+    keys: list[ChannelSecretKey] = []
+    for number, item in enumerate((part.strip() for part in text.split(",")), start=1):
+        if not item:
+            continue
+        kid, colon, encoded = item.partition(":")
+        kid = kid.strip()
+        if not colon or not CHANNEL_SECRET_KID.fullmatch(kid):
+            raise ConfigError(
+                f"{source}: entry {number} must be kid:base64key, the kid 1 to 32 of "
+                "A-Z a-z 0-9 _ -"
+            )
+        try:  # standard or URL-safe alphabet, padding optional
+            compact = encoded.strip().replace("-", "+").replace("_", "/").rstrip("=")
+            key = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != CHANNEL_SECRET_KEY_BYTES:
+            raise ConfigError(
+                f"{source}: the key of {kid!r} must be {CHANNEL_SECRET_KEY_BYTES} bytes "
+                "in base64 (e.g. `openssl rand -base64 32`)"
+            )
+        if any(each.kid == kid for each in keys):
+            raise ConfigError(f"{source}: the key id {kid!r} appears twice")
+        keys.append(ChannelSecretKey(kid, key))
+    if text.strip() and not keys:
+        raise ConfigError(f"{source}: expected kid:base64key[,kid:base64key...]")
+    return tuple(keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +155,9 @@ class Settings:
     # Signs page and resume tokens; every process of a deployment needs the
     # same. Empty: a key made in DATA_DIR (shared by processes sharing it).
     page_token_secret: str = ""
+    # CHANNEL_SECRETS_KEY: the first seals, all open. Empty: a key made in
+    # DATA_DIR (development only: refused in a production shape).
+    channel_secrets_keys: tuple[ChannelSecretKey, ...] = ()
     fallback_text: str = "Sorry, I can't answer right now. Please try again in a moment."
 
     @property
@@ -228,6 +283,7 @@ class Settings:
                 dev_key=r.choice("JWT_DEV_KEY", "auto", {"auto", "allow", "refuse"}),
             ),
             page_token_secret=r.text_or_file("PAGE_TOKEN_SECRET"),
+            channel_secrets_keys=r.channel_secret_keys("CHANNEL_SECRETS_KEY"),
             fallback_text=r.text("FALLBACK_MESSAGE", defaults.fallback_text),
         )
         if settings.mcp_engine_timeout_ms > settings.request_timeout_ms:
@@ -274,6 +330,10 @@ class _Reader:
             return Path(path).read_text().strip()
         except OSError as exc:
             raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
+
+    def channel_secret_keys(self, name: str) -> tuple[ChannelSecretKey, ...]:
+        source = f"{name}_FILE" if self._raw(f"{name}_FILE") is not None else name
+        return parse_channel_secret_keys(source, self.text_or_file(name))
 
     def flag(self, name: str, default: bool) -> bool:
         value = self._raw(name)

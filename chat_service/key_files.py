@@ -7,6 +7,7 @@ Blocking file I/O is deliberate: it runs once, before serving.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import secrets
@@ -17,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 PAGE_TOKEN_KEY_FILENAME = "page-token-hmac.key"  # noqa: S105 (a file name)
 PAGE_TOKEN_KEY_BYTES = 32
+CHANNEL_SECRETS_KEY_BYTES = 32  # AES-256
 
 
 def load_or_create(path: Path, make: Callable[[], bytes], *, what: str) -> bytes:
@@ -55,6 +57,27 @@ def load_or_create_page_token_key(data_dir: Path) -> bytes:
             "delete it to have a new one made (issued page tokens then become invalid)"
         )
     return key
+
+
+CHANNEL_SECRETS_KEY_FILENAME = "channel-secrets.key"
+
+
+def load_or_create_channel_secrets_key(data_dir: Path) -> tuple[Path, str]:
+    """`data_dir/channel-secrets.key` and its text, in CHANNEL_SECRETS_KEY's
+    form (`kid:base64key`, so the file can later be given as
+    CHANNEL_SECRETS_KEY_FILE). The kid is random: a key made anew after the
+    file was lost names itself, and old records say "unknown key id" rather
+    than look tampered with."""
+    path = data_dir / CHANNEL_SECRETS_KEY_FILENAME
+    text = load_or_create(
+        path,
+        lambda: (
+            f"dev-{secrets.token_hex(4)}:"
+            f"{base64.b64encode(secrets.token_bytes(CHANNEL_SECRETS_KEY_BYTES)).decode()}\n"
+        ).encode(),
+        what="channel secrets key",
+    )
+    return path, text.decode("utf-8", errors="replace").strip()
 
 
 def _create(path: Path, content: bytes, what: str) -> bytes:

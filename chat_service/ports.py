@@ -444,3 +444,34 @@ class Clock(Protocol):
     def now(self) -> datetime:
         """The current time, timezone-aware UTC."""
         ...
+
+
+# ------------------------------------------------------------ secret box
+
+
+class SecretUnreadable(Exception):
+    """A sealed secret cannot be opened: malformed, sealed with a key the
+    keyring no longer holds, tampered with, or sealed for another context.
+    The message never contains the secret, the sealed value or key material."""
+
+
+class SecretBox(Protocol):
+    """Encrypts tenants' platform credentials for storage (app secrets,
+    access tokens): authenticated, and bound to the record they belong to."""
+
+    def seal(self, plaintext: str, *, context: str) -> str:
+        """`plaintext` encrypted with the current key. `context` names where
+        the value is kept (e.g. "tenant/connection_id/field"): the sealed text
+        opens only with the same context, so it cannot be moved to another
+        record. Two seals of the same value differ."""
+        ...
+
+    def open(self, sealed: str, *, context: str) -> str:
+        """The plaintext of a `seal` result (by any key still in the
+        keyring); SecretUnreadable if it cannot be opened."""
+        ...
+
+    def fingerprint(self, plaintext: str) -> str:
+        """A short tag to show instead of the secret (never reversible):
+        the same for the same secret while the current key stays current."""
+        ...
