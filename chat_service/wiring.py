@@ -153,6 +153,8 @@ class Services:
         # answered; their replies go to delivery, so they come first.
         await self.send_message.close(left())
         await self.delivery.close(left())
+        self.relay.stop()
+        self.tail.stop()
         for task in self._tasks:
             task.cancel()
         if self._tasks:

@@ -43,6 +43,7 @@ from chat_service.ports import LiveListener
 
 log = logging.getLogger(__name__)
 
+_CLOSE_TIMEOUT = 5.0  # seconds close() waits for its loops to stop
 _MIN_BACKOFF = 0.05
 _MAX_BACKOFF = 2.0
 
@@ -69,6 +70,7 @@ class RedisLiveBus:
         self._confirmations = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._stopping = False
         self._dropped = 0
         self._last_drop_log = 0.0
 
@@ -92,9 +94,18 @@ class RedisLiveBus:
                     await self._outbox.join()
             except TimeoutError:
                 log.warning("live bus closed with %d events unsent", self._outbox.qsize())
+        # Then the loops end: cancelled, and told to, since a cancellation
+        # can be lost (Python 3.11's asyncio.wait_for inside redis-py's
+        # connect can swallow one that races a connection error).
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: a loop stuck in a call that ignores cancellation must not
+        # hold up shutdown (it goes with the process).
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=_CLOSE_TIMEOUT)
+            for task in stuck:
+                log.error("%s did not stop when cancelled", task.get_name())
         self._tasks = []
 
     # ------------------------------------------------------------- LiveBus
@@ -153,7 +164,7 @@ class RedisLiveBus:
 
     async def _publish_loop(self) -> None:
         backoff = _MIN_BACKOFF
-        while True:
+        while not self._stopping:
             batch = [await self._outbox.get()]
             while len(batch) < self._batch_size and not self._outbox.empty():
                 batch.append(self._outbox.get_nowait())
@@ -195,7 +206,7 @@ class RedisLiveBus:
 
     async def _subscription_loop(self) -> None:
         backoff = _MIN_BACKOFF
-        while True:
+        while not self._stopping:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.ping()  # connects; its PONG is read like any message

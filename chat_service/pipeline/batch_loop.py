@@ -24,17 +24,18 @@ class BatchLoop:
     name: str
     first_backoff: float = 0.1
     quiet_errors: tuple[type[Exception], ...] = ()  # logged as warnings, no traceback
+    stop: asyncio.Event | None = None  # set: the loop ends at its next turn
 
     async def run(self) -> None:
         failures = 0
-        me = asyncio.current_task()
         while True:
-            # A cancellation some library swallowed (Python 3.11's
-            # asyncio.wait_for can lose one that races its own completion;
-            # pymongo uses it) still stops the loop: else shutdown would
-            # wait for it for ever.
-            if me is not None and me.cancelling():
-                raise asyncio.CancelledError
+            # Set by the owner before it cancels the loop: a cancellation some
+            # library swallowed (Python 3.11's asyncio.wait_for can lose one
+            # that races its own completion; pymongo uses it) still ends the
+            # loop, else shutdown would wait for it for ever. (Not
+            # Task.cancelling(): timeouts that never uncancel leave it set.)
+            if self.stop is not None and self.stop.is_set():
+                return
             # Cleared before the step, so a wake-up that arrives while a
             # batch is under way is not lost.
             self.wake.clear()

@@ -66,10 +66,16 @@ class OutboxRelay:
         self._settings = settings
         self.owner = owner or f"relay-{uuid.uuid4()}"
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self.published = 0
 
     def wake(self) -> None:
         """Something was written: look at the outbox now rather than at the next poll."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Before cancelling run(): its loops end even if a cancellation is lost."""
+        self._stop.set()
         self._wake.set()
 
     async def run(self) -> None:
@@ -85,6 +91,7 @@ class OutboxRelay:
             name="outbox relay",
             first_backoff=0.2,
             quiet_errors=(StoreUnavailable,),
+            stop=self._stop,
         )
         pruning = BatchLoop(
             step=self.prune_once,
@@ -95,6 +102,7 @@ class OutboxRelay:
             log=log,
             name="outbox retention",
             quiet_errors=(StoreUnavailable,),
+            stop=self._stop,
         )
         async with asyncio.TaskGroup() as group:
             group.create_task(publishing.run())

@@ -58,6 +58,7 @@ class EventTail:
         self._listeners: dict[str, list[EntryListener]] = {}
         self._pruned_listeners: list[PrunedListener] = []
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self.position = 0  # everything up to here was handed out
 
     async def start_position(self) -> None:
@@ -66,6 +67,11 @@ class EventTail:
             self.position = await self._store.last_event_position()
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Before cancelling run(): its loop ends even if a cancellation is lost."""
+        self._stop.set()
         self._wake.set()
 
     def subscribe(
@@ -98,6 +104,7 @@ class EventTail:
             log=log,
             name="event tail",
             quiet_errors=(StoreUnavailable,),
+            stop=self._stop,
         ).run()
 
     async def follow_once(self) -> int:

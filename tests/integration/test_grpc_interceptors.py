@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -225,6 +226,12 @@ async def test_authenticated_server_stream_sees_the_callers_tenant(server: _Serv
     assert chunks == [b"tenant-b:0\n", b"tenant-b:1\n", b"tenant-b:2\n"]
 
 
+async def _no_frames() -> AsyncIterator[chat_service_pb2.StreamConversationRequest]:
+    """A client that sends nothing (until the call ends)."""
+    await asyncio.Event().wait()
+    yield chat_service_pb2.StreamConversationRequest()  # never reached
+
+
 async def _frames(*message_ids: str) -> AsyncIterator[chat_service_pb2.StreamConversationRequest]:
     for message_id in message_ids:
         yield chat_service_pb2.StreamConversationRequest(
@@ -305,8 +312,11 @@ async def test_missing_scope_is_permission_denied(server: _Server) -> None:
 
 
 async def test_write_methods_need_the_write_scope(server: _Server) -> None:
+    # Refused on the call's metadata, before any frame: the client sends none,
+    # since a frame in flight when the server ends the call can fail on the
+    # client's side first (INTERNAL "execute_batch") and hide the status.
     call = server.stub.StreamConversation(
-        _frames("m1"), metadata=server.auth("tenant-a", SCOPE_READ)
+        _no_frames(), metadata=server.auth("tenant-a", SCOPE_READ)
     )
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call.read()

@@ -6,12 +6,14 @@ Two buses on two clients stand for two processes of the service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from adapters.redis.live_bus import RedisLiveBus
 from chat_service.domain.content import Button, MessageContent, QuickReply
@@ -192,3 +194,39 @@ async def test_publishing_while_redis_is_down_never_raises_and_the_bus_recovers(
     a.publish("topic", TypingChanged(MessageRole.USER, True, origin="after"))
     events = await heard.until(1, timeout=5)
     assert events[-1] == TypingChanged(MessageRole.USER, True, origin="after")
+
+
+class _SwallowingPubSub:
+    """A pub/sub connection whose connect loses the cancellation that
+    interrupts it and reports a connection error instead, as redis-py's
+    connect (through Python 3.11's asyncio.wait_for) can."""
+
+    def __init__(self, connecting: asyncio.Event) -> None:
+        self._connecting = connecting
+
+    async def ping(self) -> None:
+        self._connecting.set()
+        with contextlib.suppress(asyncio.CancelledError):  # lost
+            await asyncio.Event().wait()  # a connect that hangs
+        raise RedisConnectionError("connection lost")
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _SwallowingRedis:
+    def __init__(self) -> None:
+        self.connecting = asyncio.Event()
+
+    def pubsub(self) -> _SwallowingPubSub:
+        return _SwallowingPubSub(self.connecting)
+
+
+async def test_close_ends_the_subscriber_even_when_its_cancellation_is_swallowed() -> None:
+    redis = _SwallowingRedis()
+    bus = RedisLiveBus(redis)  # type: ignore[arg-type]  # only pubsub() is used here
+    await bus.start()
+    async with asyncio.timeout(2):
+        await redis.connecting.wait()
+    async with asyncio.timeout(3):  # it would retry for ever
+        await bus.close(flush_timeout=0.1)

