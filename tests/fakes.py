@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from adapters.storage.changes import already_exists, check_change
+from adapters.storage.outbox import refuse_pruned
 from chat_service.domain.content import MessageContent
 from chat_service.domain.enums import DeliveryStatus
 from chat_service.domain.events import DomainEvent, OutboxEntry
@@ -28,7 +30,6 @@ from chat_service.ports import (
     DuplicateMessage,
     EngineReply,
     EngineRequest,
-    EventsPruned,
     VersionConflict,
 )
 
@@ -155,12 +156,11 @@ class InMemoryStore:
         await asyncio.sleep(0)  # as real I/O would
         # Check everything first, then apply: a refused change writes nothing.
         new = change.conversation
-        if new.version != change.expected_version + 1:
-            raise ValueError("the new conversation version must be expected_version + 1")
+        check_change(change)
         stored = self._conversations.get(new.conversation_id)
         if change.expected_version == 0:
             if stored is not None:
-                raise VersionConflict(f"conversation {new.conversation_id!r} already exists")
+                raise already_exists(new.conversation_id)
         elif (
             stored is None
             or stored.tenant_id != new.tenant_id
@@ -236,8 +236,7 @@ class InMemoryStore:
         self, *, after_position: int, limit: int, tenant_id: str | None = None
     ) -> Sequence[OutboxEntry]:
         await asyncio.sleep(0)  # as real I/O would
-        if after_position < self._pruned_through:
-            raise EventsPruned(after_position, self._pruned_through)
+        refuse_pruned(after_position, self._pruned_through)
         return [
             row.entry
             for row in self._outbox
