@@ -28,6 +28,9 @@ from tests.support.redis import RedisServer
 
 START_TIMEOUT_SECONDS = 30.0
 
+# The bench stores no channel credentials; any fixed key does.
+BENCH_CHANNEL_SECRETS_KEY = "bench:" + "A" * 43 + "="
+
 # Generous enough never to throttle the bench's single tenant.
 UNLIMITED_RATE = "1000000000"
 
@@ -51,6 +54,8 @@ _SERVICE_VARIABLES = (
     "JWT_DEV_KEY",
     "PAGE_TOKEN_SECRET",
     "PAGE_TOKEN_SECRET_FILE",
+    "CHANNEL_SECRETS_KEY",
+    "CHANNEL_SECRETS_KEY_FILE",
     "MCP_ENGINE_TLS",
     "MCP_ENGINE_CA",
     "MCP_ENGINE_CA_FILE",
@@ -119,6 +124,8 @@ async def running_chat_service(
             # The bench mints its tokens with the development key, also in
             # the production-shaped scenarios, which refuse it by default.
             "JWT_DEV_KEY": "allow",
+            # Production-shaped scenarios refuse a self-made channel key.
+            "CHANNEL_SECRETS_KEY": BENCH_CHANNEL_SECRETS_KEY,
             **(env or {}),
         }
         async with running_child(

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         "--scope",
         action="append",
         dest="scopes",
-        help="a scope to grant; repeat for several (default: chat:read chat:write)",
+        help="a scope to grant; repeat for several (default: chat:read chat:write chat:admin)",
     )
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     args = parser.parse_args(argv)

@@ -37,11 +37,15 @@ logger = logging.getLogger(__name__)
 
 SCOPE_READ = "chat:read"
 SCOPE_WRITE = "chat:write"
+# Managing channel connections: tenants' platform credentials.
+SCOPE_ADMIN = "chat:admin"
 
 DEV_ISSUER = "chat-service-dev"
 TENANT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEV_KEY_FILENAME = "dev-jwt-ed25519.pem"
-DEV_SCOPES = frozenset({SCOPE_READ, SCOPE_WRITE})
+# The development key is for one developer's embedded service, who also
+# connects its channels: its tokens may do everything.
+DEV_SCOPES = frozenset({SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN})
 # Verified tokens remembered (see JwtVerifier.verify); each entry is small.
 VERIFIED_TOKENS_CACHED = 10_000
 

@@ -17,6 +17,11 @@ import logging
 import socket
 import uuid
 
+from adapters.channels.graph_api import GraphApi
+from adapters.channels.messenger import MessengerInbound
+from adapters.channels.messenger_send import messenger_sender_factory
+from adapters.channels.whatsapp import WhatsAppInbound
+from adapters.channels.whatsapp_send import whatsapp_sender_factory
 from adapters.engine.builtin import BuiltinEngine
 from adapters.engine.grpc_engine import GrpcEngine
 from adapters.kafka import KafkaPublisher, KafkaSettings
@@ -27,6 +32,7 @@ from adapters.memory.log_publisher import LogPublisher
 from adapters.memory.rate_limit import InProcessRateLimiter
 from adapters.memory.session_cache import InProcessSessionCache
 from adapters.mongo import InvalidMongoUri, MongoStore
+from adapters.mongo.channel_store import MongoChannelStore
 from adapters.redis.breaker import CircuitBreaker
 from adapters.redis.client import connect_redis
 from adapters.redis.idempotency import RedisIdempotencyGuard
@@ -35,6 +41,7 @@ from adapters.redis.locks import RedisConversationLocks
 from adapters.redis.rate_limit import RedisRateLimiter
 from adapters.redis.session_cache import RedisSessionCache
 from adapters.secrets import AesGcmSecretBox
+from adapters.sqlite.channel_store import SqliteChannelStore
 from adapters.sqlite.store import SqliteStore
 from chat_service.auth import JwtVerifier, load_or_create_dev_key
 from chat_service.config import (
@@ -44,13 +51,27 @@ from chat_service.config import (
     Settings,
     parse_channel_secret_keys,
 )
+from chat_service.domain.enums import Channel
 from chat_service.key_files import (
     load_or_create_channel_secrets_key,
     load_or_create_page_token_key,
 )
 from chat_service.pipeline.page_tokens import PageTokens
-from chat_service.ports import ConversationStore, Engine, EventPublisher, SecretBox
-from chat_service.wiring import Coordination, Lifecycle, Parts, Services, wire
+from chat_service.ports import (
+    ConversationStore,
+    Engine,
+    EventPublisher,
+    InboundChannel,
+    SecretBox,
+)
+from chat_service.wiring import (
+    Coordination,
+    Lifecycle,
+    Parts,
+    SenderFactory,
+    Services,
+    wire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +96,15 @@ async def choose_parts(settings: Settings, life: Lifecycle) -> Parts:
     closed by `life`."""
     verifier = _verifier(settings)
     tokens = _page_tokens(settings)
+    # Before anything connects: a missing key is a configuration error.
+    secret_box = channel_secret_box(settings)
     store = await _store(settings, life)
+    channels = _channel_store(store)
     coordination = _coordination(settings, life)
     return Parts(
         store=store,
+        connections=channels,
+        inbox=channels,
         coordination=coordination,
         publisher=_publisher(settings, life),
         engine=_engine(settings, life),
@@ -86,11 +112,37 @@ async def choose_parts(settings: Settings, life: Lifecycle) -> Parts:
         verifier=verifier,
         tokens=tokens,
         relay_owner=relay_owner(settings),
+        secret_box=secret_box,
+        inbound=_inbound(settings),
+        sender_factories=_sender_factories(settings, life),
         # The state cache is for the rest of the platform, which can only
         # read a shared one: in one process nobody would.
         state_cache=coordination.sessions if settings.redis_url else None,
         lifecycle=life,
     )
+
+
+def _sender_factories(settings: Settings, life: Lifecycle) -> dict[Channel, SenderFactory]:
+    """The platforms replies are delivered to: one Graph API client (and
+    connection pool) per platform, closed on shutdown."""
+    whatsapp = GraphApi(settings.meta_graph_api_base_url)
+    life.closers.append(whatsapp.aclose)
+    messenger = GraphApi(settings.meta_graph_api_base_url)
+    life.closers.append(messenger.aclose)
+    return {
+        Channel.WHATSAPP: whatsapp_sender_factory(
+            whatsapp, rate_per_second=settings.whatsapp_rate_per_second
+        ),
+        Channel.MESSENGER: messenger_sender_factory(messenger),
+    }
+
+
+def _inbound(settings: Settings) -> dict[Channel, InboundChannel]:
+    """The platforms whose webhooks are taken in."""
+    return {
+        Channel.WHATSAPP: WhatsAppInbound(graph_base_url=settings.meta_graph_api_base_url),
+        Channel.MESSENGER: MessengerInbound(),
+    }
 
 
 async def _store(settings: Settings, life: Lifecycle) -> ConversationStore:
@@ -110,6 +162,16 @@ async def _store(settings: Settings, life: Lifecycle) -> ConversationStore:
         )
     life.closers.append(store.close)
     return store
+
+
+def _channel_store(store: ConversationStore) -> MongoChannelStore | SqliteChannelStore:
+    """Channel connections and the webhook inbox, kept in the conversations'
+    file or database through the store's own connections (closed with it)."""
+    if isinstance(store, MongoStore):
+        return MongoChannelStore(store)
+    if isinstance(store, SqliteStore):
+        return SqliteChannelStore(store)
+    raise TypeError(f"no channel store beside a {type(store).__name__}")
 
 
 def in_process_coordination(settings: Settings) -> Coordination:

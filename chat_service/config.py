@@ -132,6 +132,9 @@ class Settings:
     kafka_min_insync_replicas: int = 2
     outbox_relay_id: str = ""  # "": <hostname>:<SERVICE_PORT> (bootstrap.relay_owner)
     outbox_retention_hours: float = 168.0
+    # Processed webhook deliveries are kept this long (a redelivered call
+    # within it is recognized), then pruned.
+    inbox_retention_hours: float = 168.0
     outbox_retention_max_rows: int = 1_000_000
     outbox_prune_interval_seconds: float = 60.0
     max_connections_mongo: int = 100
@@ -158,6 +161,17 @@ class Settings:
     # CHANNEL_SECRETS_KEY: the first seals, all open. Empty: a key made in
     # DATA_DIR (development only: refused in a production shape).
     channel_secrets_keys: tuple[ChannelSecretKey, ...] = ()
+    # How long a process keeps a tenant's channel connections (secrets
+    # opened) before reading them again: another process's change takes
+    # effect here within this time (this process's at once).
+    channel_cache_seconds: float = 300.0
+    # Meta's Graph API (WhatsApp Cloud API, Messenger Send API), version
+    # pinned; tests point it at a local emulator.
+    meta_graph_api_base_url: str = "https://graph.facebook.com/v23.0"
+    # Per business phone number: Cloud API's default throughput is 80
+    # messages per second (developers.facebook.com/documentation/business-
+    # messaging/whatsapp/throughput).
+    whatsapp_rate_per_second: float = 80.0
     fallback_text: str = "Sorry, I can't answer right now. Please try again in a moment."
 
     @property
@@ -220,6 +234,9 @@ class Settings:
             outbox_relay_id=r.text("OUTBOX_RELAY_ID", ""),
             outbox_retention_hours=r.number(
                 "OUTBOX_RETENTION_HOURS", defaults.outbox_retention_hours, low=0.001
+            ),
+            inbox_retention_hours=r.number(
+                "INBOX_RETENTION_HOURS", defaults.inbox_retention_hours, low=0.001
             ),
             outbox_retention_max_rows=r.integer(
                 "OUTBOX_RETENTION_MAX_ROWS", defaults.outbox_retention_max_rows, low=1
@@ -284,6 +301,16 @@ class Settings:
             ),
             page_token_secret=r.text_or_file("PAGE_TOKEN_SECRET"),
             channel_secrets_keys=r.channel_secret_keys("CHANNEL_SECRETS_KEY"),
+            channel_cache_seconds=r.number(
+                "CHANNEL_CACHE_SECONDS", defaults.channel_cache_seconds, low=0, high=86_400
+            ),
+            meta_graph_api_base_url=(
+                r.url("META_GRAPH_API_BASE_URL", {"http", "https"}).rstrip("/")
+                or defaults.meta_graph_api_base_url
+            ),
+            whatsapp_rate_per_second=r.number(
+                "WHATSAPP_RATE_PER_SECOND", defaults.whatsapp_rate_per_second, low=0.01, high=10_000
+            ),
             fallback_text=r.text("FALLBACK_MESSAGE", defaults.fallback_text),
         )
         if settings.mcp_engine_timeout_ms > settings.request_timeout_ms:

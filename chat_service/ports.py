@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
+from chat_service.domain.connections import AuditEntry, ChannelConnection
 from chat_service.domain.content import MessageContent
 from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus
 from chat_service.domain.events import DomainEvent, OutboxEntry
@@ -25,6 +26,7 @@ from chat_service.domain.model import (
     Message,
     ProcessingHints,
 )
+from chat_service.domain.webhooks import ParsedWebhook, WebhookCall
 
 # --------------------------------------------------------------------- store
 
@@ -183,9 +185,36 @@ class ConversationStore(Protocol):
         message_id: str,
         status: DeliveryStatus,
         event: DomainEvent | None = None,
+        *,
+        platform_message_id: str = "",
     ) -> bool:
         """Move a message's delivery status forward (never backwards; FAILED and
-        READ are final), writing `event` with it. Returns whether it moved."""
+        READ are final), writing `event` with it. Returns whether it moved.
+        A non-empty `platform_message_id` (the platform's id for the sent
+        message) is recorded in the message's channel_metadata with it."""
+        ...
+
+    async def find_by_platform_id(
+        self, tenant_id: str, channel: Channel, platform_message_id: str
+    ) -> Message | None:
+        """The outbound message the platform knows by this id (recorded by
+        update_delivery_status), or None."""
+        ...
+
+    async def list_pending_deliveries(
+        self, *, limit: int, after: tuple[datetime, str] | None = None
+    ) -> Sequence[Message]:
+        """Outbound messages (every tenant's) still PENDING, ordered by
+        (created_at, message_id), after `after` (exclusive): what a crash
+        left undelivered, for start-up."""
+        ...
+
+    async def requeue_delivery(
+        self, tenant_id: str, message_id: str, event: DomainEvent
+    ) -> Message | None:
+        """Moves a FAILED message back to PENDING (the one backward move, for
+        an operator's RetryDelivery), writing `event`; the message as stored
+        then, or None when there is no such FAILED message."""
         ...
 
     async def claim_outbox(
@@ -342,11 +371,15 @@ class Engine(Protocol):
 
 
 class DeliveryError(Exception):
-    """A channel refused or failed a delivery. `retryable`: try again later."""
+    """A channel refused or failed a delivery. `retryable`: try again later;
+    `retry_after`: not before this many seconds (the platform's Retry-After
+    or throttling answer), else the queue's own backoff. `detail` is the
+    reason recorded on the dead letter (no secret, no user text)."""
 
-    def __init__(self, detail: str, *, retryable: bool) -> None:
+    def __init__(self, detail: str, *, retryable: bool, retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +391,195 @@ class ChannelSender(Protocol):
     """Hands one stored outbound message to its channel's platform."""
 
     async def send(self, conversation: Conversation, message: Message) -> DeliveryReceipt: ...
+
+
+# ---------------------------------------------------------------- channels
+
+
+class ConnectionExists(StoreError):
+    """The tenant already has a connection for this platform account."""
+
+    def __init__(self, connection_id: str) -> None:
+        super().__init__(f"connection {connection_id!r} has this account")
+        self.connection_id = connection_id
+
+
+class ConnectionStore(Protocol):
+    """Tenants' channel connections (secrets sealed) and the audit log of
+    their changes. Every read is scoped by tenant. Any method may raise
+    StoreUnavailable."""
+
+    async def create_connection(
+        self, connection: ChannelConnection, audit: AuditEntry
+    ) -> ChannelConnection:
+        """Stores `connection` (version 1) and `audit` atomically and returns
+        it. If the tenant has a connection created with the same non-empty
+        `request_id`, returns that one and writes nothing (the caller compares
+        request fingerprints). ConnectionExists if the tenant has another
+        connection with the same (channel, account_id)."""
+        ...
+
+    async def get_connection(
+        self, tenant_id: str, connection_id: str
+    ) -> ChannelConnection | None: ...
+
+    async def find_connection(
+        self, tenant_id: str, channel: Channel, account_id: str
+    ) -> ChannelConnection | None: ...
+
+    async def list_connections(
+        self, tenant_id: str, *, channel: Channel | None, limit: int, after_id: str = ""
+    ) -> Sequence[ChannelConnection]:
+        """Ascending by connection_id, after `after_id` (exclusive)."""
+        ...
+
+    async def update_connection(self, connection: ChannelConnection, audit: AuditEntry) -> None:
+        """Replaces the stored connection, which must still have version
+        `connection.version - 1` (else VersionConflict, also when it is gone),
+        and appends `audit`, atomically. ConnectionExists if the new account
+        id is another connection's."""
+        ...
+
+    async def delete_connection(
+        self, tenant_id: str, connection_id: str, audit: AuditEntry
+    ) -> bool:
+        """Deletes it and appends `audit`; False (nothing written) if absent."""
+        ...
+
+    async def list_audit(
+        self, tenant_id: str, *, limit: int, connection_id: str = ""
+    ) -> Sequence[AuditEntry]:
+        """Newest first; only `connection_id`'s entries when given."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One verified platform webhook call, kept in the inbox until processed.
+
+    The raw body is kept as received: the inbox worker parses it (the same
+    pure parser that checked it at the edge), so one inbox serves every
+    platform. `dedup_key` is the platform's id for the call (Slack's
+    event_id, Twilio's MessageSid) or a hash of the body: a redelivered
+    call is stored once. Messages inside are idempotent again downstream
+    (their message ids derive from the platform's message ids).
+    """
+
+    tenant_id: str
+    channel: Channel
+    dedup_key: str
+    body: bytes
+    content_type: str
+    received_at: datetime
+    # What the parser needs later besides the body (never a signature).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    position: int = 0  # assigned by the inbox
+    attempts: int = 0  # processing attempts so far
+
+
+class WebhookInbox(Protocol):
+    """Durable store of acknowledged webhook calls. Any method may raise
+    StoreUnavailable."""
+
+    async def put(self, delivery: WebhookDelivery) -> bool:
+        """Stores it durably unless (tenant, channel, dedup_key) is already
+        in the inbox (processed or not); whether it was new."""
+        ...
+
+    async def claim(
+        self, owner: str, *, now: datetime, limit: int, lease_seconds: float
+    ) -> Sequence[WebhookDelivery]:
+        """Oldest first, at most `limit` unprocessed deliveries that are due
+        (`not_before` passed) and not leased to another owner, leased to
+        `owner` for `lease_seconds` (a crashed worker's lease expires and
+        another takes them over), each with `attempts` incremented."""
+        ...
+
+    async def finish(self, owner: str, position: int, *, now: datetime) -> None:
+        """Marks it processed (kept for deduplication until pruned)."""
+        ...
+
+    async def retry_later(
+        self, owner: str, position: int, *, not_before: datetime, error: str
+    ) -> None:
+        """Releases it to be claimed again after `not_before`."""
+        ...
+
+    async def dead_letter(self, owner: str, position: int, *, now: datetime, error: str) -> None:
+        """Gives up on it: processed, with `error` kept for operators."""
+        ...
+
+    async def prune(self, *, processed_before: datetime, limit: int) -> int:
+        """Deletes up to `limit` deliveries processed before the time; how many."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedConnection:
+    """A connection with its secrets opened: in memory only, never logged."""
+
+    connection: ChannelConnection
+    secrets: Mapping[str, str]
+
+    def __repr__(self) -> str:  # never print a secret, even in a traceback
+        return f"OpenedConnection({self.connection.connection_id})"
+
+
+class ConnectionDirectory(Protocol):
+    """Connections with their secrets opened, cached (CHANNEL_CACHE_SECONDS).
+    A connection whose secrets cannot be opened is left out (as absent).
+    Any method may raise StoreUnavailable (a miss reads the store)."""
+
+    async def opened(self, tenant_id: str, connection_id: str) -> OpenedConnection | None: ...
+
+    async def for_channel(self, tenant_id: str, channel: Channel) -> Sequence[OpenedConnection]:
+        """The tenant's connections for one platform (webhook verification
+        tries each: the signature is checked before the body names one)."""
+        ...
+
+
+class InboundChannel(Protocol):
+    """A platform's webhook side: one per platform, in adapters/channels/."""
+
+    @property
+    def channel(self) -> Channel: ...
+
+    async def verify(
+        self, call: WebhookCall, candidates: Sequence[OpenedConnection]
+    ) -> Sequence[OpenedConnection]:
+        """The candidates whose secret authenticates `call`, checked over the
+        raw bytes (constant time) before anything is parsed. Unauthenticated
+        (or PermissionDenied, where the platform expects 403) when none does."""
+        ...
+
+    def parse(self, call: WebhookCall) -> ParsedWebhook:
+        """A verified call's messages and statuses; InvalidArgument when the
+        body is not the platform's documented shape. Pure and quick: it runs
+        once at the edge (to refuse junk) and again in the inbox worker."""
+        ...
+
+    def dedup_key(self, call: WebhookCall) -> str:
+        """The inbox key of `call` (domain.webhooks.body_dedup_key unless the
+        platform names its deliveries)."""
+        ...
+
+    def acknowledgement(self, call: WebhookCall) -> tuple[bytes, str]:
+        """What to answer the platform at once (body, content type)."""
+        ...
+
+
+@runtime_checkable
+class WebhookHandshake(Protocol):
+    """A platform's webhook subscription handshake (Meta's GET with
+    `hub.challenge`), implemented by the InboundChannel of platforms that have one."""
+
+    def answer_handshake(
+        self, mode: str, verify_token: str, challenge: str, candidates: Sequence[OpenedConnection]
+    ) -> str:
+        """The challenge to echo when `verify_token` is one candidate's
+        (compared in constant time); PermissionDenied otherwise, also when
+        there is no candidate."""
+        ...
 
 
 # -------------------------------------------------------------------- events

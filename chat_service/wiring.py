@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from chat_service.auth import JwtVerifier
@@ -20,32 +20,42 @@ from chat_service.config import Settings
 from chat_service.domain.enums import Channel, DeliveryStatus
 from chat_service.domain.model import Message
 from chat_service.pipeline.admission import TenantAdmission
+from chat_service.pipeline.canned_replies import CannedReplies
+from chat_service.pipeline.connections import CachedConnections, ChannelConnections
 from chat_service.pipeline.conversation_stream import StreamServices
 from chat_service.pipeline.conversations import ConversationQueries, UpdateConversationStatus
 from chat_service.pipeline.delivery import DeliveryPolicy, DeliveryQueue
 from chat_service.pipeline.export import ExportConversation
+from chat_service.pipeline.inbox_worker import InboxSettings, InboxWorker
 from chat_service.pipeline.live import LiveFeed
 from chat_service.pipeline.outbox_relay import OutboxRelay, RelaySettings
 from chat_service.pipeline.page_tokens import PageTokens
 from chat_service.pipeline.read_receipts import MarkRead
+from chat_service.pipeline.retry_delivery import RetryDelivery
 from chat_service.pipeline.send_message import SendMessage, SendSettings
 from chat_service.pipeline.state_cache import StateCacheFeed
 from chat_service.pipeline.stream_limits import server_draining
 from chat_service.pipeline.stream_opener import ConversationStreams
 from chat_service.pipeline.watch import EventTail, WatchConversations
+from chat_service.pipeline.webhooks import HandleWebhook, VerifyWebhook
 from chat_service.pipeline.writer import ConversationWriter
 from chat_service.ports import (
     ChannelSender,
     Clock,
+    ConnectionDirectory,
+    ConnectionStore,
     ConversationChange,
     ConversationLocks,
     ConversationStore,
     Engine,
     EventPublisher,
     IdempotencyGuard,
+    InboundChannel,
     LiveBus,
     RateLimiter,
+    SecretBox,
     SessionCache,
+    WebhookInbox,
 )
 
 log = logging.getLogger(__name__)
@@ -73,11 +83,19 @@ class Coordination:
     sessions: SessionCache
 
 
+# Builds a channel's sender once the connection directory exists
+# (adapters/channels/*_send.py make them; bootstrap.choose_parts picks them).
+SenderFactory = Callable[[ConnectionDirectory, ConversationStore, Clock], ChannelSender]
+
+
 @dataclass(frozen=True, slots=True)
 class Parts:
     """An adapter for every port, and what the core is keyed with."""
 
     store: ConversationStore
+    # Channel connections and the webhook inbox, kept by the same store.
+    connections: ConnectionStore
+    inbox: WebhookInbox
     coordination: Coordination
     publisher: EventPublisher
     engine: Engine
@@ -85,8 +103,16 @@ class Parts:
     verifier: JwtVerifier
     tokens: PageTokens
     relay_owner: str  # see bootstrap.relay_owner
-    # Platform connectors by channel (none in this version).
+    # Seals tenants' channel credentials (bootstrap.channel_secret_box).
+    secret_box: SecretBox
+    # Platform connectors by channel that need nothing from the core.
     senders: Mapping[Channel, ChannelSender] = field(default_factory=dict)
+    # Platform connectors that need the connection directory (built in
+    # `wire`): each is called once with it, the store and the clock.
+    sender_factories: Mapping[Channel, SenderFactory] = field(default_factory=dict)
+    # Platform webhooks by channel (HandleWebhook, VerifyWebhook, the inbox
+    # worker); a platform missing here answers UNIMPLEMENTED.
+    inbound: Mapping[Channel, InboundChannel] = field(default_factory=dict)
     # The cache the rest of the platform reads conversation state from, fed
     # on every commit; None where nobody could read it (a single process).
     state_cache: SessionCache | None = None
@@ -101,6 +127,8 @@ class Tuning:
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     typing_interval: float = 1.0
     subscribe_timeout: float = 2.0
+    # The webhook inbox worker's (its retention comes from the settings).
+    inbox: InboxSettings = field(default_factory=InboxSettings)
 
 
 @dataclass
@@ -119,11 +147,23 @@ class Services:
     export: ExportConversation
     tail: EventTail
     delivery: DeliveryQueue
+    retry_delivery: RetryDelivery
+    # Channel connections: the admin use cases, and the cached directory of
+    # opened connections the webhooks and senders read (its changes here
+    # invalidate it at once).
+    connections: ChannelConnections
+    directory: CachedConnections
+    # Platform webhooks: the edge (acknowledged once in the inbox) and the
+    # worker that stores and answers what they carry.
+    handle_webhook: HandleWebhook
+    verify_webhook: VerifyWebhook
+    inbox_worker: InboxWorker
     relay: OutboxRelay
     publisher: EventPublisher
     engine: Engine
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _inbox_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for start in self.lifecycle.starters:
@@ -131,6 +171,13 @@ class Services:
         await self.tail.start_position()
         self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox relay"))
         self._tasks.append(asyncio.create_task(self.tail.run(), name="event tail"))
+        self._inbox_task = asyncio.create_task(self.inbox_worker.run(), name="webhook inbox")
+        self._tasks.append(self._inbox_task)
+        # Replies a crash left PENDING: queued in the background, so that a
+        # long backlog does not hold the start (delivery.close stops it).
+        self._tasks.append(
+            asyncio.create_task(self.delivery.resume_pending(), name="delivery recovery")
+        )
 
     def end_streams(self) -> None:
         """Ends every open stream and watch, and any opened from now on
@@ -149,6 +196,11 @@ class Services:
         def left() -> float:
             return max(0.0, deadline - loop.time())
 
+        # No webhook is taken from the inbox from here on: what is left there
+        # (or claimed and unfinished) is handled after the next start.
+        self.inbox_worker.stop()
+        if self._inbox_task is not None:
+            self._inbox_task.cancel()
         # Messages whose callers left after the commit are still being
         # answered; their replies go to delivery, so they come first.
         await self.send_message.close(left())
@@ -175,6 +227,19 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
     """The core around `parts`. Builds objects only: nothing runs until
     `Services.start`."""
     store, clock, coordination = parts.store, parts.clock, parts.coordination
+    directory = CachedConnections(
+        store=parts.connections,
+        box=parts.secret_box,
+        clock=clock,
+        ttl_seconds=settings.channel_cache_seconds,
+    )
+    connections = ChannelConnections(
+        store=parts.connections,
+        box=parts.secret_box,
+        clock=clock,
+        tokens=parts.tokens,
+        invalidate=directory.invalidate,
+    )
     relay = OutboxRelay(
         store, parts.publisher, relay_settings(settings), owner=parts.relay_owner, clock=clock
     )
@@ -198,19 +263,28 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
     writer = ConversationWriter(store, listeners)
     delivery = DeliveryQueue(
         store=store,
-        senders=parts.senders,
+        senders={
+            **parts.senders,
+            **{
+                channel: make(directory, store, clock)
+                for channel, make in parts.sender_factories.items()
+            },
+        },
         clock=clock,
         policy=tuning.delivery,
         listeners=[delivery_changed],
         delivered_by_storing=DELIVERED_BY_STORING,
     )
     admission = TenantAdmission(coordination.limiter)
+    # Answers what the service cannot read (webhooks' unsupported types)
+    # without the engine; passes everything else to it.
+    canned = CannedReplies(parts.engine)
     send_message = SendMessage(
         store=store,
         writer=writer,
         locks=coordination.locks,
         idempotency=coordination.idempotency,
-        engine=parts.engine,
+        engine=canned,
         delivery=delivery,
         sessions=coordination.sessions,
         clock=clock,
@@ -219,6 +293,18 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
             lock_timeout=settings.lock_timeout,
             fallback_text=settings.fallback_text,
         ),
+    )
+    inbox_worker = InboxWorker(
+        inbox=parts.inbox,
+        inbound=parts.inbound,
+        directory=directory,
+        store=store,
+        send_message=send_message,
+        canned=canned,
+        clock=clock,
+        owner=parts.relay_owner,
+        listeners=[delivery_changed],
+        settings=replace(tuning.inbox, retention=timedelta(hours=settings.inbox_retention_hours)),
     )
     streams = ConversationStreams(
         StreamServices(
@@ -263,6 +349,18 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
         export=ExportConversation(store),
         tail=tail,
         delivery=delivery,
+        retry_delivery=RetryDelivery(store=store, delivery=delivery, clock=clock),
+        connections=connections,
+        directory=directory,
+        handle_webhook=HandleWebhook(
+            inbound=parts.inbound,
+            directory=directory,
+            inbox=parts.inbox,
+            clock=clock,
+            on_stored=inbox_worker.wake,
+        ),
+        verify_webhook=VerifyWebhook(inbound=parts.inbound, directory=directory),
+        inbox_worker=inbox_worker,
         relay=relay,
         publisher=parts.publisher,
         engine=parts.engine,

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from adapters.secrets import AesGcmSecretBox
 from chat_service.auth import JwtVerifier
 from chat_service.bootstrap import in_process_coordination
 from chat_service.config import RateLimit, Settings
@@ -39,12 +40,20 @@ from chat_service.ports import (
     ConversationStore,
     Engine,
     EventPublisher,
+    InboundChannel,
     LiveBus,
+    SecretBox,
     SessionCache,
     VersionConflict,
 )
 from chat_service.wiring import Parts, Services, Tuning, wire
-from tests.fakes import InMemoryStore, RecordingPublisher, ScriptedEngine, SteppingClock
+from tests.fakes import (
+    InMemoryChannelStore,
+    InMemoryStore,
+    RecordingPublisher,
+    ScriptedEngine,
+    SteppingClock,
+)
 
 TENANT = "tenant-a"
 OTHER_TENANT = "tenant-b"
@@ -209,11 +218,18 @@ CORE_SETTINGS = Settings(
 )
 FAST = Tuning(delivery=DeliveryPolicy(attempts=3, first_backoff=0.001))
 _JWT_SECRET = "unit-tests-only-" * 2  # HS256 wants 32 bytes
+# A real box with a fixed key: what unit tests seal, they can open.
+TEST_SECRET_KEY = bytes(range(32))
+
+
+def make_secret_box() -> AesGcmSecretBox:
+    return AesGcmSecretBox([("unit", TEST_SECRET_KEY)])
 
 
 def build_core(
     *,
     store: ConversationStore | None = None,
+    channels: InMemoryChannelStore | None = None,
     engine: Engine | None = None,
     clock: Clock | None = None,
     publisher: EventPublisher | None = None,
@@ -222,6 +238,8 @@ def build_core(
     sessions: SessionCache | None = None,
     bus: LiveBus | None = None,
     state_cache: SessionCache | None = None,
+    secret_box: SecretBox | None = None,
+    inbound: Mapping[Channel, InboundChannel] | None = None,
     settings: Settings = CORE_SETTINGS,
     tuning: Tuning = FAST,
 ) -> Services:
@@ -237,8 +255,11 @@ def build_core(
         sessions=coordination.sessions if sessions is None else sessions,
         bus=coordination.bus if bus is None else bus,
     )
+    channels = InMemoryChannelStore() if channels is None else channels
     parts = Parts(
         store=InMemoryStore() if store is None else store,
+        connections=channels,
+        inbox=channels,
         coordination=coordination,
         publisher=RecordingPublisher() if publisher is None else publisher,
         engine=ScriptedEngine() if engine is None else engine,
@@ -246,7 +267,9 @@ def build_core(
         verifier=JwtVerifier(secret=_JWT_SECRET),
         tokens=PageTokens.ephemeral(),
         relay_owner="unit-core",
+        secret_box=make_secret_box() if secret_box is None else secret_box,
         senders={} if senders is None else senders,
+        inbound={} if inbound is None else inbound,
         state_cache=state_cache,
     )
     return wire(parts, settings, tuning)

@@ -14,14 +14,21 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from adapters.storage.changes import already_exists, check_change
+from adapters.storage.changes import already_exists, check_change, positive_limit
+from adapters.storage.connection_codec import (
+    check_audit_of,
+    check_changed_connection,
+    check_new_connection,
+)
 from adapters.storage.outbox import refuse_pruned
+from chat_service.domain.connections import AuditEntry, ChannelConnection
 from chat_service.domain.content import MessageContent
-from chat_service.domain.enums import DeliveryStatus
+from chat_service.domain.enums import Channel, DeliveryStatus
 from chat_service.domain.events import DomainEvent, OutboxEntry
 from chat_service.domain.model import Conversation, IdempotencyRecord, Message
 from chat_service.domain.text import search_key
 from chat_service.ports import (
+    ConnectionExists,
     ConversationChange,
     ConversationCursor,
     ConversationQuery,
@@ -31,6 +38,7 @@ from chat_service.ports import (
     EngineReply,
     EngineRequest,
     VersionConflict,
+    WebhookDelivery,
 )
 
 # ------------------------------------------------------------------- store
@@ -194,16 +202,67 @@ class InMemoryStore:
         message_id: str,
         status: DeliveryStatus,
         event: DomainEvent | None = None,
+        *,
+        platform_message_id: str = "",
     ) -> bool:
         await asyncio.sleep(0)  # as real I/O would
         message = self._messages.get((tenant_id, message_id))
         if message is None or not message.delivery_status.can_advance_to(status):
             return False
+        metadata = message.channel_metadata
+        if platform_message_id:
+            metadata = dataclasses.replace(metadata, platform_message_id=platform_message_id)
         self._messages[(tenant_id, message_id)] = dataclasses.replace(
-            message, delivery_status=status
+            message, delivery_status=status, channel_metadata=metadata
         )
         self._append_events(() if event is None else (event,))
         return True
+
+    async def find_by_platform_id(
+        self, tenant_id: str, channel: Channel, platform_message_id: str
+    ) -> Message | None:
+        await asyncio.sleep(0)  # as real I/O would
+        if not platform_message_id:
+            return None
+        return next(
+            (
+                m
+                for m in self._messages.values()
+                if m.tenant_id == tenant_id
+                and m.channel == channel
+                and m.is_outbound
+                and m.channel_metadata.platform_message_id == platform_message_id
+            ),
+            None,
+        )
+
+    async def list_pending_deliveries(
+        self, *, limit: int, after: tuple[datetime, str] | None = None
+    ) -> Sequence[Message]:
+        await asyncio.sleep(0)  # as real I/O would
+        pending = sorted(
+            (
+                m
+                for m in self._messages.values()
+                if m.is_outbound and m.delivery_status is DeliveryStatus.PENDING
+            ),
+            key=lambda m: (m.created_at, m.message_id),
+        )
+        if after is not None:
+            pending = [m for m in pending if (m.created_at, m.message_id) > after]
+        return pending[:limit]
+
+    async def requeue_delivery(
+        self, tenant_id: str, message_id: str, event: DomainEvent
+    ) -> Message | None:
+        await asyncio.sleep(0)  # as real I/O would
+        message = self._messages.get((tenant_id, message_id))
+        if message is None or message.delivery_status is not DeliveryStatus.FAILED:
+            return None
+        requeued = dataclasses.replace(message, delivery_status=DeliveryStatus.PENDING)
+        self._messages[(tenant_id, message_id)] = requeued
+        self._append_events((event,))
+        return requeued
 
     def _append_events(self, events: Sequence[DomainEvent]) -> None:
         for event in events:
@@ -348,3 +407,212 @@ class SteppingClock:
     def now(self) -> datetime:
         self._now += timedelta(milliseconds=1)
         return self._now
+
+    def advance(self, delta: timedelta) -> None:
+        """Jump ahead (a TTL passing, without waiting for it)."""
+        self._now += delta
+
+
+# ------------------------------------------------------------ channel store
+
+
+@dataclass
+class _InboxRow:
+    delivery: WebhookDelivery  # with its position and attempts
+    not_before: datetime | None = None
+    claimed_by: str = ""
+    claimed_until: datetime | None = None
+    processed_at: datetime | None = None
+    error: str = ""
+    dead: bool = False
+
+
+class InMemoryChannelStore:
+    """ConnectionStore and WebhookInbox ports in dicts (the contract tests run
+    it beside the SQLite and MongoDB ones). Like InMemoryStore, each method
+    yields to the event loop once, then runs without awaiting again."""
+
+    def __init__(self) -> None:
+        self._connections: dict[tuple[str, str], ChannelConnection] = {}
+        self._audit: list[AuditEntry] = []  # in the order written
+        self._inbox: dict[int, _InboxRow] = {}
+        self._last_position = 0
+
+    async def create_connection(
+        self, connection: ChannelConnection, audit: AuditEntry
+    ) -> ChannelConnection:
+        await asyncio.sleep(0)  # as real I/O would
+        check_new_connection(connection, audit)
+        tenant = connection.tenant_id
+        if connection.request_id:
+            for existing in self._connections.values():
+                if (existing.tenant_id, existing.request_id) == (tenant, connection.request_id):
+                    return existing
+        if (tenant, connection.connection_id) in self._connections:
+            raise ConnectionExists(connection.connection_id)
+        self._refuse_taken_account(connection)
+        self._connections[(tenant, connection.connection_id)] = connection
+        self._audit.append(audit)
+        return connection
+
+    async def get_connection(self, tenant_id: str, connection_id: str) -> ChannelConnection | None:
+        await asyncio.sleep(0)  # as real I/O would
+        return self._connections.get((tenant_id, connection_id))
+
+    async def find_connection(
+        self, tenant_id: str, channel: Channel, account_id: str
+    ) -> ChannelConnection | None:
+        await asyncio.sleep(0)  # as real I/O would
+        for connection in self._connections.values():
+            if (connection.tenant_id, connection.channel, connection.account_id) == (
+                tenant_id,
+                channel,
+                account_id,
+            ):
+                return connection
+        return None
+
+    async def list_connections(
+        self, tenant_id: str, *, channel: Channel | None, limit: int, after_id: str = ""
+    ) -> Sequence[ChannelConnection]:
+        await asyncio.sleep(0)  # as real I/O would
+        found = sorted(
+            (
+                c
+                for c in self._connections.values()
+                if c.tenant_id == tenant_id
+                and channel in (None, c.channel)
+                and c.connection_id > after_id
+            ),
+            key=lambda c: c.connection_id,
+        )
+        return found[: positive_limit(limit)]
+
+    async def update_connection(self, connection: ChannelConnection, audit: AuditEntry) -> None:
+        await asyncio.sleep(0)  # as real I/O would
+        check_changed_connection(connection, audit)
+        key = (connection.tenant_id, connection.connection_id)
+        stored = self._connections.get(key)
+        if stored is None or stored.version != connection.version - 1:
+            raise VersionConflict(
+                f"connection {connection.connection_id!r} is not at version "
+                f"{connection.version - 1}"
+            )
+        self._refuse_taken_account(connection)
+        self._connections[key] = connection
+        self._audit.append(audit)
+
+    async def delete_connection(
+        self, tenant_id: str, connection_id: str, audit: AuditEntry
+    ) -> bool:
+        await asyncio.sleep(0)  # as real I/O would
+        check_audit_of(tenant_id, connection_id, audit)
+        if self._connections.pop((tenant_id, connection_id), None) is None:
+            return False
+        self._audit.append(audit)
+        return True
+
+    async def list_audit(
+        self, tenant_id: str, *, limit: int, connection_id: str = ""
+    ) -> Sequence[AuditEntry]:
+        await asyncio.sleep(0)  # as real I/O would
+        written = [
+            (entry.at, index, entry)
+            for index, entry in enumerate(self._audit)
+            if entry.tenant_id == tenant_id and connection_id in ("", entry.connection_id)
+        ]
+        written.sort(key=lambda item: item[:2], reverse=True)
+        return [entry for _, _, entry in written[: positive_limit(limit)]]
+
+    def _refuse_taken_account(self, connection: ChannelConnection) -> None:
+        for other in self._connections.values():
+            if (
+                other.tenant_id == connection.tenant_id
+                and other.channel == connection.channel
+                and other.account_id == connection.account_id
+                and other.connection_id != connection.connection_id
+            ):
+                raise ConnectionExists(other.connection_id)
+
+    # ------------------------------------------------------------ inbox
+
+    async def put(self, delivery: WebhookDelivery) -> bool:
+        await asyncio.sleep(0)  # as real I/O would
+        key = (delivery.tenant_id, delivery.channel, delivery.dedup_key)
+        for row in self._inbox.values():
+            stored = row.delivery
+            if (stored.tenant_id, stored.channel, stored.dedup_key) == key:
+                return False
+        self._last_position += 1
+        position = self._last_position
+        self._inbox[position] = _InboxRow(
+            dataclasses.replace(delivery, position=position, attempts=0)
+        )
+        return True
+
+    async def claim(
+        self, owner: str, *, now: datetime, limit: int, lease_seconds: float
+    ) -> Sequence[WebhookDelivery]:
+        await asyncio.sleep(0)  # as real I/O would
+        limit = positive_limit(limit)
+        claimed: list[WebhookDelivery] = []
+        for position in sorted(self._inbox):
+            if len(claimed) == limit:
+                break
+            row = self._inbox[position]
+            due = row.not_before is None or row.not_before <= now
+            free = (
+                row.claimed_by in ("", owner)
+                or row.claimed_until is None
+                or row.claimed_until <= now
+            )
+            if row.processed_at is None and due and free:
+                row.claimed_by = owner
+                row.claimed_until = now + timedelta(seconds=lease_seconds)
+                row.delivery = dataclasses.replace(row.delivery, attempts=row.delivery.attempts + 1)
+                claimed.append(row.delivery)
+        return claimed
+
+    async def finish(self, owner: str, position: int, *, now: datetime) -> None:
+        await asyncio.sleep(0)  # as real I/O would
+        row = self._held(owner, position)
+        if row is not None:
+            row.processed_at = now
+            row.claimed_by, row.claimed_until = "", None
+
+    async def retry_later(
+        self, owner: str, position: int, *, not_before: datetime, error: str
+    ) -> None:
+        await asyncio.sleep(0)  # as real I/O would
+        row = self._held(owner, position)
+        if row is not None:
+            row.not_before, row.error = not_before, error
+            row.claimed_by, row.claimed_until = "", None
+
+    async def dead_letter(self, owner: str, position: int, *, now: datetime, error: str) -> None:
+        await asyncio.sleep(0)  # as real I/O would
+        row = self._held(owner, position)
+        if row is not None:
+            row.processed_at, row.error, row.dead = now, error, True
+            row.claimed_by, row.claimed_until = "", None
+
+    async def prune(self, *, processed_before: datetime, limit: int) -> int:
+        await asyncio.sleep(0)  # as real I/O would
+        processed = sorted(
+            (row.processed_at, position)
+            for position, row in self._inbox.items()
+            if row.processed_at is not None and row.processed_at < processed_before
+        )
+        for _, position in processed[: positive_limit(limit)]:
+            del self._inbox[position]
+        return min(len(processed), limit)
+
+    def dead_letters(self) -> list[tuple[WebhookDelivery, str]]:
+        """For tests: the deliveries given up on, with their errors."""
+        return [(row.delivery, row.error) for row in self._inbox.values() if row.dead]
+
+    def _held(self, owner: str, position: int) -> _InboxRow | None:
+        row = self._inbox.get(position)
+        if row is None or row.processed_at is not None or row.claimed_by != owner:
+            return None
+        return row

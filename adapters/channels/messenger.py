@@ -30,12 +30,16 @@ Decisions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from adapters.channels.meta import Fields, Skipped, load_body, payload_error, unix_time
+from adapters.channels.meta_inbound import MetaWebhooks
 from chat_service.domain.content import LocationContent, MediaContent, MessageContent
-from chat_service.domain.enums import DeliveryStatus, MessageType
+from chat_service.domain.content_limits import MIME_TYPES_BY_MESSAGE_TYPE
+from chat_service.domain.enums import Channel, DeliveryStatus, MessageType
+from chat_service.domain.webhooks import ParsedWebhook, PlatformMessage, PlatformStatus, WebhookCall
 
 MESSENGER_OBJECT = "page"
 
@@ -248,3 +252,100 @@ def _text_item(value: object, path: str) -> str:
 
 def _millis(value: int, path: str) -> datetime:
     return unix_time(value // 1000, path).replace(microsecond=(value % 1000) * 1000)
+
+
+# ------------------------------------------------------------ InboundChannel
+
+# Messenger sends no MIME type with an attachment: it is read from the file
+# name at the end of the attachment URL's path (Meta's CDN URLs keep it,
+# e.g. ".../123_n.jpg?..."), for the types the content model takes.
+_MIME_BY_EXTENSION = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".mp4": "video/mp4",
+    ".mp3": "audio/mpeg",
+    ".pdf": "application/pdf",
+}
+
+
+class MessengerInbound(MetaWebhooks):
+    """Messenger's webhook side (ports.InboundChannel and WebhookHandshake):
+    the parsed body in the platform-neutral shapes of domain/webhooks.py.
+
+    Attachments keep their URL (Meta's CDN, fetchable as it is) and get the
+    MIME type their file extension names; an attachment whose type cannot
+    be told, or is one the content model does not take for its kind (voice
+    clips are MP4 audio), is unsupported: stored as a placeholder with its
+    URL in the extra data (`media_url`), and answered politely. Delivery
+    and read receipts become watermark statuses (everything sent to that
+    user up to the watermark), plus the named `mids` when Meta sends them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(Channel.MESSENGER)
+
+    def parse(self, call: WebhookCall) -> ParsedWebhook:
+        parsed = parse_webhook(call.body)
+        return ParsedWebhook(
+            messages=tuple(_platform_message(message) for message in parsed.messages),
+            statuses=tuple(
+                status for receipt in parsed.receipts for status in _platform_statuses(receipt)
+            ),
+            skipped=tuple(f"{skip.path}: {skip.reason}" for skip in parsed.skipped),
+        )
+
+
+def _platform_message(message: MessengerInboundMessage) -> PlatformMessage:
+    extra = {"kind": message.kind}
+    if message.reply_payload:
+        extra["reply_payload"] = message.reply_payload
+    content, supported = message.content, message.supported
+    media = content.media
+    if media is not None and content.type is not None:
+        mime_type = _mime_type_of(media.url)
+        if mime_type in MIME_TYPES_BY_MESSAGE_TYPE.get(content.type, ()):
+            content = replace(content, media=replace(media, type=mime_type))
+        else:
+            extra["media_url"] = media.url
+            content = MessageContent.of_text(f"[unsupported Messenger message: {message.kind}]")
+            supported = False
+    return PlatformMessage(
+        account_id=message.account_id,
+        platform_message_id=message.platform_message_id,
+        user_id=message.user_id,
+        sent_at=message.sent_at,
+        content=content,
+        supported=supported,
+        kind=message.kind,
+        reply_to_platform_id=message.reply_to_message_id,
+        extra=extra,
+    )
+
+
+def _mime_type_of(url: str) -> str:
+    path = urlsplit(url).path
+    name = path.rpartition("/")[2]
+    extension = name[name.rfind(".") :].lower() if "." in name else ""
+    return _MIME_BY_EXTENSION.get(extension, "")
+
+
+def _platform_statuses(receipt: MessengerReceipt) -> tuple[PlatformStatus, ...]:
+    watermark = PlatformStatus(
+        account_id=receipt.account_id,
+        status=receipt.status,
+        at=receipt.watermark,
+        user_id=receipt.user_id,
+        watermark=True,
+    )
+    if not receipt.message_ids:
+        return (watermark,)
+    named = PlatformStatus(
+        account_id=receipt.account_id,
+        status=receipt.status,
+        at=receipt.watermark,
+        platform_message_ids=receipt.message_ids,
+        user_id=receipt.user_id,
+    )
+    return named, watermark

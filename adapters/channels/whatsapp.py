@@ -21,12 +21,15 @@ Decisions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from adapters.channels.meta import Fields, Skipped, load_body, unix_time
+from adapters.channels.meta_inbound import MetaWebhooks
 from chat_service.domain.content import LocationContent, MediaContent, MessageContent
-from chat_service.domain.enums import DeliveryStatus, MessageType
+from chat_service.domain.content_limits import MAX_ALT_TEXT_LENGTH, MIME_TYPES_BY_MESSAGE_TYPE
+from chat_service.domain.enums import Channel, DeliveryStatus, MessageType
+from chat_service.domain.webhooks import ParsedWebhook, PlatformMessage, PlatformStatus, WebhookCall
 
 WHATSAPP_OBJECT = "whatsapp_business_account"
 
@@ -231,4 +234,90 @@ def _status(status: Fields, account_id: str) -> WhatsAppStatusUpdate | Skipped:
         status=delivery,
         at=unix_time(status.integer("timestamp"), status.at("timestamp")),
         errors=errors,
+    )
+
+
+# ------------------------------------------------------------ InboundChannel
+
+
+class WhatsAppInbound(MetaWebhooks):
+    """WhatsApp's webhook side (ports.InboundChannel and WebhookHandshake):
+    the parsed body in the platform-neutral shapes of domain/webhooks.py.
+
+    Media: WhatsApp sends a media id and its MIME type, no URL (the file is
+    fetched with the connection's access token, `GET /{media-id}` answering
+    a short-lived download URL:
+    https://developers.facebook.com/docs/whatsapp/cloud-api/reference/media).
+    The stored media's `url` is that Graph API node, `<graph base>/<media
+    id>`: an absolute https URL as the contract asks, stable, naming the
+    file without fetching it; `media_id` is kept in the extra data. Its
+    `type` is the MIME type WhatsApp gives, without parameters. A MIME type
+    the content model does not take for that kind of message (voice notes
+    in audio/ogg, stickers in image/webp, office documents) makes the
+    message unsupported: stored as a placeholder with its media id and MIME
+    type, and answered politely.
+    """
+
+    def __init__(self, *, graph_base_url: str) -> None:
+        super().__init__(Channel.WHATSAPP)
+        self._graph_base_url = graph_base_url.rstrip("/")
+
+    def parse(self, call: WebhookCall) -> ParsedWebhook:
+        parsed = parse_webhook(call.body)
+        return ParsedWebhook(
+            messages=tuple(self._message(message) for message in parsed.messages),
+            statuses=tuple(_platform_status(status) for status in parsed.statuses),
+            skipped=tuple(f"{skip.path}: {skip.reason}" for skip in parsed.skipped),
+        )
+
+    def _message(self, message: WhatsAppInboundMessage) -> PlatformMessage:
+        extra = {"kind": message.kind}
+        if message.reply_payload:
+            extra["reply_payload"] = message.reply_payload
+        content, supported = message.content, message.supported
+        media = content.media
+        if message.media_id and media is not None and content.type is not None:
+            mime_type = media.type.partition(";")[0].strip().lower()
+            extra |= {"media_id": message.media_id, "mime_type": mime_type}
+            if mime_type in MIME_TYPES_BY_MESSAGE_TYPE.get(content.type, ()):
+                content = replace(
+                    content,
+                    media=replace(
+                        media,
+                        url=f"{self._graph_base_url}/{message.media_id}",
+                        type=mime_type,
+                        alt_text=media.alt_text[:MAX_ALT_TEXT_LENGTH],
+                    ),
+                )
+            else:
+                shown = mime_type or "no MIME type"
+                content = MessageContent.of_text(
+                    f"[unsupported WhatsApp message: {message.kind} ({shown})]"
+                )
+                supported = False
+        return PlatformMessage(
+            account_id=message.account_id,
+            platform_message_id=message.platform_message_id,
+            user_id=message.user_id,
+            sent_at=message.sent_at,
+            content=content,
+            supported=supported,
+            kind=message.kind,
+            user_name=message.user_name,
+            reply_to_platform_id=message.context_message_id,
+            extra=extra,
+        )
+
+
+def _platform_status(status: WhatsAppStatusUpdate) -> PlatformStatus:
+    return PlatformStatus(
+        account_id=status.account_id,
+        status=status.status,
+        at=status.at,
+        platform_message_ids=(status.platform_message_id,),
+        user_id=status.recipient_id,
+        error="; ".join(
+            f"{error.code}: {error.title}" if error.title else str(error.code)
+            for error in status.errors
+        ),
     )

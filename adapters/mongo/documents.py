@@ -4,13 +4,13 @@ A document is the shared codec's dict (chat_service.domain.serialization)
 plus what MongoDB itself needs: a natural `_id` (messages and idempotency
 records have one too, so that their hot lookups and the journal's clean-up
 go by `_id`), the casefolded text the search filter matches, BSON dates for
-the TTL indexes, and the one time queries filter and sort on, a
-conversation's creation, as an integer (`created_us`). Times otherwise stay
-the codec's ISO-8601 UTC strings, exact to the microsecond (a BSON date
-keeps milliseconds, and the store gives back what it was given), and are
-only ever read back, never compared: an integer compares the same on every
-server, while nx-27017, the test server, compares strings that look like
-dates as datetimes cut to the whole second.
+the TTL indexes, and the one time queries filter and sort on, the creation
+of a conversation or a message, as an integer (`created_us`). Times
+otherwise stay the codec's ISO-8601 UTC strings, exact to the microsecond
+(a BSON date keeps milliseconds, and the store gives back what it was
+given), and are only ever read back, never compared: an integer compares
+the same on every server, while nx-27017, the test server, compares
+strings that look like dates as datetimes cut to the whole second.
 
 Fields starting with `_` other than `_id` belong to the journalled write
 protocol (journal.py); the decoders ignore them, as they ignore every key
@@ -138,15 +138,27 @@ class Keys:
 
 
 def message_document(message: Message) -> Document:
+    """The codec's dict plus the natural `_id`, the search form of its text,
+    and `created_us`, the creation time that the listing of pending
+    deliveries sorts and pages on (store.list_pending_deliveries)."""
     return {
         "_id": message_key(message.tenant_id, message.message_id),
         **message_to_dict(message),
         "search_text": message_search_text(message),
+        "created_us": epoch_micros(message.created_at),
     }
 
 
 def message_from_document(document: Mapping[str, Any]) -> Message:
     return message_from_dict(document)
+
+
+def platform_id_update(platform_message_id: str) -> Document:
+    """The update recording the platform's id for a sent message (none for
+    an empty id); the rest of its channel metadata stays as it is."""
+    if not platform_message_id:
+        return {}
+    return {"channel_metadata.platform_message_id": platform_message_id}
 
 
 def record_document(record: IdempotencyRecord, *, stored_at: datetime, version: int) -> Document:

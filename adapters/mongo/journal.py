@@ -47,10 +47,11 @@ nothing was visible before it, and sequence numbers keep no gap), is in
 recovery.py (step 5 with it), with the visibility rule readers follow
 meanwhile.
 
-Delivery status updates are journalled on the message document: the new
-status and its event (`_events.<token>`, positioned in flight) in one
-conditional update, then the event into the outbox, then the position
-released and the journal entry removed. A writer that died before its
+Delivery status updates (and the requeue of a dead letter) are journalled
+on the message document: the new status (with the platform's id for the
+message, once sent) and its event (`_events.<token>`, positioned in
+flight) in one conditional update, then the event into the outbox, then
+the position released and the journal entry removed. A writer that died before its
 update is fenced by `_void.<token>`, which its update's condition excludes.
 
 A write that is fenced or loses a race gets VersionConflict or
@@ -64,7 +65,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from pymongo import ReturnDocument
@@ -78,6 +79,7 @@ from adapters.mongo.documents import (
     Keys,
     fence_admits,
     outbox_document,
+    platform_id_update,
 )
 from adapters.mongo.errors import first_failed_index, is_duplicate_key
 from adapters.mongo.filters import all_of
@@ -142,9 +144,47 @@ class Journal:
             )
 
     async def advance_delivery_status(
-        self, tenant_id: str, message_id: str, status: DeliveryStatus, event: Document | None
+        self,
+        tenant_id: str,
+        message_id: str,
+        status: DeliveryStatus,
+        event: Document | None,
+        *,
+        platform_message_id: str = "",
     ) -> bool:
-        # A lost round means the status moved forward (at most four times),
+        recorded = platform_id_update(platform_message_id)
+        moved = await self._move_status(
+            tenant_id,
+            message_id,
+            status.value,
+            status,
+            event,
+            recorded,
+            DeliveryStatus.can_advance_to,
+        )
+        return moved is not None
+
+    async def requeue_delivery(
+        self, tenant_id: str, message_id: str, event: Document
+    ) -> Document | None:
+        return await self._move_status(
+            tenant_id, message_id, "requeue", DeliveryStatus.PENDING, event, {}, _is_failed
+        )
+
+    async def _move_status(
+        self,
+        tenant_id: str,
+        message_id: str,
+        what: str,
+        status: DeliveryStatus,
+        event: Document | None,
+        also: Document,
+        allowed: Callable[[DeliveryStatus, DeliveryStatus], bool],
+    ) -> Document | None:
+        """Sets the message's delivery status to `status` (and the fields of
+        `also`) if `allowed(current, status)`, with its event; the message
+        document after it, or None when it did not move."""
+        # A lost round means the status moved (forward, at most four times),
         # or this writer was slower than its lease: rounds are few.
         for _ in range(2 * _ROUNDS):
             found = await self._messages.find_one(
@@ -158,12 +198,12 @@ class Journal:
                 },
             )
             if found is None or not await self.recovery.is_visible(found):
-                return False
+                return None
             current = DeliveryStatus(found["delivery_status"])
-            if not current.can_advance_to(status):
-                return False
+            if not allowed(current, status):
+                return None
             key, token = found["_id"], _new_token()
-            update: Document = {"delivery_status": status.value}
+            update: Document = {"delivery_status": status.value, **also}
             where: Document = {"_id": key, "delivery_status": current.value}
             if event is not None:
                 until = now_micros() + self._lease_micros
@@ -172,14 +212,16 @@ class Journal:
                 )
                 update[f"_events.{token}"] = outbox_document(position, event)
                 where[f"_void.{token}"] = {"$exists": False}
-            moved = await self._messages.update_one(where, {"$set": update})
-            if moved.matched_count == 1:
+            moved = await self._messages.find_one_and_update(
+                where, {"$set": update}, return_document=ReturnDocument.AFTER
+            )
+            if moved is not None:
                 if event is not None:
                     await self._finish_quietly(self.recovery.finish_delivery(key, token))
-                return True
+                return moved
             if event is not None:
                 await self._positions.release(token)  # taken for nothing: void
-        raise StoreUnavailable(f"delivery status of {message_id!r}: kept losing its lease")
+        raise StoreUnavailable(f"delivery status of {message_id!r} ({what}): kept losing its lease")
 
     # -------------------------------------------------------------- steps
 
@@ -410,6 +452,11 @@ def _lease_free(now: int, fencing_token: int | None) -> Document:
     if fencing_token is not None:
         free.append({"_lease.fence": {"$lt": fencing_token}})
     return {"$or": free}
+
+
+def _is_failed(current: DeliveryStatus, _target: DeliveryStatus) -> bool:
+    # The one backward move: a dead letter requeued by an operator.
+    return current is DeliveryStatus.FAILED
 
 
 def _new_token() -> str:

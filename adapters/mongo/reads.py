@@ -1,6 +1,8 @@
 """Conversations, messages and idempotency records as readers may see
 them: with journalled writes (no transactions), only what has committed
 (recovery.py says what is visible); with transactions, all that is stored.
+Also the two lookups of platform delivery: a message by the platform's id
+for it, and the replies still PENDING (of every tenant).
 
 ListConversations pages by keyset, (created_us, conversation_id); its text
 search finds, a batch of candidate conversations at a time, those with a
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from adapters.mongo.documents import (
@@ -31,8 +35,9 @@ from adapters.mongo.recovery import Recovery
 from adapters.mongo.schema import Collection, Database
 from adapters.storage.changes import positive_limit
 from adapters.storage.search import query_search_text
+from chat_service.domain.enums import Channel, MessageRole
 from chat_service.domain.model import Conversation, IdempotencyRecord, Message
-from chat_service.domain.serialization import Document
+from chat_service.domain.serialization import Document, parse_datetime
 from chat_service.ports import ConversationCursor, ConversationQuery
 
 # A page's end: (created_us, conversation_id) of its last conversation.
@@ -163,6 +168,76 @@ class Reads:
                 found = await self._recovery.record_in_flight(tenant_id, message_id)
         return None if found is None else record_from_document(found)
 
+    async def find_by_platform_id(
+        self, tenant_id: str, channel: Channel, platform_message_id: str
+    ) -> Message | None:
+        if not platform_message_id:
+            return None  # never recorded: an empty id names no message
+        where = {
+            "tenant_id": tenant_id,
+            "channel": channel.value,
+            "channel_metadata.platform_message_id": platform_message_id,
+            "role": {"$ne": MessageRole.USER.value},
+        }
+        with translated_errors("find_by_platform_id"):
+            found = await self._messages.find_one(where)
+            if found is None or (
+                self._recovery is not None and not await self._recovery.is_visible(found)
+            ):
+                return None
+        return message_from_document(found)
+
+    async def list_pending_deliveries(
+        self, *, limit: int, after: tuple[datetime, str] | None
+    ) -> Sequence[Message]:
+        limit = positive_limit(limit)
+        keyset = None if after is None else (int(epoch_micros(after[0])), after[1])
+        found: list[Message] = []
+        with translated_errors("list_pending_deliveries"):
+            if keyset is None:
+                await self._date_pending()
+            # Journalled writes: a message reserved by a write that has not
+            # committed is not there yet, so a batch may come up short of
+            # visible ones, and the next is read.
+            while True:
+                batch = (
+                    await self._messages.find(_pending_filter(keyset))
+                    .sort([("created_us", 1), ("message_id", 1)])
+                    .limit(limit)
+                    .to_list()
+                )
+                for document in batch:
+                    if self._recovery is None or await self._recovery.is_visible(document):
+                        found.append(message_from_document(document))
+                        if len(found) == limit:
+                            return found
+                if len(batch) < limit:
+                    return found
+                last = batch[-1]
+                keyset = (int(last["created_us"]), last["message_id"])
+
+    async def _date_pending(self) -> None:
+        """Gives `created_us` to the PENDING messages stored without it by
+        versions before it (documents.message_document). Done by the first
+        page of each listing, that is once per start-up, and not at open:
+        it is needed here only, and these are few (open stays on `_id`s)."""
+        lacking = {"delivery_status": "pending", "created_us": {"$exists": False}}
+        while True:
+            batch = await self._messages.find(lacking, {"created_at": 1}).limit(500).to_list()
+            if not batch:
+                return
+            # Each update takes its message out of `lacking`, so the loop ends.
+            await self._messages.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": found["_id"], "created_us": {"$exists": False}},
+                        {"$set": {"created_us": epoch_micros(parse_datetime(found["created_at"]))}},
+                    )
+                    for found in batch
+                ],
+                ordered=False,
+            )
+
     async def _visible_through(self, tenant_id: str, conversation_id: str) -> int | None:
         """Journalled writes only: the last sequence readers may see (0 when the
         conversation does not exist). With transactions, None: no bound needed."""
@@ -248,6 +323,21 @@ class Reads:
             [{"$match": where}, {"$group": {"_id": "$conversation_id"}}]
         )
         return {group["_id"] for group in await groups.to_list()}
+
+
+def _pending_filter(keyset: Keyset | None) -> Document:
+    """Outbound messages still PENDING (the partial index `pending_deliveries`
+    holds only PENDING ones), beyond `keyset`: (created_us, message_id)."""
+    where: Document = {"delivery_status": "pending", "role": {"$ne": MessageRole.USER.value}}
+    if keyset is None:
+        return where
+    at, message_id = keyset
+    # As in _conversation_filter: the bound on created_us lets the index
+    # seek, the $or settles the ties.
+    where["created_us"] = {"$gte": at}
+    return all_of(
+        where, {"$or": [{"created_us": {"$gt": at}}, {"message_id": {"$gt": message_id}}]}
+    )
 
 
 def _conversation_filter(

@@ -14,7 +14,9 @@ server, cannot index that).
 Earlier versions, and what opening does about them (each step a no-op once
 done, so safe to repeat and to run from several processes):
 - conversations without `created_us` (documents.py) get it, computed from
-  their `created_at`, and the index that paged on `created_at` is dropped;
+  their `created_at`, and the index that paged on `created_at` is dropped
+  (messages still PENDING get theirs from the listing of pending
+  deliveries, reads.py, which alone reads it);
 - messages and records with ObjectId `_id`s (from before natural ids)
   cannot be given their natural `_id` (MongoDB never changes an `_id`), so
   a database holding any keeps finding them by their unique key
@@ -126,14 +128,70 @@ def indexes(*, record_ttl: timedelta) -> tuple[IndexSpec, ...]:
         # The event log read per tenant (WatchConversations); read whole, it
         # goes by _id, which is the position.
         IndexSpec(OUTBOX, "by_tenant", ("event.tenant_id", "position")),
+        # Status callbacks find an outbound message by the platform's id for
+        # it (reads.find_by_platform_id); only messages given one are held.
+        IndexSpec(
+            MESSAGES,
+            "by_platform_id",
+            ("tenant_id", "channel", "channel_metadata.platform_message_id"),
+            partial={"channel_metadata.platform_message_id": {"$exists": True}},
+        ),
+        # Start-up lists the replies a crash left PENDING, in keyset order
+        # (reads.list_pending_deliveries); the index holds only those.
+        IndexSpec(
+            MESSAGES,
+            "pending_deliveries",
+            ("created_us", "message_id"),
+            partial={"delivery_status": "pending"},
+        ),
     )
+
+
+# Channels (channel_store.py): tenants' connections, the audit log of their
+# changes, the inbox of acknowledged webhook calls.
+CONNECTIONS = "channel_connections"
+CONNECTION_AUDIT = "connection_audit"
+WEBHOOK_INBOX = "webhook_inbox"
+
+CHANNEL_INDEXES = (
+    IndexSpec(CONNECTIONS, "connection_per_tenant", ("tenant_id", "connection_id"), unique=True),
+    IndexSpec(
+        CONNECTIONS, "account_per_tenant", ("tenant_id", "channel", "account_id"), unique=True
+    ),
+    # Create is idempotent by request id; only connections created with one
+    # have the field (connection_codec), so only they are held.
+    IndexSpec(
+        CONNECTIONS,
+        "create_request_per_tenant",
+        ("tenant_id", "request_id"),
+        unique=True,
+        partial={"request_id": {"$exists": True}},
+    ),
+    # Audit entries written with their change but not yet copied out.
+    IndexSpec(CONNECTIONS, "unflushed_audit", ("_audit.id",), sparse=True),
+    IndexSpec(CONNECTION_AUDIT, "audit_by_tenant", ("tenant_id", "at_us", "seq")),
+    IndexSpec(
+        CONNECTION_AUDIT, "audit_by_connection", ("tenant_id", "connection_id", "at_us", "seq")
+    ),
+    IndexSpec(
+        WEBHOOK_INBOX, "delivery_per_key", ("tenant_id", "channel", "dedup_key"), unique=True
+    ),
+    # Claims scan what is left to process, retention what was processed.
+    IndexSpec(
+        WEBHOOK_INBOX,
+        "unprocessed",
+        ("unprocessed", "position"),
+        partial={"unprocessed": {"$exists": True}},
+    ),
+    IndexSpec(WEBHOOK_INBOX, "processed", ("processed_us",), sparse=True),
+)
 
 
 async def ensure_schema(database: Database, *, record_ttl: timedelta) -> Keys:
     """Creates the indexes and the counter, brings documents of earlier
     versions up to date, and returns how messages and records are to be
     found (see the module docstring)."""
-    for spec in indexes(record_ttl=record_ttl):
+    for spec in (*indexes(record_ttl=record_ttl), *CHANNEL_INDEXES):
         await _ensure_index(database, spec)
     await _drop_obsolete_indexes(database)
     await _ensure_counter(database)

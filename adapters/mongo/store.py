@@ -63,7 +63,7 @@ from typing import Any, Protocol, TypeVar
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConfigurationError
 
-from adapters.mongo.documents import EncodedChange, Keys, encode_change
+from adapters.mongo.documents import EncodedChange, Keys, encode_change, message_from_document
 from adapters.mongo.errors import translated_errors
 from adapters.mongo.event_log import EventLog
 from adapters.mongo.journal import Journal
@@ -71,7 +71,7 @@ from adapters.mongo.reads import Reads
 from adapters.mongo.schema import Database, ensure_schema
 from adapters.mongo.transactions import TransactionalWrites, supports_transactions
 from adapters.storage.changes import check_change
-from chat_service.domain.enums import DeliveryStatus
+from chat_service.domain.enums import Channel, DeliveryStatus
 from chat_service.domain.event_codec import event_to_dict
 from chat_service.domain.events import DomainEvent, OutboxEntry
 from chat_service.domain.model import Conversation, IdempotencyRecord, Message
@@ -107,8 +107,18 @@ class ChangeWrites(Protocol):
     async def write(self, change: EncodedChange) -> None: ...
 
     async def advance_delivery_status(
-        self, tenant_id: str, message_id: str, status: DeliveryStatus, event: Document | None
+        self,
+        tenant_id: str,
+        message_id: str,
+        status: DeliveryStatus,
+        event: Document | None,
+        *,
+        platform_message_id: str = "",
     ) -> bool: ...
+
+    async def requeue_delivery(
+        self, tenant_id: str, message_id: str, event: Document
+    ) -> Document | None: ...
 
 
 class InvalidMongoUri(ValueError):
@@ -325,11 +335,31 @@ class MongoStore:
         message_id: str,
         status: DeliveryStatus,
         event: DomainEvent | None = None,
+        *,
+        platform_message_id: str = "",
     ) -> bool:
         self._check_open()
         return await self._run_to_end(
-            self._update_delivery_status(tenant_id, message_id, status, event)
+            self._update_delivery_status(tenant_id, message_id, status, event, platform_message_id)
         )
+
+    async def find_by_platform_id(
+        self, tenant_id: str, channel: Channel, platform_message_id: str
+    ) -> Message | None:
+        self._check_open()
+        return await self._reads.find_by_platform_id(tenant_id, channel, platform_message_id)
+
+    async def list_pending_deliveries(
+        self, *, limit: int, after: tuple[datetime, str] | None = None
+    ) -> Sequence[Message]:
+        self._check_open()
+        return await self._reads.list_pending_deliveries(limit=limit, after=after)
+
+    async def requeue_delivery(
+        self, tenant_id: str, message_id: str, event: DomainEvent
+    ) -> Message | None:
+        self._check_open()
+        return await self._run_to_end(self._requeue_delivery(tenant_id, message_id, event))
 
     async def _write(self, change: ConversationChange) -> None:
         with translated_errors("write"):
@@ -341,11 +371,23 @@ class MongoStore:
         message_id: str,
         status: DeliveryStatus,
         event: DomainEvent | None,
+        platform_message_id: str,
     ) -> bool:
         with translated_errors("update_delivery_status"):
             return await self._writes.advance_delivery_status(
-                tenant_id, message_id, status, None if event is None else event_to_dict(event)
+                tenant_id,
+                message_id,
+                status,
+                None if event is None else event_to_dict(event),
+                platform_message_id=platform_message_id,
             )
+
+    async def _requeue_delivery(
+        self, tenant_id: str, message_id: str, event: DomainEvent
+    ) -> Message | None:
+        with translated_errors("requeue_delivery"):
+            moved = await self._writes.requeue_delivery(tenant_id, message_id, event_to_dict(event))
+        return None if moved is None else message_from_document(moved)
 
     # ----------------------------------------------------------- outbox
 

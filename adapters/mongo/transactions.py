@@ -39,6 +39,7 @@ from adapters.mongo.documents import (
     Keys,
     fence_admits,
     outbox_document,
+    platform_id_update,
 )
 from adapters.mongo.errors import first_failed_index, is_duplicate_key
 from adapters.mongo.filters import all_of
@@ -103,15 +104,55 @@ class TransactionalWrites:
         await run_in_transaction(self._client, body, time_limit=self._time_limit)
 
     async def advance_delivery_status(
-        self, tenant_id: str, message_id: str, status: DeliveryStatus, event: Document | None
+        self,
+        tenant_id: str,
+        message_id: str,
+        status: DeliveryStatus,
+        event: Document | None,
+        *,
+        platform_message_id: str = "",
     ) -> bool:
-        moved = False
+        moved = await self._move_status(
+            tenant_id,
+            message_id,
+            status,
+            event,
+            platform_id_update(platform_message_id),
+            DeliveryStatus.can_advance_to,
+        )
+        return moved is not None
+
+    async def requeue_delivery(
+        self, tenant_id: str, message_id: str, event: Document
+    ) -> Document | None:
+        return await self._move_status(
+            tenant_id,
+            message_id,
+            DeliveryStatus.PENDING,
+            event,
+            {},
+            lambda current, _target: current is DeliveryStatus.FAILED,
+        )
+
+    async def _move_status(
+        self,
+        tenant_id: str,
+        message_id: str,
+        status: DeliveryStatus,
+        event: Document | None,
+        also: Document,
+        allowed: Callable[[DeliveryStatus, DeliveryStatus], bool],
+    ) -> Document | None:
+        """Sets the delivery status to `status` (and the fields of `also`) if
+        `allowed(current, status)`, with its event, in one transaction; the
+        message document after it, or None when it did not move."""
+        moved: Document | None = None
 
         async def body(session: AsyncClientSession) -> None:
             nonlocal moved
-            moved = False  # a retried transaction starts over
+            moved = None  # a retried transaction starts over
             # The update is conditional on the status read, so that it only
-            # moves forward even where transactions do not conflict (each
+            # moves as allowed even where transactions do not conflict (each
             # lost round means the status moved forward: rounds are few).
             for _ in range(len(DeliveryStatus)):
                 found = await self._messages.find_one(
@@ -120,16 +161,17 @@ class TransactionalWrites:
                 if found is None:
                     return
                 current = DeliveryStatus(found["delivery_status"])
-                if not current.can_advance_to(status):
+                if not allowed(current, status):
                     return
-                done = await self._messages.update_one(
+                after = await self._messages.find_one_and_update(
                     {"_id": found["_id"], "delivery_status": current.value},
-                    {"$set": {"delivery_status": status.value}},
+                    {"$set": {"delivery_status": status.value, **also}},
+                    return_document=ReturnDocument.AFTER,
                     session=session,
                 )
-                if done.matched_count == 1:
+                if after is not None:
                     await self._append_events(() if event is None else (event,), session)
-                    moved = True
+                    moved = after
                     return
 
         await run_in_transaction(self._client, body, time_limit=self._time_limit)

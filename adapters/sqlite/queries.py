@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from datetime import datetime
 from typing import TypeVar
 
 from adapters.sqlite.rows import Params
@@ -93,5 +94,43 @@ def select_messages(
         "SELECT * FROM messages WHERE "  # noqa: S608 (fixed fragments; values bound)
         + " AND ".join(where)
         + f" ORDER BY sequence {order} LIMIT :limit"
+    )
+    return sql, params
+
+
+# Both repeat the WHERE terms of their partial index literally (schema.py,
+# version 5): SQLite uses a partial index only for a query stating them.
+_BY_PLATFORM_ID = """
+SELECT * FROM messages
+WHERE tenant_id = :tenant_id AND channel = :channel
+    AND json_extract(channel_metadata, '$.platform_message_id') = :platform_message_id
+    AND role != 'user'
+LIMIT 1
+"""
+
+
+def select_by_platform_id(
+    tenant_id: str, channel: str, platform_message_id: str
+) -> tuple[str, Params]:
+    return _BY_PLATFORM_ID, {
+        "tenant_id": tenant_id,
+        "channel": channel,
+        "platform_message_id": platform_message_id,
+    }
+
+
+def select_pending_deliveries(
+    *, limit: int, after: tuple[datetime, str] | None
+) -> tuple[str, Params]:
+    where = ["delivery_status = 'pending'", "role != 'user'"]
+    params: Params = {"limit": limit}
+    if after is not None:
+        where.append("(created_at, message_id) > (:after_time, :after_id)")
+        params["after_time"] = to_micros(after[0])
+        params["after_id"] = after[1]
+    sql = (
+        "SELECT * FROM messages WHERE "  # noqa: S608 (fixed fragments; values bound)
+        + " AND ".join(where)
+        + " ORDER BY created_at, message_id LIMIT :limit"
     )
     return sql, params

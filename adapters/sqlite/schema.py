@@ -114,8 +114,88 @@ _V4 = (
     "INSERT INTO outbox_pruned (through) VALUES (0)",
 )
 
+# Version 5: platform deliveries. Status callbacks find an outbound message
+# by the platform's id for it (kept in its channel metadata), and start-up
+# finds the replies a crash left PENDING. Both indexes are partial, so they
+# hold outbound messages only (and PENDING ones only); queries must repeat
+# their WHERE terms literally (queries.py) for SQLite to use them.
+_V5 = (
+    """
+    CREATE INDEX messages_by_platform_id ON messages (
+        tenant_id, channel, json_extract(channel_metadata, '$.platform_message_id')
+    ) WHERE role != 'user'
+    """,
+    """
+    CREATE INDEX messages_pending_delivery ON messages (created_at, message_id)
+        WHERE delivery_status = 'pending' AND role != 'user'
+    """,
+)
+
+# Version 6: channels (adapters/sqlite/channel_store.py). Tenants'
+# connections (a JSON document in connection_codec's shape beside the
+# columns looked up and kept unique), the audit log of their changes, and
+# the inbox of acknowledged webhook calls (body as received, in a BLOB).
+CHANNEL_TABLES = (
+    """
+    CREATE TABLE channel_connections (
+        tenant_id     TEXT NOT NULL,
+        connection_id TEXT NOT NULL,
+        channel       TEXT NOT NULL,
+        account_id    TEXT NOT NULL,
+        request_id    TEXT NOT NULL,
+        version       INTEGER NOT NULL,
+        document      TEXT NOT NULL,
+        PRIMARY KEY (tenant_id, connection_id),
+        UNIQUE (tenant_id, channel, account_id)
+    )
+    """,
+    # Create is idempotent by request id, when the caller gives one.
+    """
+    CREATE UNIQUE INDEX channel_connections_by_request
+        ON channel_connections (tenant_id, request_id) WHERE request_id != ''
+    """,
+    """
+    CREATE TABLE connection_audit (
+        entry         INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant_id     TEXT NOT NULL,
+        connection_id TEXT NOT NULL,
+        at            INTEGER NOT NULL,
+        document      TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX connection_audit_by_tenant ON connection_audit (tenant_id, at, entry)",
+    """
+    CREATE INDEX connection_audit_by_connection
+        ON connection_audit (tenant_id, connection_id, at, entry)
+    """,
+    """
+    CREATE TABLE webhook_inbox (
+        position      INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant_id     TEXT NOT NULL,
+        channel       TEXT NOT NULL,
+        dedup_key     TEXT NOT NULL,
+        document      TEXT NOT NULL,  -- the delivery but its body
+        body          BLOB NOT NULL,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        not_before    INTEGER NOT NULL DEFAULT 0,
+        claimed_by    TEXT,
+        claimed_until INTEGER,
+        processed_at  INTEGER,
+        error         TEXT NOT NULL DEFAULT '',
+        dead          INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (tenant_id, channel, dedup_key)
+    )
+    """,
+    # Claims scan what is left to process, retention what was processed.
+    "CREATE INDEX webhook_inbox_unprocessed ON webhook_inbox (position) WHERE processed_at IS NULL",
+    """
+    CREATE INDEX webhook_inbox_processed ON webhook_inbox (processed_at)
+        WHERE processed_at IS NOT NULL
+    """,
+)
+
 # MIGRATIONS[n] takes a database from version n to version n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, CHANNEL_TABLES)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -30,13 +30,24 @@ from adapters.sqlite.connections import (
     connect,
     means_unavailable,
 )
-from adapters.sqlite.queries import fetch_all, select_conversations, select_messages
+from adapters.sqlite.queries import (
+    fetch_all,
+    select_by_platform_id,
+    select_conversations,
+    select_messages,
+    select_pending_deliveries,
+)
 from adapters.sqlite.rows import Params, conversation_from_row, message_from_row, record_from_row
 from adapters.sqlite.schema import migrate
-from adapters.sqlite.writes import EncodedChange, advance_delivery_status, write_change
+from adapters.sqlite.writes import (
+    EncodedChange,
+    advance_delivery_status,
+    requeue_delivery,
+    write_change,
+)
 from adapters.storage.changes import check_change, positive_limit
 from adapters.storage.times import seconds_to_micros, to_micros
-from chat_service.domain.enums import DeliveryStatus
+from chat_service.domain.enums import Channel, DeliveryStatus
 from chat_service.domain.events import DomainEvent, OutboxEntry
 from chat_service.domain.model import Conversation, IdempotencyRecord, Message
 from chat_service.ports import (
@@ -194,10 +205,34 @@ class SqliteStore:
         message_id: str,
         status: DeliveryStatus,
         event: DomainEvent | None = None,
+        *,
+        platform_message_id: str = "",
     ) -> bool:
         return await self._write(
-            lambda c: advance_delivery_status(c, tenant_id, message_id, status, event)
+            lambda c: advance_delivery_status(
+                c, tenant_id, message_id, status, event, platform_message_id
+            )
         )
+
+    async def find_by_platform_id(
+        self, tenant_id: str, channel: Channel, platform_message_id: str
+    ) -> Message | None:
+        if not platform_message_id:
+            return None  # never recorded: an empty id names no message
+        sql, params = select_by_platform_id(tenant_id, channel.value, platform_message_id)
+        found = await self._read_all(sql, params, message_from_row)
+        return found[0] if found else None
+
+    async def list_pending_deliveries(
+        self, *, limit: int, after: tuple[datetime, str] | None = None
+    ) -> Sequence[Message]:
+        sql, params = select_pending_deliveries(limit=positive_limit(limit), after=after)
+        return await self._read_all(sql, params, message_from_row)
+
+    async def requeue_delivery(
+        self, tenant_id: str, message_id: str, event: DomainEvent
+    ) -> Message | None:
+        return await self._write(lambda c: requeue_delivery(c, tenant_id, message_id, event))
 
     async def claim_outbox(
         self, owner: str, *, limit: int, lease_seconds: float

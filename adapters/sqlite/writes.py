@@ -1,6 +1,7 @@
 """The store's writes, each a unit of work run whole by the writer thread
 inside its transaction (connections.GroupCommitWriter): a conversation
-change, and a delivery status moved forward, each with its events."""
+change, a delivery status moved forward (with the platform's id for the
+message, once sent), and a dead letter requeued, each with its events."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from adapters.sqlite.rows import (
     Params,
     conversation_params,
     dump_json,
+    message_from_row,
     message_params,
     record_params,
 )
@@ -19,6 +21,7 @@ from adapters.storage.changes import already_exists, stale_version
 from chat_service.domain.enums import DeliveryStatus
 from chat_service.domain.event_codec import event_to_dict
 from chat_service.domain.events import DomainEvent
+from chat_service.domain.model import Message
 from chat_service.ports import ConversationChange, DuplicateMessage
 
 _INSERT_CONVERSATION = """
@@ -125,6 +128,7 @@ def advance_delivery_status(
     message_id: str,
     status: DeliveryStatus,
     event: DomainEvent | None,
+    platform_message_id: str = "",
 ) -> bool:
     events = _event_rows(() if event is None else (event,))
     row = connection.execute(
@@ -133,12 +137,43 @@ def advance_delivery_status(
     ).fetchone()
     if row is None or not DeliveryStatus(row["delivery_status"]).can_advance_to(status):
         return False
-    connection.execute(
-        "UPDATE messages SET delivery_status = ? WHERE tenant_id = ? AND message_id = ?",
-        (status.value, tenant_id, message_id),
-    )
+    if platform_message_id:
+        connection.execute(_RECORD_SENT, (status.value, platform_message_id, tenant_id, message_id))
+    else:
+        connection.execute(
+            "UPDATE messages SET delivery_status = ? WHERE tenant_id = ? AND message_id = ?",
+            (status.value, tenant_id, message_id),
+        )
     connection.executemany(_APPEND_EVENT, events)
     return True
+
+
+# The status and the platform's id in one statement; json_set keeps the rest
+# of the channel metadata as it is.
+_RECORD_SENT = """
+UPDATE messages SET
+    delivery_status = ?,
+    channel_metadata = json_set(channel_metadata, '$.platform_message_id', ?)
+WHERE tenant_id = ? AND message_id = ?
+"""
+
+
+def requeue_delivery(
+    connection: sqlite3.Connection, tenant_id: str, message_id: str, event: DomainEvent
+) -> Message | None:
+    """FAILED -> PENDING with its event; the message as it is then, or None."""
+    requeued = connection.execute(
+        "UPDATE messages SET delivery_status = ? "
+        "WHERE tenant_id = ? AND message_id = ? AND delivery_status = ?",
+        (DeliveryStatus.PENDING.value, tenant_id, message_id, DeliveryStatus.FAILED.value),
+    )
+    if requeued.rowcount != 1:
+        return None
+    connection.executemany(_APPEND_EVENT, _event_rows((event,)))
+    row = connection.execute(
+        "SELECT * FROM messages WHERE tenant_id = ? AND message_id = ?", (tenant_id, message_id)
+    ).fetchone()
+    return message_from_row(row)
 
 
 def _event_rows(events: Iterable[DomainEvent]) -> list[tuple[str, str]]:

@@ -76,6 +76,10 @@ class NotFound(ChatError):
     default_reason = "NOT_FOUND"
 
 
+class AlreadyExists(ChatError):
+    default_reason = "ALREADY_EXISTS"
+
+
 class FailedPrecondition(ChatError):
     default_reason = "FAILED_PRECONDITION"
 

@@ -57,6 +57,12 @@ class ConversationState:
     conversation_stage: str = ""
 
 
+# The keys of a first message's additional_data that hold for its whole
+# conversation: the platform connection (webhooks set it; the platform
+# senders send the replies through it).
+CONVERSATION_ADDITIONAL_DATA = frozenset({"connection_id"})
+
+
 @dataclass(frozen=True, slots=True)
 class Conversation:
     conversation_id: str
@@ -90,9 +96,15 @@ class Conversation:
     ) -> Conversation:
         """A new conversation, not stored yet (version 0). Of its first
         message's channel metadata it keeps what holds for the whole
-        conversation (platform user, thread, workspace), not that message's
-        own platform id and extra data."""
+        conversation (platform user, thread, workspace, and the channel
+        connection its replies go out through), not that message's own
+        platform id and other extra data."""
         metadata = channel_metadata or ChannelMetadata()
+        kept = {
+            key: value
+            for key, value in metadata.additional_data.items()
+            if key in CONVERSATION_ADDITIONAL_DATA
+        }
         return cls(
             conversation_id=conversation_id,
             tenant_id=tenant_id,
@@ -102,7 +114,7 @@ class Conversation:
             created_at=at,
             updated_at=at,
             session_id=session_id,
-            channel_metadata=replace(metadata, platform_message_id="", additional_data={}),
+            channel_metadata=replace(metadata, platform_message_id="", additional_data=kept),
         )
 
     @property

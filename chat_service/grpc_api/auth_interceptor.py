@@ -23,6 +23,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from chat_service.auth import (
+    SCOPE_ADMIN,
     SCOPE_READ,
     SCOPE_WRITE,
     TOKEN_INVALID,
@@ -60,6 +61,12 @@ REQUIRED_SCOPES: Mapping[str, str] = {
     f"/{CHAT_SERVICE}/SendMessage": SCOPE_WRITE,
     f"/{CHAT_SERVICE}/UpdateConversationStatus": SCOPE_WRITE,
     f"/{CHAT_SERVICE}/StreamConversation": SCOPE_WRITE,
+    f"/{CHAT_SERVICE}/CreateChannelConnection": SCOPE_ADMIN,
+    f"/{CHAT_SERVICE}/GetChannelConnection": SCOPE_ADMIN,
+    f"/{CHAT_SERVICE}/ListChannelConnections": SCOPE_ADMIN,
+    f"/{CHAT_SERVICE}/UpdateChannelConnection": SCOPE_ADMIN,
+    f"/{CHAT_SERVICE}/DeleteChannelConnection": SCOPE_ADMIN,
+    f"/{CHAT_SERVICE}/RetryDelivery": SCOPE_ADMIN,
 }
 
 # Called with the caller and the full method name once the call is

@@ -31,6 +31,7 @@ from grpc_status import rpc_status
 
 from chat_service.domain.errors import (
     Aborted,
+    AlreadyExists,
     ChatError,
     FailedPrecondition,
     FieldViolation,
@@ -66,6 +67,7 @@ _CODES: dict[type[ChatError], int] = {
     Unauthenticated: code_pb2.UNAUTHENTICATED,
     PermissionDenied: code_pb2.PERMISSION_DENIED,
     NotFound: code_pb2.NOT_FOUND,
+    AlreadyExists: code_pb2.ALREADY_EXISTS,
     FailedPrecondition: code_pb2.FAILED_PRECONDITION,
     Aborted: code_pb2.ABORTED,
     ResourceExhausted: code_pb2.RESOURCE_EXHAUSTED,

@@ -24,12 +24,22 @@ from chat_service.grpc_api.streaming import (
     stream_conversation,
     watch_conversations,
 )
+from chat_service.grpc_api.webhook_mapping import (
+    ORIGINAL_PATH_HEADER,
+    handle_webhook_response,
+    verify_webhook_response,
+    webhook_headers,
+)
+from chat_service.pipeline.connections import ChannelConnections
 from chat_service.pipeline.conversations import ConversationQueries, UpdateConversationStatus
 from chat_service.pipeline.export import ExportConversation
+from chat_service.pipeline.retry_delivery import RetryDelivery
 from chat_service.pipeline.send_message import SendMessage
 from chat_service.pipeline.stream_opener import ConversationStreams
 from chat_service.pipeline.watch import WatchConversations
+from chat_service.pipeline.webhooks import HandleWebhook, VerifyWebhook
 from chat_service.ports import ConversationQuery
+from chat_service.protomap.connections import connection_fields_from_proto, connection_to_proto
 from chat_service.protomap.enums import channel_from_proto, conversation_status_from_proto
 from chat_service.protomap.resources import conversation_to_proto, message_to_proto
 from chat_service.protomap.wellknown import timestamp_to_datetime
@@ -49,14 +59,22 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         streams: ConversationStreams,
         watch: WatchConversations,
         export: ExportConversation,
+        connections: ChannelConnections,
+        retry_delivery: RetryDelivery,
         error_domain: str,
+        handle_webhook: HandleWebhook | None = None,
+        verify_webhook: VerifyWebhook | None = None,
     ) -> None:
+        self._handle_webhook = handle_webhook
+        self._verify_webhook = verify_webhook
         self._send_message = send_message
         self._queries = queries
         self._update_status = update_status
         self._streams = streams
         self._watch = watch
         self._export = export
+        self._connections = connections
+        self._retry_delivery = retry_delivery
         self._error_domain = error_domain
 
     async def SendMessage(
@@ -159,13 +177,102 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         async for response in watch_conversations(request, self._watch, tenant_id, context):
             yield response
 
-    # Not built yet: answered UNIMPLEMENTED until their issue lands.
+    # Channel connections (scope chat:admin).
 
-    async def HandleWebhook(self, request: Any, context: Context) -> Any:
-        raise _not_yet("HandleWebhook")
+    async def CreateChannelConnection(
+        self, request: pb.CreateChannelConnectionRequest, context: Context
+    ) -> pb.CreateChannelConnectionResponse:
+        principal = current_principal()
+        created = await self._connections.create(
+            principal.tenant_id,
+            connection_fields_from_proto(request.connection),
+            request_id=request.request_id,
+            actor=principal.subject,
+        )
+        return pb.CreateChannelConnectionResponse(connection=connection_to_proto(created))
 
-    async def VerifyWebhook(self, request: Any, context: Context) -> Any:
-        raise _not_yet("VerifyWebhook")
+    async def GetChannelConnection(
+        self, request: pb.GetChannelConnectionRequest, context: Context
+    ) -> pb.GetChannelConnectionResponse:
+        found = await self._connections.get(current_principal().tenant_id, request.connection_id)
+        return pb.GetChannelConnectionResponse(connection=connection_to_proto(found))
+
+    async def ListChannelConnections(
+        self, request: pb.ListChannelConnectionsRequest, context: Context
+    ) -> pb.ListChannelConnectionsResponse:
+        _known_enums(request, "channel")
+        page = await self._connections.list_connections(
+            current_principal().tenant_id,
+            channel=channel_from_proto(request.channel),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListChannelConnectionsResponse(
+            connections=[connection_to_proto(c) for c in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def UpdateChannelConnection(
+        self, request: pb.UpdateChannelConnectionRequest, context: Context
+    ) -> pb.UpdateChannelConnectionResponse:
+        principal = current_principal()
+        updated = await self._connections.update(
+            principal.tenant_id,
+            request.connection.connection_id,
+            lambda channel: connection_fields_from_proto(
+                request.connection, channel_if_unset=channel
+            ),
+            tuple(request.update_mask.paths),
+            actor=principal.subject,
+        )
+        return pb.UpdateChannelConnectionResponse(connection=connection_to_proto(updated))
+
+    async def DeleteChannelConnection(
+        self, request: pb.DeleteChannelConnectionRequest, context: Context
+    ) -> pb.DeleteChannelConnectionResponse:
+        principal = current_principal()
+        await self._connections.delete(
+            principal.tenant_id, request.connection_id, actor=principal.subject
+        )
+        return pb.DeleteChannelConnectionResponse()
+
+    async def RetryDelivery(
+        self, request: pb.RetryDeliveryRequest, context: Context
+    ) -> pb.RetryDeliveryResponse:
+        message = await self._retry_delivery(current_principal().tenant_id, request.message_id)
+        return pb.RetryDeliveryResponse(message=message_to_proto(message))
+
+    # Platform webhooks (no JWT: the platform's signature authenticates them).
+
+    async def HandleWebhook(
+        self, request: pb.HandleWebhookRequest, context: Context
+    ) -> pb.HandleWebhookResponse:
+        if self._handle_webhook is None:
+            raise _not_yet("HandleWebhook")
+        headers = webhook_headers(context.invocation_metadata())
+        answer = await self._handle_webhook(
+            tenant_id=request.tenant_id,
+            platform=request.platform,
+            body=request.body.data,
+            content_type=request.body.content_type,
+            headers=headers,
+            original_path=headers.get(ORIGINAL_PATH_HEADER, ""),
+        )
+        return handle_webhook_response(answer)
+
+    async def VerifyWebhook(
+        self, request: pb.VerifyWebhookRequest, context: Context
+    ) -> pb.VerifyWebhookResponse:
+        if self._verify_webhook is None:
+            raise _not_yet("VerifyWebhook")
+        answer = await self._verify_webhook(
+            tenant_id=request.tenant_id,
+            platform=request.platform,
+            mode=request.hub.mode,
+            verify_token=request.hub.verify_token,
+            challenge=request.hub.challenge,
+        )
+        return verify_webhook_response(answer)
 
 
 def _known_enums(request: Message, *fields: str) -> None:

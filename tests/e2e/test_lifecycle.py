@@ -27,7 +27,7 @@ from tests.e2e.test_watch_and_export import Watcher
 from tests.support.engine_server import running_engine
 from tests.support.grpc_client import bearer, rich_error, text_request
 from tests.support.net import free_port
-from tests.support.service import ROOT, ServiceProcess
+from tests.support.service import ROOT, TEST_CHANNEL_SECRETS_KEY, ServiceProcess
 from tests.support.streams import StreamClient
 
 CHAT = "chatbot.chat.v1.ChatService"
@@ -261,6 +261,7 @@ def _failed_start(tmp_path: Path, env: Mapping[str, str]) -> tuple[int, str]:
             "DATA_DIR": str(tmp_path),
             "JWT_DEV_KEY": "allow",
             "PAGE_TOKEN_SECRET": "s" * 32,
+            "CHANNEL_SECRETS_KEY": TEST_CHANNEL_SECRETS_KEY,
             **env,
         },
         capture_output=True,

@@ -120,6 +120,27 @@ class _Servicer(chat_service_pb2_grpc.ChatServiceServicer):
     ) -> chat_service_pb2.VerifyWebhookResponse:
         return chat_service_pb2.VerifyWebhookResponse()
 
+    # The admin RPCs: as the generated base class does (only their scope is
+    # of interest here).
+
+    async def CreateChannelConnection(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError
+
+    async def GetChannelConnection(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError
+
+    async def ListChannelConnections(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError
+
+    async def UpdateChannelConnection(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError
+
+    async def DeleteChannelConnection(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError
+
+    async def RetryDelivery(self, request: Any, context: Any) -> Any:
+        raise NotImplementedError
+
 
 @dataclass
 class _Admissions:

@@ -18,7 +18,7 @@ from adapters.sqlite import SqliteStore
 from chat_service.domain.content import MessageContent
 from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus, MessageRole
 from chat_service.domain.events import DomainEvent, EventType, OutboxEntry
-from chat_service.domain.model import Conversation, Message
+from chat_service.domain.model import ChannelMetadata, Conversation, Message
 from chat_service.pipeline.outbox_relay import OutboxRelay, RelaySettings
 from chat_service.ports import (
     ConversationCursor,
@@ -593,6 +593,179 @@ async def test_an_unknown_message_does_not_move(store: ConversationStore) -> Non
 
     assert not await store.update_delivery_status(TENANT, "nope", DeliveryStatus.SENT, event)
     assert await outbox_events(store) == []
+
+
+# ---------------------------------------------------------- platform delivery
+
+
+async def _replies(
+    store: ConversationStore,
+    tenant_id: str = TENANT,
+    channel: Channel = Channel.WHATSAPP,
+    statuses: Sequence[DeliveryStatus] = (DeliveryStatus.PENDING,),
+    created_at: datetime = T0,
+) -> tuple[Conversation, list[Message]]:
+    """A conversation on a platform holding a user's message, then one bot
+    reply per status, all created at `created_at`."""
+    conversation = make_conversation(tenant_id=tenant_id, channel=channel, created_at=created_at)
+    inbound = make_message(
+        conversation,
+        1,
+        "hi",
+        delivery_status=DeliveryStatus.SENT,
+        channel_metadata=ChannelMetadata(platform_message_id="wamid.inbound"),
+    )
+    replies = [
+        make_message(
+            conversation,
+            sequence,
+            "answer",
+            role=MessageRole.BOT,
+            delivery_status=status,
+            created_at=created_at,
+            channel_metadata=ChannelMetadata(
+                platform_user_id="15550001", additional_data={"connection_id": "conn-1"}
+            ),
+        )
+        for sequence, status in enumerate(statuses, start=2)
+    ]
+    await store.write(create_change(conversation, [inbound, *replies]))
+    return conversation, replies
+
+
+async def test_sending_records_the_platform_id_with_the_status(store: ConversationStore) -> None:
+    conversation, [reply] = await _replies(store)
+    sent = make_event(conversation, EventType.DELIVERY_UPDATED, reply)
+
+    assert await store.update_delivery_status(
+        TENANT, reply.message_id, DeliveryStatus.SENT, sent, platform_message_id="wamid.out-1"
+    )
+    # A move refused (not forward) records nothing, not even the id.
+    assert not await store.update_delivery_status(
+        TENANT, reply.message_id, DeliveryStatus.SENT, platform_message_id="wamid.other"
+    )
+
+    expected = dataclasses.replace(
+        reply,
+        delivery_status=DeliveryStatus.SENT,
+        channel_metadata=dataclasses.replace(
+            reply.channel_metadata, platform_message_id="wamid.out-1"
+        ),
+    )
+    assert await store.get_message(TENANT, reply.message_id) == expected
+    listed = await store.list_messages(TENANT, conversation.conversation_id, limit=10)
+    assert listed[-1] == expected
+    assert await outbox_events(store) == [sent]
+    # Later moves keep it.
+    assert await store.update_delivery_status(TENANT, reply.message_id, DeliveryStatus.READ)
+    assert await store.get_message(TENANT, reply.message_id) == dataclasses.replace(
+        expected, delivery_status=DeliveryStatus.READ
+    )
+
+
+async def test_a_reply_is_found_by_its_platform_id_in_its_tenant_and_channel(
+    store: ConversationStore,
+) -> None:
+    _, [reply, other] = await _replies(store, statuses=[DeliveryStatus.PENDING] * 2)
+    # The same platform id in another tenant, and on another channel.
+    _, [elsewhere] = await _replies(store, tenant_id=OTHER_TENANT)
+    _, [messenger] = await _replies(store, channel=Channel.MESSENGER)
+    for message in (reply, elsewhere, messenger):
+        assert await store.update_delivery_status(
+            message.tenant_id,
+            message.message_id,
+            DeliveryStatus.SENT,
+            platform_message_id="wamid.same",
+        )
+    assert await store.update_delivery_status(
+        TENANT, other.message_id, DeliveryStatus.SENT, platform_message_id="wamid.other"
+    )
+
+    found = await store.find_by_platform_id(TENANT, Channel.WHATSAPP, "wamid.same")
+    assert found is not None
+    assert (found.message_id, found.delivery_status) == (reply.message_id, DeliveryStatus.SENT)
+    found = await store.find_by_platform_id(OTHER_TENANT, Channel.WHATSAPP, "wamid.same")
+    assert found is not None
+    assert found.message_id == elsewhere.message_id
+    found = await store.find_by_platform_id(TENANT, Channel.MESSENGER, "wamid.same")
+    assert found is not None
+    assert found.message_id == messenger.message_id
+    found = await store.find_by_platform_id(TENANT, Channel.WHATSAPP, "wamid.other")
+    assert found is not None
+    assert found.message_id == other.message_id
+    assert await store.find_by_platform_id(TENANT, Channel.SMS, "wamid.same") is None
+    assert await store.find_by_platform_id(TENANT, Channel.WHATSAPP, "wamid.unknown") is None
+    assert await store.find_by_platform_id(TENANT, Channel.WHATSAPP, "") is None
+    # Inbound messages carry their platform id too, but are never the answer.
+    assert await store.find_by_platform_id(TENANT, Channel.WHATSAPP, "wamid.inbound") is None
+
+
+async def test_pending_deliveries_of_every_tenant_page_in_creation_order(
+    store: ConversationStore,
+) -> None:
+    pending, other = DeliveryStatus.PENDING, DeliveryStatus.SENT
+    expected: list[Message] = []
+    for n, tenant_id in enumerate([TENANT, OTHER_TENANT, TENANT, OTHER_TENANT]):
+        # Two pending replies created in the same microsecond (ids break the
+        # tie), beside replies already sent or failed, and a user's message.
+        _, replies = await _replies(
+            store,
+            tenant_id=tenant_id,
+            channel=Channel.SMS if n % 2 else Channel.WHATSAPP,
+            statuses=[pending, other, pending, DeliveryStatus.FAILED],
+            created_at=T0 + timedelta(microseconds=n * 7),
+        )
+        expected += [reply for reply in replies if reply.delivery_status is pending]
+    expected.sort(key=lambda m: (m.created_at, m.message_id))
+
+    pages: list[list[Message]] = []
+    after: tuple[datetime, str] | None = None
+    for _ in range(10):
+        page = list(await store.list_pending_deliveries(limit=3, after=after))
+        if not page:
+            break
+        pages.append(page)
+        after = (page[-1].created_at, page[-1].message_id)
+    assert [len(page) for page in pages] == [3, 3, 2]
+    assert [m for page in pages for m in page] == expected
+
+    # Once sent, a reply is no longer pending.
+    first = expected[0]
+    assert await store.update_delivery_status(
+        first.tenant_id, first.message_id, DeliveryStatus.SENT
+    )
+    assert await store.list_pending_deliveries(limit=100) == expected[1:]
+
+
+async def test_only_a_dead_letter_is_requeued_with_its_event(store: ConversationStore) -> None:
+    conversation, [failed, sent] = await _replies(
+        store, statuses=[DeliveryStatus.FAILED, DeliveryStatus.SENT]
+    )
+    requeued_event = make_event(conversation, EventType.DELIVERY_UPDATED, failed)
+
+    for tenant_id, message_id in (
+        (TENANT, sent.message_id),  # not failed: no backward move
+        (TENANT, "nope"),
+        (OTHER_TENANT, failed.message_id),  # another tenant's
+    ):
+        refused = make_event(conversation, EventType.DELIVERY_UPDATED)
+        assert await store.requeue_delivery(tenant_id, message_id, refused) is None
+    assert await outbox_events(store) == []
+
+    requeued = await store.requeue_delivery(TENANT, failed.message_id, requeued_event)
+
+    expected = dataclasses.replace(failed, delivery_status=DeliveryStatus.PENDING)
+    assert requeued == expected
+    assert await store.get_message(TENANT, failed.message_id) == expected
+    assert await store.list_pending_deliveries(limit=10) == [expected]
+    assert await outbox_events(store) == [requeued_event]
+    # PENDING now: not requeued twice; it moves forward again as any reply.
+    again = make_event(conversation, EventType.DELIVERY_UPDATED, failed)
+    assert await store.requeue_delivery(TENANT, failed.message_id, again) is None
+    assert await store.update_delivery_status(
+        TENANT, failed.message_id, DeliveryStatus.SENT, platform_message_id="wamid.retried"
+    )
+    assert await status_of(store, failed.message_id) is DeliveryStatus.SENT
 
 
 # -------------------------------------------------------------------- outbox

@@ -15,6 +15,7 @@ CHAT_TEST_STORE), else SQLite.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -41,6 +42,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Where the service keeps its SQLite store inside DATA_DIR (bootstrap.py).
 SQLITE_FILE_NAME = "chat.sqlite3"
+
+# CHANNEL_SECRETS_KEY of the services started in a production shape
+# (MONGODB_URI or REDIS_URL set), which refuse to make a key of their own.
+TEST_CHANNEL_SECRETS_KEY = "tests:" + base64.b64encode(bytes(range(32, 64))).decode()
 
 
 class ServiceStore(Protocol):
@@ -158,6 +163,12 @@ class ServiceProcess:
             **self.store.environment(self.data_dir),
             **self.extra_env,
         }
+        if (env.get("MONGODB_URI") or env.get("REDIS_URL")) and not any(
+            name in self.extra_env for name in ("CHANNEL_SECRETS_KEY", "CHANNEL_SECRETS_KEY_FILE")
+        ):
+            # A production shape needs a configured key (a test that wants
+            # to see the refusal sets CHANNEL_SECRETS_KEY itself, to "").
+            env["CHANNEL_SECRETS_KEY"] = TEST_CHANNEL_SECRETS_KEY
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(
             [sys.executable, "-m", "chat_service"], cwd=ROOT, env=env, stdout=log, stderr=log

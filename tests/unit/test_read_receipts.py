@@ -34,6 +34,8 @@ class FlakyStore(InMemoryStore):
         message_id: str,
         status: DeliveryStatus,
         event: DomainEvent | None = None,
+        *,
+        platform_message_id: str = "",
     ) -> bool:
         hook, self.before_update = self.before_update, None  # runs once
         if hook is not None:
@@ -41,7 +43,9 @@ class FlakyStore(InMemoryStore):
         self.updates += 1
         if self.updates == self.fail_on:
             raise StoreUnavailable("disk gone")
-        return await super().update_delivery_status(tenant_id, message_id, status, event)
+        return await super().update_delivery_status(
+            tenant_id, message_id, status, event, platform_message_id=platform_message_id
+        )
 
 
 class Receipts:

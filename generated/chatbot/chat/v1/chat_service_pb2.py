@@ -22,17 +22,19 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from chatbot.chat.v1 import channel_connections_pb2 as chatbot_dot_chat_dot_v1_dot_channel__connections__pb2
 from chatbot.chat.v1 import content_pb2 as chatbot_dot_chat_dot_v1_dot_content__pb2
 from chatbot.chat.v1 import resources_pb2 as chatbot_dot_chat_dot_v1_dot_resources__pb2
 from chatbot.events.v1 import conversation_event_pb2 as chatbot_dot_events_dot_v1_dot_conversation__event__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"chatbot/chat/v1/chat_service.proto\x12\x0f\x63hatbot.chat.v1\x1a\x1d\x63hatbot/chat/v1/content.proto\x1a\x1f\x63hatbot/chat/v1/resources.proto\x1a*chatbot/events/v1/conversation_event.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xd7\x03\n\x12SendMessageRequest\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\'\n\x0f\x63onversation_id\x18\x02 \x01(\tR\x0e\x63onversationId\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x1d\n\nsession_id\x18\x04 \x01(\tR\tsessionId\x12\x32\n\x07\x63hannel\x18\x05 \x01(\x0e\x32\x18.chatbot.chat.v1.ChannelR\x07\x63hannel\x12\x38\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ttimestamp\x12\x39\n\x07\x63ontent\x18\x07 \x01(\x0b\x32\x1f.chatbot.chat.v1.MessageContentR\x07\x63ontent\x12K\n\x10\x63hannel_metadata\x18\x08 \x01(\x0b\x32 .chatbot.chat.v1.ChannelMetadataR\x0f\x63hannelMetadata\x12K\n\x10processing_hints\x18\t \x01(\x0b\x32 .chatbot.chat.v1.ProcessingHintsR\x0fprocessingHints\"\xf7\x02\n\x13SendMessageResponse\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\'\n\x0f\x63onversation_id\x18\x02 \x01(\tR\x0e\x63onversationId\x12;\n\x08response\x18\x03 \x01(\x0b\x32\x1f.chatbot.chat.v1.MessageContentR\x08response\x12Q\n\x12\x63onversation_state\x18\x04 \x01(\x0b\x32\".chatbot.chat.v1.ConversationStateR\x11\x63onversationState\x12T\n\x13processing_metadata\x18\x05 \x01(\x0b\x32#.chatbot.chat.v1.ProcessingMetadataR\x12processingMetadata\x12\x32\n\x07replies\x18\x06 \x03(\x0b\x32\x18.chatbot.chat.v1.MessageR\x07replies\"\xae\x03\n\x12ProcessingMetadata\x12\x16\n\x06\x65ngine\x18\x01 \x01(\tR\x06\x65ngine\x12@\n\x0e\x65ngine_latency\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\rengineLatency\x12#\n\rfallback_used\x18\x03 \x01(\x08R\x0c\x66\x61llbackUsed\x12\'\n\x0f\x66\x61llback_reason\x18\x04 \x01(\tR\x0e\x66\x61llbackReason\x12\x1a\n\x08sequence\x18\x05 \x01(\x03R\x08sequence\x12\'\n\x0freply_sequences\x18\x06 \x03(\x03R\x0ereplySequences\x12\x66\n\x11\x63onfidence_scores\x18\x07 \x03(\x0b\x32\x39.chatbot.chat.v1.ProcessingMetadata.ConfidenceScoresEntryR\x10\x63onfidenceScores\x1a\x43\n\x15\x43onfidenceScoresEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x01R\x05value:\x02\x38\x01\"A\n\x16GetConversationRequest\x12\'\n\x0f\x63onversation_id\x18\x01 \x01(\tR\x0e\x63onversationId\"\\\n\x17GetConversationResponse\x12\x41\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1d.chatbot.chat.v1.ConversationR\x0c\x63onversation\"\xa7\x03\n\x18ListConversationsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12;\n\x06status\x18\x03 \x01(\x0e\x32#.chatbot.chat.v1.ConversationStatusR\x06status\x12\x32\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x18.chatbot.chat.v1.ChannelR\x07\x63hannel\x12\x17\n\x07user_id\x18\x05 \x01(\tR\x06userId\x12\x39\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12!\n\x0csearch_query\x18\x08 \x01(\tR\x0bsearchQuery\x12\x30\n\x05order\x18\t \x01(\x0e\x32\x1a.chatbot.chat.v1.SortOrderR\x05order\"\x88\x01\n\x19ListConversationsResponse\x12\x43\n\rconversations\x18\x01 \x03(\x0b\x32\x1d.chatbot.chat.v1.ConversationR\rconversations\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xac\x01\n\x13ListMessagesRequest\x12\'\n\x0f\x63onversation_id\x18\x01 \x01(\tR\x0e\x63onversationId\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\x12\x30\n\x05order\x18\x04 \x01(\x0e\x32\x1a.chatbot.chat.v1.SortOrderR\x05order\"t\n\x14ListMessagesResponse\x12\x34\n\x08messages\x18\x01 \x03(\x0b\x32\x18.chatbot.chat.v1.MessageR\x08messages\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9f\x01\n\x1fUpdateConversationStatusRequest\x12\'\n\x0f\x63onversation_id\x18\x01 \x01(\tR\x0e\x63onversationId\x12;\n\x06status\x18\x02 \x01(\x0e\x32#.chatbot.chat.v1.ConversationStatusR\x06status\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"e\n UpdateConversationStatusResponse\x12\x41\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1d.chatbot.chat.v1.ConversationR\x0c\x63onversation\"{\n\x19\x45xportConversationRequest\x12\'\n\x0f\x63onversation_id\x18\x01 \x01(\tR\x0e\x63onversationId\x12\x35\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1d.chatbot.chat.v1.ExportFormatR\x06\x66ormat\"S\n\x1a\x45xportConversationResponse\x12!\n\x0c\x63ontent_type\x18\x01 \x01(\tR\x0b\x63ontentType\x12\x12\n\x04\x64\x61ta\x18\x02 \x01(\x0cR\x04\x64\x61ta\"\x83\x02\n\x19StreamConversationRequest\x12\x31\n\x04open\x18\x01 \x01(\x0b\x32\x1b.chatbot.chat.v1.StreamOpenH\x00R\x04open\x12:\n\x07message\x18\x02 \x01(\x0b\x32\x1e.chatbot.chat.v1.StreamMessageH\x00R\x07message\x12:\n\x06typing\x18\x03 \x01(\x0b\x32 .chatbot.chat.v1.TypingIndicatorH\x00R\x06typing\x12\x32\n\x04read\x18\x04 \x01(\x0b\x32\x1c.chatbot.chat.v1.ReadReceiptH\x00R\x04readB\x07\n\x05\x66rame\"\xf4\x01\n\nStreamOpen\x12\'\n\x0f\x63onversation_id\x18\x01 \x01(\tR\x0e\x63onversationId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x32\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x18.chatbot.chat.v1.ChannelR\x07\x63hannel\x12\x1d\n\nsession_id\x18\x04 \x01(\tR\tsessionId\x12\x37\n\x15resume_after_sequence\x18\x05 \x01(\x03H\x00R\x13resumeAfterSequence\x88\x01\x01\x42\x18\n\x16_resume_after_sequence\"\xbd\x02\n\rStreamMessage\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\x38\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ttimestamp\x12\x39\n\x07\x63ontent\x18\x03 \x01(\x0b\x32\x1f.chatbot.chat.v1.MessageContentR\x07\x63ontent\x12K\n\x10\x63hannel_metadata\x18\x04 \x01(\x0b\x32 .chatbot.chat.v1.ChannelMetadataR\x0f\x63hannelMetadata\x12K\n\x10processing_hints\x18\x05 \x01(\x0b\x32 .chatbot.chat.v1.ProcessingHintsR\x0fprocessingHints\"[\n\x0fTypingIndicator\x12\x30\n\x04role\x18\x01 \x01(\x0e\x32\x1c.chatbot.chat.v1.MessageRoleR\x04role\x12\x16\n\x06typing\x18\x02 \x01(\x08R\x06typing\"s\n\x0bReadReceipt\x12\x30\n\x04role\x18\x01 \x01(\x0e\x32\x1c.chatbot.chat.v1.MessageRoleR\x04role\x12\x32\n\x15read_through_sequence\x18\x02 \x01(\x03R\x13readThroughSequence\"\xe3\x03\n\x1aStreamConversationResponse\x12\x37\n\x06opened\x18\x01 \x01(\x0b\x32\x1d.chatbot.chat.v1.StreamOpenedH\x00R\x06opened\x12/\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1b.chatbot.chat.v1.MessageAckH\x00R\x03\x61\x63k\x12\x34\n\x07message\x18\x03 \x01(\x0b\x32\x18.chatbot.chat.v1.MessageH\x00R\x07message\x12=\n\x08\x64\x65livery\x18\x04 \x01(\x0b\x32\x1f.chatbot.chat.v1.DeliveryUpdateH\x00R\x08\x64\x65livery\x12:\n\x06typing\x18\x05 \x01(\x0b\x32 .chatbot.chat.v1.TypingIndicatorH\x00R\x06typing\x12\x32\n\x04read\x18\x06 \x01(\x0b\x32\x1c.chatbot.chat.v1.ReadReceiptH\x00R\x04read\x12\x37\n\x06status\x18\x07 \x01(\x0b\x32\x1d.chatbot.chat.v1.StatusChangeH\x00R\x06status\x12\x34\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x1c.chatbot.chat.v1.StreamErrorH\x00R\x05\x65rrorB\x07\n\x05\x65vent\"\x89\x01\n\x0cStreamOpened\x12\x41\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1d.chatbot.chat.v1.ConversationR\x0c\x63onversation\x12\x36\n\x17replay_through_sequence\x18\x02 \x01(\x03R\x15replayThroughSequence\"e\n\nMessageAck\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\x1a\n\x08sequence\x18\x02 \x01(\x03R\x08sequence\x12\x1c\n\tduplicate\x18\x03 \x01(\x08R\tduplicate\"\x84\x01\n\x0e\x44\x65liveryUpdate\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\x1a\n\x08sequence\x18\x02 \x01(\x03R\x08sequence\x12\x37\n\x06status\x18\x03 \x01(\x0e\x32\x1f.chatbot.chat.v1.DeliveryStatusR\x06status\"\xae\x01\n\x0cStatusChange\x12\x44\n\x0b\x66rom_status\x18\x01 \x01(\x0e\x32#.chatbot.chat.v1.ConversationStatusR\nfromStatus\x12@\n\tto_status\x18\x02 \x01(\x0e\x32#.chatbot.chat.v1.ConversationStatusR\x08toStatus\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"X\n\x0bStreamError\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12*\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusR\x06status\"\xb5\x01\n\x19WatchConversationsRequest\x12\x34\n\x08\x63hannels\x18\x01 \x03(\x0e\x32\x18.chatbot.chat.v1.ChannelR\x08\x63hannels\x12?\n\x08statuses\x18\x02 \x03(\x0e\x32#.chatbot.chat.v1.ConversationStatusR\x08statuses\x12!\n\x0cresume_token\x18\x03 \x01(\tR\x0bresumeToken\"{\n\x1aWatchConversationsResponse\x12:\n\x05\x65vent\x18\x01 \x01(\x0b\x32$.chatbot.events.v1.ConversationEventR\x05\x65vent\x12!\n\x0cresume_token\x18\x02 \x01(\tR\x0bresumeToken\"y\n\x14HandleWebhookRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1a\n\x08platform\x18\x02 \x01(\tR\x08platform\x12(\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x14.google.api.HttpBodyR\x04\x62ody\"A\n\x15HandleWebhookResponse\x12(\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBodyR\x04\x62ody\"\x80\x01\n\x14VerifyWebhookRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1a\n\x08platform\x18\x02 \x01(\tR\x08platform\x12/\n\x03hub\x18\x03 \x01(\x0b\x32\x1d.chatbot.chat.v1.HubChallengeR\x03hub\"c\n\x0cHubChallenge\x12\x12\n\x04mode\x18\x01 \x01(\tR\x04mode\x12!\n\x0cverify_token\x18\x02 \x01(\tR\x0bverifyToken\x12\x1c\n\tchallenge\x18\x03 \x01(\tR\tchallenge\"A\n\x15VerifyWebhookResponse\x12(\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBodyR\x04\x62ody*\\\n\tSortOrder\x12\x1a\n\x16SORT_ORDER_UNSPECIFIED\x10\x00\x12\x18\n\x14SORT_ORDER_ASCENDING\x10\x01\x12\x19\n\x15SORT_ORDER_DESCENDING\x10\x02*b\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XPORT_FORMAT_JSON_LINES\x10\x01\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x02\x32\xd6\n\n\x0b\x43hatService\x12q\n\x0bSendMessage\x12#.chatbot.chat.v1.SendMessageRequest\x1a$.chatbot.chat.v1.SendMessageResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/messages:\x01*\x12\x91\x01\n\x0fGetConversation\x12\'.chatbot.chat.v1.GetConversationRequest\x1a(.chatbot.chat.v1.GetConversationResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/conversations/{conversation_id}\x12\x85\x01\n\x11ListConversations\x12).chatbot.chat.v1.ListConversationsRequest\x1a*.chatbot.chat.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x91\x01\n\x0cListMessages\x12$.chatbot.chat.v1.ListMessagesRequest\x1a%.chatbot.chat.v1.ListMessagesResponse\"4\x82\xd3\xe4\x93\x02.\x12,/v1/conversations/{conversation_id}/messages\x12\x7f\n\x18UpdateConversationStatus\x12\x30.chatbot.chat.v1.UpdateConversationStatusRequest\x1a\x31.chatbot.chat.v1.UpdateConversationStatusResponse\x12o\n\x12\x45xportConversation\x12*.chatbot.chat.v1.ExportConversationRequest\x1a+.chatbot.chat.v1.ExportConversationResponse0\x01\x12q\n\x12StreamConversation\x12*.chatbot.chat.v1.StreamConversationRequest\x1a+.chatbot.chat.v1.StreamConversationResponse(\x01\x30\x01\x12\x90\x01\n\x12WatchConversations\x12*.chatbot.chat.v1.WatchConversationsRequest\x1a+.chatbot.chat.v1.WatchConversationsResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/conversations:watch0\x01\x12\x97\x01\n\rHandleWebhook\x12%.chatbot.chat.v1.HandleWebhookRequest\x1a&.chatbot.chat.v1.HandleWebhookResponse\"7\x82\xd3\xe4\x93\x02\x31\"#/v1/webhooks/{tenant_id}/{platform}:\x04\x62odyb\x04\x62ody\x12\x91\x01\n\rVerifyWebhook\x12%.chatbot.chat.v1.VerifyWebhookRequest\x1a&.chatbot.chat.v1.VerifyWebhookResponse\"1\x82\xd3\xe4\x93\x02+\x12#/v1/webhooks/{tenant_id}/{platform}b\x04\x62odyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"chatbot/chat/v1/chat_service.proto\x12\x0f\x63hatbot.chat.v1\x1a)chatbot/chat/v1/channel_connections.proto\x1a\x1d\x63hatbot/chat/v1/content.proto\x1a\x1f\x63hatbot/chat/v1/resources.proto\x1a*chatbot/events/v1/conversation_event.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xd7\x03\n\x12SendMessageRequest\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\'\n\x0f\x63onversation_id\x18\x02 \x01(\tR\x0e\x63onversationId\x12\x17\n\x07user_id\x18\x03 \x01(\tR\x06userId\x12\x1d\n\nsession_id\x18\x04 \x01(\tR\tsessionId\x12\x32\n\x07\x63hannel\x18\x05 \x01(\x0e\x32\x18.chatbot.chat.v1.ChannelR\x07\x63hannel\x12\x38\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ttimestamp\x12\x39\n\x07\x63ontent\x18\x07 \x01(\x0b\x32\x1f.chatbot.chat.v1.MessageContentR\x07\x63ontent\x12K\n\x10\x63hannel_metadata\x18\x08 \x01(\x0b\x32 .chatbot.chat.v1.ChannelMetadataR\x0f\x63hannelMetadata\x12K\n\x10processing_hints\x18\t \x01(\x0b\x32 .chatbot.chat.v1.ProcessingHintsR\x0fprocessingHints\"\xf7\x02\n\x13SendMessageResponse\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\'\n\x0f\x63onversation_id\x18\x02 \x01(\tR\x0e\x63onversationId\x12;\n\x08response\x18\x03 \x01(\x0b\x32\x1f.chatbot.chat.v1.MessageContentR\x08response\x12Q\n\x12\x63onversation_state\x18\x04 \x01(\x0b\x32\".chatbot.chat.v1.ConversationStateR\x11\x63onversationState\x12T\n\x13processing_metadata\x18\x05 \x01(\x0b\x32#.chatbot.chat.v1.ProcessingMetadataR\x12processingMetadata\x12\x32\n\x07replies\x18\x06 \x03(\x0b\x32\x18.chatbot.chat.v1.MessageR\x07replies\"\xae\x03\n\x12ProcessingMetadata\x12\x16\n\x06\x65ngine\x18\x01 \x01(\tR\x06\x65ngine\x12@\n\x0e\x65ngine_latency\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\rengineLatency\x12#\n\rfallback_used\x18\x03 \x01(\x08R\x0c\x66\x61llbackUsed\x12\'\n\x0f\x66\x61llback_reason\x18\x04 \x01(\tR\x0e\x66\x61llbackReason\x12\x1a\n\x08sequence\x18\x05 \x01(\x03R\x08sequence\x12\'\n\x0freply_sequences\x18\x06 \x03(\x03R\x0ereplySequences\x12\x66\n\x11\x63onfidence_scores\x18\x07 \x03(\x0b\x32\x39.chatbot.chat.v1.ProcessingMetadata.ConfidenceScoresEntryR\x10\x63onfidenceScores\x1a\x43\n\x15\x43onfidenceScoresEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x01R\x05value:\x02\x38\x01\"A\n\x16GetConversationRequest\x12\'\n\x0f\x63onversation_id\x18\x01 \x01(\tR\x0e\x63onversationId\"\\\n\x17GetConversationResponse\x12\x41\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1d.chatbot.chat.v1.ConversationR\x0c\x63onversation\"\xa7\x03\n\x18ListConversationsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12;\n\x06status\x18\x03 \x01(\x0e\x32#.chatbot.chat.v1.ConversationStatusR\x06status\x12\x32\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x18.chatbot.chat.v1.ChannelR\x07\x63hannel\x12\x17\n\x07user_id\x18\x05 \x01(\tR\x06userId\x12\x39\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12!\n\x0csearch_query\x18\x08 \x01(\tR\x0bsearchQuery\x12\x30\n\x05order\x18\t \x01(\x0e\x32\x1a.chatbot.chat.v1.SortOrderR\x05order\"\x88\x01\n\x19ListConversationsResponse\x12\x43\n\rconversations\x18\x01 \x03(\x0b\x32\x1d.chatbot.chat.v1.ConversationR\rconversations\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xac\x01\n\x13ListMessagesRequest\x12\'\n\x0f\x63onversation_id\x18\x01 \x01(\tR\x0e\x63onversationId\x12\x1b\n\tpage_size\x18\x02 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x03 \x01(\tR\tpageToken\x12\x30\n\x05order\x18\x04 \x01(\x0e\x32\x1a.chatbot.chat.v1.SortOrderR\x05order\"t\n\x14ListMessagesResponse\x12\x34\n\x08messages\x18\x01 \x03(\x0b\x32\x18.chatbot.chat.v1.MessageR\x08messages\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9f\x01\n\x1fUpdateConversationStatusRequest\x12\'\n\x0f\x63onversation_id\x18\x01 \x01(\tR\x0e\x63onversationId\x12;\n\x06status\x18\x02 \x01(\x0e\x32#.chatbot.chat.v1.ConversationStatusR\x06status\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"e\n UpdateConversationStatusResponse\x12\x41\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1d.chatbot.chat.v1.ConversationR\x0c\x63onversation\"{\n\x19\x45xportConversationRequest\x12\'\n\x0f\x63onversation_id\x18\x01 \x01(\tR\x0e\x63onversationId\x12\x35\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1d.chatbot.chat.v1.ExportFormatR\x06\x66ormat\"S\n\x1a\x45xportConversationResponse\x12!\n\x0c\x63ontent_type\x18\x01 \x01(\tR\x0b\x63ontentType\x12\x12\n\x04\x64\x61ta\x18\x02 \x01(\x0cR\x04\x64\x61ta\"\x83\x02\n\x19StreamConversationRequest\x12\x31\n\x04open\x18\x01 \x01(\x0b\x32\x1b.chatbot.chat.v1.StreamOpenH\x00R\x04open\x12:\n\x07message\x18\x02 \x01(\x0b\x32\x1e.chatbot.chat.v1.StreamMessageH\x00R\x07message\x12:\n\x06typing\x18\x03 \x01(\x0b\x32 .chatbot.chat.v1.TypingIndicatorH\x00R\x06typing\x12\x32\n\x04read\x18\x04 \x01(\x0b\x32\x1c.chatbot.chat.v1.ReadReceiptH\x00R\x04readB\x07\n\x05\x66rame\"\xf4\x01\n\nStreamOpen\x12\'\n\x0f\x63onversation_id\x18\x01 \x01(\tR\x0e\x63onversationId\x12\x17\n\x07user_id\x18\x02 \x01(\tR\x06userId\x12\x32\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x18.chatbot.chat.v1.ChannelR\x07\x63hannel\x12\x1d\n\nsession_id\x18\x04 \x01(\tR\tsessionId\x12\x37\n\x15resume_after_sequence\x18\x05 \x01(\x03H\x00R\x13resumeAfterSequence\x88\x01\x01\x42\x18\n\x16_resume_after_sequence\"\xbd\x02\n\rStreamMessage\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\x38\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ttimestamp\x12\x39\n\x07\x63ontent\x18\x03 \x01(\x0b\x32\x1f.chatbot.chat.v1.MessageContentR\x07\x63ontent\x12K\n\x10\x63hannel_metadata\x18\x04 \x01(\x0b\x32 .chatbot.chat.v1.ChannelMetadataR\x0f\x63hannelMetadata\x12K\n\x10processing_hints\x18\x05 \x01(\x0b\x32 .chatbot.chat.v1.ProcessingHintsR\x0fprocessingHints\"[\n\x0fTypingIndicator\x12\x30\n\x04role\x18\x01 \x01(\x0e\x32\x1c.chatbot.chat.v1.MessageRoleR\x04role\x12\x16\n\x06typing\x18\x02 \x01(\x08R\x06typing\"s\n\x0bReadReceipt\x12\x30\n\x04role\x18\x01 \x01(\x0e\x32\x1c.chatbot.chat.v1.MessageRoleR\x04role\x12\x32\n\x15read_through_sequence\x18\x02 \x01(\x03R\x13readThroughSequence\"\xe3\x03\n\x1aStreamConversationResponse\x12\x37\n\x06opened\x18\x01 \x01(\x0b\x32\x1d.chatbot.chat.v1.StreamOpenedH\x00R\x06opened\x12/\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1b.chatbot.chat.v1.MessageAckH\x00R\x03\x61\x63k\x12\x34\n\x07message\x18\x03 \x01(\x0b\x32\x18.chatbot.chat.v1.MessageH\x00R\x07message\x12=\n\x08\x64\x65livery\x18\x04 \x01(\x0b\x32\x1f.chatbot.chat.v1.DeliveryUpdateH\x00R\x08\x64\x65livery\x12:\n\x06typing\x18\x05 \x01(\x0b\x32 .chatbot.chat.v1.TypingIndicatorH\x00R\x06typing\x12\x32\n\x04read\x18\x06 \x01(\x0b\x32\x1c.chatbot.chat.v1.ReadReceiptH\x00R\x04read\x12\x37\n\x06status\x18\x07 \x01(\x0b\x32\x1d.chatbot.chat.v1.StatusChangeH\x00R\x06status\x12\x34\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x1c.chatbot.chat.v1.StreamErrorH\x00R\x05\x65rrorB\x07\n\x05\x65vent\"\x89\x01\n\x0cStreamOpened\x12\x41\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1d.chatbot.chat.v1.ConversationR\x0c\x63onversation\x12\x36\n\x17replay_through_sequence\x18\x02 \x01(\x03R\x15replayThroughSequence\"e\n\nMessageAck\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\x1a\n\x08sequence\x18\x02 \x01(\x03R\x08sequence\x12\x1c\n\tduplicate\x18\x03 \x01(\x08R\tduplicate\"\x84\x01\n\x0e\x44\x65liveryUpdate\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12\x1a\n\x08sequence\x18\x02 \x01(\x03R\x08sequence\x12\x37\n\x06status\x18\x03 \x01(\x0e\x32\x1f.chatbot.chat.v1.DeliveryStatusR\x06status\"\xae\x01\n\x0cStatusChange\x12\x44\n\x0b\x66rom_status\x18\x01 \x01(\x0e\x32#.chatbot.chat.v1.ConversationStatusR\nfromStatus\x12@\n\tto_status\x18\x02 \x01(\x0e\x32#.chatbot.chat.v1.ConversationStatusR\x08toStatus\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\"X\n\x0bStreamError\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\x12*\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusR\x06status\"\xb5\x01\n\x19WatchConversationsRequest\x12\x34\n\x08\x63hannels\x18\x01 \x03(\x0e\x32\x18.chatbot.chat.v1.ChannelR\x08\x63hannels\x12?\n\x08statuses\x18\x02 \x03(\x0e\x32#.chatbot.chat.v1.ConversationStatusR\x08statuses\x12!\n\x0cresume_token\x18\x03 \x01(\tR\x0bresumeToken\"{\n\x1aWatchConversationsResponse\x12:\n\x05\x65vent\x18\x01 \x01(\x0b\x32$.chatbot.events.v1.ConversationEventR\x05\x65vent\x12!\n\x0cresume_token\x18\x02 \x01(\tR\x0bresumeToken\"y\n\x14HandleWebhookRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1a\n\x08platform\x18\x02 \x01(\tR\x08platform\x12(\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x14.google.api.HttpBodyR\x04\x62ody\"A\n\x15HandleWebhookResponse\x12(\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBodyR\x04\x62ody\"\x80\x01\n\x14VerifyWebhookRequest\x12\x1b\n\ttenant_id\x18\x01 \x01(\tR\x08tenantId\x12\x1a\n\x08platform\x18\x02 \x01(\tR\x08platform\x12/\n\x03hub\x18\x03 \x01(\x0b\x32\x1d.chatbot.chat.v1.HubChallengeR\x03hub\"c\n\x0cHubChallenge\x12\x12\n\x04mode\x18\x01 \x01(\tR\x04mode\x12!\n\x0cverify_token\x18\x02 \x01(\tR\x0bverifyToken\x12\x1c\n\tchallenge\x18\x03 \x01(\tR\tchallenge\"A\n\x15VerifyWebhookResponse\x12(\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBodyR\x04\x62ody\"\x83\x01\n\x1e\x43reateChannelConnectionRequest\x12\x42\n\nconnection\x18\x01 \x01(\x0b\x32\".chatbot.chat.v1.ChannelConnectionR\nconnection\x12\x1d\n\nrequest_id\x18\x02 \x01(\tR\trequestId\"e\n\x1f\x43reateChannelConnectionResponse\x12\x42\n\nconnection\x18\x01 \x01(\x0b\x32\".chatbot.chat.v1.ChannelConnectionR\nconnection\"B\n\x1bGetChannelConnectionRequest\x12#\n\rconnection_id\x18\x01 \x01(\tR\x0c\x63onnectionId\"b\n\x1cGetChannelConnectionResponse\x12\x42\n\nconnection\x18\x01 \x01(\x0b\x32\".chatbot.chat.v1.ChannelConnectionR\nconnection\"\x8f\x01\n\x1dListChannelConnectionsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12\x32\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x18.chatbot.chat.v1.ChannelR\x07\x63hannel\"\x8e\x01\n\x1eListChannelConnectionsResponse\x12\x44\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\".chatbot.chat.v1.ChannelConnectionR\x0b\x63onnections\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa1\x01\n\x1eUpdateChannelConnectionRequest\x12\x42\n\nconnection\x18\x01 \x01(\x0b\x32\".chatbot.chat.v1.ChannelConnectionR\nconnection\x12;\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskR\nupdateMask\"e\n\x1fUpdateChannelConnectionResponse\x12\x42\n\nconnection\x18\x01 \x01(\x0b\x32\".chatbot.chat.v1.ChannelConnectionR\nconnection\"E\n\x1e\x44\x65leteChannelConnectionRequest\x12#\n\rconnection_id\x18\x01 \x01(\tR\x0c\x63onnectionId\"!\n\x1f\x44\x65leteChannelConnectionResponse\"5\n\x14RetryDeliveryRequest\x12\x1d\n\nmessage_id\x18\x01 \x01(\tR\tmessageId\"K\n\x15RetryDeliveryResponse\x12\x32\n\x07message\x18\x01 \x01(\x0b\x32\x18.chatbot.chat.v1.MessageR\x07message*\\\n\tSortOrder\x12\x1a\n\x16SORT_ORDER_UNSPECIFIED\x10\x00\x12\x18\n\x14SORT_ORDER_ASCENDING\x10\x01\x12\x19\n\x15SORT_ORDER_DESCENDING\x10\x02*b\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XPORT_FORMAT_JSON_LINES\x10\x01\x12\x15\n\x11\x45XPORT_FORMAT_CSV\x10\x02\x32\xa0\x10\n\x0b\x43hatService\x12q\n\x0bSendMessage\x12#.chatbot.chat.v1.SendMessageRequest\x1a$.chatbot.chat.v1.SendMessageResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/messages:\x01*\x12\x91\x01\n\x0fGetConversation\x12\'.chatbot.chat.v1.GetConversationRequest\x1a(.chatbot.chat.v1.GetConversationResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/conversations/{conversation_id}\x12\x85\x01\n\x11ListConversations\x12).chatbot.chat.v1.ListConversationsRequest\x1a*.chatbot.chat.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x91\x01\n\x0cListMessages\x12$.chatbot.chat.v1.ListMessagesRequest\x1a%.chatbot.chat.v1.ListMessagesResponse\"4\x82\xd3\xe4\x93\x02.\x12,/v1/conversations/{conversation_id}/messages\x12\x7f\n\x18UpdateConversationStatus\x12\x30.chatbot.chat.v1.UpdateConversationStatusRequest\x1a\x31.chatbot.chat.v1.UpdateConversationStatusResponse\x12o\n\x12\x45xportConversation\x12*.chatbot.chat.v1.ExportConversationRequest\x1a+.chatbot.chat.v1.ExportConversationResponse0\x01\x12q\n\x12StreamConversation\x12*.chatbot.chat.v1.StreamConversationRequest\x1a+.chatbot.chat.v1.StreamConversationResponse(\x01\x30\x01\x12\x90\x01\n\x12WatchConversations\x12*.chatbot.chat.v1.WatchConversationsRequest\x1a+.chatbot.chat.v1.WatchConversationsResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/conversations:watch0\x01\x12\x97\x01\n\rHandleWebhook\x12%.chatbot.chat.v1.HandleWebhookRequest\x1a&.chatbot.chat.v1.HandleWebhookResponse\"7\x82\xd3\xe4\x93\x02\x31\"#/v1/webhooks/{tenant_id}/{platform}:\x04\x62odyb\x04\x62ody\x12\x91\x01\n\rVerifyWebhook\x12%.chatbot.chat.v1.VerifyWebhookRequest\x1a&.chatbot.chat.v1.VerifyWebhookResponse\"1\x82\xd3\xe4\x93\x02+\x12#/v1/webhooks/{tenant_id}/{platform}b\x04\x62ody\x12|\n\x17\x43reateChannelConnection\x12/.chatbot.chat.v1.CreateChannelConnectionRequest\x1a\x30.chatbot.chat.v1.CreateChannelConnectionResponse\x12s\n\x14GetChannelConnection\x12,.chatbot.chat.v1.GetChannelConnectionRequest\x1a-.chatbot.chat.v1.GetChannelConnectionResponse\x12y\n\x16ListChannelConnections\x12..chatbot.chat.v1.ListChannelConnectionsRequest\x1a/.chatbot.chat.v1.ListChannelConnectionsResponse\x12|\n\x17UpdateChannelConnection\x12/.chatbot.chat.v1.UpdateChannelConnectionRequest\x1a\x30.chatbot.chat.v1.UpdateChannelConnectionResponse\x12|\n\x17\x44\x65leteChannelConnection\x12/.chatbot.chat.v1.DeleteChannelConnectionRequest\x1a\x30.chatbot.chat.v1.DeleteChannelConnectionResponse\x12^\n\rRetryDelivery\x12%.chatbot.chat.v1.RetryDeliveryRequest\x1a&.chatbot.chat.v1.RetryDeliveryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,74 +57,98 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATSERVICE'].methods_by_name['HandleWebhook']._serialized_options = b'\202\323\344\223\0021\"#/v1/webhooks/{tenant_id}/{platform}:\004bodyb\004body'
   _globals['_CHATSERVICE'].methods_by_name['VerifyWebhook']._loaded_options = None
   _globals['_CHATSERVICE'].methods_by_name['VerifyWebhook']._serialized_options = b'\202\323\344\223\002+\022#/v1/webhooks/{tenant_id}/{platform}b\004body'
-  _globals['_SORTORDER']._serialized_start=6057
-  _globals['_SORTORDER']._serialized_end=6149
-  _globals['_EXPORTFORMAT']._serialized_start=6151
-  _globals['_EXPORTFORMAT']._serialized_end=6249
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=311
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=782
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=785
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=1160
-  _globals['_PROCESSINGMETADATA']._serialized_start=1163
-  _globals['_PROCESSINGMETADATA']._serialized_end=1593
-  _globals['_PROCESSINGMETADATA_CONFIDENCESCORESENTRY']._serialized_start=1526
-  _globals['_PROCESSINGMETADATA_CONFIDENCESCORESENTRY']._serialized_end=1593
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=1595
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=1660
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=1662
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=1754
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1757
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=2180
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=2183
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=2319
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=2322
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=2494
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2496
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2612
-  _globals['_UPDATECONVERSATIONSTATUSREQUEST']._serialized_start=2615
-  _globals['_UPDATECONVERSATIONSTATUSREQUEST']._serialized_end=2774
-  _globals['_UPDATECONVERSATIONSTATUSRESPONSE']._serialized_start=2776
-  _globals['_UPDATECONVERSATIONSTATUSRESPONSE']._serialized_end=2877
-  _globals['_EXPORTCONVERSATIONREQUEST']._serialized_start=2879
-  _globals['_EXPORTCONVERSATIONREQUEST']._serialized_end=3002
-  _globals['_EXPORTCONVERSATIONRESPONSE']._serialized_start=3004
-  _globals['_EXPORTCONVERSATIONRESPONSE']._serialized_end=3087
-  _globals['_STREAMCONVERSATIONREQUEST']._serialized_start=3090
-  _globals['_STREAMCONVERSATIONREQUEST']._serialized_end=3349
-  _globals['_STREAMOPEN']._serialized_start=3352
-  _globals['_STREAMOPEN']._serialized_end=3596
-  _globals['_STREAMMESSAGE']._serialized_start=3599
-  _globals['_STREAMMESSAGE']._serialized_end=3916
-  _globals['_TYPINGINDICATOR']._serialized_start=3918
-  _globals['_TYPINGINDICATOR']._serialized_end=4009
-  _globals['_READRECEIPT']._serialized_start=4011
-  _globals['_READRECEIPT']._serialized_end=4126
-  _globals['_STREAMCONVERSATIONRESPONSE']._serialized_start=4129
-  _globals['_STREAMCONVERSATIONRESPONSE']._serialized_end=4612
-  _globals['_STREAMOPENED']._serialized_start=4615
-  _globals['_STREAMOPENED']._serialized_end=4752
-  _globals['_MESSAGEACK']._serialized_start=4754
-  _globals['_MESSAGEACK']._serialized_end=4855
-  _globals['_DELIVERYUPDATE']._serialized_start=4858
-  _globals['_DELIVERYUPDATE']._serialized_end=4990
-  _globals['_STATUSCHANGE']._serialized_start=4993
-  _globals['_STATUSCHANGE']._serialized_end=5167
-  _globals['_STREAMERROR']._serialized_start=5169
-  _globals['_STREAMERROR']._serialized_end=5257
-  _globals['_WATCHCONVERSATIONSREQUEST']._serialized_start=5260
-  _globals['_WATCHCONVERSATIONSREQUEST']._serialized_end=5441
-  _globals['_WATCHCONVERSATIONSRESPONSE']._serialized_start=5443
-  _globals['_WATCHCONVERSATIONSRESPONSE']._serialized_end=5566
-  _globals['_HANDLEWEBHOOKREQUEST']._serialized_start=5568
-  _globals['_HANDLEWEBHOOKREQUEST']._serialized_end=5689
-  _globals['_HANDLEWEBHOOKRESPONSE']._serialized_start=5691
-  _globals['_HANDLEWEBHOOKRESPONSE']._serialized_end=5756
-  _globals['_VERIFYWEBHOOKREQUEST']._serialized_start=5759
-  _globals['_VERIFYWEBHOOKREQUEST']._serialized_end=5887
-  _globals['_HUBCHALLENGE']._serialized_start=5889
-  _globals['_HUBCHALLENGE']._serialized_end=5988
-  _globals['_VERIFYWEBHOOKRESPONSE']._serialized_start=5990
-  _globals['_VERIFYWEBHOOKRESPONSE']._serialized_end=6055
-  _globals['_CHATSERVICE']._serialized_start=6252
-  _globals['_CHATSERVICE']._serialized_end=7618
+  _globals['_SORTORDER']._serialized_start=7335
+  _globals['_SORTORDER']._serialized_end=7427
+  _globals['_EXPORTFORMAT']._serialized_start=7429
+  _globals['_EXPORTFORMAT']._serialized_end=7527
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=388
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=859
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=862
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=1237
+  _globals['_PROCESSINGMETADATA']._serialized_start=1240
+  _globals['_PROCESSINGMETADATA']._serialized_end=1670
+  _globals['_PROCESSINGMETADATA_CONFIDENCESCORESENTRY']._serialized_start=1603
+  _globals['_PROCESSINGMETADATA_CONFIDENCESCORESENTRY']._serialized_end=1670
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=1672
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=1737
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=1739
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=1831
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1834
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=2257
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=2260
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=2396
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=2399
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=2571
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2573
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2689
+  _globals['_UPDATECONVERSATIONSTATUSREQUEST']._serialized_start=2692
+  _globals['_UPDATECONVERSATIONSTATUSREQUEST']._serialized_end=2851
+  _globals['_UPDATECONVERSATIONSTATUSRESPONSE']._serialized_start=2853
+  _globals['_UPDATECONVERSATIONSTATUSRESPONSE']._serialized_end=2954
+  _globals['_EXPORTCONVERSATIONREQUEST']._serialized_start=2956
+  _globals['_EXPORTCONVERSATIONREQUEST']._serialized_end=3079
+  _globals['_EXPORTCONVERSATIONRESPONSE']._serialized_start=3081
+  _globals['_EXPORTCONVERSATIONRESPONSE']._serialized_end=3164
+  _globals['_STREAMCONVERSATIONREQUEST']._serialized_start=3167
+  _globals['_STREAMCONVERSATIONREQUEST']._serialized_end=3426
+  _globals['_STREAMOPEN']._serialized_start=3429
+  _globals['_STREAMOPEN']._serialized_end=3673
+  _globals['_STREAMMESSAGE']._serialized_start=3676
+  _globals['_STREAMMESSAGE']._serialized_end=3993
+  _globals['_TYPINGINDICATOR']._serialized_start=3995
+  _globals['_TYPINGINDICATOR']._serialized_end=4086
+  _globals['_READRECEIPT']._serialized_start=4088
+  _globals['_READRECEIPT']._serialized_end=4203
+  _globals['_STREAMCONVERSATIONRESPONSE']._serialized_start=4206
+  _globals['_STREAMCONVERSATIONRESPONSE']._serialized_end=4689
+  _globals['_STREAMOPENED']._serialized_start=4692
+  _globals['_STREAMOPENED']._serialized_end=4829
+  _globals['_MESSAGEACK']._serialized_start=4831
+  _globals['_MESSAGEACK']._serialized_end=4932
+  _globals['_DELIVERYUPDATE']._serialized_start=4935
+  _globals['_DELIVERYUPDATE']._serialized_end=5067
+  _globals['_STATUSCHANGE']._serialized_start=5070
+  _globals['_STATUSCHANGE']._serialized_end=5244
+  _globals['_STREAMERROR']._serialized_start=5246
+  _globals['_STREAMERROR']._serialized_end=5334
+  _globals['_WATCHCONVERSATIONSREQUEST']._serialized_start=5337
+  _globals['_WATCHCONVERSATIONSREQUEST']._serialized_end=5518
+  _globals['_WATCHCONVERSATIONSRESPONSE']._serialized_start=5520
+  _globals['_WATCHCONVERSATIONSRESPONSE']._serialized_end=5643
+  _globals['_HANDLEWEBHOOKREQUEST']._serialized_start=5645
+  _globals['_HANDLEWEBHOOKREQUEST']._serialized_end=5766
+  _globals['_HANDLEWEBHOOKRESPONSE']._serialized_start=5768
+  _globals['_HANDLEWEBHOOKRESPONSE']._serialized_end=5833
+  _globals['_VERIFYWEBHOOKREQUEST']._serialized_start=5836
+  _globals['_VERIFYWEBHOOKREQUEST']._serialized_end=5964
+  _globals['_HUBCHALLENGE']._serialized_start=5966
+  _globals['_HUBCHALLENGE']._serialized_end=6065
+  _globals['_VERIFYWEBHOOKRESPONSE']._serialized_start=6067
+  _globals['_VERIFYWEBHOOKRESPONSE']._serialized_end=6132
+  _globals['_CREATECHANNELCONNECTIONREQUEST']._serialized_start=6135
+  _globals['_CREATECHANNELCONNECTIONREQUEST']._serialized_end=6266
+  _globals['_CREATECHANNELCONNECTIONRESPONSE']._serialized_start=6268
+  _globals['_CREATECHANNELCONNECTIONRESPONSE']._serialized_end=6369
+  _globals['_GETCHANNELCONNECTIONREQUEST']._serialized_start=6371
+  _globals['_GETCHANNELCONNECTIONREQUEST']._serialized_end=6437
+  _globals['_GETCHANNELCONNECTIONRESPONSE']._serialized_start=6439
+  _globals['_GETCHANNELCONNECTIONRESPONSE']._serialized_end=6537
+  _globals['_LISTCHANNELCONNECTIONSREQUEST']._serialized_start=6540
+  _globals['_LISTCHANNELCONNECTIONSREQUEST']._serialized_end=6683
+  _globals['_LISTCHANNELCONNECTIONSRESPONSE']._serialized_start=6686
+  _globals['_LISTCHANNELCONNECTIONSRESPONSE']._serialized_end=6828
+  _globals['_UPDATECHANNELCONNECTIONREQUEST']._serialized_start=6831
+  _globals['_UPDATECHANNELCONNECTIONREQUEST']._serialized_end=6992
+  _globals['_UPDATECHANNELCONNECTIONRESPONSE']._serialized_start=6994
+  _globals['_UPDATECHANNELCONNECTIONRESPONSE']._serialized_end=7095
+  _globals['_DELETECHANNELCONNECTIONREQUEST']._serialized_start=7097
+  _globals['_DELETECHANNELCONNECTIONREQUEST']._serialized_end=7166
+  _globals['_DELETECHANNELCONNECTIONRESPONSE']._serialized_start=7168
+  _globals['_DELETECHANNELCONNECTIONRESPONSE']._serialized_end=7201
+  _globals['_RETRYDELIVERYREQUEST']._serialized_start=7203
+  _globals['_RETRYDELIVERYREQUEST']._serialized_end=7256
+  _globals['_RETRYDELIVERYRESPONSE']._serialized_start=7258
+  _globals['_RETRYDELIVERYRESPONSE']._serialized_end=7333
+  _globals['_CHATSERVICE']._serialized_start=7530
+  _globals['_CHATSERVICE']._serialized_end=9610
 # @@protoc_insertion_point(module_scope)

@@ -103,6 +103,36 @@ class ChatServiceStub:
                 request_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.VerifyWebhookRequest.SerializeToString,
                 response_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.VerifyWebhookResponse.FromString,
                 _registered_method=True)
+        self.CreateChannelConnection = channel.unary_unary(
+                '/chatbot.chat.v1.ChatService/CreateChannelConnection',
+                request_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.CreateChannelConnectionRequest.SerializeToString,
+                response_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.CreateChannelConnectionResponse.FromString,
+                _registered_method=True)
+        self.GetChannelConnection = channel.unary_unary(
+                '/chatbot.chat.v1.ChatService/GetChannelConnection',
+                request_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.GetChannelConnectionRequest.SerializeToString,
+                response_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.GetChannelConnectionResponse.FromString,
+                _registered_method=True)
+        self.ListChannelConnections = channel.unary_unary(
+                '/chatbot.chat.v1.ChatService/ListChannelConnections',
+                request_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.ListChannelConnectionsRequest.SerializeToString,
+                response_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.ListChannelConnectionsResponse.FromString,
+                _registered_method=True)
+        self.UpdateChannelConnection = channel.unary_unary(
+                '/chatbot.chat.v1.ChatService/UpdateChannelConnection',
+                request_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.UpdateChannelConnectionRequest.SerializeToString,
+                response_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.UpdateChannelConnectionResponse.FromString,
+                _registered_method=True)
+        self.DeleteChannelConnection = channel.unary_unary(
+                '/chatbot.chat.v1.ChatService/DeleteChannelConnection',
+                request_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.DeleteChannelConnectionRequest.SerializeToString,
+                response_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.DeleteChannelConnectionResponse.FromString,
+                _registered_method=True)
+        self.RetryDelivery = channel.unary_unary(
+                '/chatbot.chat.v1.ChatService/RetryDelivery',
+                request_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.RetryDeliveryRequest.SerializeToString,
+                response_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.RetryDeliveryResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -265,8 +295,20 @@ class ChatServiceServicer:
         Twilio SMS and voice) with its raw body, so that the platform's
         signature can be checked over the exact bytes. Needs no JWT: the
         platform's signature (in the request headers, forwarded as metadata)
-        authenticates it, checked with the tenant's secret for that platform.
-        Idempotent by the platform's message id.
+        authenticates it, checked with the tenant's secret for that platform
+        (its channel connections; see ChannelConnection), over the raw bytes
+        and before anything is parsed.
+
+        The call is answered as soon as it is stored durably (the inbox);
+        messages are stored, answered by the bot and delivered afterwards, so a
+        slow bot never makes the platform time out, and a crash after the answer
+        loses nothing. Idempotent by the platform's message id: a redelivered
+        call or message is one message and gets one reply. Status callbacks move
+        the delivery status of our replies forward only.
+
+        Errors: UNAUTHENTICATED (no connection of the tenant for that platform
+        signs the body; nothing is stored), INVALID_ARGUMENT (an unknown
+        platform, or a body that is not the platform's documented shape).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -274,7 +316,71 @@ class ChatServiceServicer:
 
     def VerifyWebhook(self, request, context):
         """Answers a platform's webhook verification (Meta's `hub.challenge`
-        handshake for WhatsApp and Messenger).
+        handshake for WhatsApp and Messenger): with `hub.mode` "subscribe" and
+        the verify token of one of the tenant's connections for the platform,
+        the challenge comes back as text/plain; anything else is
+        PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateChannelConnection(self, request, context):
+        """Channel connections (a tenant's credentials per platform; see
+        ChannelConnection). These need the scope `chat:admin`, and every change
+        is written to the tenant's audit log (who, what, when; never a secret).
+
+        Creates a connection. Idempotent by `request_id` (AIP-155): a retry with
+        the same id returns the connection the first call created; the same id
+        with a different connection is INVALID_ARGUMENT. Errors: INVALID_ARGUMENT
+        (field violations, by path: "connection.whatsapp.app_secret"),
+        ALREADY_EXISTS (the tenant has a connection for this platform account,
+        reason CONNECTION_EXISTS, its id in the metadata `connection_id`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChannelConnection(self, request, context):
+        """Returns one connection, without its secrets. NOT_FOUND if the tenant has
+        no such connection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChannelConnections(self, request, context):
+        """Lists the tenant's connections by connection id, paginated (AIP-132).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateChannelConnection(self, request, context):
+        """Changes the fields named by `update_mask` (AIP-134): "display_name",
+        "webhook_url", or "<platform>.<field>" of the connection's own platform
+        ("whatsapp.access_token" rotates a token). An empty mask means every
+        field set in the request. The platform itself cannot change
+        (INVALID_ARGUMENT). Takes effect for webhooks and replies at once on
+        this server, and within CHANNEL_CACHE_SECONDS on others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteChannelConnection(self, request, context):
+        """Deletes a connection: its webhooks are refused from then on and replies
+        still to be delivered through it fail. NOT_FOUND if there is none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryDelivery(self, request, context):
+        """Queues a dead-lettered reply (delivery status FAILED) for delivery
+        again, the only way a delivery status moves back (to PENDING). NOT_FOUND
+        if the tenant has no such message; FAILED_PRECONDITION (reason
+        NOT_DEAD_LETTERED) unless it is an outbound message that failed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -332,6 +438,36 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.VerifyWebhook,
                     request_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.VerifyWebhookRequest.FromString,
                     response_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.VerifyWebhookResponse.SerializeToString,
+            ),
+            'CreateChannelConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateChannelConnection,
+                    request_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.CreateChannelConnectionRequest.FromString,
+                    response_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.CreateChannelConnectionResponse.SerializeToString,
+            ),
+            'GetChannelConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChannelConnection,
+                    request_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.GetChannelConnectionRequest.FromString,
+                    response_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.GetChannelConnectionResponse.SerializeToString,
+            ),
+            'ListChannelConnections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChannelConnections,
+                    request_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.ListChannelConnectionsRequest.FromString,
+                    response_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.ListChannelConnectionsResponse.SerializeToString,
+            ),
+            'UpdateChannelConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateChannelConnection,
+                    request_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.UpdateChannelConnectionRequest.FromString,
+                    response_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.UpdateChannelConnectionResponse.SerializeToString,
+            ),
+            'DeleteChannelConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteChannelConnection,
+                    request_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.DeleteChannelConnectionRequest.FromString,
+                    response_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.DeleteChannelConnectionResponse.SerializeToString,
+            ),
+            'RetryDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDelivery,
+                    request_deserializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.RetryDeliveryRequest.FromString,
+                    response_serializer=chatbot_dot_chat_dot_v1_dot_chat__service__pb2.RetryDeliveryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -623,6 +759,168 @@ class ChatService:
             '/chatbot.chat.v1.ChatService/VerifyWebhook',
             chatbot_dot_chat_dot_v1_dot_chat__service__pb2.VerifyWebhookRequest.SerializeToString,
             chatbot_dot_chat_dot_v1_dot_chat__service__pb2.VerifyWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateChannelConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatbot.chat.v1.ChatService/CreateChannelConnection',
+            chatbot_dot_chat_dot_v1_dot_chat__service__pb2.CreateChannelConnectionRequest.SerializeToString,
+            chatbot_dot_chat_dot_v1_dot_chat__service__pb2.CreateChannelConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChannelConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatbot.chat.v1.ChatService/GetChannelConnection',
+            chatbot_dot_chat_dot_v1_dot_chat__service__pb2.GetChannelConnectionRequest.SerializeToString,
+            chatbot_dot_chat_dot_v1_dot_chat__service__pb2.GetChannelConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChannelConnections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatbot.chat.v1.ChatService/ListChannelConnections',
+            chatbot_dot_chat_dot_v1_dot_chat__service__pb2.ListChannelConnectionsRequest.SerializeToString,
+            chatbot_dot_chat_dot_v1_dot_chat__service__pb2.ListChannelConnectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateChannelConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatbot.chat.v1.ChatService/UpdateChannelConnection',
+            chatbot_dot_chat_dot_v1_dot_chat__service__pb2.UpdateChannelConnectionRequest.SerializeToString,
+            chatbot_dot_chat_dot_v1_dot_chat__service__pb2.UpdateChannelConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteChannelConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatbot.chat.v1.ChatService/DeleteChannelConnection',
+            chatbot_dot_chat_dot_v1_dot_chat__service__pb2.DeleteChannelConnectionRequest.SerializeToString,
+            chatbot_dot_chat_dot_v1_dot_chat__service__pb2.DeleteChannelConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatbot.chat.v1.ChatService/RetryDelivery',
+            chatbot_dot_chat_dot_v1_dot_chat__service__pb2.RetryDeliveryRequest.SerializeToString,
+            chatbot_dot_chat_dot_v1_dot_chat__service__pb2.RetryDeliveryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -156,12 +156,63 @@ class ChatServiceStub:
     Twilio SMS and voice) with its raw body, so that the platform's
     signature can be checked over the exact bytes. Needs no JWT: the
     platform's signature (in the request headers, forwarded as metadata)
-    authenticates it, checked with the tenant's secret for that platform.
-    Idempotent by the platform's message id.
+    authenticates it, checked with the tenant's secret for that platform
+    (its channel connections; see ChannelConnection), over the raw bytes
+    and before anything is parsed.
+
+    The call is answered as soon as it is stored durably (the inbox);
+    messages are stored, answered by the bot and delivered afterwards, so a
+    slow bot never makes the platform time out, and a crash after the answer
+    loses nothing. Idempotent by the platform's message id: a redelivered
+    call or message is one message and gets one reply. Status callbacks move
+    the delivery status of our replies forward only.
+
+    Errors: UNAUTHENTICATED (no connection of the tenant for that platform
+    signs the body; nothing is stored), INVALID_ARGUMENT (an unknown
+    platform, or a body that is not the platform's documented shape).
     """
     VerifyWebhook: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.VerifyWebhookRequest, _chat_service_pb2.VerifyWebhookResponse]
     """Answers a platform's webhook verification (Meta's `hub.challenge`
-    handshake for WhatsApp and Messenger).
+    handshake for WhatsApp and Messenger): with `hub.mode` "subscribe" and
+    the verify token of one of the tenant's connections for the platform,
+    the challenge comes back as text/plain; anything else is
+    PERMISSION_DENIED.
+    """
+    CreateChannelConnection: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.CreateChannelConnectionRequest, _chat_service_pb2.CreateChannelConnectionResponse]
+    """Channel connections (a tenant's credentials per platform; see
+    ChannelConnection). These need the scope `chat:admin`, and every change
+    is written to the tenant's audit log (who, what, when; never a secret).
+
+    Creates a connection. Idempotent by `request_id` (AIP-155): a retry with
+    the same id returns the connection the first call created; the same id
+    with a different connection is INVALID_ARGUMENT. Errors: INVALID_ARGUMENT
+    (field violations, by path: "connection.whatsapp.app_secret"),
+    ALREADY_EXISTS (the tenant has a connection for this platform account,
+    reason CONNECTION_EXISTS, its id in the metadata `connection_id`).
+    """
+    GetChannelConnection: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.GetChannelConnectionRequest, _chat_service_pb2.GetChannelConnectionResponse]
+    """Returns one connection, without its secrets. NOT_FOUND if the tenant has
+    no such connection.
+    """
+    ListChannelConnections: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.ListChannelConnectionsRequest, _chat_service_pb2.ListChannelConnectionsResponse]
+    """Lists the tenant's connections by connection id, paginated (AIP-132)."""
+    UpdateChannelConnection: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.UpdateChannelConnectionRequest, _chat_service_pb2.UpdateChannelConnectionResponse]
+    """Changes the fields named by `update_mask` (AIP-134): "display_name",
+    "webhook_url", or "<platform>.<field>" of the connection's own platform
+    ("whatsapp.access_token" rotates a token). An empty mask means every
+    field set in the request. The platform itself cannot change
+    (INVALID_ARGUMENT). Takes effect for webhooks and replies at once on
+    this server, and within CHANNEL_CACHE_SECONDS on others.
+    """
+    DeleteChannelConnection: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.DeleteChannelConnectionRequest, _chat_service_pb2.DeleteChannelConnectionResponse]
+    """Deletes a connection: its webhooks are refused from then on and replies
+    still to be delivered through it fail. NOT_FOUND if there is none.
+    """
+    RetryDelivery: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.RetryDeliveryRequest, _chat_service_pb2.RetryDeliveryResponse]
+    """Queues a dead-lettered reply (delivery status FAILED) for delivery
+    again, the only way a delivery status moves back (to PENDING). NOT_FOUND
+    if the tenant has no such message; FAILED_PRECONDITION (reason
+    NOT_DEAD_LETTERED) unless it is an outbound message that failed.
     """
 
 @_typing.type_check_only
@@ -292,12 +343,63 @@ class ChatServiceAsyncStub(ChatServiceStub):
     Twilio SMS and voice) with its raw body, so that the platform's
     signature can be checked over the exact bytes. Needs no JWT: the
     platform's signature (in the request headers, forwarded as metadata)
-    authenticates it, checked with the tenant's secret for that platform.
-    Idempotent by the platform's message id.
+    authenticates it, checked with the tenant's secret for that platform
+    (its channel connections; see ChannelConnection), over the raw bytes
+    and before anything is parsed.
+
+    The call is answered as soon as it is stored durably (the inbox);
+    messages are stored, answered by the bot and delivered afterwards, so a
+    slow bot never makes the platform time out, and a crash after the answer
+    loses nothing. Idempotent by the platform's message id: a redelivered
+    call or message is one message and gets one reply. Status callbacks move
+    the delivery status of our replies forward only.
+
+    Errors: UNAUTHENTICATED (no connection of the tenant for that platform
+    signs the body; nothing is stored), INVALID_ARGUMENT (an unknown
+    platform, or a body that is not the platform's documented shape).
     """
     VerifyWebhook: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.VerifyWebhookRequest, _chat_service_pb2.VerifyWebhookResponse]  # type: ignore[assignment]
     """Answers a platform's webhook verification (Meta's `hub.challenge`
-    handshake for WhatsApp and Messenger).
+    handshake for WhatsApp and Messenger): with `hub.mode` "subscribe" and
+    the verify token of one of the tenant's connections for the platform,
+    the challenge comes back as text/plain; anything else is
+    PERMISSION_DENIED.
+    """
+    CreateChannelConnection: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.CreateChannelConnectionRequest, _chat_service_pb2.CreateChannelConnectionResponse]  # type: ignore[assignment]
+    """Channel connections (a tenant's credentials per platform; see
+    ChannelConnection). These need the scope `chat:admin`, and every change
+    is written to the tenant's audit log (who, what, when; never a secret).
+
+    Creates a connection. Idempotent by `request_id` (AIP-155): a retry with
+    the same id returns the connection the first call created; the same id
+    with a different connection is INVALID_ARGUMENT. Errors: INVALID_ARGUMENT
+    (field violations, by path: "connection.whatsapp.app_secret"),
+    ALREADY_EXISTS (the tenant has a connection for this platform account,
+    reason CONNECTION_EXISTS, its id in the metadata `connection_id`).
+    """
+    GetChannelConnection: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.GetChannelConnectionRequest, _chat_service_pb2.GetChannelConnectionResponse]  # type: ignore[assignment]
+    """Returns one connection, without its secrets. NOT_FOUND if the tenant has
+    no such connection.
+    """
+    ListChannelConnections: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.ListChannelConnectionsRequest, _chat_service_pb2.ListChannelConnectionsResponse]  # type: ignore[assignment]
+    """Lists the tenant's connections by connection id, paginated (AIP-132)."""
+    UpdateChannelConnection: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.UpdateChannelConnectionRequest, _chat_service_pb2.UpdateChannelConnectionResponse]  # type: ignore[assignment]
+    """Changes the fields named by `update_mask` (AIP-134): "display_name",
+    "webhook_url", or "<platform>.<field>" of the connection's own platform
+    ("whatsapp.access_token" rotates a token). An empty mask means every
+    field set in the request. The platform itself cannot change
+    (INVALID_ARGUMENT). Takes effect for webhooks and replies at once on
+    this server, and within CHANNEL_CACHE_SECONDS on others.
+    """
+    DeleteChannelConnection: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.DeleteChannelConnectionRequest, _chat_service_pb2.DeleteChannelConnectionResponse]  # type: ignore[assignment]
+    """Deletes a connection: its webhooks are refused from then on and replies
+    still to be delivered through it fail. NOT_FOUND if there is none.
+    """
+    RetryDelivery: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.RetryDeliveryRequest, _chat_service_pb2.RetryDeliveryResponse]  # type: ignore[assignment]
+    """Queues a dead-lettered reply (delivery status FAILED) for delivery
+    again, the only way a delivery status moves back (to PENDING). NOT_FOUND
+    if the tenant has no such message; FAILED_PRECONDITION (reason
+    NOT_DEAD_LETTERED) unless it is an outbound message that failed.
     """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -479,8 +581,20 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         Twilio SMS and voice) with its raw body, so that the platform's
         signature can be checked over the exact bytes. Needs no JWT: the
         platform's signature (in the request headers, forwarded as metadata)
-        authenticates it, checked with the tenant's secret for that platform.
-        Idempotent by the platform's message id.
+        authenticates it, checked with the tenant's secret for that platform
+        (its channel connections; see ChannelConnection), over the raw bytes
+        and before anything is parsed.
+
+        The call is answered as soon as it is stored durably (the inbox);
+        messages are stored, answered by the bot and delivered afterwards, so a
+        slow bot never makes the platform time out, and a crash after the answer
+        loses nothing. Idempotent by the platform's message id: a redelivered
+        call or message is one message and gets one reply. Status callbacks move
+        the delivery status of our replies forward only.
+
+        Errors: UNAUTHENTICATED (no connection of the tenant for that platform
+        signs the body; nothing is stored), INVALID_ARGUMENT (an unknown
+        platform, or a body that is not the platform's documented shape).
         """
 
     @_abc_1.abstractmethod
@@ -490,7 +604,82 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chat_service_pb2.VerifyWebhookResponse, _abc.Awaitable[_chat_service_pb2.VerifyWebhookResponse]]:
         """Answers a platform's webhook verification (Meta's `hub.challenge`
-        handshake for WhatsApp and Messenger).
+        handshake for WhatsApp and Messenger): with `hub.mode` "subscribe" and
+        the verify token of one of the tenant's connections for the platform,
+        the challenge comes back as text/plain; anything else is
+        PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateChannelConnection(
+        self,
+        request: _chat_service_pb2.CreateChannelConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.CreateChannelConnectionResponse, _abc.Awaitable[_chat_service_pb2.CreateChannelConnectionResponse]]:
+        """Channel connections (a tenant's credentials per platform; see
+        ChannelConnection). These need the scope `chat:admin`, and every change
+        is written to the tenant's audit log (who, what, when; never a secret).
+
+        Creates a connection. Idempotent by `request_id` (AIP-155): a retry with
+        the same id returns the connection the first call created; the same id
+        with a different connection is INVALID_ARGUMENT. Errors: INVALID_ARGUMENT
+        (field violations, by path: "connection.whatsapp.app_secret"),
+        ALREADY_EXISTS (the tenant has a connection for this platform account,
+        reason CONNECTION_EXISTS, its id in the metadata `connection_id`).
+        """
+
+    @_abc_1.abstractmethod
+    def GetChannelConnection(
+        self,
+        request: _chat_service_pb2.GetChannelConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.GetChannelConnectionResponse, _abc.Awaitable[_chat_service_pb2.GetChannelConnectionResponse]]:
+        """Returns one connection, without its secrets. NOT_FOUND if the tenant has
+        no such connection.
+        """
+
+    @_abc_1.abstractmethod
+    def ListChannelConnections(
+        self,
+        request: _chat_service_pb2.ListChannelConnectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.ListChannelConnectionsResponse, _abc.Awaitable[_chat_service_pb2.ListChannelConnectionsResponse]]:
+        """Lists the tenant's connections by connection id, paginated (AIP-132)."""
+
+    @_abc_1.abstractmethod
+    def UpdateChannelConnection(
+        self,
+        request: _chat_service_pb2.UpdateChannelConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.UpdateChannelConnectionResponse, _abc.Awaitable[_chat_service_pb2.UpdateChannelConnectionResponse]]:
+        """Changes the fields named by `update_mask` (AIP-134): "display_name",
+        "webhook_url", or "<platform>.<field>" of the connection's own platform
+        ("whatsapp.access_token" rotates a token). An empty mask means every
+        field set in the request. The platform itself cannot change
+        (INVALID_ARGUMENT). Takes effect for webhooks and replies at once on
+        this server, and within CHANNEL_CACHE_SECONDS on others.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteChannelConnection(
+        self,
+        request: _chat_service_pb2.DeleteChannelConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.DeleteChannelConnectionResponse, _abc.Awaitable[_chat_service_pb2.DeleteChannelConnectionResponse]]:
+        """Deletes a connection: its webhooks are refused from then on and replies
+        still to be delivered through it fail. NOT_FOUND if there is none.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryDelivery(
+        self,
+        request: _chat_service_pb2.RetryDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_service_pb2.RetryDeliveryResponse, _abc.Awaitable[_chat_service_pb2.RetryDeliveryResponse]]:
+        """Queues a dead-lettered reply (delivery status FAILED) for delivery
+        again, the only way a delivery status moves back (to PENDING). NOT_FOUND
+        if the tenant has no such message; FAILED_PRECONDITION (reason
+        NOT_DEAD_LETTERED) unless it is an outbound message that failed.
         """
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
