@@ -8,8 +8,10 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
+# What the Envoy edge transcodes with (deploy/envoy/): built, never committed.
+DESCRIPTOR := build/chat_service.pb
 
-.PHONY: all install run test test-embedded test-mongo check lint typecheck buf-lint buf-breaking generate check-generated bench fmt clean
+.PHONY: all install run run-edge test test-embedded test-mongo check lint typecheck buf-lint buf-breaking generate check-generated bench fmt clean
 
 all: check test
 
@@ -27,6 +29,14 @@ $(STAMP_NODE): package.json package-lock.json
 
 run: $(STAMP_PY)
 	$(PY) -m chat_service
+
+# The service as `make run` has it, behind the Envoy edge (HTTP/JSON,
+# webhooks, SSE) on EDGE_PORT (8080); see tools/run-edge.
+run-edge: $(STAMP_PY)
+	tools/run-edge
+
+$(DESCRIPTOR): $(STAMP_PY) tools/render_envoy.py $(shell find proto third_party -name '*.proto')
+	$(PY) tools/render_envoy.py descriptor $@
 
 # Two passes, run side by side (each prints when it ends): the whole suite
 # on the embedded store, and the end-to-end tests whose outcome depends on
@@ -77,4 +87,4 @@ fmt: $(STAMP_PY) $(STAMP_NODE)
 	$(BUF) format -w proto
 
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) node_modules build .mypy_cache .ruff_cache .pytest_cache
