@@ -17,9 +17,15 @@ import logging
 import socket
 import uuid
 
+from adapters.channels.bot_framework import BotTokens, ConnectorKeys, login_client
 from adapters.channels.graph_api import GraphApi
 from adapters.channels.messenger import MessengerInbound
 from adapters.channels.messenger_send import messenger_sender_factory
+from adapters.channels.slack import SlackInbound
+from adapters.channels.slack_api import SlackWebApi
+from adapters.channels.slack_send import slack_sender_factory
+from adapters.channels.teams import TeamsInbound
+from adapters.channels.teams_send import ConnectorApi, teams_sender_factory
 from adapters.channels.whatsapp import WhatsAppInbound
 from adapters.channels.whatsapp_send import whatsapp_sender_factory
 from adapters.engine.builtin import BuiltinEngine
@@ -113,7 +119,7 @@ async def choose_parts(settings: Settings, life: Lifecycle) -> Parts:
         tokens=tokens,
         relay_owner=relay_owner(settings),
         secret_box=secret_box,
-        inbound=_inbound(settings),
+        inbound=_inbound(settings, life),
         sender_factories=_sender_factories(settings, life),
         # The state cache is for the rest of the platform, which can only
         # read a shared one: in one process nobody would.
@@ -129,20 +135,42 @@ def _sender_factories(settings: Settings, life: Lifecycle) -> dict[Channel, Send
     life.closers.append(whatsapp.aclose)
     messenger = GraphApi(settings.meta_graph_api_base_url)
     life.closers.append(messenger.aclose)
+    slack = SlackWebApi(settings.slack_api_base_url)
+    life.closers.append(slack.aclose)
     return {
         Channel.WHATSAPP: whatsapp_sender_factory(
             whatsapp, rate_per_second=settings.whatsapp_rate_per_second
         ),
         Channel.MESSENGER: messenger_sender_factory(messenger),
+        Channel.TEAMS: _teams_sender_factory(settings, life),
+        Channel.SLACK: slack_sender_factory(slack),
     }
 
 
-def _inbound(settings: Settings) -> dict[Channel, InboundChannel]:
+def _teams_sender_factory(settings: Settings, life: Lifecycle) -> SenderFactory:
+    """Teams replies: the Bot Connector's endpoints, and the bots' tokens."""
+    connector, login = ConnectorApi(), login_client()
+    life.closers.extend((connector.aclose, login.aclose))
+    tokens = BotTokens(settings.teams_token_url, http=login)
+    return teams_sender_factory(connector, tokens, token_url=settings.teams_token_url)
+
+
+def _inbound(settings: Settings, life: Lifecycle) -> dict[Channel, InboundChannel]:
     """The platforms whose webhooks are taken in."""
     return {
         Channel.WHATSAPP: WhatsAppInbound(graph_base_url=settings.meta_graph_api_base_url),
         Channel.MESSENGER: MessengerInbound(),
+        Channel.TEAMS: _teams_inbound(settings, life),
+        Channel.SLACK: SlackInbound(clock=SystemClock()),
     }
+
+
+def _teams_inbound(settings: Settings, life: Lifecycle) -> TeamsInbound:
+    """Teams activities, checked against the Bot Connector's published keys
+    (fetched when the first activity comes)."""
+    login = login_client()
+    life.closers.append(login.aclose)
+    return TeamsInbound(ConnectorKeys(settings.teams_openid_metadata_url, http=login))
 
 
 async def _store(settings: Settings, life: Lifecycle) -> ConversationStore:

@@ -172,6 +172,19 @@ class Settings:
     # messages per second (developers.facebook.com/documentation/business-
     # messaging/whatsapp/throughput).
     whatsapp_rate_per_second: float = 80.0
+    # Slack's Web API (chat.postMessage); tests point it at a local emulator.
+    slack_api_base_url: str = "https://slack.com/api"
+    # Bot Framework (Teams): where the Bot Connector's signing keys are
+    # published, and the token endpoint of the bots' client credentials
+    # (learn.microsoft.com/azure/bot-service/rest-api/bot-framework-rest-
+    # connector-authentication); tests point both at a local emulator.
+    teams_openid_metadata_url: str = (
+        "https://login.botframework.com/v1/.well-known/openidconfiguration"
+    )
+    teams_token_url: str = (
+        "https://login.microsoftonline.com/botframework.com"  # noqa: S105 (a URL)
+        "/oauth2/v2.0/token"
+    )
     fallback_text: str = "Sorry, I can't answer right now. Please try again in a moment."
 
     @property
@@ -310,6 +323,17 @@ class Settings:
             ),
             whatsapp_rate_per_second=r.number(
                 "WHATSAPP_RATE_PER_SECOND", defaults.whatsapp_rate_per_second, low=0.01, high=10_000
+            ),
+            slack_api_base_url=(
+                r.url("SLACK_API_BASE_URL", {"http", "https"}).rstrip("/")
+                or defaults.slack_api_base_url
+            ),
+            teams_openid_metadata_url=(
+                r.url("TEAMS_OPENID_METADATA_URL", {"http", "https"})
+                or defaults.teams_openid_metadata_url
+            ),
+            teams_token_url=(
+                r.url("TEAMS_TOKEN_URL", {"http", "https"}) or defaults.teams_token_url
             ),
             fallback_text=r.text("FALLBACK_MESSAGE", defaults.fallback_text),
         )

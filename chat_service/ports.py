@@ -123,6 +123,16 @@ class ConversationCursor:
     conversation_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryClaimant:
+    """A delivery process (its owner id, unique among live processes) at
+    `now` (its clock): list_pending_deliveries for it shows what
+    claim_delivery would grant it."""
+
+    owner: str
+    now: datetime
+
+
 class ConversationStore(Protocol):
     """Durable conversations, messages, idempotency records and the outbox.
 
@@ -202,11 +212,17 @@ class ConversationStore(Protocol):
         ...
 
     async def list_pending_deliveries(
-        self, *, limit: int, after: tuple[datetime, str] | None = None
+        self,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+        claimable_by: DeliveryClaimant | None = None,
     ) -> Sequence[Message]:
         """Outbound messages (every tenant's) still PENDING, ordered by
         (created_at, message_id), after `after` (exclusive): what a crash
-        left undelivered, for start-up."""
+        left undelivered. With `claimable_by`, only those its owner may claim
+        at its `now` (claim_delivery): unleased, on a lease that ran out, or
+        on its own; not those another live process is delivering."""
         ...
 
     async def requeue_delivery(
@@ -215,6 +231,30 @@ class ConversationStore(Protocol):
         """Moves a FAILED message back to PENDING (the one backward move, for
         an operator's RetryDelivery), writing `event`; the message as stored
         then, or None when there is no such FAILED message."""
+        ...
+
+    async def claim_delivery(
+        self, tenant_id: str, message_id: str, owner: str, *, now: datetime, lease_seconds: float
+    ) -> bool:
+        """Leases a PENDING message's delivery to `owner` until `now` +
+        `lease_seconds`, when it is free to `owner`: unleased, its lease ran
+        out (ends at or before `now`), or `owner`'s already (renewed; so a
+        process restarted under the same owner id takes its leases straight
+        back). Returns whether `owner` holds it now; False when another owner
+        holds it on a live lease, or the message is not PENDING (or there is
+        none). One atomic write: of two claimants, one wins.
+
+        Several processes share the store: each claims a reply before every
+        attempt to send it and renews the claim while it waits to retry, so
+        no two send it at once. Any move of the delivery status
+        (update_delivery_status, requeue_delivery) ends the lease. Leases
+        compare the callers' clocks: processes sharing a store must keep them
+        in step (NTP), well within a lease."""
+        ...
+
+    async def release_delivery(self, tenant_id: str, message_id: str, owner: str) -> None:
+        """Ends `owner`'s lease on the message, if `owner` holds it (else
+        nothing): what a stopping process leaves is free to another at once."""
         ...
 
     async def claim_outbox(
@@ -532,9 +572,13 @@ class ConnectionDirectory(Protocol):
 
     async def opened(self, tenant_id: str, connection_id: str) -> OpenedConnection | None: ...
 
-    async def for_channel(self, tenant_id: str, channel: Channel) -> Sequence[OpenedConnection]:
+    async def for_channel(
+        self, tenant_id: str, channel: Channel, *, fresh: bool = False
+    ) -> Sequence[OpenedConnection]:
         """The tenant's connections for one platform (webhook verification
-        tries each: the signature is checked before the body names one)."""
+        tries each: the signature is checked before the body names one).
+        `fresh`: read the store rather than the cache (a connection made by
+        another process within the cache's TTL), and cache what is read."""
         ...
 
 

@@ -173,10 +173,12 @@ class Services:
         self._tasks.append(asyncio.create_task(self.tail.run(), name="event tail"))
         self._inbox_task = asyncio.create_task(self.inbox_worker.run(), name="webhook inbox")
         self._tasks.append(self._inbox_task)
-        # Replies a crash left PENDING: queued in the background, so that a
-        # long backlog does not hold the start (delivery.close stops it).
+        # Replies PENDING that no live process holds (a crash, or another
+        # process that died, left them): queued in the background at start
+        # and then every sweep, so that a long backlog does not hold the start
+        # (delivery.close stops it).
         self._tasks.append(
-            asyncio.create_task(self.delivery.resume_pending(), name="delivery recovery")
+            asyncio.create_task(self.delivery.run_sweeps(), name="delivery recovery")
         )
 
     def end_streams(self) -> None:
@@ -274,6 +276,9 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
         policy=tuning.delivery,
         listeners=[delivery_changed],
         delivered_by_storing=DELIVERED_BY_STORING,
+        # Unique among live processes, kept across a restart: a restarted
+        # process takes its own delivery leases back at once.
+        owner=parts.relay_owner,
     )
     admission = TenantAdmission(coordination.limiter)
     # Answers what the service cannot read (webhooks' unsupported types)

@@ -32,6 +32,7 @@ from chat_service.ports import (
     ConversationChange,
     ConversationCursor,
     ConversationQuery,
+    DeliveryClaimant,
     DeliveryError,
     DeliveryReceipt,
     DuplicateMessage,
@@ -66,6 +67,8 @@ class InMemoryStore:
         self._fences: dict[str, int] = {}  # conversation id -> highest fencing token
         self._last_position = 0  # positions are never reused, even once pruned
         self._pruned_through = 0
+        # (tenant, message_id) -> (owner, until): who delivers a PENDING reply.
+        self._delivery_leases: dict[tuple[str, str], tuple[str, datetime]] = {}
 
     async def get_conversation(self, tenant_id: str, conversation_id: str) -> Conversation | None:
         await asyncio.sleep(0)  # as real I/O would
@@ -215,6 +218,7 @@ class InMemoryStore:
         self._messages[(tenant_id, message_id)] = dataclasses.replace(
             message, delivery_status=status, channel_metadata=metadata
         )
+        self._delivery_leases.pop((tenant_id, message_id), None)  # any move ends it
         self._append_events(() if event is None else (event,))
         return True
 
@@ -237,14 +241,25 @@ class InMemoryStore:
         )
 
     async def list_pending_deliveries(
-        self, *, limit: int, after: tuple[datetime, str] | None = None
+        self,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+        claimable_by: DeliveryClaimant | None = None,
     ) -> Sequence[Message]:
         await asyncio.sleep(0)  # as real I/O would
         pending = sorted(
             (
                 m
                 for m in self._messages.values()
-                if m.is_outbound and m.delivery_status is DeliveryStatus.PENDING
+                if m.is_outbound
+                and m.delivery_status is DeliveryStatus.PENDING
+                and (
+                    claimable_by is None
+                    or self._delivery_free(
+                        (m.tenant_id, m.message_id), claimable_by.owner, claimable_by.now
+                    )
+                )
             ),
             key=lambda m: (m.created_at, m.message_id),
         )
@@ -261,8 +276,32 @@ class InMemoryStore:
             return None
         requeued = dataclasses.replace(message, delivery_status=DeliveryStatus.PENDING)
         self._messages[(tenant_id, message_id)] = requeued
+        self._delivery_leases.pop((tenant_id, message_id), None)
         self._append_events((event,))
         return requeued
+
+    async def claim_delivery(
+        self, tenant_id: str, message_id: str, owner: str, *, now: datetime, lease_seconds: float
+    ) -> bool:
+        await asyncio.sleep(0)  # as real I/O would
+        key = (tenant_id, message_id)
+        message = self._messages.get(key)
+        if message is None or message.delivery_status is not DeliveryStatus.PENDING:
+            return False
+        if not self._delivery_free(key, owner, now):
+            return False
+        self._delivery_leases[key] = (owner, now + timedelta(seconds=lease_seconds))
+        return True
+
+    async def release_delivery(self, tenant_id: str, message_id: str, owner: str) -> None:
+        await asyncio.sleep(0)  # as real I/O would
+        key = (tenant_id, message_id)
+        if self._delivery_leases.get(key, ("", None))[0] == owner:
+            del self._delivery_leases[key]
+
+    def _delivery_free(self, key: tuple[str, str], owner: str, now: datetime) -> bool:
+        lease = self._delivery_leases.get(key)
+        return lease is None or lease[0] == owner or lease[1] <= now
 
     def _append_events(self, events: Sequence[DomainEvent]) -> None:
         for event in events:

@@ -23,6 +23,8 @@ Decisions:
 - An attachment we do not map (fallback, template, reel...) is kept with
   `supported=False` and a text placeholder (stored as such, polite reply).
   Messenger sends no MIME type: `content.media.type` is left empty.
+- A link shared with a Page comes as the user's text plus a `fallback`
+  attachment (the link's preview): that is a text message.
 - A postback without `mid` (older payloads) is keyed `postback:<psid>:<timestamp>`.
 - A message with neither text nor attachments is kept as `unknown`, unsupported.
 - Other events (optins, reactions, referrals, handovers...) are skipped with a reason.
@@ -34,7 +36,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from adapters.channels.meta import Fields, Skipped, load_body, payload_error, unix_time
+from adapters.channels.meta import (
+    Fields,
+    Skipped,
+    load_body,
+    payload_error,
+    unix_time,
+    utf8_text,
+)
 from adapters.channels.meta_inbound import MetaWebhooks
 from chat_service.domain.content import LocationContent, MediaContent, MessageContent
 from chat_service.domain.content_limits import MIME_TYPES_BY_MESSAGE_TYPE
@@ -164,8 +173,12 @@ def _message(event: Fields) -> list[MessengerInboundMessage] | Skipped:
             )
         ]
     attachments = message.items("attachments")
+    text = message.opt_text("text")
+    if text and all(a.opt_text("type") == "fallback" for a in attachments):
+        # A link shared with its preview (a `fallback` attachment): the
+        # text holds what the user typed, link included.
+        attachments = []
     if not attachments:
-        text = message.opt_text("text")
         if not text:  # a kind of message the reference does not document yet
             placeholder = MessageContent.of_text("[unsupported Messenger message]")
             return [envelope.message(mid, "unknown", placeholder, supported=False)]
@@ -247,7 +260,7 @@ def _receipt(event: Fields) -> MessengerReceipt:
 def _text_item(value: object, path: str) -> str:
     if not isinstance(value, str) or not value:
         raise payload_error(path, "must be a non-empty string")
-    return value
+    return utf8_text(value)
 
 
 def _millis(value: int, path: str) -> datetime:
@@ -325,7 +338,10 @@ def _platform_message(message: MessengerInboundMessage) -> PlatformMessage:
 
 
 def _mime_type_of(url: str) -> str:
-    path = urlsplit(url).path
+    try:
+        path = urlsplit(url).path
+    except ValueError:  # e.g. a bracketed host that is no IPv6 address
+        return ""
     name = path.rpartition("/")[2]
     extension = name[name.rfind(".") :].lower() if "." in name else ""
     return _MIME_BY_EXTENSION.get(extension, "")

@@ -34,6 +34,9 @@ WEBHOOK_VERIFY_MODE_INVALID = "WEBHOOK_VERIFY_MODE_INVALID"
 WEBHOOK_PAYLOAD_INVALID = "WEBHOOK_PAYLOAD_INVALID"
 
 _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
+# Longer decimal strings are no timestamp (ms since 1970 take 13 digits), and
+# past 4300 digits int() raises a ValueError of its own.
+_MAX_INTEGER_DIGITS = 20
 # Meta sends an int; echoed as text/plain, so keep it short and printable.
 _CHALLENGE = re.compile(r"[\x21-\x7e]{1,256}")
 
@@ -145,7 +148,7 @@ class Fields:
         value = self._value.get(key)
         if not isinstance(value, str) or not value:
             raise payload_error(self.at(key), "must be a non-empty string")
-        return value
+        return utf8_text(value)
 
     def opt_text(self, key: str) -> str:
         value = self._value.get(key)
@@ -153,7 +156,7 @@ class Fields:
             return ""
         if not isinstance(value, str):
             raise payload_error(self.at(key), "must be a string")
-        return value
+        return utf8_text(value)
 
     def id(self, key: str) -> str:
         """An id Meta sends as a string or, in older payloads, a number."""
@@ -165,7 +168,12 @@ class Fields:
     def integer(self, key: str) -> int:
         """A required integer, given as a number or a decimal string (WhatsApp timestamps)."""
         value = self._value.get(key)
-        if isinstance(value, str) and value.isascii() and value.isdigit():
+        if (
+            isinstance(value, str)
+            and value.isascii()
+            and value.isdigit()
+            and len(value) <= _MAX_INTEGER_DIGITS
+        ):
             return int(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -173,8 +181,13 @@ class Fields:
 
     def number(self, key: str) -> float:
         value = self._value.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)  # an integer past a float's range overflows
+            except OverflowError:
+                number = math.inf
+            if math.isfinite(number):
+                return number
         raise payload_error(self.at(key), "must be a number")
 
     def flag(self, key: str) -> bool:
@@ -200,6 +213,19 @@ class Fields:
 
     def items(self, key: str) -> list[Fields]:
         return [Fields.of(item, f"{self.at(key)}[{i}]") for i, item in enumerate(self.array(key))]
+
+
+def utf8_text(value: str) -> str:
+    """`value` as valid Unicode: JSON can escape half of a surrogate pair
+    ("\\ud83d" alone), which Python keeps and every later encoding to UTF-8
+    (fingerprints, the stores) refuses; each lone half becomes U+FFFD."""
+    if value.isascii():
+        return value
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
 
 
 def unix_time(seconds: int, path: str) -> datetime:

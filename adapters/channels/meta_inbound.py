@@ -7,9 +7,12 @@ the inbox key and the empty 200 Meta expects.
   candidate connection's `app_secret`, compared in constant time
   (meta.verify_signature;
   https://developers.facebook.com/docs/graph-api/webhooks/getting-started/,
-  "Validating Payloads"). Every candidate is tried, and a tenant with no
-  connection costs one HMAC as well, so the answer and its timing do not
-  tell whether the tenant exists.
+  "Validating Payloads"). Each distinct app secret among the candidates
+  is tried once (the numbers or pages of one Meta app share it: a body
+  costs one HMAC per app, not per connection), and a tenant with no
+  connection costs one HMAC as well, so the answer and the HMAC work do not
+  tell whether the tenant exists (its connections' cached or uncached
+  lookup still may).
 - Handshake: `hub.mode=subscribe` and a candidate's `verify_token`
   (meta.verify_subscription; same page, "Verification Requests").
 - Meta names no delivery id, so the inbox key is the body's hash; messages
@@ -59,13 +62,24 @@ class MetaWebhooks:
         header = call.headers.get(SIGNATURE_HEADER)
         # The decoy's refusal is the answer when no candidate signs the body:
         # the missing or malformed header, else "does not match", the same
-        # words and about the same time whoever the tenant is.
+        # words whoever the tenant is (checked over no bytes: the words only).
         try:
-            verify_signature(call.body, header, self._decoy_secret)
+            verify_signature(b"", header, self._decoy_secret)
             refusal = Unauthenticated(_NO_MATCH, reason=WEBHOOK_SIGNATURE_INVALID)
         except Unauthenticated as error:
             refusal = error
-        verified = [c for c in candidates if _signs(call.body, header, c)]
+        by_secret: dict[str, list[OpenedConnection]] = {}
+        for candidate in candidates:
+            by_secret.setdefault(candidate.secrets.get(APP_SECRET, ""), []).append(candidate)
+        if not by_secret:
+            _signs(call.body, header, self._decoy_secret)  # the HMAC a connection costs
+            raise refusal
+        verified = [
+            connection
+            for secret, connections in by_secret.items()
+            if _signs(call.body, header, secret)
+            for connection in connections
+        ]
         if not verified:
             raise refusal
         return verified
@@ -90,9 +104,9 @@ class MetaWebhooks:
         return b"", "text/plain"
 
 
-def _signs(body: bytes, header: str | None, candidate: OpenedConnection) -> bool:
+def _signs(body: bytes, header: str | None, app_secret: str) -> bool:
     try:
-        verify_signature(body, header, candidate.secrets.get(APP_SECRET, ""))
+        verify_signature(body, header, app_secret)
     except Unauthenticated:
         return False
     return True

@@ -13,8 +13,9 @@ the same on every server, while nx-27017, the test server, compares
 strings that look like dates as datetimes cut to the whole second.
 
 Fields starting with `_` other than `_id` belong to the journalled write
-protocol (journal.py); the decoders ignore them, as they ignore every key
-they do not know.
+protocol (journal.py), or are a PENDING reply's delivery lease
+(`_delivery`); the decoders ignore them, as they ignore every key they do
+not know.
 """
 
 from __future__ import annotations
@@ -151,6 +152,24 @@ def message_document(message: Message) -> Document:
 
 def message_from_document(document: Mapping[str, Any]) -> Message:
     return message_from_dict(document)
+
+
+# A PENDING reply's delivery lease: {owner, until} (until in epoch
+# microseconds, the claimant's clock), set by store.claim_delivery; absent
+# when free. Every move of the delivery status removes it (`$unset`).
+DELIVERY_LEASE = "_delivery"
+
+
+def delivery_free(owner: str, now_us: int) -> Document:
+    """Filter: the reply's delivery lease is free to `owner` at `now_us`:
+    none, run out, or its own. (An $or: keep it inside all_of.)"""
+    return {
+        "$or": [
+            {DELIVERY_LEASE: {"$exists": False}},
+            {f"{DELIVERY_LEASE}.owner": owner},
+            {f"{DELIVERY_LEASE}.until": {"$lte": now_us}},
+        ]
+    }
 
 
 def platform_id_update(platform_message_id: str) -> Document:

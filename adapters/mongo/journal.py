@@ -74,6 +74,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 from adapters.mongo.documents import (
     CONVERSATIONS,
     COUNTERS,
+    DELIVERY_LEASE,
     MESSAGES,
     EncodedChange,
     Keys,
@@ -213,7 +214,10 @@ class Journal:
                 update[f"_events.{token}"] = outbox_document(position, event)
                 where[f"_void.{token}"] = {"$exists": False}
             moved = await self._messages.find_one_and_update(
-                where, {"$set": update}, return_document=ReturnDocument.AFTER
+                where,
+                # Any move ends the reply's delivery lease.
+                {"$set": update, "$unset": {DELIVERY_LEASE: ""}},
+                return_document=ReturnDocument.AFTER,
             )
             if moved is not None:
                 if event is not None:

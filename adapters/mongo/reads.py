@@ -25,6 +25,7 @@ from adapters.mongo.documents import (
     RECORDS,
     Keys,
     conversation_from_document,
+    delivery_free,
     epoch_micros,
     message_from_document,
     record_from_document,
@@ -35,10 +36,11 @@ from adapters.mongo.recovery import Recovery
 from adapters.mongo.schema import Collection, Database
 from adapters.storage.changes import positive_limit
 from adapters.storage.search import query_search_text
+from adapters.storage.times import to_micros
 from chat_service.domain.enums import Channel, MessageRole
 from chat_service.domain.model import Conversation, IdempotencyRecord, Message
 from chat_service.domain.serialization import Document, parse_datetime
-from chat_service.ports import ConversationCursor, ConversationQuery
+from chat_service.ports import ConversationCursor, ConversationQuery, DeliveryClaimant
 
 # A page's end: (created_us, conversation_id) of its last conversation.
 Keyset = tuple[int, str]
@@ -65,6 +67,8 @@ class Reads:
         # Journalled writes only: what they have committed.
         self._recovery = recovery
         self._iter_batch_size = iter_batch_size
+        # Whether _date_pending has run (it is needed once per process).
+        self._pending_dated = False
 
     async def get_conversation(self, tenant_id: str, conversation_id: str) -> Conversation | None:
         with translated_errors("get_conversation"):
@@ -188,20 +192,25 @@ class Reads:
         return message_from_document(found)
 
     async def list_pending_deliveries(
-        self, *, limit: int, after: tuple[datetime, str] | None
+        self,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None,
+        claimable_by: DeliveryClaimant | None = None,
     ) -> Sequence[Message]:
         limit = positive_limit(limit)
         keyset = None if after is None else (int(epoch_micros(after[0])), after[1])
         found: list[Message] = []
         with translated_errors("list_pending_deliveries"):
-            if keyset is None:
+            if keyset is None and not self._pending_dated:
                 await self._date_pending()
+                self._pending_dated = True
             # Journalled writes: a message reserved by a write that has not
             # committed is not there yet, so a batch may come up short of
             # visible ones, and the next is read.
             while True:
                 batch = (
-                    await self._messages.find(_pending_filter(keyset))
+                    await self._messages.find(_pending_filter(keyset, claimable_by))
                     .sort([("created_us", 1), ("message_id", 1)])
                     .limit(limit)
                     .to_list()
@@ -219,8 +228,9 @@ class Reads:
     async def _date_pending(self) -> None:
         """Gives `created_us` to the PENDING messages stored without it by
         versions before it (documents.message_document). Done by the first
-        page of each listing, that is once per start-up, and not at open:
-        it is needed here only, and these are few (open stays on `_id`s)."""
+        listing of the process (the delivery sweeps list every half minute),
+        and not at open: it is needed here only, and these are few (open
+        stays on `_id`s)."""
         lacking = {"delivery_status": "pending", "created_us": {"$exists": False}}
         while True:
             batch = await self._messages.find(lacking, {"created_at": 1}).limit(500).to_list()
@@ -325,18 +335,22 @@ class Reads:
         return {group["_id"] for group in await groups.to_list()}
 
 
-def _pending_filter(keyset: Keyset | None) -> Document:
+def _pending_filter(keyset: Keyset | None, claimable_by: DeliveryClaimant | None) -> Document:
     """Outbound messages still PENDING (the partial index `pending_deliveries`
-    holds only PENDING ones), beyond `keyset`: (created_us, message_id)."""
+    holds only PENDING ones), beyond `keyset`: (created_us, message_id); with
+    `claimable_by`, only those whose delivery lease is free to it."""
     where: Document = {"delivery_status": "pending", "role": {"$ne": MessageRole.USER.value}}
+    lease: Document = {}
+    if claimable_by is not None:
+        lease = delivery_free(claimable_by.owner, to_micros(claimable_by.now))
     if keyset is None:
-        return where
+        return all_of(where, lease) if lease else where
     at, message_id = keyset
     # As in _conversation_filter: the bound on created_us lets the index
     # seek, the $or settles the ties.
     where["created_us"] = {"$gte": at}
     return all_of(
-        where, {"$or": [{"created_us": {"$gt": at}}, {"message_id": {"$gt": message_id}}]}
+        where, {"$or": [{"created_us": {"$gt": at}}, {"message_id": {"$gt": message_id}}]}, lease
     )
 
 

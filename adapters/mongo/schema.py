@@ -20,7 +20,11 @@ done, so safe to repeat and to run from several processes):
 - messages and records with ObjectId `_id`s (from before natural ids)
   cannot be given their natural `_id` (MongoDB never changes an `_id`), so
   a database holding any keeps finding them by their unique key
-  (documents.Keys), which is as fast on MongoDB; `ensure_schema` says which.
+  (documents.Keys), which is as fast on MongoDB; `ensure_schema` says which;
+- messages from before delivery leases have no `_delivery` (documents.py):
+  free to claim, as they should be; nothing to do. Leases are claimed by
+  `_id` and filtered within the `pending_deliveries` index: no index of
+  their own.
 """
 
 from __future__ import annotations

@@ -63,14 +63,24 @@ from typing import Any, Protocol, TypeVar
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConfigurationError
 
-from adapters.mongo.documents import EncodedChange, Keys, encode_change, message_from_document
+from adapters.mongo.documents import (
+    DELIVERY_LEASE,
+    MESSAGES,
+    EncodedChange,
+    Keys,
+    delivery_free,
+    encode_change,
+    message_from_document,
+)
 from adapters.mongo.errors import translated_errors
 from adapters.mongo.event_log import EventLog
+from adapters.mongo.filters import all_of
 from adapters.mongo.journal import Journal
 from adapters.mongo.reads import Reads
 from adapters.mongo.schema import Database, ensure_schema
 from adapters.mongo.transactions import TransactionalWrites, supports_transactions
 from adapters.storage.changes import check_change
+from adapters.storage.times import seconds_to_micros, to_micros
 from chat_service.domain.enums import Channel, DeliveryStatus
 from chat_service.domain.event_codec import event_to_dict
 from chat_service.domain.events import DomainEvent, OutboxEntry
@@ -80,6 +90,7 @@ from chat_service.ports import (
     ConversationChange,
     ConversationCursor,
     ConversationQuery,
+    DeliveryClaimant,
     StoreUnavailable,
 )
 
@@ -141,6 +152,7 @@ class MongoStore:
     ) -> None:
         self._client = client
         self._database = database
+        self._keys = keys
         # Journalled writes also shape the reads (what is visible, through
         # their recovery); the transactional ones need nothing of the kind.
         self._journal = (
@@ -350,16 +362,48 @@ class MongoStore:
         return await self._reads.find_by_platform_id(tenant_id, channel, platform_message_id)
 
     async def list_pending_deliveries(
-        self, *, limit: int, after: tuple[datetime, str] | None = None
+        self,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+        claimable_by: DeliveryClaimant | None = None,
     ) -> Sequence[Message]:
         self._check_open()
-        return await self._reads.list_pending_deliveries(limit=limit, after=after)
+        return await self._reads.list_pending_deliveries(
+            limit=limit, after=after, claimable_by=claimable_by
+        )
 
     async def requeue_delivery(
         self, tenant_id: str, message_id: str, event: DomainEvent
     ) -> Message | None:
         self._check_open()
         return await self._run_to_end(self._requeue_delivery(tenant_id, message_id, event))
+
+    async def claim_delivery(
+        self, tenant_id: str, message_id: str, owner: str, *, now: datetime, lease_seconds: float
+    ) -> bool:
+        self._check_open()
+        at = to_micros(now)
+        # One conditional update of the message document (atomic on every
+        # server, with or without transactions): of two claimants, one wins.
+        where = all_of(
+            {**self._keys.where(tenant_id, message_id), "delivery_status": "pending"},
+            delivery_free(owner, at),
+        )
+        lease = {"owner": owner, "until": at + seconds_to_micros(lease_seconds)}
+        with translated_errors("claim_delivery"):
+            claimed = await self._run_to_end(
+                self._database[MESSAGES].update_one(where, {"$set": {DELIVERY_LEASE: lease}})
+            )
+        return claimed.matched_count == 1
+
+    async def release_delivery(self, tenant_id: str, message_id: str, owner: str) -> None:
+        self._check_open()
+        where = {**self._keys.where(tenant_id, message_id), f"{DELIVERY_LEASE}.owner": owner}
+        with translated_errors("release_delivery"):
+            await self._run_to_end(
+                self._database[MESSAGES].update_one(where, {"$unset": {DELIVERY_LEASE: ""}})
+            )
 
     async def _write(self, change: ConversationChange) -> None:
         with translated_errors("write"):

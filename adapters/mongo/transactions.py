@@ -31,6 +31,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 from adapters.mongo.documents import (
     CONVERSATIONS,
     COUNTERS,
+    DELIVERY_LEASE,
     MESSAGES,
     OUTBOX,
     OUTBOX_POSITION,
@@ -165,7 +166,11 @@ class TransactionalWrites:
                     return
                 after = await self._messages.find_one_and_update(
                     {"_id": found["_id"], "delivery_status": current.value},
-                    {"$set": {"delivery_status": status.value, **also}},
+                    # Any move ends the reply's delivery lease.
+                    {
+                        "$set": {"delivery_status": status.value, **also},
+                        "$unset": {DELIVERY_LEASE: ""},
+                    },
                     return_document=ReturnDocument.AFTER,
                     session=session,
                 )

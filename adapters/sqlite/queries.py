@@ -9,9 +9,10 @@ from datetime import datetime
 from typing import TypeVar
 
 from adapters.sqlite.rows import Params
+from adapters.sqlite.writes import DELIVERY_FREE
 from adapters.storage.search import query_search_text
 from adapters.storage.times import to_micros
-from chat_service.ports import ConversationCursor, ConversationQuery
+from chat_service.ports import ConversationCursor, ConversationQuery, DeliveryClaimant
 
 _T = TypeVar("_T")
 
@@ -120,7 +121,7 @@ def select_by_platform_id(
 
 
 def select_pending_deliveries(
-    *, limit: int, after: tuple[datetime, str] | None
+    *, limit: int, after: tuple[datetime, str] | None, claimable_by: DeliveryClaimant | None
 ) -> tuple[str, Params]:
     where = ["delivery_status = 'pending'", "role != 'user'"]
     params: Params = {"limit": limit}
@@ -128,6 +129,11 @@ def select_pending_deliveries(
         where.append("(created_at, message_id) > (:after_time, :after_id)")
         params["after_time"] = to_micros(after[0])
         params["after_id"] = after[1]
+    if claimable_by is not None:
+        # The claim's own terms (writes.py), on the rows the index finds.
+        where.append(DELIVERY_FREE)
+        params["owner"] = claimable_by.owner
+        params["now"] = to_micros(claimable_by.now)
     sql = (
         "SELECT * FROM messages WHERE "  # noqa: S608 (fixed fragments; values bound)
         + " AND ".join(where)

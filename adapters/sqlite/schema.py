@@ -194,8 +194,24 @@ CHANNEL_TABLES = (
     """,
 )
 
+# Version 7: delivery leases (writes.claim_delivery). The process
+# delivering a PENDING reply and until when (microseconds, its clock), so
+# that processes sharing the file never send one reply at once. NULL: free.
+DELIVERY_LEASES = (
+    "ALTER TABLE messages ADD COLUMN delivery_owner TEXT",
+    "ALTER TABLE messages ADD COLUMN delivery_until INTEGER",
+)
+
 # MIGRATIONS[n] takes a database from version n to version n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, CHANNEL_TABLES)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _V1,
+    _V2,
+    _V3,
+    _V4,
+    _V5,
+    CHANNEL_TABLES,
+    DELIVERY_LEASES,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -42,6 +42,8 @@ from adapters.sqlite.schema import migrate
 from adapters.sqlite.writes import (
     EncodedChange,
     advance_delivery_status,
+    claim_delivery,
+    release_delivery,
     requeue_delivery,
     write_change,
 )
@@ -54,6 +56,7 @@ from chat_service.ports import (
     ConversationChange,
     ConversationCursor,
     ConversationQuery,
+    DeliveryClaimant,
     StoreUnavailable,
 )
 
@@ -224,15 +227,37 @@ class SqliteStore:
         return found[0] if found else None
 
     async def list_pending_deliveries(
-        self, *, limit: int, after: tuple[datetime, str] | None = None
+        self,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+        claimable_by: DeliveryClaimant | None = None,
     ) -> Sequence[Message]:
-        sql, params = select_pending_deliveries(limit=positive_limit(limit), after=after)
+        sql, params = select_pending_deliveries(
+            limit=positive_limit(limit), after=after, claimable_by=claimable_by
+        )
         return await self._read_all(sql, params, message_from_row)
 
     async def requeue_delivery(
         self, tenant_id: str, message_id: str, event: DomainEvent
     ) -> Message | None:
         return await self._write(lambda c: requeue_delivery(c, tenant_id, message_id, event))
+
+    async def claim_delivery(
+        self, tenant_id: str, message_id: str, owner: str, *, now: datetime, lease_seconds: float
+    ) -> bool:
+        at = to_micros(now)
+        params = {
+            "tenant_id": tenant_id,
+            "message_id": message_id,
+            "owner": owner,
+            "now": at,
+            "until": at + seconds_to_micros(lease_seconds),
+        }
+        return await self._write(lambda c: claim_delivery(c, params))
+
+    async def release_delivery(self, tenant_id: str, message_id: str, owner: str) -> None:
+        await self._write(lambda c: release_delivery(c, tenant_id, message_id, owner))
 
     async def claim_outbox(
         self, owner: str, *, limit: int, lease_seconds: float

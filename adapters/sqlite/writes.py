@@ -1,7 +1,9 @@
 """The store's writes, each a unit of work run whole by the writer thread
 inside its transaction (connections.GroupCommitWriter): a conversation
 change, a delivery status moved forward (with the platform's id for the
-message, once sent), and a dead letter requeued, each with its events."""
+message, once sent), and a dead letter requeued, each with its events; and
+the delivery leases of PENDING replies (claimed, renewed, released; any
+status move ends one)."""
 
 from __future__ import annotations
 
@@ -141,7 +143,9 @@ def advance_delivery_status(
         connection.execute(_RECORD_SENT, (status.value, platform_message_id, tenant_id, message_id))
     else:
         connection.execute(
-            "UPDATE messages SET delivery_status = ? WHERE tenant_id = ? AND message_id = ?",
+            "UPDATE messages SET delivery_status = ?,"
+            " delivery_owner = NULL, delivery_until = NULL"
+            " WHERE tenant_id = ? AND message_id = ?",
             (status.value, tenant_id, message_id),
         )
     connection.executemany(_APPEND_EVENT, events)
@@ -149,11 +153,13 @@ def advance_delivery_status(
 
 
 # The status and the platform's id in one statement; json_set keeps the rest
-# of the channel metadata as it is.
+# of the channel metadata as it is. Like every move of the delivery status,
+# it ends the reply's delivery lease.
 _RECORD_SENT = """
 UPDATE messages SET
     delivery_status = ?,
-    channel_metadata = json_set(channel_metadata, '$.platform_message_id', ?)
+    channel_metadata = json_set(channel_metadata, '$.platform_message_id', ?),
+    delivery_owner = NULL, delivery_until = NULL
 WHERE tenant_id = ? AND message_id = ?
 """
 
@@ -163,8 +169,8 @@ def requeue_delivery(
 ) -> Message | None:
     """FAILED -> PENDING with its event; the message as it is then, or None."""
     requeued = connection.execute(
-        "UPDATE messages SET delivery_status = ? "
-        "WHERE tenant_id = ? AND message_id = ? AND delivery_status = ?",
+        "UPDATE messages SET delivery_status = ?, delivery_owner = NULL, delivery_until = NULL"
+        " WHERE tenant_id = ? AND message_id = ? AND delivery_status = ?",
         (DeliveryStatus.PENDING.value, tenant_id, message_id, DeliveryStatus.FAILED.value),
     )
     if requeued.rowcount != 1:
@@ -174,6 +180,33 @@ def requeue_delivery(
         "SELECT * FROM messages WHERE tenant_id = ? AND message_id = ?", (tenant_id, message_id)
     ).fetchone()
     return message_from_row(row)
+
+
+# Free to :owner at :now: unleased, run out, or its own (queries.py lists by
+# the same terms).
+DELIVERY_FREE = "(delivery_owner IS NULL OR delivery_owner = :owner OR delivery_until <= :now)"
+
+_CLAIM_DELIVERY = """
+UPDATE messages SET delivery_owner = :owner, delivery_until = :until
+WHERE tenant_id = :tenant_id AND message_id = :message_id AND delivery_status = 'pending'
+    AND (delivery_owner IS NULL OR delivery_owner = :owner OR delivery_until <= :now)
+"""
+
+
+def claim_delivery(connection: sqlite3.Connection, params: Params) -> bool:
+    """Leases a PENDING reply to :owner until :until if it is free to it at
+    :now; whether it did (one conditional update: of two claimants, one wins)."""
+    return connection.execute(_CLAIM_DELIVERY, params).rowcount == 1
+
+
+def release_delivery(
+    connection: sqlite3.Connection, tenant_id: str, message_id: str, owner: str
+) -> None:
+    connection.execute(
+        "UPDATE messages SET delivery_owner = NULL, delivery_until = NULL"
+        " WHERE tenant_id = ? AND message_id = ? AND delivery_owner = ?",
+        (tenant_id, message_id, owner),
+    )
 
 
 def _event_rows(events: Iterable[DomainEvent]) -> list[tuple[str, str]]:

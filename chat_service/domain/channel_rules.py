@@ -119,40 +119,49 @@ _RULES: Mapping[Channel, ChannelRules] = {
         max_buttons=3,
         max_cards=10,
     ),
-    # Slack chat.postMessage (docs.slack.dev): `text` is truncated past
-    # 40000 characters, but Slack asks clients to keep a message to 4000 so
-    # it stays readable and under its 16 KB message size even in 4-byte
-    # characters: 4000 it is. With buttons the text goes in a section block,
-    # whose text is limited to 3000. Buttons (and quick replies, shown as
-    # buttons) go in an actions block of up to 25 elements; a URL button
-    # opens its link. Image blocks show images; files by URL, locations and
-    # carousels become text.
+    # Slack chat.postMessage (docs.slack.dev/reference/methods/chat.postMessage):
+    # `text` is truncated past 40000 characters, but Slack asks clients to
+    # keep a message to 4000 (docs.slack.dev/changelog/2018-truncating-
+    # really-long-messages): 4000 it is. With buttons, an image or cards
+    # the text goes in section blocks, whose text is limited to 3000
+    # (docs.slack.dev/reference/block-kit/blocks/section-block). Buttons
+    # (and quick replies, shown as buttons) go in actions blocks of up to
+    # 25 elements (.../block-kit/blocks/actions-block); a URL button opens
+    # its link. Image blocks show images; a carousel is one section per card
+    # (image accessory, its buttons in an actions block): 10 cards take at
+    # most 30 of a message's 50 blocks. Files by URL and locations become
+    # text. Users send text and files of any kind.
     Channel.SLACK: ChannelRules(
         channel=Channel.SLACK,
         max_text_length=4000,
         max_attached_text_length=3000,
         inbound_types=frozenset({_T.TEXT, *MEDIA_MESSAGE_TYPES}),
-        outbound_types=frozenset({_T.TEXT, _T.IMAGE, _T.QUICK_REPLY}),
+        outbound_types=frozenset({_T.TEXT, _T.IMAGE, _T.QUICK_REPLY, _T.CAROUSEL}),
         button_types=frozenset({ButtonType.POSTBACK, ButtonType.URL}),
         max_quick_replies=25,
         max_buttons=25,
-        max_cards=0,
+        max_cards=MAX_CARDS,
     ),
     # Microsoft Teams bots (learn.microsoft.com/microsoftteams/platform/
     # bots/how-to/format-your-bot-messages): the message size limit (28 KB
     # in older docs, 40-100 KB now, UTF-16) is far above 4096 code points,
-    # so the model's limit binds. Hero cards in a carousel attachment
-    # layout; card actions openUrl, imBack/messageBack and call, 3 per card
-    # (Bot Framework's supportsCardActions for msteams); suggested actions
-    # for quick replies, of which Teams shows the first three. Users send
-    # text and file or image attachments.
+    # so the model's limit binds. Hero cards, alone or in a carousel
+    # attachment layout of at most 10 (.../task-modules-and-cards/cards/
+    # cards-reference); their buttons (at most six there, so the model's 3
+    # binds) are card actions openUrl, imBack, messageBack, invoke and
+    # signin only (.../cards/cards-actions: "Teams does not support
+    # CardAction types not listed"), so no call button: phone numbers go in
+    # the text. Suggested actions for quick replies, of which Teams shows
+    # the first three (.../conversations/suggested-actions). Images show
+    # natively (PNG, JPEG, GIF); other media go as links. Users send text
+    # and file or image attachments.
     Channel.TEAMS: ChannelRules(
         channel=Channel.TEAMS,
         max_text_length=MAX_TEXT_LENGTH,
         max_attached_text_length=MAX_TEXT_LENGTH,
         inbound_types=frozenset({_T.TEXT, _T.IMAGE, _T.FILE}),
         outbound_types=frozenset({_T.TEXT, _T.IMAGE, _T.QUICK_REPLY, _T.CAROUSEL}),
-        button_types=frozenset({ButtonType.POSTBACK, ButtonType.URL, ButtonType.PHONE}),
+        button_types=frozenset({ButtonType.POSTBACK, ButtonType.URL}),
         max_quick_replies=3,
         max_buttons=3,
         max_cards=10,

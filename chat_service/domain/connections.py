@@ -108,7 +108,7 @@ class ConnectionFields:
     display_name: str = ""
     webhook_url: str = ""
     public: Mapping[str, str] = field(default_factory=dict)
-    secrets: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)  # plain text
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,12 +157,20 @@ class ChannelConnection:
             display_name=fields.display_name if "display_name" in paths else self.display_name,
             webhook_url=fields.webhook_url if "webhook_url" in paths else self.webhook_url,
             public=public,
-            account_id=public[self.spec.account_field],
+            account_id=account_id_of(self.channel, public),
             secrets={**self.secrets, **sealed},
             fingerprints={**self.fingerprints, **fingerprints},
             updated_at=at,
             version=self.version + 1,
         )
+
+
+def account_id_of(channel: Channel, public: Mapping[str, str]) -> str:
+    """The id a webhook names the connection by. A Teams app id is a GUID,
+    which Microsoft writes in either case: kept lowercase, as activities are
+    matched after lowering theirs."""
+    value = public[PLATFORMS[channel].account_field]
+    return value.lower() if channel is Channel.TEAMS else value
 
 
 def secret_context(tenant_id: str, connection_id: str, name: str) -> str:

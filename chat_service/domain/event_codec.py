@@ -89,12 +89,18 @@ def live_event_to_dict(event: LiveEvent) -> Document:
     match event:
         case MessageStored(message=message):
             return {"kind": "message_stored", "message": message_to_dict(message)}
-        case DeliveryChanged(message_id=message_id, sequence=sequence, status=status):
+        case DeliveryChanged(
+            message_id=message_id,
+            sequence=sequence,
+            status=status,
+            platform_message_id=platform_message_id,
+        ):
             return {
                 "kind": "delivery_changed",
                 "message_id": message_id,
                 "sequence": sequence,
                 "status": status.value,
+                "platform_message_id": platform_message_id,
             }
         case StatusChanged(previous=previous, current=current, reason=reason):
             return {
@@ -129,6 +135,7 @@ def live_event_from_dict(data: Mapping[str, Any]) -> LiveEvent:
             message_id=str(data["message_id"]),
             sequence=int(data["sequence"]),
             status=DeliveryStatus(data["status"]),
+            platform_message_id=str(data.get("platform_message_id", "")),
         )
     if kind == "status_changed":
         return StatusChanged(

@@ -24,6 +24,8 @@ class DeliveryChanged:
     message_id: str
     sequence: int
     status: DeliveryStatus
+    # The platform's id for the message, once it has one.
+    platform_message_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

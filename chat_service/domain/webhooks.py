@@ -52,6 +52,11 @@ class PlatformMessage:
     kind: str = ""  # the platform's type as sent ("interactive.button_reply")
     user_name: str = ""
     thread_id: str = ""  # Slack thread_ts, Teams conversation id...
+    # Where the platform keeps the conversation when it is not the user
+    # alone (a Slack channel and thread, a Teams conversation): the user's
+    # messages there continue one conversation of their own. Empty: one
+    # conversation per (connection, user), as on WhatsApp and Messenger.
+    conversation_key: str = ""
     reply_to_platform_id: str = ""  # the platform message this one answers
     # Platform details kept in channel_metadata.additional_data (media id,
     # button payload): strings only, never a secret.
@@ -108,13 +113,16 @@ def inbound_message_id(channel: Channel, platform_message_id: str) -> str:
     return f"{prefix}:h:{digest}"
 
 
-def session_of(connection_id: str, platform_user_id: str) -> str:
+def session_of(connection_id: str, platform_user_id: str, conversation_key: str = "") -> str:
     """The session a platform user's messages continue in: one conversation
-    per (connection, user) while it is open and recent."""
-    session = f"{connection_id}:{platform_user_id}"
-    if len(session) <= MAX_SESSION_ID_LENGTH:
+    per (connection, user), or per (connection, place, user) where the
+    platform names a place (`conversation_key`), while it is open and
+    recent."""
+    within = f"{conversation_key}/{platform_user_id}" if conversation_key else platform_user_id
+    session = f"{connection_id}:{within}"
+    if len(session) <= MAX_SESSION_ID_LENGTH and ":h:" not in within:
         return session
-    return f"{connection_id}:h:{hashlib.sha256(platform_user_id.encode()).hexdigest()}"
+    return f"{connection_id}:h:{hashlib.sha256(within.encode()).hexdigest()}"
 
 
 def body_dedup_key(body: bytes) -> str:

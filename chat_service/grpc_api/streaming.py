@@ -195,6 +195,7 @@ def _stream_frame(item: StreamItem, error_domain: str) -> pb.StreamConversationR
                 message_id=item.message_id,
                 sequence=item.sequence,
                 status=delivery_status_to_proto(item.status),
+                platform_message_id=item.platform_message_id,
             )
         )
     if isinstance(item, TypingChanged):

@@ -34,6 +34,7 @@ from chat_service.domain.connections import (
     AuditEntry,
     ChannelConnection,
     ConnectionFields,
+    account_id_of,
     check_new,
     check_update,
     secret_context,
@@ -128,7 +129,7 @@ class ChannelConnections:
             connection_id=connection_id,
             tenant_id=tenant_id,
             channel=fields.channel,
-            account_id=public[spec.account_field],
+            account_id=account_id_of(fields.channel, public),
             display_name=fields.display_name,
             webhook_url=fields.webhook_url,
             public=public,
@@ -435,7 +436,13 @@ class CachedConnections:
         assert value is None or isinstance(value, OpenedConnection)
         return value
 
-    async def for_channel(self, tenant_id: str, channel: Channel) -> Sequence[OpenedConnection]:
+    async def for_channel(
+        self, tenant_id: str, channel: Channel, *, fresh: bool = False
+    ) -> Sequence[OpenedConnection]:
+        key: _Key = (tenant_id, "channel", channel.value)
+        if fresh:
+            self._entries.pop(key, None)
+
         async def load() -> _Value:
             opened: list[OpenedConnection] = []
             after = ""
@@ -448,7 +455,7 @@ class CachedConnections:
                     return tuple(opened)
                 after = page[-1].connection_id
 
-        value = await self._cached((tenant_id, "channel", channel.value), load)
+        value = await self._cached(key, load)
         assert isinstance(value, tuple)
         return value
 

@@ -20,13 +20,31 @@ policy) ends at once. After the last attempt the message is FAILED, and its
 queue again. A sent message is recorded SENT together with the platform's
 id for it, which the platform's status callbacks name.
 
-On start-up `resume_pending` queues the replies a crash (or a stop cut
-short) left PENDING in the store. A reply the platform took just before a
-crash, whose SENT was not recorded yet, is sent again: platforms take no
-idempotency key for outbound messages, so that window cannot be closed.
-Nor does the store lease deliveries to a process: where several instances
-share a store, one that starts also queues the replies another instance
-still has queued (waiting out a retry), which may then be sent twice.
+Several processes share the store (replicas, a rolling deploy), so a
+reply is leased to the process delivering it (ConversationStore.
+claim_delivery, owner: the process's id, unique among live ones). The queue
+claims a reply before every attempt, renews the claim every third of a
+lease while it waits to retry (however long the platform's Retry-After),
+and keeps the replies queued behind it in its conversation claimed too, so
+another process neither sends them nor sends them out of order. A claim
+refused means another process delivers the reply: it leaves this queue
+silently. Recording SENT or FAILED ends the lease; a closing queue releases
+what it could not finish, for another process to take at once.
+
+`resume_pending` queues the replies PENDING in the store that no live
+process holds: those a crash (or a stop cut short) left, whether this
+process's earlier life (same owner id: its leases are its own at once) or
+another's whose lease ran out. It runs at start-up and then every
+`sweep_seconds` (`run_sweeps`), so a process that died mid-delivery has its
+replies taken over by a live one within about a lease and a sweep. It
+leaves replies created within the last lease to the process that stored
+them, which claims them (or ones queued behind) within that time.
+
+A reply the platform took just before its process died, whose SENT was not
+recorded yet, is sent again by the one that takes it over: platforms take
+no idempotency key for outbound messages, so that window cannot be closed.
+Likewise a process stalled longer than a lease in the middle of an attempt
+(the attempt timeout is well within one) may find its reply sent twice.
 """
 
 from __future__ import annotations
@@ -34,10 +52,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from functools import partial
 from itertools import groupby
 from typing import TypeVar
@@ -49,6 +68,7 @@ from chat_service.ports import (
     ChannelSender,
     Clock,
     ConversationStore,
+    DeliveryClaimant,
     DeliveryError,
     DeliveryReceipt,
     StoreUnavailable,
@@ -72,8 +92,28 @@ class DeliveryPolicy:
     # (retrying sooner than asked would only be refused again); an operator
     # re-queues it with RetryDelivery once the platform takes messages again.
     max_retry_after: float = 900.0
-    # Pending replies read per page at start-up (resume_pending).
+    # Pending replies read per page by resume_pending.
     resume_page: int = 200
+    # How long a claim holds a reply for this process. Claimed before each
+    # attempt, renewed every third of it while a retry waits: longer than an
+    # attempt (attempt_timeout), with room for the store's answers. A
+    # process that dies keeps its replies from the others this long at most.
+    lease_seconds: float = 60.0
+    # How often resume_pending looks for replies no live process holds.
+    sweep_seconds: float = 30.0
+    # The most a closing queue spends releasing the leases it still holds.
+    release_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= self.attempt_timeout:
+            raise ValueError("the delivery lease must outlast an attempt (attempt_timeout)")
+        if self.sweep_seconds <= 0:
+            raise ValueError("sweep_seconds must be positive")
+
+    @property
+    def renew_every(self) -> float:
+        """How often a held lease is renewed: a third of it."""
+        return self.lease_seconds / 3
 
     def backoff(self, attempt: int, jitter: float) -> float:
         """The wait after failed attempt `attempt` (from 1): full jitter, a
@@ -105,12 +145,17 @@ class DeliveryQueue:
         policy: DeliveryPolicy = DeliveryPolicy(),
         listeners: Iterable[DeliveryListener] = (),
         delivered_by_storing: Iterable[Channel] = (),
+        owner: str | None = None,
         jitter: Callable[[], float] = random.random,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        """`jitter` (uniform in [0, 1)) and `sleep` are the randomness and the
-        waiting of retries, replaceable in tests."""
+        """`owner`: this process's id in delivery leases, unique among live
+        processes sharing the store and best kept across restarts (wiring
+        passes bootstrap.relay_owner); None: a random one. `jitter` (uniform
+        in [0, 1)) and `sleep` are the randomness and the waiting of retries,
+        replaceable in tests."""
         self._store = store
+        self._owner = owner or f"delivery-{uuid.uuid4().hex}"
         self._delivered_by_storing = frozenset(delivered_by_storing)
         self._senders = dict(senders)
         self._clock = clock
@@ -122,7 +167,10 @@ class DeliveryQueue:
         self._workers: dict[str, asyncio.Task[None]] = {}
         # Queued or being delivered, so that no message is queued twice.
         self._queued: set[_Key] = set()
+        # Leased to this process: when the lease was last taken (clock time).
+        self._leased: dict[_Key, datetime] = {}
         self._closing = False
+        self._stop = asyncio.Event()  # set by close: ends run_sweeps
 
     def subscribe(self, listener: DeliveryListener) -> None:
         self._listeners.append(listener)
@@ -178,34 +226,66 @@ class DeliveryQueue:
             return False
         return True
 
+    @property
+    def owner(self) -> str:
+        return self._owner
+
     async def close(self, timeout: float) -> None:
-        """Queue nothing more (resume_pending stops too), finish what is
-        queued within `timeout`, then cancel the rest (those messages stay
-        PENDING in the store, and are resumed at the next start)."""
+        """Queue nothing more (resume_pending and run_sweeps stop too),
+        finish what is queued within `timeout`, then cancel the rest: those
+        messages stay PENDING in the store, their leases released (within
+        release_timeout, best effort) for another process to take at once."""
         self._closing = True
+        self._stop.set()
         if not await self.wait_idle(timeout):
             for task in list(self._workers.values()):
                 task.cancel()
             await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        await self._release_leases()
+
+    async def _release_leases(self) -> None:
+        held, self._leased = list(self._leased), {}
+        if not held:
+            return
+        try:
+            async with asyncio.timeout(self._policy.release_timeout):
+                await asyncio.gather(
+                    *(self._store.release_delivery(t, m, self._owner) for t, m in held)
+                )
+        except Exception as error:  # best effort: they run out within a lease anyway
+            log.warning("could not release %d delivery leases: %s", len(held), error)
 
     # ------------------------------------------------------------ recovery
 
+    async def run_sweeps(self) -> None:
+        """resume_pending now, then every sweep_seconds, until close (or
+        cancellation)."""
+        while not self._stop.is_set():
+            await self.resume_pending()
+            try:
+                async with asyncio.timeout(self._policy.sweep_seconds):
+                    await self._stop.wait()
+            except TimeoutError:
+                pass
+
     async def resume_pending(self) -> None:
-        """Queues every reply the store holds PENDING from before this call
-        (of every tenant; a crash left them undelivered), each conversation's
-        in sequence order, once. Replies stored from now on are this
-        process's own, queued as they are stored. Meant to run once at
-        start-up, in the background: it waits out a store outage, and
-        stops when the queue closes."""
+        """Queues the replies the store holds PENDING (of every tenant) that
+        no live process holds a lease on, each conversation's in sequence
+        order, once: those a crash left, or whose process stopped or died
+        before delivering them. Not those created within the last lease
+        (their process claims them meanwhile). It waits out a store outage,
+        and stops when the queue closes."""
+        now = self._clock.now()
+        cutoff = now - timedelta(seconds=self._policy.lease_seconds)
         try:
-            resumed = await self._resume_before(self._clock.now())
+            resumed = await self._resume_before(cutoff, DeliveryClaimant(self._owner, now))
         except Exception:
             log.exception("resuming pending deliveries failed; they stay PENDING")
             return
         if resumed:
             log.info("resumed %d pending deliveries", resumed)
 
-    async def _resume_before(self, cutoff: datetime) -> int:
+    async def _resume_before(self, cutoff: datetime, claimant: DeliveryClaimant) -> int:
         resumed = 0
         after: tuple[datetime, str] | None = None
         # Replies created in the same instant (one answer's several replies)
@@ -218,6 +298,7 @@ class DeliveryQueue:
                     self._store.list_pending_deliveries,
                     limit=self._policy.resume_page,
                     after=after,
+                    claimable_by=claimant,
                 )
             )
             earlier = [message for message in page if message.created_at < cutoff]
@@ -240,7 +321,10 @@ class DeliveryQueue:
         ordered = sorted(messages, key=lambda m: (conversation_of(m), m.sequence))
         resumed = 0
         for (tenant_id, conversation_id), group in groupby(ordered, key=conversation_of):
-            replies = list(group)
+            # This process's own (queued, leased): nothing to read for them.
+            replies = [m for m in group if (m.tenant_id, m.message_id) not in self._queued]
+            if not replies:
+                continue
             conversation = await self._retrying(
                 partial(self._store.get_conversation, tenant_id, conversation_id)
             )
@@ -274,15 +358,20 @@ class DeliveryQueue:
         try:
             while queue:
                 conversation, message = queue[0]
+                held = (message.tenant_id, message.message_id)
                 try:
-                    await self._deliver(conversation, message)
+                    await self._deliver(queue, conversation, message)
+                    # Recorded (which ended its lease), or another's.
+                    self._leased.pop(held, None)
                 except Exception:
-                    # A bug: the message stays PENDING (resumed at the next
-                    # start); the conversation's next ones still go.
+                    # A bug: the message stays PENDING, for a later sweep
+                    # once its lease runs out; the conversation's next ones
+                    # still go.
                     log.exception("delivery of %s failed unexpectedly", message.message_id)
                 finally:
+                    # (Cancelled: it stays in _leased, released by close.)
                     queue.popleft()
-                    self._queued.discard((message.tenant_id, message.message_id))
+                    self._queued.discard(held)
         finally:
             del self._workers[key]
             if not queue:
@@ -292,9 +381,18 @@ class DeliveryQueue:
                     self._queued.discard((message.tenant_id, message.message_id))
                 del self._queues[key]
 
-    async def _deliver(self, conversation: Conversation, message: Message) -> None:
+    async def _deliver(
+        self,
+        queue: deque[tuple[Conversation, Message]],
+        conversation: Conversation,
+        message: Message,
+    ) -> None:
+        """Delivers `message`, the head of its conversation's `queue`."""
         sender = self._senders.get(conversation.channel)
         for attempt in range(1, self._policy.attempts + 1):
+            if not await self._hold(queue):
+                log.debug("%s is delivered by another process", message.message_id)
+                return
             try:
                 if sender is None:
                     raise DeliveryError(
@@ -316,7 +414,9 @@ class DeliveryQueue:
                         conversation, message, DeliveryStatus.FAILED, _dead_letter(error, attempt)
                     )
                     return
-                await self._sleep(wait)
+                if not await self._wait_holding(queue, wait):
+                    log.debug("%s was taken over by another process", message.message_id)
+                    return
             else:
                 await self._record(
                     conversation,
@@ -328,6 +428,71 @@ class DeliveryQueue:
                     platform_message_id=receipt.platform_message_id,
                 )
                 return
+
+    async def _wait_holding(self, queue: deque[tuple[Conversation, Message]], wait: float) -> bool:
+        """Waits `wait` seconds holding the leases of `queue`, renewed every
+        third of a lease; False as soon as its head is no longer ours."""
+        remaining = wait
+        while True:
+            if not await self._hold(queue):
+                return False
+            step = min(remaining, self._policy.renew_every)
+            await self._sleep(step)
+            remaining -= step
+            if remaining <= 0:
+                return True
+
+    async def _hold(self, queue: deque[tuple[Conversation, Message]]) -> bool:
+        """Claims (renews) the head of a conversation's queue, and the replies
+        queued behind it whose lease is not fresh (taken within the last
+        third of a lease), so that no other process sends them, nor sends
+        them before the head. A follower another process holds leaves the
+        queue. Returns whether the head is this process's to deliver."""
+        head, *behind = list(queue)
+        fresh_since = self._clock.now() - timedelta(seconds=self._policy.renew_every)
+
+        def fresh(message: Message) -> bool:
+            taken = self._leased.get((message.tenant_id, message.message_id))
+            return taken is not None and taken > fresh_since
+
+        stale = [item for item in behind if not fresh(item[1])]
+        held = await asyncio.gather(*(self._claim(m) for _, m in (head, *stale)))
+        for item, ours in zip(stale, held[1:], strict=True):
+            if not ours and item in queue:
+                log.debug("%s is delivered by another process", item[1].message_id)
+                queue.remove(item)
+                self._queued.discard((item[1].tenant_id, item[1].message_id))
+        return held[0]
+
+    async def _claim(self, message: Message) -> bool:
+        """Claims `message` for this process, again after a backoff while the
+        store is unavailable (never sending unclaimed); False when another
+        process holds it, it is no longer PENDING, or the queue is closing
+        while the store is out."""
+        key = (message.tenant_id, message.message_id)
+        attempt = 0
+        while True:
+            now = self._clock.now()
+            try:
+                ours = await self._store.claim_delivery(
+                    message.tenant_id,
+                    message.message_id,
+                    self._owner,
+                    now=now,
+                    lease_seconds=self._policy.lease_seconds,
+                )
+            except StoreUnavailable:
+                attempt += 1
+                if self._closing:
+                    return False
+                log.warning("store unavailable while claiming %s; retrying", message.message_id)
+                await self._sleep(self._policy.backoff(attempt, self._jitter()))
+                continue
+            if ours:
+                self._leased[key] = now
+            else:
+                self._leased.pop(key, None)
+            return ours
 
     def _wait_after(self, error: DeliveryError, attempt: int) -> float | None:
         """How long to wait before the next attempt; None to give up."""
@@ -391,6 +556,11 @@ class DeliveryQueue:
                 attempt += 1
             else:
                 if moved:
+                    if platform_message_id:
+                        metadata_now = replace(
+                            message.channel_metadata, platform_message_id=platform_message_id
+                        )
+                        message = replace(message, channel_metadata=metadata_now)
                     self._notify(message, status)
                 return
 

@@ -56,6 +56,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from chat_service.domain.content import MessageContent
+from chat_service.domain.content_limits import MAX_TEXT_LENGTH
 from chat_service.domain.enums import Channel, DeliveryStatus
 from chat_service.domain.errors import Aborted, ChatError, InvalidArgument, Unavailable
 from chat_service.domain.events import delivery_updated
@@ -129,6 +130,9 @@ class InboxSettings:
     max_backoff_seconds: float = 5.0  # of the loop itself, when claiming fails
     concurrency: int = 16  # platform users handled at once
     max_attempts: int = 12
+    # A status naming no message of ours is looked at this many times (the
+    # retries' first delays: 1 s, 2 s) before it is counted and ignored.
+    unknown_status_attempts: int = 3
     first_retry_seconds: float = 1.0
     max_retry_seconds: float = 300.0  # 12 attempts span about half an hour
     retention: timedelta = timedelta(hours=168)
@@ -383,13 +387,23 @@ class InboxWorker:
     async def _connection(
         self, delivery: WebhookDelivery, account_id: str
     ) -> OpenedConnection | None:
-        """The tenant's connection for the account (the directory caches them)."""
-        try:
-            with port_errors():
-                opened = await self._directory.for_channel(delivery.tenant_id, delivery.channel)
-        except Unavailable as error:
-            raise _Retry(f"connections unavailable: {error.message}", error.retry_after) from None
-        return next((o for o in opened if o.connection.account_id == account_id), None)
+        """The tenant's connection for the account (the directory caches
+        them; a miss reads the store again before the message is skipped, as
+        the connection may have been made by another process since)."""
+        for fresh in (False, True):
+            try:
+                with port_errors():
+                    opened = await self._directory.for_channel(
+                        delivery.tenant_id, delivery.channel, fresh=fresh
+                    )
+            except Unavailable as error:
+                raise _Retry(
+                    f"connections unavailable: {error.message}", error.retry_after
+                ) from None
+            found = next((o for o in opened if o.connection.account_id == account_id), None)
+            if found is not None:
+                return found
+        return None
 
     # ----------------------------------------------------------- statuses
 
@@ -398,6 +412,8 @@ class InboxWorker:
             try:
                 for status in job.parsed.statuses:
                     await self._status(job.delivery, status)
+            except _Retry as retry:
+                job.must_retry(retry)
             except (StoreUnavailable, Unavailable) as error:
                 job.must_retry(_Retry(f"store unavailable: {error}"))
             except Exception as error:
@@ -409,6 +425,11 @@ class InboxWorker:
         for platform_id in status.platform_message_ids:
             message = await self._store.find_by_platform_id(tenant_id, channel, platform_id)
             if message is None:
+                if delivery.attempts < self._settings.unknown_status_attempts:
+                    # The platform may report a message before our SENT (with
+                    # its id) is recorded: look again shortly (the rest of
+                    # the delivery is idempotent: statuses only move forward).
+                    raise _Retry(f"{channel.value} status for a message not recorded yet")
                 self.stats.unknown_statuses += 1
                 log.info("%s status for unknown message %s; ignored", channel.value, platform_id)
                 continue
@@ -543,6 +564,13 @@ def inbound_of(
         additional["user_name"] = message.user_name
     if message.reply_to_platform_id:
         additional["reply_to_platform_id"] = message.reply_to_platform_id
+    content = message.content
+    if len(content.text) > MAX_TEXT_LENGTH:
+        # Platforms take longer texts from users (WhatsApp up to 65,536
+        # characters) than the service keeps: the user's words are kept, cut
+        # at the limit and marked, rather than refused as unreadable.
+        content = replace(content, text=content.text[:MAX_TEXT_LENGTH])
+        additional["truncated_from"] = str(len(message.content.text))
     if not message.supported:
         additional["unsupported"] = True
     return InboundMessage(
@@ -551,8 +579,8 @@ def inbound_of(
         conversation_id="",
         user_id=message.user_id,
         channel=channel,
-        content=message.content,
-        session_id=session_of(connection_id, message.user_id),
+        content=content,
+        session_id=session_of(connection_id, message.user_id, message.conversation_key),
         timestamp=message.sent_at,
         channel_metadata=ChannelMetadata(
             platform_message_id=message.platform_message_id,

@@ -41,5 +41,10 @@ class LiveFeed:
         """A DeliveryQueue listener (and read receipts)."""
         self._bus.publish(
             conversation_topic(message.tenant_id, message.conversation_id),
-            DeliveryChanged(message.message_id, message.sequence, status),
+            DeliveryChanged(
+                message.message_id,
+                message.sequence,
+                status,
+                message.channel_metadata.platform_message_id,
+            ),
         )

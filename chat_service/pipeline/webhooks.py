@@ -9,7 +9,8 @@ HandleWebhook, in this order:
   tenant without connections gets the very same answer, so a webhook URL
   does not tell whether its tenant exists) -> the body parsed once, to
   refuse junk before acknowledging it (INVALID_ARGUMENT, nothing stored) ->
-  the inbox (durable, deduplicated) -> the platform's acknowledgement.
+  the inbox (durable, deduplicated; skipped when the body holds nothing to
+  process, as Slack's url_verification) -> the platform's acknowledgement.
 
 The messages and statuses inside are processed afterwards by the inbox
 worker (inbox_worker.py), so a slow bot never makes the platform time out
@@ -117,6 +118,14 @@ class HandleWebhook:
         verified = await adapter.verify(call, candidates)
         parsed = adapter.parse(call)
         _check_accounts(parsed, candidates, verified)
+        if not parsed.messages and not parsed.statuses:
+            # Nothing for the worker: a handshake answered here and now
+            # (Slack's url_verification gets its challenge back), or only
+            # events deliberately skipped (a bot's own message). Stored,
+            # it would only be claimed and finished.
+            log.debug("%s webhook for tenant %s: nothing to process", channel.value, tenant_id)
+            body_out, type_out = adapter.acknowledgement(call)
+            return WebhookAnswer(body_out, type_out)
         delivery = WebhookDelivery(
             tenant_id=tenant_id,
             channel=channel,

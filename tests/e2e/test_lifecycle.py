@@ -161,7 +161,7 @@ async def test_unfinished_rpcs_answer_unimplemented(
     stub: chat_service_pb2_grpc.ChatServiceAsyncStub,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.HandleWebhook(pb.HandleWebhookRequest(tenant_id="acme", platform="slack"))
+        await stub.HandleWebhook(pb.HandleWebhookRequest(tenant_id="acme", platform="voice"))
 
     assert rich_error(caught.value).code is grpc.StatusCode.UNIMPLEMENTED
 

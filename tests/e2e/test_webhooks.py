@@ -7,16 +7,13 @@ reply's delivery status; each step seen through the RPCs."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -35,21 +32,21 @@ from chat_service.domain.webhooks import UNSUPPORTED_REPLY, body_dedup_key
 from chat_service.ports import WebhookDelivery, WebhookInbox
 from tests.e2e.requests import TenantClient, client_for, failure
 from tests.support.emulators.graph_api import GraphApiEmulator
+from tests.support.meta_webhooks import (
+    FIXTURES,
+    digits,
+    eventually,
+    messenger_event,
+    service_environment,
+    whatsapp_status,
+    whatsapp_text,
+)
 from tests.support.service import ServiceProcess, ServiceStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "webhooks"
 WHATSAPP = resources_pb2.CHANNEL_WHATSAPP
 MESSENGER = resources_pb2.CHANNEL_MESSENGER
-T = TypeVar("T")
-
-
-def service_environment(graph: GraphApiEmulator) -> dict[str, str]:
-    key = base64.b64encode(secrets.token_bytes(32)).decode()
-    # CHANNEL_SECRETS_KEY: on the MongoDB pass (a production shape) the
-    # service refuses to make a development key.
-    return {"META_GRAPH_API_BASE_URL": graph.base_url, "CHANNEL_SECRETS_KEY": f"e2e:{key}"}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -93,11 +90,6 @@ def tenant(
 # ---------------------------------------------------------------- helpers
 
 
-def digits() -> str:
-    """A fresh platform account or user id (Meta's are digits)."""
-    return str(uuid.uuid4().int)[:15]
-
-
 class Line:
     """One tenant's WhatsApp number: its connection (made through the
     admin RPC) and the emulator's account for it."""
@@ -131,21 +123,7 @@ class Line:
     def text(self, user: str, *messages: tuple[str, str]) -> bytes:
         """A documented text-message webhook carrying `messages` ((wamid,
         text) pairs) from `user`, sent now."""
-        document = json.loads((FIXTURES / "whatsapp" / "text_message.json").read_bytes())
-        value = document["entry"][0]["changes"][0]["value"]
-        value["metadata"]["phone_number_id"] = self.phone_number_id
-        value["contacts"][0]["wa_id"] = user
-        template = value["messages"][0]
-        value["messages"] = [
-            template
-            | {
-                "from": user,
-                "id": wamid,
-                "timestamp": str(int(time.time())),
-                "text": {"body": text},
-            }
-            for wamid, text in messages
-        ]
+        document = whatsapp_text(self.phone_number_id, user, messages)
         # Non-ASCII and an escaped slash, as Meta writes them: the signature
         # is over these bytes.
         return json.dumps(document, ensure_ascii=True).replace("/", "\\/").encode()
@@ -153,15 +131,7 @@ class Line:
     def status(self, platform_id: str, status: str, user: str, *, late: int = 0) -> bytes:
         """A status webhook for our message `platform_id`; `late` seconds
         after now (so that a repeated status is another call, not the same)."""
-        document = json.loads((FIXTURES / "whatsapp" / "status_read.json").read_bytes())
-        value = document["entry"][0]["changes"][0]["value"]
-        value["metadata"]["phone_number_id"] = self.phone_number_id
-        value["statuses"][0] |= {
-            "id": platform_id,
-            "status": status,
-            "recipient_id": user,
-            "timestamp": str(int(time.time()) + late),
-        }
+        document = whatsapp_status(self.phone_number_id, platform_id, status, user, late=late)
         return json.dumps(document).encode()
 
     async def post(self, body: bytes, *, secret: str | None = None) -> pb.HandleWebhookResponse:
@@ -187,21 +157,6 @@ def webhook_request(tenant_id: str, platform: str, body: bytes) -> pb.HandleWebh
     request.body.content_type = "application/json"
     request.body.data = body
     return request
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 15.0
-) -> T:
-    """Polls `probe` until `done` holds for what it returns (the worker and
-    the delivery run in the background, after the call was answered)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout}s; last seen: {value!r}")
-        await asyncio.sleep(0.05)
 
 
 def answered(count: int) -> Callable[[list[resources_pb2.Message]], bool]:
@@ -355,8 +310,7 @@ async def test_messenger_receipts_move_the_reply_by_their_watermark(
     )
 
     def event(**fields: Any) -> bytes:
-        entry = {"id": page_id, "time": int(time.time() * 1000), "messaging": [fields]}
-        return json.dumps({"object": "page", "entry": [entry]}).encode()
+        return json.dumps(messenger_event(page_id, **fields)).encode()
 
     async def post(body: bytes) -> None:
         await tenant.stub.HandleWebhook(

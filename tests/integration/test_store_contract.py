@@ -8,13 +8,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from adapters.mongo import MongoStore
 from adapters.sqlite import SqliteStore
+from adapters.sqlite.connections import connect
+from adapters.sqlite.schema import DELIVERY_LEASES, MIGRATIONS
+from adapters.sqlite.writes import EncodedChange, write_change
 from chat_service.domain.content import MessageContent
 from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus, MessageRole
 from chat_service.domain.events import DomainEvent, EventType, OutboxEntry
@@ -24,6 +29,7 @@ from chat_service.ports import (
     ConversationCursor,
     ConversationQuery,
     ConversationStore,
+    DeliveryClaimant,
     DuplicateMessage,
     EventsPruned,
     VersionConflict,
@@ -766,6 +772,159 @@ async def test_only_a_dead_letter_is_requeued_with_its_event(store: Conversation
         TENANT, failed.message_id, DeliveryStatus.SENT, platform_message_id="wamid.retried"
     )
     assert await status_of(store, failed.message_id) is DeliveryStatus.SENT
+
+
+# ----------------------------------------------------------- delivery leases
+
+LEASE = 60.0
+
+
+async def test_a_delivery_lease_is_renewed_by_its_owner_and_refused_to_another(
+    store: ConversationStore,
+) -> None:
+    _, [reply] = await _replies(store)
+    claim = partial(store.claim_delivery, TENANT, reply.message_id, lease_seconds=LEASE)
+
+    assert await claim("process-a", now=T0)
+    assert not await claim("process-b", now=T0 + timedelta(seconds=1))
+    assert await claim("process-a", now=T0 + timedelta(seconds=30))  # renewed: until +90 s
+    assert not await claim("process-b", now=T0 + timedelta(seconds=89))
+    # Run out (it ends at +90 s): another owner takes it, and holds it.
+    assert await claim("process-b", now=T0 + timedelta(seconds=90))
+    assert not await claim("process-a", now=T0 + timedelta(seconds=91))
+    # A claim is no read: the message is as it was.
+    assert await store.get_message(TENANT, reply.message_id) == reply
+
+
+async def test_only_a_pending_message_of_the_tenant_can_be_claimed(
+    store: ConversationStore,
+) -> None:
+    _, [pending, sent, failed] = await _replies(
+        store, statuses=[DeliveryStatus.PENDING, DeliveryStatus.SENT, DeliveryStatus.FAILED]
+    )
+
+    for tenant_id, message_id in (
+        (TENANT, sent.message_id),
+        (TENANT, failed.message_id),
+        (TENANT, "nope"),
+        (OTHER_TENANT, pending.message_id),
+    ):
+        assert not await store.claim_delivery(
+            tenant_id, message_id, "process-a", now=T0, lease_seconds=LEASE
+        )
+    assert await store.claim_delivery(
+        TENANT, pending.message_id, "process-a", now=T0, lease_seconds=LEASE
+    )
+
+
+async def test_any_move_of_the_delivery_status_ends_the_lease(store: ConversationStore) -> None:
+    conversation, [reply] = await _replies(store)
+    assert await store.claim_delivery(
+        TENANT, reply.message_id, "process-a", now=T0, lease_seconds=LEASE
+    )
+
+    assert await store.update_delivery_status(TENANT, reply.message_id, DeliveryStatus.FAILED)
+    # No longer PENDING: not even its owner claims it.
+    assert not await store.claim_delivery(
+        TENANT, reply.message_id, "process-a", now=T0, lease_seconds=LEASE
+    )
+    # A dead letter requeued (RetryDelivery, on any process) is free at once,
+    # although the lease taken before would still run.
+    requeued = make_event(conversation, EventType.DELIVERY_UPDATED, reply)
+    assert await store.requeue_delivery(TENANT, reply.message_id, requeued) is not None
+    claimant = DeliveryClaimant("process-b", T0 + timedelta(seconds=1))
+    assert [
+        m.message_id for m in await store.list_pending_deliveries(limit=10, claimable_by=claimant)
+    ] == [reply.message_id]
+    assert await store.claim_delivery(
+        TENANT, reply.message_id, "process-b", now=claimant.now, lease_seconds=LEASE
+    )
+    # Sent (with the platform's id): the lease ends with it.
+    assert await store.update_delivery_status(
+        TENANT, reply.message_id, DeliveryStatus.SENT, platform_message_id="wamid.out"
+    )
+    assert await store.list_pending_deliveries(limit=10) == []
+
+
+async def test_a_lease_is_released_by_its_owner_only(store: ConversationStore) -> None:
+    _, [reply] = await _replies(store)
+    claim = partial(store.claim_delivery, TENANT, reply.message_id, now=T0, lease_seconds=LEASE)
+    assert await claim("process-a")
+
+    await store.release_delivery(TENANT, reply.message_id, "process-b")  # not its lease
+    assert not await claim("process-b")
+    await store.release_delivery(TENANT, reply.message_id, "process-a")
+    assert await claim("process-b")
+    await store.release_delivery(TENANT, "nope", "process-b")  # nothing to release
+
+
+async def test_pending_deliveries_listed_for_a_claimant_are_those_it_may_claim(
+    store: ConversationStore,
+) -> None:
+    _, [mine, theirs, run_out, free] = await _replies(store, statuses=[DeliveryStatus.PENDING] * 4)
+    now = T0 + timedelta(minutes=5)
+    for message, owner, at in (
+        (mine, "process-a", now),
+        (theirs, "process-b", now),
+        (run_out, "process-b", now - timedelta(seconds=LEASE)),  # ends at `now`
+    ):
+        assert await store.claim_delivery(
+            TENANT, message.message_id, owner, now=at, lease_seconds=LEASE
+        )
+
+    async def listed(claimant: DeliveryClaimant | None, page: int) -> list[str]:
+        found: list[str] = []
+        after: tuple[datetime, str] | None = None
+        for _ in range(10):
+            batch = await store.list_pending_deliveries(
+                limit=page, after=after, claimable_by=claimant
+            )
+            if not batch:
+                break
+            found += [m.message_id for m in batch]
+            after = (batch[-1].created_at, batch[-1].message_id)
+        return found
+
+    # Created in one instant: listed in message id order.
+    in_order = sorted([mine, theirs, run_out, free], key=lambda m: m.message_id)
+    for page in (1, 10):
+        assert await listed(None, page) == [m.message_id for m in in_order]
+        assert await listed(DeliveryClaimant("process-a", now), page) == [
+            m.message_id for m in in_order if m is not theirs
+        ]
+        assert await listed(DeliveryClaimant("process-b", now), page) == [
+            m.message_id for m in in_order if m is not mine
+        ]
+        # Later, every lease has run out.
+        later = DeliveryClaimant("process-c", now + timedelta(seconds=LEASE))
+        assert await listed(later, page) == [m.message_id for m in in_order]
+
+
+async def test_a_sqlite_file_from_before_delivery_leases_opens_with_them(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    before = MIGRATIONS.index(DELIVERY_LEASES)
+    conversation = make_conversation(channel=Channel.WHATSAPP)
+    reply = make_message(conversation, 1, "answer", role=MessageRole.BOT)
+    with closing(connect(path, busy_timeout=1)) as old:
+        for migration in MIGRATIONS[:before]:
+            for statement in migration:
+                old.execute(statement)
+        old.execute(f"PRAGMA user_version = {before}")
+        write_change(old, EncodedChange.of(create_change(conversation, [reply])))
+        old.commit()
+
+    store = await SqliteStore.open(path)
+    try:
+        claimant = DeliveryClaimant("process-a", T0)
+        assert await store.list_pending_deliveries(limit=10, claimable_by=claimant) == [reply]
+        assert await store.claim_delivery(
+            TENANT, reply.message_id, "process-a", now=T0, lease_seconds=LEASE
+        )
+        assert not await store.claim_delivery(
+            TENANT, reply.message_id, "process-b", now=T0, lease_seconds=LEASE
+        )
+    finally:
+        await store.close()
 
 
 # -------------------------------------------------------------------- outbox

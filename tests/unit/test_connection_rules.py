@@ -9,6 +9,7 @@ from chat_service.domain.connections import (
     PLATFORMS,
     ChannelConnection,
     ConnectionFields,
+    account_id_of,
     check_new,
     check_update,
     platform_of,
@@ -168,6 +169,24 @@ def test_sessions_are_per_connection_and_user_and_bounded() -> None:
     assert session_of("cc_1", long_user) != session_of("cc_1", long_user[:-1] + "v")
 
 
+def test_sessions_in_a_platform_place_are_per_place_and_user() -> None:
+    in_thread = session_of("cc_1", "U1", "C1/1700000000.000100")
+    assert in_thread != session_of("cc_1", "U1")
+    assert in_thread != session_of("cc_1", "U1", "C2/1700000000.000100")
+    assert in_thread != session_of("cc_1", "U2", "C1/1700000000.000100")
+
+
 def test_body_dedup_key_is_a_digest_of_the_exact_bytes() -> None:
     assert body_dedup_key(b'{"a":1}') == body_dedup_key(b'{"a":1}')
     assert body_dedup_key(b'{"a":1}') != body_dedup_key(b'{"a": 1}')
+
+
+def test_a_teams_app_id_is_kept_lowercase_as_activities_name_it_lowered() -> None:
+    fields = ConnectionFields(
+        channel=Channel.TEAMS,
+        public={"app_id": "0A1B2C3D-0000-4000-8000-00000000ABCD"},
+        secrets={"app_password": "pw"},
+    )
+    check_new(fields)
+    assert account_id_of(Channel.TEAMS, fields.public) == "0a1b2c3d-0000-4000-8000-00000000abcd"
+    assert account_id_of(Channel.SLACK, {"team_id": "T0123ABCD"}) == "T0123ABCD"

@@ -1,13 +1,14 @@
 """The delivery queue's retries (Retry-After, jittered backoff, permanent
 failures), the platform id it records, its recovery of PENDING replies at
-start-up, and RetryDelivery, on fakes."""
+start-up, its delivery leases (several processes, here several queues, on
+one store), and RetryDelivery, on fakes."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -17,7 +18,12 @@ from chat_service.domain.errors import FailedPrecondition, InvalidArgument, NotF
 from chat_service.domain.events import DomainEvent, EventType
 from chat_service.domain.model import Conversation, InboundMessage, Message
 from chat_service.pipeline.delivery import DeliveryPolicy, DeliveryQueue
-from chat_service.ports import DeliveryError, DeliveryReceipt, StoreUnavailable
+from chat_service.ports import (
+    DeliveryClaimant,
+    DeliveryError,
+    DeliveryReceipt,
+    StoreUnavailable,
+)
 from tests.builders import (
     OTHER_TENANT,
     T0,
@@ -78,24 +84,31 @@ def jitters(*values: float) -> Callable[[], float]:
     return next_value
 
 
-POLICY = DeliveryPolicy(attempts=4, first_backoff=1.0, max_backoff=3.0, max_retry_after=60.0)
+# A lease long enough that the waits of these tests need no renewal (its
+# renewals are tested with a shorter one).
+POLICY = DeliveryPolicy(
+    attempts=4, first_backoff=1.0, max_backoff=3.0, max_retry_after=60.0, lease_seconds=300.0
+)
 
 
 def queue_for(
     store: InMemoryStore,
     sender: ScriptedSender,
-    waits: Waits,
+    waits: Callable[[float], Awaitable[None]],
     *,
     jitter: Callable[[], float] | None = None,
     policy: DeliveryPolicy = POLICY,
+    clock: SteppingClock | None = None,
+    owner: str | None = None,
 ) -> DeliveryQueue:
     return DeliveryQueue(
         store=store,
         senders={Channel.WHATSAPP: sender},
-        clock=SteppingClock(T0 + timedelta(days=1)),
+        clock=clock or SteppingClock(T0 + timedelta(days=1)),
         policy=policy,
         jitter=jitter or jitters(0.5),
         sleep=waits,
+        owner=owner,
     )
 
 
@@ -260,6 +273,22 @@ async def test_the_platform_id_is_recorded_with_sent() -> None:
     assert sent.metadata["platform_message_id"] == f"wamid.{reply.message_id}"
 
 
+async def test_listeners_hear_the_platform_id_with_sent() -> None:
+    """What streams show (DeliveryUpdate.platform_message_id) comes from here."""
+    store, waits = InMemoryStore(), Waits()
+    queue = queue_for(store, ScriptedSender(), waits)
+    heard: list[tuple[str, DeliveryStatus]] = []
+    queue.subscribe(
+        lambda message, status: heard.append((message.channel_metadata.platform_message_id, status))
+    )
+    conversation, [reply] = await stored_replies(store)
+
+    queue.submit(conversation, [reply])
+    assert await queue.wait_idle(1)
+
+    assert heard == [(f"wamid.{reply.message_id}", DeliveryStatus.SENT)]
+
+
 class FlakyStore(InMemoryStore):
     """Unavailable for the first `outages` delivery status updates."""
 
@@ -402,6 +431,218 @@ async def test_a_closing_queue_takes_nothing_more() -> None:
     assert queue.pending == 0
     assert sender.sent == []
     assert await status_of(store, reply) is DeliveryStatus.PENDING
+
+
+# ------------------------------------------------- several processes: leases
+
+
+class Gate:
+    """A queue's sleep that holds every wait until `opened` (a process waiting
+    out a Retry-After for as long as the test likes)."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.entered = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        self.entered.set()
+        await self.opened.wait()
+
+
+class SimulatedTime:
+    """A queue's sleep that moves the shared clock on by each wait, then runs
+    `during` (another process's sweep at that moment)."""
+
+    def __init__(self, clock: SteppingClock) -> None:
+        self.clock = clock
+        self.delays: list[float] = []
+        self.during: Callable[[], Awaitable[None]] | None = None
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        self.clock.advance(timedelta(seconds=delay))
+        if self.during is not None:
+            await self.during()
+
+
+def shared_clock() -> SteppingClock:
+    """One clock for the queues of a test (processes whose clocks agree),
+    a day after the replies of stored_replies were created."""
+    return SteppingClock(T0 + timedelta(days=1))
+
+
+async def test_a_reply_is_sent_once_when_another_process_starts_during_its_retry_after() -> None:
+    store, clock = InMemoryStore(), shared_clock()
+    first_sender = ScriptedSender(DeliveryError("throttled", retryable=True, retry_after=20.0))
+    gate = Gate()
+    first = queue_for(store, first_sender, gate, clock=clock, owner="process-1")
+    conversation, [reply, behind] = await stored_replies(store, 2)
+    first.submit(conversation, [reply, behind])
+    await asyncio.wait_for(gate.entered.wait(), 1)  # throttled, waiting 20 s
+
+    second_sender = ScriptedSender()
+    second = queue_for(store, second_sender, Waits(), clock=clock, owner="process-2")
+    await second.resume_pending()  # its start-up: both are the first's
+    assert second.pending == 0
+    # Even handed them directly, it leaves them to the first, silently.
+    assert second.submit(conversation, [reply, behind]) == 2
+    assert await second.wait_idle(1)
+
+    gate.opened.set()
+    assert await first.wait_idle(1)
+
+    assert second_sender.sent == []
+    assert first_sender.sent == [reply.message_id, reply.message_id, behind.message_id]
+    assert await status_of(store, reply) is DeliveryStatus.SENT
+    assert await status_of(store, behind) is DeliveryStatus.SENT
+
+
+async def test_a_retry_after_longer_than_the_lease_keeps_the_lease_renewed() -> None:
+    store, clock = InMemoryStore(), shared_clock()
+    policy = dataclasses.replace(POLICY, lease_seconds=60.0, max_retry_after=900.0)
+    time = SimulatedTime(clock)
+    first_sender = ScriptedSender(DeliveryError("throttled", retryable=True, retry_after=150.0))
+    first = queue_for(
+        store, first_sender, time, jitter=jitters(0.0), policy=policy, clock=clock, owner="p-1"
+    )
+    second_sender = ScriptedSender()
+    second = queue_for(store, second_sender, Waits(), policy=policy, clock=clock, owner="p-2")
+    sweeps_found: list[int] = []
+
+    async def second_sweeps() -> None:
+        await second.resume_pending()
+        sweeps_found.append(second.pending)
+
+    time.during = second_sweeps
+    conversation, [reply, behind] = await stored_replies(store, 2)
+
+    first.submit(conversation, [reply, behind])
+    assert await first.wait_idle(1)
+
+    # 150 s in slices of a third of the lease, renewed between them; the
+    # other process swept after each slice and found nothing to take.
+    assert time.delays == [20.0] * 7 + [10.0]
+    assert sweeps_found == [0] * 8
+    assert second_sender.sent == []
+    assert first_sender.sent == [reply.message_id, reply.message_id, behind.message_id]
+
+
+async def test_a_dead_processs_replies_are_taken_over_once_its_lease_runs_out() -> None:
+    store, clock = InMemoryStore(), shared_clock()
+    _, [reply, behind] = await stored_replies(store, 2)
+    for message in (reply, behind):  # claimed by a process that then died
+        assert await store.claim_delivery(
+            TENANT, message.message_id, "dead-process", now=clock.now(), lease_seconds=60
+        )
+    sender = ScriptedSender()
+    survivor = queue_for(
+        store,
+        sender,
+        Waits(),
+        policy=dataclasses.replace(POLICY, lease_seconds=60.0),
+        clock=clock,
+        owner="survivor",
+    )
+
+    await survivor.resume_pending()
+    assert survivor.pending == 0  # its lease still runs
+
+    clock.advance(timedelta(seconds=61))
+    await survivor.resume_pending()
+    assert await survivor.wait_idle(1)
+
+    assert sender.sent == [reply.message_id, behind.message_id]
+    assert await status_of(store, reply) is DeliveryStatus.SENT
+    assert await status_of(store, behind) is DeliveryStatus.SENT
+
+
+async def test_a_process_restarted_under_its_owner_id_takes_its_leases_back_at_once() -> None:
+    store, clock = InMemoryStore(), shared_clock()
+    _, [reply] = await stored_replies(store)
+    assert await store.claim_delivery(
+        TENANT, reply.message_id, "pod-1", now=clock.now(), lease_seconds=300
+    )
+    sender = ScriptedSender()
+    restarted = queue_for(store, sender, Waits(), clock=clock, owner="pod-1")
+
+    await restarted.resume_pending()
+    assert await restarted.wait_idle(1)
+
+    assert sender.sent == [reply.message_id]
+
+
+async def test_a_stopping_process_releases_its_replies_to_another_at_once() -> None:
+    store, clock = InMemoryStore(), shared_clock()
+    first_sender = ScriptedSender(DeliveryError("throttled", retryable=True, retry_after=20.0))
+    gate = Gate()
+    first = queue_for(store, first_sender, gate, clock=clock, owner="old-pod")
+    conversation, [reply] = await stored_replies(store)
+    first.submit(conversation, [reply])
+    await asyncio.wait_for(gate.entered.wait(), 1)
+
+    await first.close(0)  # a rolling deploy: its wait is cut short
+    second_sender = ScriptedSender()
+    second = queue_for(store, second_sender, Waits(), clock=clock, owner="new-pod")
+    await second.resume_pending()  # no lease to wait out
+    assert await second.wait_idle(1)
+
+    assert first_sender.sent == [reply.message_id]
+    assert second_sender.sent == [reply.message_id]
+    assert await status_of(store, reply) is DeliveryStatus.SENT
+
+
+class SweptStore(InMemoryStore):
+    """Tells each listing of pending deliveries (a sweep)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.swept = asyncio.Event()
+
+    async def list_pending_deliveries(
+        self,
+        *,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+        claimable_by: DeliveryClaimant | None = None,
+    ) -> Sequence[Message]:
+        self.swept.set()
+        return await super().list_pending_deliveries(
+            limit=limit, after=after, claimable_by=claimable_by
+        )
+
+
+async def test_the_periodic_sweep_takes_over_orphans_after_start_up() -> None:
+    store, clock = SweptStore(), shared_clock()
+    sender = ScriptedSender()
+    queue = queue_for(
+        store,
+        sender,
+        Waits(),
+        policy=dataclasses.replace(POLICY, lease_seconds=60.0, sweep_seconds=0.01),
+        clock=clock,
+        owner="survivor",
+    )
+    delivered = asyncio.Event()
+    queue.subscribe(lambda _m, status: delivered.set() if status is DeliveryStatus.SENT else None)
+    sweeps = asyncio.create_task(queue.run_sweeps())
+    try:
+        await asyncio.wait_for(store.swept.wait(), 1)  # start-up's sweep: nothing yet
+        # Then another process claims a reply, and dies.
+        _, [orphan] = await stored_replies(store)
+        assert await store.claim_delivery(
+            TENANT, orphan.message_id, "dead-process", now=clock.now(), lease_seconds=60
+        )
+        clock.advance(timedelta(seconds=61))
+
+        await asyncio.wait_for(delivered.wait(), 2)
+    finally:
+        await queue.close(1)
+        # close stops the sweeps by itself.
+        await asyncio.wait_for(sweeps, 1)
+
+    assert sender.sent == [orphan.message_id]
 
 
 # ------------------------------------------------------------ RetryDelivery

@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 
 from adapters.channels.messenger import (
+    MessengerInbound,
     MessengerInboundMessage,
     MessengerReceipt,
     parse_webhook,
 )
 from adapters.channels.meta import WEBHOOK_PAYLOAD_INVALID, Skipped
 from chat_service.domain.content import LocationContent, MediaContent, MessageContent
-from chat_service.domain.enums import DeliveryStatus, MessageType
+from chat_service.domain.enums import Channel, DeliveryStatus, MessageType
 from chat_service.domain.errors import InvalidArgument
+from chat_service.domain.webhooks import WebhookCall
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "webhooks" / "messenger"
 PAGE_ID = "682498302938465"
@@ -230,3 +232,32 @@ def test_a_wrong_shape_is_invalid_argument_naming_the_field(raw: bytes, field: s
         parse_webhook(raw)
     assert raised.value.reason == WEBHOOK_PAYLOAD_INVALID
     assert [v.field for v in raised.value.violations] == [field]
+
+
+def test_an_attachment_url_that_does_not_split_is_unsupported_not_a_crash() -> None:
+    # urlsplit raises ValueError on a bracketed host it cannot read: the
+    # call was refused INTERNAL at the edge before the review fix.
+    raw = _event(
+        "{" + _WHO + ',"message":{"mid":"m_BAD","attachments":[{"type":"image",'
+        '"payload":{"url":"https://[::1/cat.jpg"}}]}}'
+    )
+    call = WebhookCall(tenant_id="t", channel=Channel.MESSENGER, body=raw, content_type="")
+    (message,) = MessengerInbound().parse(call).messages
+    assert not message.supported
+    assert message.extra["media_url"] == "https://[::1/cat.jpg"
+
+
+def test_a_shared_link_keeps_the_text_the_user_typed() -> None:
+    # A URL shared with a Page comes as the user's text plus a `fallback`
+    # attachment, the link's preview (messages webhook reference: "A common
+    # example of a 'fallback' is when a user shares a URL with a Page").
+    # The text is the message; it was lost to an "unsupported" placeholder.
+    raw = _event(
+        "{" + _WHO + ',"message":{"mid":"m_LINK","text":"look: https://example.com/a",'
+        '"attachments":[{"type":"fallback","payload":{"url":"https://example.com/a",'
+        '"title":"Example"}}]}}'
+    )
+    (message,) = parse_webhook(raw).messages
+    assert (message.platform_message_id, message.kind) == ("m_LINK", "text")
+    assert message.supported
+    assert message.content == MessageContent.of_text("look: https://example.com/a")

@@ -207,6 +207,7 @@ ROUND_TRIPS: list[tuple[str, Callable[[Any], dict[str, Any]], Callable[[Any], An
         for event in (
             MessageStored(make_message(make_conversation(), 4, content=FULL_CONTENT)),
             DeliveryChanged("m-1", 4, DeliveryStatus.READ),
+            DeliveryChanged("m-2", 5, DeliveryStatus.SENT, "wamid.HBgL="),
             StatusChanged(ConversationStatus.ACTIVE, ConversationStatus.ESCALATED, "human"),
             TypingChanged(MessageRole.AGENT, True, "stream-1"),
             ReadThrough(MessageRole.USER, 4, "stream-2"),

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from adapters.channels import meta_inbound
 from adapters.channels.messenger import MessengerInbound
-from adapters.channels.meta import sign
+from adapters.channels.meta import sign, verify_signature
 from adapters.channels.whatsapp import WhatsAppInbound
 from adapters.memory.live_bus import InProcessLiveBus
 from chat_service.domain.connections import ChannelConnection, ConnectionFields
@@ -36,7 +37,15 @@ from chat_service.pipeline.inbox_worker import InboxSettings
 from chat_service.pipeline.webhooks import MAX_WEBHOOK_BODY_BYTES, WebhookAnswer
 from chat_service.ports import ConversationChange, ConversationQuery, StoreUnavailable
 from chat_service.wiring import Services
-from tests.builders import FAST, T0, TENANT, build_core
+from tests.builders import (
+    FAST,
+    T0,
+    TENANT,
+    build_core,
+    create_change,
+    make_conversation,
+    make_message,
+)
 from tests.fakes import (
     InMemoryChannelStore,
     InMemoryStore,
@@ -546,14 +555,54 @@ async def test_status_changes_reach_streams_and_watches(harness: Harness) -> Non
     await harness.post("whatsapp", wa_status(reply.channel_metadata.platform_message_id, "read"))
     await harness.work()
 
-    assert received == [DeliveryChanged(reply.message_id, reply.sequence, DeliveryStatus.READ)]
+    assert received == [
+        DeliveryChanged(
+            reply.message_id,
+            reply.sequence,
+            DeliveryStatus.READ,
+            reply.channel_metadata.platform_message_id,
+        )
+    ]
+
+
+async def work_through_retries(harness: Harness, rounds: int = 5) -> None:
+    """Runs the worker, stepping the clock past each retry delay."""
+    for _ in range(rounds):
+        await harness.work()
+        harness.clock.advance(timedelta(minutes=10))
 
 
 async def test_unknown_ids_are_counted_and_ignored(harness: Harness) -> None:
     await harness.post("whatsapp", fixture("whatsapp", "status_read"))  # wamid.OUTBOUND1: not ours
-    assert await harness.work() == 1
+    await work_through_retries(harness)
     stats = harness.core.inbox_worker.stats
     assert (stats.unknown_statuses, stats.statuses, stats.deliveries) == (1, 0, 1)
+    assert stats.retries == InboxSettings().unknown_status_attempts - 1
+
+
+async def test_a_status_that_overtakes_our_sent_record_is_applied_when_it_lands(
+    harness: Harness,
+) -> None:
+    """Meta may call with "delivered" before the sender recorded SENT and the
+    wamid: the status is looked at again shortly, not dropped."""
+    conversation = make_conversation(tenant_id=TENANT, channel=Channel.WHATSAPP)
+    reply = make_message(
+        conversation, 1, "hello", role=MessageRole.BOT, delivery_status=DeliveryStatus.PENDING
+    )
+    await harness.store.write(create_change(conversation, [reply]))
+    await harness.post("whatsapp", wa_status("wamid.LATE", "delivered"))
+    assert await harness.work() == 1
+    assert harness.core.inbox_worker.stats.unknown_statuses == 0
+
+    # The sender's record lands, then the status's retry finds it.
+    await harness.store.update_delivery_status(
+        TENANT, reply.message_id, DeliveryStatus.SENT, platform_message_id="wamid.LATE"
+    )
+    await work_through_retries(harness)
+    stored = await harness.store.get_message(TENANT, reply.message_id)
+    assert stored is not None
+    assert stored.delivery_status is DeliveryStatus.DELIVERED
+    assert harness.core.inbox_worker.stats.unknown_statuses == 0
 
 
 async def test_messenger_watermarks_move_what_was_sent_before_them(harness: Harness) -> None:
@@ -762,3 +811,118 @@ async def test_anything_but_the_handshake_is_permission_denied(harness: Harness)
     assert reasons[2] == "WEBHOOK_VERIFY_MODE_INVALID"
     with pytest.raises(InvalidArgument):
         await verify(platform="telegram")
+
+
+# ------------------------------------------------------------ review (H7)
+
+
+async def test_a_connection_made_on_another_process_is_found_by_this_worker() -> None:
+    """Process A makes a second number's connection and acknowledges its
+    first webhook; process B, whose directory cached the tenant's numbers
+    before that, works the inbox. B must not skip the message as one for
+    an unknown account (finished, so lost for good): a miss reads the
+    store before giving up."""
+    a = await make_harness()
+    b = build_core(
+        store=a.store,
+        channels=a.channels,
+        clock=a.clock,
+        engine=a.engine,
+        senders=a.senders,
+        inbound={
+            Channel.WHATSAPP: WhatsAppInbound(graph_base_url=GRAPH),
+            Channel.MESSENGER: MessengerInbound(),
+        },
+        tuning=FAST,
+    )
+    try:
+        assert len(await b.directory.for_channel(TENANT, Channel.WHATSAPP)) == 1  # cached
+        second = await a.core.connections.create(
+            TENANT,
+            ConnectionFields(
+                channel=Channel.WHATSAPP,
+                public={"phone_number_id": "5550001"},
+                secrets={"app_secret": "second-app", "verify_token": "v", "access_token": "t"},
+            ),
+            request_id="",
+            actor="test",
+        )
+        await a.post("whatsapp", wa_text("wamid.NEW", "hi", account="5550001"), secret="second-app")
+
+        assert await b.inbox_worker.process_once() == 1
+        assert b.inbox_worker.stats.no_connection == 0
+        assert await b.delivery.wait_idle(5)
+        inbound, _reply = await a.conversation_messages(WA_ID, Channel.WHATSAPP)
+        assert inbound.channel_metadata.additional_data["connection_id"] == second.connection_id
+    finally:
+        for core in (a.core, b):
+            await core.delivery.close(1)
+            await core.send_message.close(1)
+
+
+async def test_a_lone_surrogate_is_no_poison_message(harness: Harness) -> None:
+    """Half a surrogate pair, escaped in the JSON, made every attempt fail
+    (UnicodeEncodeError in SendMessage's fingerprint) until dead-lettered."""
+    body = wa_text("wamid.SUR", "x").replace(b'"x"', b'"broken \\ud83d emoji"')
+    await harness.post("whatsapp", body)
+    assert await harness.work() == 1
+
+    stats = harness.core.inbox_worker.stats
+    assert (stats.retries, stats.messages) == (0, 1)
+    inbound, _reply = await harness.conversation_messages(WA_ID, Channel.WHATSAPP)
+    assert inbound.content.text == "broken \ufffd emoji"
+
+
+async def test_a_refusal_costs_one_hmac_of_the_body_per_distinct_app_secret(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signature check over a (3 MiB) body is the work anybody can ask
+    for: one HMAC per distinct app secret (numbers of one Meta app share
+    it), and one for a tenant without connections, so that its answer
+    costs what a tenant with one connection's does (the module's promise)."""
+    body = fixture("whatsapp", "text_message")
+    hashed: list[bytes] = []
+
+    def counting(raw_body: bytes, header: str | None, app_secret: str) -> None:
+        if raw_body == body:
+            hashed.append(raw_body)
+        verify_signature(raw_body, header, app_secret)
+
+    monkeypatch.setattr(meta_inbound, "verify_signature", counting)
+
+    async def hmacs_of_a_refusal(tenant_id: str) -> int:
+        hashed.clear()
+        with pytest.raises(Unauthenticated):
+            await harness.post("whatsapp", body, secret="forged", tenant_id=tenant_id)
+        return len(hashed)
+
+    assert await hmacs_of_a_refusal("nobody") == 1
+    assert await hmacs_of_a_refusal(TENANT) == 1
+    for account in ("2001", "2002"):  # two more numbers of the same app
+        await harness.core.connections.create(
+            TENANT,
+            ConnectionFields(
+                channel=Channel.WHATSAPP,
+                public={"phone_number_id": account},
+                secrets={"app_secret": WA_SECRET, "verify_token": "v", "access_token": "t"},
+            ),
+            request_id="",
+            actor="test",
+        )
+    assert await hmacs_of_a_refusal(TENANT) == 1
+    # And a body one of them signs speaks for all three.
+    await harness.post("whatsapp", wa_text("wamid.3", "hi", account="2002"))
+    assert await harness.work() == 1
+
+
+async def test_a_text_longer_than_the_service_keeps_is_cut_and_marked_not_refused(
+    harness: Harness,
+) -> None:
+    """WhatsApp users may send up to 65,536 characters; the service keeps 4,096."""
+    await harness.post("whatsapp", wa_text("wamid.LONG", "a" * 5000))
+    await harness.work()
+    inbound, reply = await harness.conversation_messages(WA_ID, Channel.WHATSAPP)
+    assert inbound.content.text == "a" * 4096
+    assert inbound.channel_metadata.additional_data["truncated_from"] == "5000"
+    assert "unsupported" not in inbound.channel_metadata.additional_data
+    assert reply.content.text != UNSUPPORTED_REPLY

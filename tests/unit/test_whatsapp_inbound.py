@@ -245,6 +245,21 @@ def _with_message(message: str) -> bytes:
             _with_message('{"from":"1","timestamp":"1","type":"text","text":{"body":"x"}}'),
             "entry[0].changes[0].value.messages[0].id",
         ),
+        # Past Python's int-from-string limit (4300 digits): a ValueError
+        # of its own, not the payload's field error, before the review fix.
+        (
+            _with_message('{"id":"w","from":"1","timestamp":"' + "9" * 5000 + '","type":"text"}'),
+            "entry[0].changes[0].value.messages[0].timestamp",
+        ),
+        # An integer JSON number too large for a float (OverflowError before
+        # the review fix).
+        (
+            _with_message(
+                '{"id":"w","from":"1","timestamp":"1","type":"location",'
+                '"location":{"latitude":1' + "0" * 400 + ',"longitude":1}}'
+            ),
+            "entry[0].changes[0].value.messages[0].location.latitude",
+        ),
         (
             _with_message(
                 '{"id":"w","from":"1","timestamp":"1","type":"location",'
@@ -265,3 +280,15 @@ def test_a_wrong_shape_is_invalid_argument_naming_the_field(raw: bytes, field: s
         parse_webhook(raw)
     assert raised.value.reason == WEBHOOK_PAYLOAD_INVALID
     assert [v.field for v in raised.value.violations] == [field]
+
+
+def test_a_lone_surrogate_in_a_text_becomes_the_replacement_character() -> None:
+    # JSON may escape half of a surrogate pair ("\\ud83d" alone); Python
+    # keeps it as is, and every later encode to UTF-8 (fingerprints, the
+    # stores) failed on it: a poison message retried until dead-lettered.
+    raw = _with_message(
+        '{"id":"w","from":"1","timestamp":"1","type":"text","text":{"body":"hi \\ud83d!"}}'
+    )
+    (message,) = parse_webhook(raw).messages
+    assert message.content.text == "hi \ufffd!"
+    message.content.text.encode()  # valid UTF-8 from here on

@@ -79,8 +79,9 @@ async def test_nothing_runs_until_started() -> None:
     core = build_core()
     assert asyncio.all_tasks() == before
     await core.start()
-    # The outbox relay, the event tail, the recovery of pending deliveries,
-    # the webhook inbox worker.
+    # The outbox relay, the event tail, the sweeps for pending deliveries no
+    # live process holds (delivery.run_sweeps, until close), the webhook
+    # inbox worker.
     assert len(asyncio.all_tasks()) == len(before) + 4
     await core.close(timeout=1.0)
     assert asyncio.all_tasks() == before

@@ -28,7 +28,9 @@ class FakeDirectory:
         await asyncio.sleep(0)
         return self._by_id.get((tenant_id, connection_id))
 
-    async def for_channel(self, tenant_id: str, channel: Channel) -> Sequence[OpenedConnection]:
+    async def for_channel(
+        self, tenant_id: str, channel: Channel, *, fresh: bool = False
+    ) -> Sequence[OpenedConnection]:
         await asyncio.sleep(0)
         return [
             c

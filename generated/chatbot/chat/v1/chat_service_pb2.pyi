@@ -868,19 +868,25 @@ class DeliveryUpdate(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    PLATFORM_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     sequence: _builtins.int
     status: _resources_pb2.DeliveryStatus.ValueType
+    platform_message_id: _builtins.str
+    """The platform's id for the message (a WhatsApp wamid, a Slack ts), once
+    the platform took it; empty before and on the web channel.
+    """
     def __init__(
         self,
         *,
         message_id: _builtins.str = ...,
         sequence: _builtins.int = ...,
         status: _resources_pb2.DeliveryStatus.ValueType = ...,
+        platform_message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "sequence", b"sequence", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "platform_message_id", b"platform_message_id", "sequence", b"sequence", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
