@@ -24,8 +24,12 @@ from adapters.channels.messenger_send import messenger_sender_factory
 from adapters.channels.slack import SlackInbound
 from adapters.channels.slack_api import SlackWebApi
 from adapters.channels.slack_send import slack_sender_factory
+from adapters.channels.sms import SmsInbound
+from adapters.channels.sms_send import sms_sender_factory
 from adapters.channels.teams import TeamsInbound
 from adapters.channels.teams_send import ConnectorApi, teams_sender_factory
+from adapters.channels.twilio_api import TwilioApi
+from adapters.channels.voice import VoiceInbound
 from adapters.channels.whatsapp import WhatsAppInbound
 from adapters.channels.whatsapp_send import whatsapp_sender_factory
 from adapters.engine.builtin import BuiltinEngine
@@ -64,6 +68,7 @@ from chat_service.key_files import (
 )
 from chat_service.pipeline.page_tokens import PageTokens
 from chat_service.ports import (
+    ConnectionStore,
     ConversationStore,
     Engine,
     EventPublisher,
@@ -107,6 +112,11 @@ async def choose_parts(settings: Settings, life: Lifecycle) -> Parts:
     store = await _store(settings, life)
     channels = _channel_store(store)
     coordination = _coordination(settings, life)
+    inbound = _inbound(settings, life)
+    sender_factories = _sender_factories(settings, life)
+    # SMS keeps its users' opt-outs (STOP, START) beside the connections.
+    inbound[Channel.SMS] = SmsInbound(opt_outs=channels, clock=SystemClock())
+    sender_factories[Channel.SMS] = _sms_sender_factory(settings, life, channels)
     return Parts(
         store=store,
         connections=channels,
@@ -119,8 +129,8 @@ async def choose_parts(settings: Settings, life: Lifecycle) -> Parts:
         tokens=tokens,
         relay_owner=relay_owner(settings),
         secret_box=secret_box,
-        inbound=_inbound(settings, life),
-        sender_factories=_sender_factories(settings, life),
+        inbound=inbound,
+        sender_factories=sender_factories,
         # The state cache is for the rest of the platform, which can only
         # read a shared one: in one process nobody would.
         state_cache=coordination.sessions if settings.redis_url else None,
@@ -147,6 +157,15 @@ def _sender_factories(settings: Settings, life: Lifecycle) -> dict[Channel, Send
     }
 
 
+def _sms_sender_factory(
+    settings: Settings, life: Lifecycle, opt_outs: ConnectionStore
+) -> SenderFactory:
+    """SMS replies through Twilio's REST API; nothing to a number that sent STOP."""
+    twilio = TwilioApi(settings.twilio_api_base_url)
+    life.closers.append(twilio.aclose)
+    return sms_sender_factory(twilio, opt_outs)
+
+
 def _teams_sender_factory(settings: Settings, life: Lifecycle) -> SenderFactory:
     """Teams replies: the Bot Connector's endpoints, and the bots' tokens."""
     connector, login = ConnectorApi(), login_client()
@@ -162,6 +181,8 @@ def _inbound(settings: Settings, life: Lifecycle) -> dict[Channel, InboundChanne
         Channel.MESSENGER: MessengerInbound(),
         Channel.TEAMS: _teams_inbound(settings, life),
         Channel.SLACK: SlackInbound(clock=SystemClock()),
+        # Answered in the webhook's response (pipeline/voice_calls.py).
+        Channel.VOICE: VoiceInbound(clock=SystemClock()),
     }
 
 

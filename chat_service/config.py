@@ -174,6 +174,9 @@ class Settings:
     whatsapp_rate_per_second: float = 80.0
     # Slack's Web API (chat.postMessage); tests point it at a local emulator.
     slack_api_base_url: str = "https://slack.com/api"
+    # Twilio's REST API (Messages.json for SMS replies); tests point it at a
+    # local emulator.
+    twilio_api_base_url: str = "https://api.twilio.com"
     # Bot Framework (Teams): where the Bot Connector's signing keys are
     # published, and the token endpoint of the bots' client credentials
     # (learn.microsoft.com/azure/bot-service/rest-api/bot-framework-rest-
@@ -186,6 +189,13 @@ class Settings:
         "/oauth2/v2.0/token"
     )
     fallback_text: str = "Sorry, I can't answer right now. Please try again in a moment."
+    # Voice calls wait for the bot in the webhook's answer: Twilio gives up
+    # after 15 s (twilio.com/docs/usage/webhooks/webhooks-connection-overrides)
+    # and the edge's webhook route after 10 s (deploy/envoy/envoy.yaml), so
+    # the bot gets less; past it the caller hears FALLBACK_MESSAGE.
+    voice_reply_timeout_seconds: float = 8.0
+    # What a caller hears when the call is answered, before saying anything.
+    voice_greeting: str = "Hello! How can I help you?"
 
     @property
     def production_shape(self) -> bool:
@@ -328,6 +338,10 @@ class Settings:
                 r.url("SLACK_API_BASE_URL", {"http", "https"}).rstrip("/")
                 or defaults.slack_api_base_url
             ),
+            twilio_api_base_url=(
+                r.url("TWILIO_API_BASE_URL", {"http", "https"}).rstrip("/")
+                or defaults.twilio_api_base_url
+            ),
             teams_openid_metadata_url=(
                 r.url("TEAMS_OPENID_METADATA_URL", {"http", "https"})
                 or defaults.teams_openid_metadata_url
@@ -336,6 +350,13 @@ class Settings:
                 r.url("TEAMS_TOKEN_URL", {"http", "https"}) or defaults.teams_token_url
             ),
             fallback_text=r.text("FALLBACK_MESSAGE", defaults.fallback_text),
+            voice_reply_timeout_seconds=r.number(
+                "VOICE_REPLY_TIMEOUT_SECONDS",
+                defaults.voice_reply_timeout_seconds,
+                low=0.1,
+                high=9.0,
+            ),
+            voice_greeting=r.text("VOICE_GREETING", defaults.voice_greeting),
         )
         if settings.mcp_engine_timeout_ms > settings.request_timeout_ms:
             raise ConfigError("MCP_ENGINE_TIMEOUT_MS must not exceed REQUEST_TIMEOUT_MS")

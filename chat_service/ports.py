@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from chat_service.domain.calls import CallAnswer, CallEvent
 from chat_service.domain.connections import AuditEntry, ChannelConnection
 from chat_service.domain.content import MessageContent
 from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus
@@ -26,7 +27,7 @@ from chat_service.domain.model import (
     Message,
     ProcessingHints,
 )
-from chat_service.domain.webhooks import ParsedWebhook, WebhookCall
+from chat_service.domain.webhooks import ParsedWebhook, PlatformMessage, WebhookCall
 
 # --------------------------------------------------------------------- store
 
@@ -425,6 +426,10 @@ class DeliveryError(Exception):
 @dataclass(frozen=True, slots=True)
 class DeliveryReceipt:
     platform_message_id: str = ""
+    # What the platform call tells about the message, recorded on its SENT
+    # delivery event beside the platform id (SMS: the segments and the
+    # encoding of the text). Never a secret nor the user's text.
+    metadata: Mapping[str, str | int | bool] = field(default_factory=dict)
 
 
 class ChannelSender(Protocol):
@@ -490,6 +495,19 @@ class ConnectionStore(Protocol):
         self, tenant_id: str, *, limit: int, connection_id: str = ""
     ) -> Sequence[AuditEntry]:
         """Newest first; only `connection_id`'s entries when given."""
+        ...
+
+    async def set_opt_out(
+        self, tenant_id: str, connection_id: str, user_id: str, opted_out: bool, at: datetime
+    ) -> bool:
+        """Records that the platform user asked to receive nothing more from
+        the connection (SMS STOP: `opted_out`) or again (START), as of `at`.
+        A record newer than `at` is kept (a late retry of an older keyword
+        does not undo a newer one); returns whether this one was recorded."""
+        ...
+
+    async def is_opted_out(self, tenant_id: str, connection_id: str, user_id: str) -> bool:
+        """Whether the user's latest keyword on the connection was an opt-out."""
         ...
 
 
@@ -613,6 +631,20 @@ class InboundChannel(Protocol):
 
 
 @runtime_checkable
+class InboundMessageEffects(Protocol):
+    """What a platform user's message changes besides its conversation (SMS
+    STOP and START: the user's opt-out), implemented by the InboundChannel
+    of platforms that have such keywords. The inbox worker applies it
+    before the message goes to SendMessage, so a reply to the message
+    already sees the change; again when a delivery is retried (so it must
+    be idempotent). May raise StoreUnavailable (the delivery is retried)."""
+
+    async def apply(
+        self, tenant_id: str, connection: OpenedConnection, message: PlatformMessage
+    ) -> None: ...
+
+
+@runtime_checkable
 class WebhookHandshake(Protocol):
     """A platform's webhook subscription handshake (Meta's GET with
     `hub.challenge`), implemented by the InboundChannel of platforms that have one."""
@@ -623,6 +655,25 @@ class WebhookHandshake(Protocol):
         """The challenge to echo when `verify_token` is one candidate's
         (compared in constant time); PermissionDenied otherwise, also when
         there is no candidate."""
+        ...
+
+
+@runtime_checkable
+class SynchronousChannel(Protocol):
+    """A platform that waits, in its webhook's own response, for what the
+    bot says (a phone call), implemented by its InboundChannel: HandleWebhook
+    answers such a call through the call use case (pipeline/voice_calls.py),
+    which stores each utterance and its reply with SendMessage before
+    answering, instead of through the inbox."""
+
+    def call_event(self, call: WebhookCall) -> CallEvent:
+        """What the verified `call` tells; InvalidArgument when it is not
+        the platform's documented shape."""
+        ...
+
+    def render(self, answer: CallAnswer, connection: OpenedConnection) -> tuple[bytes, str]:
+        """`answer` in the platform's language (body, content type); the
+        next turn is listened for at `connection`'s webhook_url."""
         ...
 
 

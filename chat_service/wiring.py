@@ -36,6 +36,7 @@ from chat_service.pipeline.send_message import SendMessage, SendSettings
 from chat_service.pipeline.state_cache import StateCacheFeed
 from chat_service.pipeline.stream_limits import server_draining
 from chat_service.pipeline.stream_opener import ConversationStreams
+from chat_service.pipeline.voice_calls import AnswerCall, CallSettings
 from chat_service.pipeline.watch import EventTail, WatchConversations
 from chat_service.pipeline.webhooks import HandleWebhook, VerifyWebhook
 from chat_service.pipeline.writer import ConversationWriter
@@ -61,8 +62,9 @@ from chat_service.ports import (
 log = logging.getLogger(__name__)
 
 # Channels whose clients read the store (the web widget): storing a reply
-# is delivering it.
-DELIVERED_BY_STORING = (Channel.WEB,)
+# is delivering it. Voice replies are said in the webhook's own answer
+# (pipeline/voice_calls.py), right after they are stored: SENT as well.
+DELIVERED_BY_STORING = (Channel.WEB, Channel.VOICE)
 
 
 @dataclass
@@ -158,6 +160,9 @@ class Services:
     handle_webhook: HandleWebhook
     verify_webhook: VerifyWebhook
     inbox_worker: InboxWorker
+    # Phone calls' webhooks, answered with the bot's words (HandleWebhook's
+    # synchronous platforms).
+    calls: AnswerCall
     relay: OutboxRelay
     publisher: EventPublisher
     engine: Engine
@@ -299,6 +304,26 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
             fallback_text=settings.fallback_text,
         ),
     )
+    update_status = UpdateConversationStatus(
+        store=store,
+        writer=writer,
+        locks=coordination.locks,
+        clock=clock,
+        lock_timeout=settings.lock_timeout,
+    )
+    # Phone calls: answered in the webhook's response, not through the inbox.
+    calls = AnswerCall(
+        send_message=send_message,
+        update_status=update_status,
+        store=store,
+        locks=coordination.locks,
+        settings=CallSettings(
+            fallback_text=settings.fallback_text,
+            lock_timeout=settings.lock_timeout,
+            reply_timeout=settings.voice_reply_timeout_seconds,
+            greeting=settings.voice_greeting,
+        ),
+    )
     inbox_worker = InboxWorker(
         inbox=parts.inbox,
         inbound=parts.inbound,
@@ -335,13 +360,7 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
         admission=admission,
         send_message=send_message,
         queries=ConversationQueries(store, tokens=parts.tokens),
-        update_status=UpdateConversationStatus(
-            store=store,
-            writer=writer,
-            locks=coordination.locks,
-            clock=clock,
-            lock_timeout=settings.lock_timeout,
-        ),
+        update_status=update_status,
         streams=streams,
         watch=WatchConversations(
             store,
@@ -363,9 +382,11 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
             inbox=parts.inbox,
             clock=clock,
             on_stored=inbox_worker.wake,
+            calls=calls,
         ),
         verify_webhook=VerifyWebhook(inbound=parts.inbound, directory=directory),
         inbox_worker=inbox_worker,
+        calls=calls,
         relay=relay,
         publisher=parts.publisher,
         engine=parts.engine,

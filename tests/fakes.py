@@ -476,6 +476,8 @@ class InMemoryChannelStore:
         self._audit: list[AuditEntry] = []  # in the order written
         self._inbox: dict[int, _InboxRow] = {}
         self._last_position = 0
+        # (tenant, connection, user) -> (opted out, as of)
+        self._opt_outs: dict[tuple[str, str, str], tuple[bool, datetime]] = {}
 
     async def create_connection(
         self, connection: ChannelConnection, audit: AuditEntry
@@ -562,6 +564,22 @@ class InMemoryChannelStore:
         ]
         written.sort(key=lambda item: item[:2], reverse=True)
         return [entry for _, _, entry in written[: positive_limit(limit)]]
+
+    async def set_opt_out(
+        self, tenant_id: str, connection_id: str, user_id: str, opted_out: bool, at: datetime
+    ) -> bool:
+        await asyncio.sleep(0)  # as real I/O would
+        key = (tenant_id, connection_id, user_id)
+        stored = self._opt_outs.get(key)
+        if stored is not None and stored[1] > at:
+            return False
+        self._opt_outs[key] = (opted_out, at)
+        return True
+
+    async def is_opted_out(self, tenant_id: str, connection_id: str, user_id: str) -> bool:
+        await asyncio.sleep(0)  # as real I/O would
+        stored = self._opt_outs.get((tenant_id, connection_id, user_id))
+        return stored is not None and stored[0]
 
     def _refuse_taken_account(self, connection: ChannelConnection) -> None:
         for other in self._connections.values():

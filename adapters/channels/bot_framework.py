@@ -71,6 +71,9 @@ SUPPORTED_ALGORITHMS = frozenset({"RS256"})
 
 KEYS_MAX_AGE_SECONDS = 24 * 3600.0
 MIN_REFRESH_SECONDS = 60.0
+# With no keys at all, a failed fetch is tried again after this long (what
+# the Unavailable answer asks the Bot Connector to wait), not by every call.
+KEYS_RETRY_SECONDS = 5.0
 # A token is a few KB; anything far larger is not one.
 MAX_TOKEN_LENGTH = 16 * 1024
 MAX_DOCUMENT_BYTES = 1024 * 1024  # the metadata and key documents
@@ -84,6 +87,8 @@ WEBHOOK_KEYS_UNAVAILABLE = "WEBHOOK_KEYS_UNAVAILABLE"
 _LOOPBACK_NAMES = frozenset({"localhost"})
 _TRUSTED_HOSTS = frozenset({"smba.trafficmanager.net"})
 _TRUSTED_SUFFIXES = (".botframework.com", ".teams.microsoft.com", ".teams.microsoft.us")
+# A DNS host name as every URL parser and resolver reads it alike.
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 _AADSTS = re.compile(r"AADSTS\d+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -114,6 +119,10 @@ def is_loopback_url(url: str) -> bool:
 
 def service_url_problem(url: str, *, allow_loopback: bool) -> str | None:
     """Why replies must not be posted to `url` (a serviceUrl), or None."""
+    if not url.isascii() or not url.isprintable() or " " in url:
+        # urlsplit drops tabs and newlines before reading the host; httpx
+        # refuses them: the host checked must be the host called.
+        return "the serviceUrl holds spaces or control characters"
     try:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
@@ -126,6 +135,8 @@ def service_url_problem(url: str, *, allow_loopback: bool) -> str | None:
         return None
     if parts.scheme != "https":
         return "the serviceUrl is not https"
+    if _HOST_NAME.fullmatch(host) is None:
+        return f"the serviceUrl host {host[:100]!r} is not a DNS name"
     if host in _TRUSTED_HOSTS or host.endswith(_TRUSTED_SUFFIXES):
         return None
     return f"the serviceUrl host {host[:100]!r} is not a Bot Connector or Teams host"
@@ -210,9 +221,10 @@ class ConnectorKeys:
         return current, current.keys.get(kid)
 
     def _wants_refresh(self, current: KeySet, kid: str, now: float) -> bool:
-        if now - current.fetched_at >= self._max_age:
-            return True
-        return kid not in current.keys and self._may_refresh(now)
+        # Either reason is rate-limited: while the metadata cannot be fetched,
+        # old keys are used rather than fetched again by every call.
+        stale = now - current.fetched_at >= self._max_age
+        return (stale or kid not in current.keys) and self._may_refresh(now)
 
     def _may_refresh(self, now: float) -> bool:
         return self._last_attempt is None or now - self._last_attempt >= self._min_refresh
@@ -221,6 +233,12 @@ class ConnectorKeys:
         async with self._lock:
             if self._generation != seen_generation and self._current is not None:
                 return self._current  # refreshed by another caller meanwhile
+            if (
+                self._current is None
+                and self._last_attempt is not None
+                and self._monotonic() - self._last_attempt < KEYS_RETRY_SECONDS
+            ):
+                raise _keys_unavailable()  # failed just now (those waiting: the same)
             self._last_attempt = self._monotonic()
             self.fetches += 1
             try:
@@ -230,11 +248,7 @@ class ConnectorKeys:
                     log.warning("Bot Connector keys not refreshed (%s); the old ones stay", error)
                     return self._current
                 log.error("Bot Connector keys unavailable: %s", error)
-                raise Unavailable(
-                    "the Bot Connector's signing keys cannot be fetched right now",
-                    reason=WEBHOOK_KEYS_UNAVAILABLE,
-                    retry_after=5.0,
-                ) from None
+                raise _keys_unavailable() from None
             self._current = fresh
             self._generation += 1
             return fresh
@@ -276,6 +290,14 @@ class ConnectorKeys:
         if body is None:
             raise KeysUnavailable(f"{what} is not a JSON object")
         return body
+
+
+def _keys_unavailable() -> Unavailable:
+    return Unavailable(
+        "the Bot Connector's signing keys cannot be fetched right now",
+        reason=WEBHOOK_KEYS_UNAVAILABLE,
+        retry_after=KEYS_RETRY_SECONDS,
+    )
 
 
 def _fetchable(url: str, metadata_url: str) -> bool:

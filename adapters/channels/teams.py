@@ -73,7 +73,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -84,7 +84,7 @@ from adapters.channels.bot_framework import (
     refused,
     verify_connector_token,
 )
-from adapters.channels.meta import Fields, payload_error
+from adapters.channels.meta import Fields, payload_error, utf8_text
 from chat_service.domain.content import MediaContent, MessageContent
 from chat_service.domain.content_limits import (
     IMAGE_MIME_TYPES,
@@ -276,7 +276,12 @@ def _timestamp(activity: Fields) -> datetime:
         raise payload_error(path, "must be an ISO 8601 time") from None
     if at.tzinfo is None:
         raise payload_error(path, "must name its time zone")
-    return at
+    try:
+        # In UTC, as every stored time: a time whose UTC lies past datetime's
+        # range ("9999-12-31T23:59:59-01:00") would be written and never read.
+        return at.astimezone(UTC)
+    except OverflowError:
+        raise payload_error(path, "is not a time in 0001-01-01 to 9999-12-31 UTC") from None
 
 
 def _messages(activity: Fields, raw: Mapping[str, Any]) -> ParsedWebhook:
@@ -363,11 +368,14 @@ def _bounded(text: str) -> tuple[str, bool]:
 
 
 def _payload(value: object) -> str:
+    # The value is read raw (not through Fields): a lone surrogate in it
+    # (half an emoji cut by a card input's maxLength) must become U+FFFD
+    # here, or no store can write the message.
     if isinstance(value, str):
-        return value
+        return utf8_text(value)
     if isinstance(value, dict) and isinstance(value.get("payload"), str):
-        return str(value["payload"])
-    return document_text(value)
+        return utf8_text(str(value["payload"]))
+    return utf8_text(document_text(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +461,8 @@ class TeamsInbound:
             return body_dedup_key(call.body)
         if not isinstance(conversation, str) or not isinstance(activity, str):
             return body_dedup_key(call.body)
-        joined = f"{conversation}\n{activity}".encode()
+        # surrogatepass: a lone surrogate in a verified body is no crash.
+        joined = f"{conversation}\n{activity}".encode("utf-8", "surrogatepass")
         return "activity:" + hashlib.sha256(joined).hexdigest()
 
     def acknowledgement(self, call: WebhookCall) -> tuple[bytes, str]:

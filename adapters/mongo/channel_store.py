@@ -3,9 +3,9 @@
 Collections (indexes in schema.py): `channel_connections`, one document per
 connection in connection_codec's shape; `connection_audit`, the audit log;
 `webhook_inbox` (_id: the delivery's position, numbered from a counter in
-`counters`). Everything goes through the MongoStore's client, so with its
-write concern (majority, journalled) and its outage translation
-(StoreUnavailable).
+`counters`); `channel_opt_outs`, one document per (connection, user).
+Everything goes through the MongoStore's client, so with its write
+concern (majority, journalled) and its outage translation (StoreUnavailable).
 
 A change and its audit entry, without transactions. A standalone server
 (and nx-27017, the tests' server) has no multi-document transactions, so
@@ -43,7 +43,13 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from adapters.mongo.documents import COUNTERS
 from adapters.mongo.errors import translated_errors
 from adapters.mongo.filters import all_of
-from adapters.mongo.schema import CONNECTION_AUDIT, CONNECTIONS, WEBHOOK_INBOX, Collection
+from adapters.mongo.schema import (
+    CONNECTION_AUDIT,
+    CONNECTIONS,
+    OPT_OUTS,
+    WEBHOOK_INBOX,
+    Collection,
+)
 from adapters.mongo.store import MongoStore
 from adapters.storage.changes import positive_limit
 from adapters.storage.connection_codec import (
@@ -97,6 +103,7 @@ class MongoChannelStore:
         self._audit: Collection = database[CONNECTION_AUDIT]
         self._inbox: Collection = database[WEBHOOK_INBOX]
         self._counters: Collection = database[COUNTERS]
+        self._opt_outs: Collection = database[OPT_OUTS]
 
     # -------------------------------------------------------- connections
 
@@ -333,6 +340,40 @@ class MongoChannelStore:
         with translated_errors("get_connection"):
             found = await self._connections.find_one({**where, **_LIVE})
         return None if found is None else connection_from_dict(found)
+
+    # ----------------------------------------------------------- opt-outs
+
+    async def set_opt_out(
+        self, tenant_id: str, connection_id: str, user_id: str, opted_out: bool, at: datetime
+    ) -> bool:
+        return await self._run(self._set_opt_out(tenant_id, connection_id, user_id, opted_out, at))
+
+    async def _set_opt_out(
+        self, tenant_id: str, connection_id: str, user_id: str, opted_out: bool, at: datetime
+    ) -> bool:
+        key = {"tenant_id": tenant_id, "connection_id": connection_id, "user_id": user_id}
+        # The newer keyword wins: the filter matches only an older record (or
+        # none: then the upsert inserts); a newer one makes the upsert collide
+        # with the unique index, which is "not recorded".
+        where = {**key, "at_us": {"$lte": Int64(to_micros(at))}}
+        change = {"$set": {"opted_out": opted_out, "at_us": Int64(to_micros(at))}}
+        with translated_errors("set_opt_out"):
+            try:
+                await self._opt_outs.update_one(where, change, upsert=True)
+            except DuplicateKeyError:
+                # A newer record, or a concurrent first insert: once more
+                # without inserting decides.
+                result = await self._opt_outs.update_one(where, change)
+                return bool(result.matched_count)
+        return True
+
+    async def is_opted_out(self, tenant_id: str, connection_id: str, user_id: str) -> bool:
+        self._store._check_open()
+        with translated_errors("is_opted_out"):
+            found = await self._opt_outs.find_one(
+                {"tenant_id": tenant_id, "connection_id": connection_id, "user_id": user_id}
+            )
+        return bool(found is not None and found.get("opted_out"))
 
     # -------------------------------------------------------------- inbox
 

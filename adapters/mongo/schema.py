@@ -156,6 +156,8 @@ def indexes(*, record_ttl: timedelta) -> tuple[IndexSpec, ...]:
 CONNECTIONS = "channel_connections"
 CONNECTION_AUDIT = "connection_audit"
 WEBHOOK_INBOX = "webhook_inbox"
+# SMS opt-outs: a platform user's latest STOP or START per connection.
+OPT_OUTS = "channel_opt_outs"
 
 CHANNEL_INDEXES = (
     IndexSpec(CONNECTIONS, "connection_per_tenant", ("tenant_id", "connection_id"), unique=True),
@@ -188,6 +190,7 @@ CHANNEL_INDEXES = (
         partial={"unprocessed": {"$exists": True}},
     ),
     IndexSpec(WEBHOOK_INBOX, "processed", ("processed_us",), sparse=True),
+    IndexSpec(OPT_OUTS, "opt_out_per_user", ("tenant_id", "connection_id", "user_id"), unique=True),
 )
 
 

@@ -1,6 +1,6 @@
 """ConnectionStore and WebhookInbox on the SQLite store's file.
 
-The tables (schema.py, version 6) live in the same database file as the
+The tables (schema.py, versions 6 and 8) live in the same database file as the
 conversations and go through the same machinery: every write is a unit of
 work run whole by the store's one writer thread inside its transaction
 (connections.GroupCommitWriter), every read a unit on its reader pool. So a
@@ -68,6 +68,18 @@ VALUES (:tenant_id, :connection_id, :at, :document)
 _PUT_DELIVERY = """
 INSERT OR IGNORE INTO webhook_inbox (tenant_id, channel, dedup_key, document, body)
 VALUES (:tenant_id, :channel, :dedup_key, :document, :body)
+"""
+
+# The newer keyword wins: an older one (a late retry) changes nothing.
+# (Insert, else update: UPSERT needs SQLite 3.24, the schema asks for 3.15.)
+_INSERT_OPT_OUT = """
+INSERT OR IGNORE INTO channel_opt_outs (tenant_id, connection_id, user_id, opted_out, at)
+VALUES (:tenant_id, :connection_id, :user_id, :opted_out, :at)
+"""
+_UPDATE_OPT_OUT = """
+UPDATE channel_opt_outs SET opted_out = :opted_out, at = :at
+WHERE tenant_id = :tenant_id AND connection_id = :connection_id AND user_id = :user_id
+    AND at <= :at
 """
 
 # Due, unprocessed, and not on another owner's live lease: oldest first.
@@ -159,6 +171,27 @@ class SqliteChannelStore:
         return await self._read(
             sql, tuple(params), lambda row: audit_from_dict(load_json(row["document"]))
         )
+
+    async def set_opt_out(
+        self, tenant_id: str, connection_id: str, user_id: str, opted_out: bool, at: datetime
+    ) -> bool:
+        params = {
+            "tenant_id": tenant_id,
+            "connection_id": connection_id,
+            "user_id": user_id,
+            "opted_out": int(opted_out),
+            "at": to_micros(at),
+        }
+        return await self._write(lambda c: _set_opt_out(c, params))
+
+    async def is_opted_out(self, tenant_id: str, connection_id: str, user_id: str) -> bool:
+        found = await self._read(
+            "SELECT opted_out FROM channel_opt_outs"
+            " WHERE tenant_id = ? AND connection_id = ? AND user_id = ?",
+            (tenant_id, connection_id, user_id),
+            lambda row: bool(row["opted_out"]),
+        )
+        return bool(found and found[0])
 
     # -------------------------------------------------------------- inbox
 
@@ -321,6 +354,12 @@ def _one_connection(
 ) -> ChannelConnection | None:
     row = connection.execute(sql, params).fetchone()
     return None if row is None else _connection_from_row(row)
+
+
+def _set_opt_out(connection: sqlite3.Connection, params: Params) -> bool:
+    if connection.execute(_INSERT_OPT_OUT, params).rowcount == 1:
+        return True
+    return bool(connection.execute(_UPDATE_OPT_OUT, params).rowcount == 1)
 
 
 def _claim(connection: sqlite3.Connection, params: Params) -> list[WebhookDelivery]:

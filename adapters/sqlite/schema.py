@@ -202,6 +202,22 @@ DELIVERY_LEASES = (
     "ALTER TABLE messages ADD COLUMN delivery_until INTEGER",
 )
 
+# Version 8: SMS opt-outs (channel_store.set_opt_out). A platform user's
+# latest STOP or START on one connection, and when (microseconds): the
+# sender sends nothing to an opted-out number.
+OPT_OUTS = (
+    """
+    CREATE TABLE channel_opt_outs (
+        tenant_id     TEXT NOT NULL,
+        connection_id TEXT NOT NULL,
+        user_id       TEXT NOT NULL,
+        opted_out     INTEGER NOT NULL,
+        at            INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, connection_id, user_id)
+    )
+    """,
+)
+
 # MIGRATIONS[n] takes a database from version n to version n + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V1,
@@ -211,6 +227,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V5,
     CHANNEL_TABLES,
     DELIVERY_LEASES,
+    OPT_OUTS,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

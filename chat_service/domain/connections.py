@@ -39,6 +39,8 @@ class PlatformSpec:
     public: tuple[tuple[str, re.Pattern[str] | None, str], ...]  # (field, shape, shape told)
     secrets: tuple[str, ...]
     handshake_field: str = ""  # Meta: the secret VerifyWebhook compares
+    # The platform signs the webhook URL (Twilio): webhook_url is required.
+    signs_webhook_url: bool = False
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -78,10 +80,18 @@ PLATFORMS: Mapping[Channel, PlatformSpec] = {
         secrets=("app_password",),
     ),
     Channel.SMS: PlatformSpec(
-        name="sms", account_field="phone_number", public=_TWILIO_PUBLIC, secrets=("auth_token",)
+        name="sms",
+        account_field="phone_number",
+        public=_TWILIO_PUBLIC,
+        secrets=("auth_token",),
+        signs_webhook_url=True,
     ),
     Channel.VOICE: PlatformSpec(
-        name="voice", account_field="phone_number", public=_TWILIO_PUBLIC, secrets=("auth_token",)
+        name="voice",
+        account_field="phone_number",
+        public=_TWILIO_PUBLIC,
+        secrets=("auth_token",),
+        signs_webhook_url=True,
     ),
 }
 
@@ -204,6 +214,11 @@ def check_new(fields: ConnectionFields, prefix: str = "connection") -> None:
             prefix, "set one of " + ", ".join(s.name for s in PLATFORMS.values())
         )
     violations = _common_violations(fields, prefix)
+    if spec.signs_webhook_url and not fields.webhook_url:
+        # Twilio signs the exact URL it calls: without it no call verifies.
+        violations.append(
+            FieldViolation(f"{prefix}.webhook_url", f"is required for {spec.name} connections")
+        )
     for name in spec.fields:
         value = fields.public.get(name, fields.secrets.get(name, ""))
         violation = _field_violation(spec, name, value, f"{prefix}.{spec.name}.{name}")

@@ -230,6 +230,10 @@ class InboundMessage:
     timestamp: datetime | None = None
     channel_metadata: ChannelMetadata = field(default_factory=ChannelMetadata)
     processing_hints: ProcessingHints = field(default_factory=ProcessingHints)
+    # Built by the webhook inbox from a verified platform call: only such a
+    # message may carry the routing metadata replies are sent by
+    # (domain.webhooks.reserved_metadata_key).
+    from_platform: bool = False
 
 
 @dataclass(frozen=True, slots=True)

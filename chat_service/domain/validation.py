@@ -33,6 +33,7 @@ from chat_service.domain.identifiers import (
 )
 from chat_service.domain.model import ChannelMetadata, InboundMessage, JsonValue
 from chat_service.domain.text import quote
+from chat_service.domain.webhooks import reserved_metadata_key
 
 MAX_METADATA_FIELD_LENGTH = 255
 MAX_ADDITIONAL_DATA_BYTES = 16 * 1024  # compact JSON, UTF-8
@@ -72,6 +73,13 @@ def validate_inbound(msg: InboundMessage, *, field_prefix: str = "") -> InboundM
                 f" {channel} accepts {type_names(rules.inbound_types)}",
             )
     _check_channel_metadata(check.nested("channel_metadata."), msg.channel_metadata)
+    if not msg.from_platform:
+        reserved = reserved_metadata_key(msg.channel_metadata.additional_data)
+        if reserved is not None:
+            check.fail(
+                "channel_metadata.additional_data",
+                f"the key {quote(reserved)} is reserved for platform webhooks",
+            )
     # processing_hints: every value its types allow is valid.
     check.raise_if_any()
     return dataclasses.replace(msg, content=content)

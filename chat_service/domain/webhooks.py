@@ -35,6 +35,10 @@ class WebhookCall:
     # The original path with its query string (x-envoy-original-path), for
     # platforms that sign the URL (Twilio).
     original_path: str = ""
+    # When the service took the call in (the inbox's received_at), for
+    # platforms whose bodies carry no time of their own (Twilio's SMS);
+    # None at the edge, before it is stored.
+    received_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,22 @@ _ID_PREFIX = {
     Channel.SMS: "sms",
     Channel.VOICE: "voice",
 }
+
+
+# additional_data keys the platform connectors route replies by (which
+# connection, which Slack channel and thread, which Teams serviceUrl): set
+# only from verified webhooks, never by an RPC caller, who could otherwise
+# make the tenant's bot write to anyone its credentials reach.
+RESERVED_METADATA_KEYS = frozenset({"connection_id"})
+RESERVED_METADATA_PREFIXES = ("slack_", "teams_", "twilio_", "sms_", "voice_", "whatsapp_")
+
+
+def reserved_metadata_key(additional_data: Mapping[str, object]) -> str | None:
+    """The first key of `additional_data` reserved for platform webhooks, or None."""
+    for key in additional_data:
+        if key in RESERVED_METADATA_KEYS or key.startswith(RESERVED_METADATA_PREFIXES):
+            return key
+    return None
 
 
 def inbound_message_id(channel: Channel, platform_message_id: str) -> str:

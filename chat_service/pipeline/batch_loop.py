@@ -1,5 +1,5 @@
 """The loop behind the background workers that drain a backlog in batches
-(the outbox relay, the event tail)."""
+(the outbox relay, the webhook inbox, the event tail)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +65,59 @@ class BatchLoop:
                         await self.wake.wait()
                 except TimeoutError:
                     pass
+
+
+class DrainTimings(Protocol):
+    """The settings a backlog with retention is worked by."""
+
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def idle_poll_seconds(self) -> float: ...
+    @property
+    def max_backoff_seconds(self) -> float: ...
+    @property
+    def prune_batch_size(self) -> int: ...
+    @property
+    def prune_interval_seconds(self) -> float: ...
+
+
+async def drain_with_retention(
+    *,
+    name: str,
+    step: Callable[[], Awaitable[int]],
+    prune: Callable[[], Awaitable[int]],
+    wake: asyncio.Event,
+    stop: asyncio.Event,
+    timings: DrainTimings,
+    log: logging.Logger,
+    quiet_errors: tuple[type[Exception], ...] = (),
+) -> None:
+    """Works a backlog (`step`, woken by `wake`) and prunes what retention lets
+    go (`prune`, on its interval only), both until `stop` or cancellation."""
+    working = BatchLoop(
+        step=step,
+        wake=wake,
+        batch_size=timings.batch_size,
+        idle_seconds=timings.idle_poll_seconds,
+        max_backoff=timings.max_backoff_seconds,
+        log=log,
+        name=name,
+        first_backoff=0.2,
+        quiet_errors=quiet_errors,
+        stop=stop,
+    )
+    pruning = BatchLoop(
+        step=prune,
+        wake=asyncio.Event(),  # never set: on its interval only
+        batch_size=timings.prune_batch_size,
+        idle_seconds=timings.prune_interval_seconds,
+        max_backoff=max(timings.prune_interval_seconds, timings.max_backoff_seconds),
+        log=log,
+        name=f"{name} retention",
+        quiet_errors=quiet_errors,
+        stop=stop,
+    )
+    async with asyncio.TaskGroup() as group:
+        group.create_task(working.run())
+        group.create_task(pruning.run())

@@ -422,9 +422,7 @@ class DeliveryQueue:
                     conversation,
                     message,
                     DeliveryStatus.SENT,
-                    {"platform_message_id": receipt.platform_message_id}
-                    if receipt.platform_message_id
-                    else {},
+                    _sent_metadata(receipt),
                     platform_message_id=receipt.platform_message_id,
                 )
                 return
@@ -570,6 +568,15 @@ class DeliveryQueue:
                 listener(message, status)
             except Exception:
                 log.exception("delivery listener failed")
+
+
+def _sent_metadata(receipt: DeliveryReceipt) -> JsonObject:
+    """The SENT event's metadata: the platform's id for the message and
+    what else the channel reported (receipt.metadata)."""
+    metadata: dict[str, str | int | bool] = dict(receipt.metadata)
+    if receipt.platform_message_id:
+        metadata["platform_message_id"] = receipt.platform_message_id
+    return metadata
 
 
 def _dead_letter(error: DeliveryError, attempts: int) -> JsonObject:

@@ -34,7 +34,10 @@ ABORTED) sends the delivery back to the inbox for a later attempt, with
 exponential backoff, and after `max_attempts` to the dead letters, with its
 reason; a message the pipeline refuses (INVALID_ARGUMENT, ...) is logged,
 counted and skipped, so a delivery never loops for ever. A later message of
-the same user waits for an earlier one that must be retried.
+the same user waits for an earlier one that must be retried, in its batch
+and in later ones (waiting never counts toward giving up). That holds
+within a process: two processes claiming one user's deliveries at once can
+still store them out of order while one waits to be retried.
 
 Crash safety: a delivery is finished only after all of it was handled; a
 worker that dies leaves its claims to expire (`lease_seconds`), then the
@@ -77,7 +80,7 @@ from chat_service.domain.webhooks import (
     inbound_message_id,
     session_of,
 )
-from chat_service.pipeline.batch_loop import BatchLoop
+from chat_service.pipeline.batch_loop import drain_with_retention
 from chat_service.pipeline.canned_replies import CannedReplies
 from chat_service.pipeline.errors import port_errors
 from chat_service.pipeline.send_message import SendOutcome
@@ -87,6 +90,7 @@ from chat_service.ports import (
     ConversationQuery,
     ConversationStore,
     InboundChannel,
+    InboundMessageEffects,
     OpenedConnection,
     StoreUnavailable,
     WebhookDelivery,
@@ -161,10 +165,15 @@ class InboxStats:
 class _Retry(Exception):
     """Handling must be tried again later (the delivery goes back to the inbox)."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, *, waiting: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after or 0.0
+        # Only waits behind an earlier message of the same user: never a
+        # reason to give up on this delivery.
+        self.waiting = waiting
 
 
 @dataclass(eq=False)
@@ -209,6 +218,10 @@ class InboxWorker:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.stats = InboxStats()
+        # Platform users whose earlier delivery waits to be tried again, and
+        # its position: their later deliveries wait behind it, so a user's
+        # messages are stored in the order they came (in this process).
+        self._held: dict[_UserKey, int] = {}
 
     def wake(self) -> None:
         """A delivery was stored: look at the inbox now rather than at the next poll."""
@@ -221,33 +234,16 @@ class InboxWorker:
 
     async def run(self) -> None:
         """Handles deliveries, and prunes processed ones, until stopped."""
-        settings = self._settings
-        handling = BatchLoop(
-            step=self.process_once,
-            wake=self._wake,
-            batch_size=settings.batch_size,
-            idle_seconds=settings.idle_poll_seconds,
-            max_backoff=settings.max_backoff_seconds,
-            log=log,
+        await drain_with_retention(
             name="webhook inbox",
-            first_backoff=0.2,
-            quiet_errors=(StoreUnavailable,),
+            step=self.process_once,
+            prune=self.prune_once,
+            wake=self._wake,
             stop=self._stop,
-        )
-        pruning = BatchLoop(
-            step=self.prune_once,
-            wake=asyncio.Event(),  # never set: on its interval only
-            batch_size=settings.prune_batch_size,
-            idle_seconds=settings.prune_interval_seconds,
-            max_backoff=max(settings.prune_interval_seconds, settings.max_backoff_seconds),
+            timings=self._settings,
             log=log,
-            name="webhook inbox retention",
             quiet_errors=(StoreUnavailable,),
-            stop=self._stop,
         )
-        async with asyncio.TaskGroup() as group:
-            group.create_task(handling.run())
-            group.create_task(pruning.run())
 
     async def prune_once(self) -> int:
         return await self._inbox.prune(
@@ -269,8 +265,8 @@ class InboxWorker:
         jobs = [self._parsed(delivery) for delivery in deliveries]
         gate = asyncio.Semaphore(settings.concurrency)
         async with asyncio.TaskGroup() as group:
-            for items in _by_user(jobs).values():
-                group.create_task(self._user_messages(items, gate))
+            for user, items in _by_user(jobs).items():
+                group.create_task(self._user_messages(user, items, gate))
             for job in jobs:
                 if job.parsed.statuses:
                     group.create_task(self._statuses(job, gate))
@@ -294,6 +290,7 @@ class InboxWorker:
             body=delivery.body,
             content_type=delivery.content_type,
             headers=delivery.headers,
+            received_at=delivery.received_at,
         )
         try:
             job.parsed = adapter.parse(call)
@@ -310,16 +307,24 @@ class InboxWorker:
 
     async def _user_messages(
         self,
+        user: _UserKey,
         items: Sequence[tuple[_Job, PlatformMessage]],
         gate: asyncio.Semaphore,
     ) -> None:
         """One platform user's messages of the batch, in order; after one
-        that must be retried, the later ones wait too (their order holds)."""
+        that must be retried, the later ones wait too (their order holds),
+        in this batch and in later ones until it went through."""
         async with gate:
             waiting: _Retry | None = None
+            held_by = self._held.get(user)
             for job, message in items:
+                position = job.delivery.position
+                if waiting is None and held_by is not None and position > held_by:
+                    waiting = _Retry(f"delivery {held_by} of the same user goes first")
                 if waiting is not None:
-                    job.must_retry(_Retry(f"after an earlier message: {waiting.reason}"))
+                    job.must_retry(
+                        _Retry(f"after an earlier message: {waiting.reason}", waiting=True)
+                    )
                     continue
                 try:
                     await self._message(job.delivery, message)
@@ -330,10 +335,15 @@ class InboxWorker:
                     log.exception(
                         "webhook message %s of delivery %d failed",
                         message.platform_message_id,
-                        job.delivery.position,
+                        position,
                     )
                     waiting = _Retry(f"unexpected error: {type(error).__name__}")
                     job.must_retry(waiting)
+                else:
+                    if held_by == position:
+                        held_by = None  # the one they waited for went through
+                    continue
+                self._held[user] = min(position, self._held.get(user, position))
 
     async def _message(self, delivery: WebhookDelivery, message: PlatformMessage) -> None:
         connection = await self._connection(delivery, message.account_id)
@@ -346,6 +356,15 @@ class InboxWorker:
                 delivery.tenant_id,
             )
             return
+        effects = self._inbound.get(delivery.channel)
+        if isinstance(effects, InboundMessageEffects):
+            # Before SendMessage: a reply to the message already sees it
+            # (SMS: no reply goes to a number that just sent STOP).
+            try:
+                with port_errors():
+                    await effects.apply(delivery.tenant_id, connection, message)
+            except Unavailable as error:
+                raise _Retry(f"{error.reason}: {error.message}", error.retry_after) from None
         inbound = inbound_of(delivery, message, connection.connection.connection_id)
         supported = message.supported
         if supported:
@@ -512,8 +531,13 @@ class InboxWorker:
     async def _settle(self, job: _Job) -> None:
         delivery, settings = job.delivery, self._settings
         position = delivery.position
-        if job.retry is not None and delivery.attempts >= settings.max_attempts:
-            job.dead = f"gave up after {delivery.attempts} attempts: {job.retry.reason}"
+        retry = job.retry
+        if retry is not None and not retry.waiting and delivery.attempts >= settings.max_attempts:
+            job.dead = f"gave up after {delivery.attempts} attempts: {retry.reason}"
+        if job.dead or retry is None:
+            # Done with (or given up): its users' later deliveries go on.
+            for user in [u for u, held in self._held.items() if held == position]:
+                del self._held[user]
         if job.dead:
             self.stats.dead_letters += 1
             log.error(
@@ -589,6 +613,7 @@ def inbound_of(
             workspace_id=message.account_id,
             additional_data=additional,
         ),
+        from_platform=True,
     )
 
 
@@ -609,11 +634,13 @@ def unsupported(
     )
 
 
-def _by_user(
-    jobs: Sequence[_Job],
-) -> dict[tuple[str, Channel, str, str], list[tuple[_Job, PlatformMessage]]]:
+# (tenant, channel, account id, platform user)
+_UserKey = tuple[str, Channel, str, str]
+
+
+def _by_user(jobs: Sequence[_Job]) -> dict[_UserKey, list[tuple[_Job, PlatformMessage]]]:
     """The batch's messages per platform user, in arrival order."""
-    groups: dict[tuple[str, Channel, str, str], list[tuple[_Job, PlatformMessage]]] = {}
+    groups: dict[_UserKey, list[tuple[_Job, PlatformMessage]]] = {}
     for job in jobs:
         if job.dead:
             continue

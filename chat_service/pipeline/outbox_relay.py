@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from chat_service.pipeline.batch_loop import BatchLoop
+from chat_service.pipeline.batch_loop import drain_with_retention
 from chat_service.ports import Clock, ConversationStore, EventPublisher, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -80,33 +80,16 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Publishes, and prunes what retention lets go, until cancelled."""
-        settings = self._settings
-        publishing = BatchLoop(
-            step=self.publish_once,
-            wake=self._wake,
-            batch_size=settings.batch_size,
-            idle_seconds=settings.idle_poll_seconds,
-            max_backoff=settings.max_backoff_seconds,
-            log=log,
+        await drain_with_retention(
             name="outbox relay",
-            first_backoff=0.2,
-            quiet_errors=(StoreUnavailable,),
+            step=self.publish_once,
+            prune=self.prune_once,
+            wake=self._wake,
             stop=self._stop,
-        )
-        pruning = BatchLoop(
-            step=self.prune_once,
-            wake=asyncio.Event(),  # never set: on its interval only
-            batch_size=settings.prune_batch_size,
-            idle_seconds=settings.prune_interval_seconds,
-            max_backoff=max(settings.prune_interval_seconds, settings.max_backoff_seconds),
+            timings=self._settings,
             log=log,
-            name="outbox retention",
             quiet_errors=(StoreUnavailable,),
-            stop=self._stop,
         )
-        async with asyncio.TaskGroup() as group:
-            group.create_task(publishing.run())
-            group.create_task(pruning.run())
 
     async def prune_once(self) -> int:
         """Prune one batch of published rows past retention; returns how many."""

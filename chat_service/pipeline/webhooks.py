@@ -14,7 +14,10 @@ HandleWebhook, in this order:
 
 The messages and statuses inside are processed afterwards by the inbox
 worker (inbox_worker.py), so a slow bot never makes the platform time out
-and a crash after the answer loses nothing.
+and a crash after the answer loses nothing. The exception is a platform
+that waits for the bot's words in the answer itself (a phone call: a
+SynchronousChannel): after the same checks it is answered by AnswerCall
+(voice_calls.py), which stores the turn and its reply first.
 
 VerifyWebhook answers a platform's subscription handshake (Meta's GET with
 `hub.challenge`): the challenge comes back when the token is one of the
@@ -26,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from chat_service.domain.connections import PLATFORMS, platform_of
 from chat_service.domain.enums import Channel
@@ -43,6 +47,7 @@ from chat_service.ports import (
     ConnectionDirectory,
     InboundChannel,
     OpenedConnection,
+    SynchronousChannel,
     WebhookDelivery,
     WebhookHandshake,
     WebhookInbox,
@@ -71,6 +76,17 @@ class WebhookAnswer:
     content_type: str
 
 
+class AnswersCalls(Protocol):
+    """AnswerCall (voice_calls.py), as HandleWebhook hands it a verified call."""
+
+    async def __call__(
+        self,
+        call: WebhookCall,
+        adapter: SynchronousChannel,
+        verified: Sequence[OpenedConnection],
+    ) -> tuple[bytes, str]: ...
+
+
 class HandleWebhook:
     def __init__(
         self,
@@ -80,12 +96,14 @@ class HandleWebhook:
         inbox: WebhookInbox,
         clock: Clock,
         on_stored: Callable[[], None] = lambda: None,
+        calls: AnswersCalls | None = None,
     ) -> None:
         self._inbound = dict(inbound)
         self._directory = directory
         self._inbox = inbox
         self._clock = clock
         self._on_stored = on_stored  # the inbox worker's wake-up
+        self._calls = calls  # synchronous platforms' answers (voice_calls.py)
 
     async def __call__(
         self,
@@ -118,6 +136,16 @@ class HandleWebhook:
         verified = await adapter.verify(call, candidates)
         parsed = adapter.parse(call)
         _check_accounts(parsed, candidates, verified)
+        if isinstance(adapter, SynchronousChannel):
+            # A phone call waits for the bot's words in this very answer:
+            # stored and answered now (voice_calls.py), not through the inbox.
+            if self._calls is None:
+                raise Unimplemented(
+                    f"{channel.value} calls are not answered here",
+                    reason=WEBHOOK_PLATFORM_NOT_SUPPORTED,
+                )
+            body_out, type_out = await self._calls(call, adapter, verified)
+            return WebhookAnswer(body_out, type_out)
         if not parsed.messages and not parsed.statuses:
             # Nothing for the worker: a handshake answered here and now
             # (Slack's url_verification gets its challenge back), or only

@@ -69,6 +69,9 @@ PLATFORMS: Mapping[str, tuple[int, type[Message], Mapping[str, str], tuple[str, 
 }
 
 
+TWILIO = ("sms", "voice")
+
+
 def secrets_for(platform: str) -> dict[str, str]:
     """Fresh secret values, unique enough to look for in responses and logs."""
     return {name: f"{name}-{uuid.uuid4().hex}" for name in PLATFORMS[platform][3]}
@@ -82,7 +85,9 @@ def connection(
     _, message_type, defaults, _ = PLATFORMS[platform]
     values = {**defaults, **public, **(secrets_for(platform) if secrets is None else secrets)}
     chosen: dict[str, Any] = {platform: message_type(**values)}
-    return cc.ChannelConnection(display_name=f"{platform} line", **chosen)
+    # Twilio signs the URL it calls: SMS and voice connections need it.
+    url = f"https://edge.example.com/v1/webhooks/t/{platform}" if platform in TWILIO else ""
+    return cc.ChannelConnection(display_name=f"{platform} line", webhook_url=url, **chosen)
 
 
 class Admin:

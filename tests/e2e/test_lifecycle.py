@@ -157,13 +157,19 @@ async def test_sigterm_drains_in_flight_calls(fresh_service: ServiceProcess) -> 
     assert "stopped" in fresh_service.logs()
 
 
-async def test_unfinished_rpcs_answer_unimplemented(
-    stub: chat_service_pb2_grpc.ChatServiceAsyncStub,
+@pytest.mark.parametrize("platform", ["whatsapp", "messenger", "slack", "teams", "sms", "voice"])
+async def test_every_platforms_webhook_is_served(
+    stub: chat_service_pb2_grpc.ChatServiceAsyncStub, platform: str
 ) -> None:
+    """The production wiring takes every platform's webhook: an unsigned call
+    is refused by the platform's check (401/403), never UNIMPLEMENTED."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.HandleWebhook(pb.HandleWebhookRequest(tenant_id="acme", platform="voice"))
+        await stub.HandleWebhook(pb.HandleWebhookRequest(tenant_id="acme", platform=platform))
 
-    assert rich_error(caught.value).code is grpc.StatusCode.UNIMPLEMENTED
+    assert rich_error(caught.value).code in (
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
 
 
 async def test_draining_ends_streams_and_watches_with_where_to_resume(tmp_path: Path) -> None:

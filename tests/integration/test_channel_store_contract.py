@@ -500,6 +500,55 @@ async def test_pruning_removes_processed_deliveries_oldest_first(channels: Chann
     assert keys(reclaimed) == ["key-4", "key-2", "key-1", "key-3"]
 
 
+# --------------------------------------------------------------- opt-outs
+
+USER = "+14155550100"
+
+
+async def test_an_opt_out_holds_until_the_user_opts_in_again(channels: ChannelStore) -> None:
+    assert await channels.is_opted_out(TENANT, "conn-1", USER) is False
+
+    assert await channels.set_opt_out(TENANT, "conn-1", USER, True, T0) is True
+    stopped = await channels.is_opted_out(TENANT, "conn-1", USER)
+    assert await channels.set_opt_out(TENANT, "conn-1", USER, False, T0 + timedelta(seconds=1))
+
+    assert stopped is True
+    assert await channels.is_opted_out(TENANT, "conn-1", USER) is False
+
+
+async def test_an_opt_out_is_per_tenant_connection_and_user(channels: ChannelStore) -> None:
+    await channels.set_opt_out(TENANT, "conn-1", USER, True, T0)
+
+    assert await channels.is_opted_out(TENANT, "conn-1", USER) is True
+    assert await channels.is_opted_out(TENANT, "conn-2", USER) is False
+    assert await channels.is_opted_out(TENANT, "conn-1", "+14155550199") is False
+    assert await channels.is_opted_out(OTHER_TENANT, "conn-1", USER) is False
+
+
+async def test_an_older_keyword_does_not_undo_a_newer_one(channels: ChannelStore) -> None:
+    # START at T0 + 5 s was recorded; the STOP of T0, retried late, comes after.
+    await channels.set_opt_out(TENANT, "conn-1", USER, False, T0 + timedelta(seconds=5))
+
+    late = await channels.set_opt_out(TENANT, "conn-1", USER, True, T0)
+    again = await channels.set_opt_out(TENANT, "conn-1", USER, False, T0 + timedelta(seconds=5))
+
+    assert late is False
+    assert again is True  # the same keyword once more: idempotent
+    assert await channels.is_opted_out(TENANT, "conn-1", USER) is False
+
+
+async def test_concurrent_first_opt_outs_leave_one_record(channels: ChannelStore) -> None:
+    results = await asyncio.gather(
+        *(
+            channels.set_opt_out(TENANT, "conn-1", USER, True, T0 + timedelta(seconds=n))
+            for n in range(5)
+        )
+    )
+
+    assert any(results)
+    assert await channels.is_opted_out(TENANT, "conn-1", USER) is True
+
+
 # ------------------------------------------------------------- SQLite only
 
 

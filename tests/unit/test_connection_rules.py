@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from chat_service.domain.connections import (
@@ -16,10 +18,18 @@ from chat_service.domain.connections import (
     secret_context,
     webhook_path,
 )
+from chat_service.domain.content import MessageContent
 from chat_service.domain.enums import Channel
 from chat_service.domain.errors import InvalidArgument
 from chat_service.domain.identifiers import MAX_MESSAGE_ID_LENGTH, MESSAGE_ID_PATTERN
-from chat_service.domain.webhooks import body_dedup_key, inbound_message_id, session_of
+from chat_service.domain.model import ChannelMetadata, InboundMessage
+from chat_service.domain.validation import validate_inbound
+from chat_service.domain.webhooks import (
+    body_dedup_key,
+    inbound_message_id,
+    reserved_metadata_key,
+    session_of,
+)
 from tests.builders import T0
 
 WHATSAPP = ConnectionFields(
@@ -190,3 +200,39 @@ def test_a_teams_app_id_is_kept_lowercase_as_activities_name_it_lowered() -> Non
     check_new(fields)
     assert account_id_of(Channel.TEAMS, fields.public) == "0a1b2c3d-0000-4000-8000-00000000abcd"
     assert account_id_of(Channel.SLACK, {"team_id": "T0123ABCD"}) == "T0123ABCD"
+
+
+@pytest.mark.parametrize(
+    "key", ["connection_id", "slack_channel", "teams_service_url", "twilio_call_sid"]
+)
+def test_rpc_callers_cannot_set_the_metadata_replies_are_routed_by(key: str) -> None:
+    """Else a chat:write caller could make the tenant's bot post into any Slack
+    channel, Teams conversation or WhatsApp number its credentials reach."""
+    message = InboundMessage(
+        tenant_id="t1",
+        message_id="m-1",
+        conversation_id="",
+        user_id="u1",
+        channel=Channel.SLACK,
+        content=MessageContent.of_text("hi"),
+        channel_metadata=ChannelMetadata(additional_data={key: "x", "note": "fine"}),
+    )
+    with pytest.raises(InvalidArgument) as exc:
+        validate_inbound(message)
+    assert _fields(exc) == {"channel_metadata.additional_data"}
+    # The webhook inbox, which read it from a verified call, may.
+    validate_inbound(dataclasses.replace(message, from_platform=True))
+    assert reserved_metadata_key({"note": "fine", "kind": "text"}) is None
+
+
+@pytest.mark.parametrize("channel", [Channel.SMS, Channel.VOICE])
+def test_twilio_connections_need_the_url_twilio_signs(channel: Channel) -> None:
+    fields = ConnectionFields(
+        channel=channel,
+        public={"account_sid": "AC" + "0" * 32, "phone_number": "+14155550100"},
+        secrets={"auth_token": "t"},
+    )
+    with pytest.raises(InvalidArgument) as exc:
+        check_new(fields)
+    assert _fields(exc) == {"connection.webhook_url"}
+    check_new(dataclasses.replace(fields, webhook_url="https://edge.example.com/v1/webhooks/t/sms"))

@@ -926,3 +926,34 @@ async def test_a_text_longer_than_the_service_keeps_is_cut_and_marked_not_refuse
     assert inbound.channel_metadata.additional_data["truncated_from"] == "5000"
     assert "unsupported" not in inbound.channel_metadata.additional_data
     assert reply.content.text != UNSUPPORTED_REPLY
+
+
+async def test_a_users_later_delivery_waits_for_an_earlier_one_being_retried() -> None:
+    """Order per user holds across batches: a later call of the same user is
+    not stored while an earlier one waits to be tried again."""
+    store = FlakyStore()
+    harness = await make_harness(store=store)
+    try:
+        store.refused.add(inbound_message_id(Channel.WHATSAPP, "wamid.1"))
+        await harness.post("whatsapp", wa_text("wamid.1", "first"))
+        assert await harness.work() == 1  # sent back for later
+        store.refused.clear()
+        await harness.post("whatsapp", wa_text("wamid.2", "second"))  # a later call
+        await harness.work()
+        assert (
+            await store.get_message(TENANT, inbound_message_id(Channel.WHATSAPP, "wamid.2")) is None
+        )
+        for _ in range(3):
+            harness.clock.advance(timedelta(seconds=5))
+            await harness.work()
+
+        messages = await harness.conversation_messages(WA_ID, Channel.WHATSAPP)
+        assert [m.content.text for m in messages] == [
+            "first",
+            "echo: first",
+            "second",
+            "echo: second",
+        ]
+        assert harness.core.inbox_worker.stats.dead_letters == 0
+    finally:
+        await harness.core.delivery.close(1)

@@ -80,9 +80,10 @@ class ChannelConnection(_message.Message):
     display_name: _builtins.str
     """Optional; at most 255 characters. A name for people ("Support number")."""
     webhook_url: _builtins.str
-    """Optional: the public https URL the platform calls (at most 2,048
-    characters). Twilio signs this exact URL, so SMS and voice connections
-    need it as configured in the Twilio console.
+    """The public https URL the platform calls (at most 2,048 characters).
+    Required for sms and voice: Twilio signs this exact URL, so it must be
+    what the Twilio console calls (its path must reach the edge unchanged).
+    Optional for the other platforms.
     """
     webhook_path: _builtins.str
     """Output only. The path to give the platform as its webhook (behind the

@@ -304,11 +304,16 @@ class ChatServiceServicer:
         slow bot never makes the platform time out, and a crash after the answer
         loses nothing. Idempotent by the platform's message id: a redelivered
         call or message is one message and gets one reply. Status callbacks move
-        the delivery status of our replies forward only.
+        the delivery status of our replies forward only. Voice is the exception:
+        a call's turn is answered synchronously with TwiML that says the bot's
+        reply (within VOICE_REPLY_TIMEOUT_SECONDS, else the fallback).
 
         Errors: UNAUTHENTICATED (no connection of the tenant for that platform
-        signs the body; nothing is stored), INVALID_ARGUMENT (an unknown
-        platform, or a body that is not the platform's documented shape).
+        signs the body, or a Teams token that does not verify; nothing is
+        stored), PERMISSION_DENIED (Twilio's signature, or a Teams token for
+        another serviceUrl: the platforms expect 403), INVALID_ARGUMENT (an
+        unknown platform, or a body that is not the platform's documented
+        shape), UNAVAILABLE (the Bot Connector's keys cannot be fetched).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

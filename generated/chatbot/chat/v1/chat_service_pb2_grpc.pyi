@@ -165,11 +165,16 @@ class ChatServiceStub:
     slow bot never makes the platform time out, and a crash after the answer
     loses nothing. Idempotent by the platform's message id: a redelivered
     call or message is one message and gets one reply. Status callbacks move
-    the delivery status of our replies forward only.
+    the delivery status of our replies forward only. Voice is the exception:
+    a call's turn is answered synchronously with TwiML that says the bot's
+    reply (within VOICE_REPLY_TIMEOUT_SECONDS, else the fallback).
 
     Errors: UNAUTHENTICATED (no connection of the tenant for that platform
-    signs the body; nothing is stored), INVALID_ARGUMENT (an unknown
-    platform, or a body that is not the platform's documented shape).
+    signs the body, or a Teams token that does not verify; nothing is
+    stored), PERMISSION_DENIED (Twilio's signature, or a Teams token for
+    another serviceUrl: the platforms expect 403), INVALID_ARGUMENT (an
+    unknown platform, or a body that is not the platform's documented
+    shape), UNAVAILABLE (the Bot Connector's keys cannot be fetched).
     """
     VerifyWebhook: _grpc.UnaryUnaryMultiCallable[_chat_service_pb2.VerifyWebhookRequest, _chat_service_pb2.VerifyWebhookResponse]
     """Answers a platform's webhook verification (Meta's `hub.challenge`
@@ -352,11 +357,16 @@ class ChatServiceAsyncStub(ChatServiceStub):
     slow bot never makes the platform time out, and a crash after the answer
     loses nothing. Idempotent by the platform's message id: a redelivered
     call or message is one message and gets one reply. Status callbacks move
-    the delivery status of our replies forward only.
+    the delivery status of our replies forward only. Voice is the exception:
+    a call's turn is answered synchronously with TwiML that says the bot's
+    reply (within VOICE_REPLY_TIMEOUT_SECONDS, else the fallback).
 
     Errors: UNAUTHENTICATED (no connection of the tenant for that platform
-    signs the body; nothing is stored), INVALID_ARGUMENT (an unknown
-    platform, or a body that is not the platform's documented shape).
+    signs the body, or a Teams token that does not verify; nothing is
+    stored), PERMISSION_DENIED (Twilio's signature, or a Teams token for
+    another serviceUrl: the platforms expect 403), INVALID_ARGUMENT (an
+    unknown platform, or a body that is not the platform's documented
+    shape), UNAVAILABLE (the Bot Connector's keys cannot be fetched).
     """
     VerifyWebhook: _aio.UnaryUnaryMultiCallable[_chat_service_pb2.VerifyWebhookRequest, _chat_service_pb2.VerifyWebhookResponse]  # type: ignore[assignment]
     """Answers a platform's webhook verification (Meta's `hub.challenge`
@@ -590,11 +600,16 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         slow bot never makes the platform time out, and a crash after the answer
         loses nothing. Idempotent by the platform's message id: a redelivered
         call or message is one message and gets one reply. Status callbacks move
-        the delivery status of our replies forward only.
+        the delivery status of our replies forward only. Voice is the exception:
+        a call's turn is answered synchronously with TwiML that says the bot's
+        reply (within VOICE_REPLY_TIMEOUT_SECONDS, else the fallback).
 
         Errors: UNAUTHENTICATED (no connection of the tenant for that platform
-        signs the body; nothing is stored), INVALID_ARGUMENT (an unknown
-        platform, or a body that is not the platform's documented shape).
+        signs the body, or a Teams token that does not verify; nothing is
+        stored), PERMISSION_DENIED (Twilio's signature, or a Teams token for
+        another serviceUrl: the platforms expect 403), INVALID_ARGUMENT (an
+        unknown platform, or a body that is not the platform's documented
+        shape), UNAVAILABLE (the Bot Connector's keys cannot be fetched).
         """
 
     @_abc_1.abstractmethod
