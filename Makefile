@@ -44,11 +44,20 @@ $(DESCRIPTOR): $(STAMP_PY) tools/render_envoy.py $(shell find proto third_party 
 test: $(STAMP_PY)
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-embedded test-mongo
 
+# The tests start `python -m chat_service` dozens of times: its bytecode is
+# compiled once and kept under build/ (whatever PYTHONDONTWRITEBYTECODE says)
+# rather than at every start.
+TEST_ENV := PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(CURDIR)/build/pycache
+# The first pass spends much of its time waiting (on timeouts, outages,
+# starting processes): two workers (pytest-xdist, a module per worker at a
+# time) fill each other's waits, beside the MongoDB pass.
+TEST_WORKERS ?= 2
+
 test-embedded: $(STAMP_PY)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-mongo: $(STAMP_PY)
-	CHAT_TEST_STORE=mongo $(PY) -m pytest tests/e2e -m "not heavy_load and not store_independent" $(PYTEST_ARGS)
+	$(TEST_ENV) CHAT_TEST_STORE=mongo $(PY) -m pytest tests/e2e -m "not heavy_load and not store_independent" $(PYTEST_ARGS)
 
 check: lint typecheck buf-lint buf-breaking check-generated
 

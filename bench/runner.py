@@ -62,4 +62,5 @@ async def run_bench(
         payload_bytes=PAYLOAD_BYTES,
         runs=tuple(runs),
         baselines={s.name: s.baseline for s in selected if s.baseline is not None},
+        summaries={s.name: s.summary for s in order},
     )

@@ -7,6 +7,11 @@ coroutine and list it in SCENARIOS: start what it needs (bench.servers
 starts the service and the production parts), hand the running service to
 a load function, return the LoadResult. On a stream scenario a
 "call" is one round trip on a caller's stream (bench.stream_load).
+
+Every scenario, the baselines included, spreads its callers over
+`settings.channels` connections (bench.channels) and has its server's probe
+read at the edges of the measured window, so that the per-call figures of a
+scenario and of its baseline are taken the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 import grpc
 from chatbot.chat.v1 import chat_service_pb2, chat_service_pb2_grpc, content_pb2, resources_pb2
 
+from bench.channels import open_channels
 from bench.echo_server import BIDI_METHOD, UNARY_METHOD
 from bench.load import Call, LoadResult, LoadSettings, run_load
 from bench.servers import (
@@ -58,6 +64,7 @@ class Scenario:
     summary: str
     run: Callable[[LoadSettings], Awaitable[LoadResult]]
     baseline: str | None = None  # the scenario this one is compared against
+    by_default: bool = True  # run when no --scenario is given
 
 
 # ------------------------------------------------------------------- echo
@@ -65,26 +72,35 @@ class Scenario:
 
 async def echo_unary(settings: LoadSettings) -> LoadResult:
     async with (
-        running_echo_server() as address,
-        grpc.aio.insecure_channel(address) as channel,
+        running_echo_server() as server,
+        open_channels(server.address, settings.channels) as channels,
     ):
-        echo = channel.unary_unary(UNARY_METHOD, None, None)  # raw bytes both ways
 
-        async def call() -> None:
-            reply = await echo(ECHO_PAYLOAD, timeout=CALL_TIMEOUT_SECONDS)
-            if reply != ECHO_PAYLOAD:
-                raise UnexpectedReply(f"the echo returned {len(reply)} other bytes")
+        def caller_for(index: int) -> Call:
+            # None, None: raw bytes both ways.
+            echo = channels.for_caller(index).unary_unary(UNARY_METHOD, None, None)
 
-        return await run_load(lambda _: call, settings)
+            async def call() -> None:
+                reply = await echo(ECHO_PAYLOAD, timeout=CALL_TIMEOUT_SECONDS)
+                if reply != ECHO_PAYLOAD:
+                    raise UnexpectedReply(f"the echo returned {len(reply)} other bytes")
+
+            return call
+
+        return await run_load(caller_for, settings, server.probe)
 
 
 async def echo_bidi(settings: LoadSettings) -> LoadResult:
     async with (
-        running_echo_server() as address,
-        grpc.aio.insecure_channel(address) as channel,
+        running_echo_server() as server,
+        open_channels(server.address, settings.channels) as channels,
     ):
-        echo = channel.stream_stream(BIDI_METHOD, None, None)  # raw bytes both ways
-        return await run_stream_load(lambda _: EchoStream(echo(None)), settings)
+
+        def new_session(index: int) -> EchoStream:
+            echo = channels.for_caller(index).stream_stream(BIDI_METHOD, None, None)
+            return EchoStream(echo(None))
+
+        return await run_stream_load(new_session, settings, server.probe)
 
 
 class EchoStream:
@@ -113,14 +129,25 @@ class EchoStream:
 
 
 async def send_message_sqlite(settings: LoadSettings) -> LoadResult:
-    async with running_chat_service() as service:
+    async with running_chat_service(counters=settings.counters) as service:
+        return await send_messages(service, settings)
+
+
+async def send_message_redis_kafka_sqlite(settings: LoadSettings) -> LoadResult:
+    async with (
+        running_redis() as redis_url,
+        running_kafka() as kafka_brokers,
+        running_chat_service(
+            {"REDIS_URL": redis_url, "KAFKA_BROKERS": kafka_brokers}, counters=settings.counters
+        ) as service,
+    ):
         return await send_messages(service, settings)
 
 
 async def send_message_mongo(settings: LoadSettings) -> LoadResult:
     async with (
         running_mongo() as mongodb_uri,
-        running_chat_service({"MONGODB_URI": mongodb_uri}) as service,
+        running_chat_service({"MONGODB_URI": mongodb_uri}, counters=settings.counters) as service,
     ):
         return await send_messages(service, settings)
 
@@ -131,7 +158,8 @@ async def send_message_production(settings: LoadSettings) -> LoadResult:
         running_redis() as redis_url,
         running_kafka() as kafka_brokers,
         running_chat_service(
-            {"MONGODB_URI": mongodb_uri, "REDIS_URL": redis_url, "KAFKA_BROKERS": kafka_brokers}
+            {"MONGODB_URI": mongodb_uri, "REDIS_URL": redis_url, "KAFKA_BROKERS": kafka_brokers},
+            counters=settings.counters,
         ) as service,
     ):
         return await send_messages(service, settings)
@@ -148,10 +176,10 @@ async def send_messages(service: RunningService, settings: LoadSettings) -> Load
     metadata = (("authorization", f"Bearer {await service.token(BENCH_TENANT)}"),)
     content = content_pb2.MessageContent(type=content_pb2.MESSAGE_TYPE_TEXT, text=MESSAGE_TEXT)
     run_id = uuid.uuid4().hex[:12]
-    async with grpc.aio.insecure_channel(service.address) as channel:
-        stub = chat_service_pb2_grpc.ChatServiceStub(channel)
+    async with open_channels(service.address, settings.channels) as channels:
 
         def caller_for(index: int) -> Call:
+            stub = chat_service_pb2_grpc.ChatServiceStub(channels.for_caller(index))
             conversation_id = ""
             numbers = itertools.count(1)
 
@@ -173,14 +201,14 @@ async def send_messages(service: RunningService, settings: LoadSettings) -> Load
 
             return call
 
-        return await run_load(caller_for, settings)
+        return await run_load(caller_for, settings, service.probe)
 
 
 # ------------------------------------------------------ StreamConversation
 
 
 async def stream_conversation_sqlite(settings: LoadSettings) -> LoadResult:
-    async with running_chat_service() as service:
+    async with running_chat_service(counters=settings.counters) as service:
         return await stream_conversations(service, settings)
 
 
@@ -198,15 +226,15 @@ async def stream_conversations(
     content = content_pb2.MessageContent(type=content_pb2.MESSAGE_TYPE_TEXT, text=text)
     run_id = uuid.uuid4().hex[:12]
     message_ids = (f"bench-{run_id}-{number}" for number in itertools.count(1))
-    async with grpc.aio.insecure_channel(service.address) as channel:
-        stub = chat_service_pb2_grpc.ChatServiceStub(channel)
+    async with open_channels(service.address, settings.channels) as channels:
 
         def new_session(index: int) -> ConversationStream:
+            stub = chat_service_pb2_grpc.ChatServiceStub(channels.for_caller(index))
             # None: frames are written one by one, not drawn from an iterator.
             call = stub.StreamConversation(None, metadata=metadata)
             return ConversationStream(call, f"bench-user-{index}", message_ids, content)
 
-        return await run_stream_load(new_session, settings)
+        return await run_stream_load(new_session, settings, service.probe)
 
 
 StreamConversationCall = grpc.aio.StreamStreamCall[
@@ -301,10 +329,19 @@ SCENARIOS: Sequence[Scenario] = (
         baseline=ECHO_UNARY,
     ),
     Scenario(
+        "send-message-redis-kafka-sqlite",
+        "SendMessage with Redis (valkey) and Kafka (noida-db) on the SQLite store: "
+        "the coordination cost without nx-27017's pure-Python server in the way",
+        send_message_redis_kafka_sqlite,
+        baseline=ECHO_UNARY,
+    ),
+    Scenario(
         "send-message-mongo",
-        "SendMessage on MongoDB (nx-27017), the rest embedded",
+        "SendMessage on MongoDB (nx-27017), the rest embedded "
+        "(only when named: the production set measures MongoDB already)",
         send_message_mongo,
         baseline=ECHO_UNARY,
+        by_default=False,
     ),
     Scenario(
         "send-message-production",

@@ -21,7 +21,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.children import Child, free_port, running_child, temporary_directory
+from bench.probes import ServerProbe
 from chat_service.auth import load_or_create_dev_key
+from chat_service.bench_counters import ENV_VARIABLE as COUNTERS_VARIABLE
 from tests.support.kafka import KafkaBroker
 from tests.support.mongo import MongoServer
 from tests.support.redis import RedisServer
@@ -59,12 +61,19 @@ _SERVICE_VARIABLES = (
     "MCP_ENGINE_TLS",
     "MCP_ENGINE_CA",
     "MCP_ENGINE_CA_FILE",
+    COUNTERS_VARIABLE,
 )
 
 
+@dataclass(frozen=True, slots=True)
+class EchoServer:
+    address: str
+    probe: ServerProbe  # its CPU time only: it keeps no counters
+
+
 @asynccontextmanager
-async def running_echo_server() -> AsyncIterator[str]:
-    """The bare grpc.aio echo server (bench.echo_server); yields its address."""
+async def running_echo_server() -> AsyncIterator[EchoServer]:
+    """The bare grpc.aio echo server (bench.echo_server), serving when yielded."""
     async with (
         temporary_directory("bench-echo-") as directory,
         running_child(
@@ -74,7 +83,8 @@ async def running_echo_server() -> AsyncIterator[str]:
             capture_stdout=True,
         ) as child,
     ):
-        yield f"127.0.0.1:{await _reported_port(child)}"
+        port = await _reported_port(child)
+        yield EchoServer(f"127.0.0.1:{port}", ServerProbe(child.name, child.process.pid))
 
 
 async def _reported_port(child: Child) -> int:
@@ -94,6 +104,7 @@ async def _reported_port(child: Child) -> int:
 class RunningService:
     address: str
     data_dir: Path
+    probe: ServerProbe  # its CPU time, and its work counters when started with them
 
     async def token(self, tenant_id: str) -> str:
         """A token signed with the development key this service trusts."""
@@ -103,15 +114,17 @@ class RunningService:
 
 @asynccontextmanager
 async def running_chat_service(
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None, *, counters: bool = False
 ) -> AsyncIterator[RunningService]:
     """`python -m chat_service` on a fresh data directory, serving when yielded.
 
     `env` adds to (or overrides) the settings below: a scenario's store,
-    coordination and event parts.
+    coordination and event parts. With `counters`, the service counts its
+    work (chat_service/bench_counters.py) for the probe to read.
     """
     async with temporary_directory("bench-service-") as data_dir:
         port = free_port()
+        counters_path = data_dir / "bench-counters.json" if counters else None
         settings = {
             **dict.fromkeys(_SERVICE_VARIABLES, ""),
             "SERVICE_HOST": "127.0.0.1",
@@ -126,6 +139,7 @@ async def running_chat_service(
             "JWT_DEV_KEY": "allow",
             # Production-shaped scenarios refuse a self-made channel key.
             "CHANNEL_SECRETS_KEY": BENCH_CHANNEL_SECRETS_KEY,
+            COUNTERS_VARIABLE: "" if counters_path is None else str(counters_path),
             **(env or {}),
         }
         async with running_child(
@@ -133,7 +147,8 @@ async def running_chat_service(
         ) as child:
             address = f"127.0.0.1:{port}"
             await _wait_serving(child, address)
-            yield RunningService(address, data_dir)
+            probe = ServerProbe(child.name, child.process.pid, counters_path)
+            yield RunningService(address, data_dir, probe)
 
 
 async def _wait_serving(child: Child, address: str) -> None:

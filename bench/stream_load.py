@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from bench.load import Call, LoadResult, LoadSettings, run_load
+from bench.probes import ServerProbe
 
 
 class StreamSession(Protocol):
@@ -33,32 +34,34 @@ class StreamSession(Protocol):
 SessionFactory = Callable[[int], StreamSession]
 
 
-async def run_stream_load(new_session: SessionFactory, settings: LoadSettings) -> LoadResult:
+async def run_stream_load(
+    new_session: SessionFactory, settings: LoadSettings, probe: ServerProbe | None = None
+) -> LoadResult:
     """`run_load` with one stream per caller; every stream is cancelled when it returns."""
-    open_sessions: set[StreamSession] = set()
+    # Caller index -> its open session. Held here only, so that once they are
+    # cancelled and dropped the calls are freed: a live call object keeps its
+    # connection open after its channel is closed.
+    sessions: dict[int, StreamSession] = {}
 
     def caller_for(index: int) -> Call:
-        session: StreamSession | None = None
-
         async def call() -> None:
-            nonlocal session
+            session = sessions.get(index)
             try:
                 if session is None:
-                    session = new_session(index)
-                    open_sessions.add(session)
+                    session = sessions[index] = new_session(index)
                     await session.open()
                 await session.round_trip()
             except BaseException:
                 if session is not None:
                     session.cancel()
-                    open_sessions.discard(session)
-                    session = None
+                    del sessions[index]
                 raise
 
         return call
 
     try:
-        return await run_load(caller_for, settings)
+        return await run_load(caller_for, settings, probe)
     finally:
-        for session in open_sessions:
+        for session in sessions.values():
             session.cancel()
+        sessions.clear()

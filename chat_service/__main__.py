@@ -48,10 +48,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
+    from chat_service import bench_counters
     from chat_service.grpc_api.server import StartupFailed, serve
     from chat_service.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, settings.service_name)
+    # Off unless CHAT_BENCH_COUNTERS is set (the bench sets it): see bench_counters.py.
+    bench_counters.install_from_env(os.environ)
     try:
         asyncio.run(serve(settings))
     except ConfigError as exc:

@@ -211,6 +211,9 @@ class Services:
         # Messages whose callers left after the commit are still being
         # answered; their replies go to delivery, so they come first.
         await self.send_message.close(left())
+        # Calls' work that follows those messages (a call's end waiting for
+        # its last turn, a late turn's replies recorded unsaid).
+        await self.calls.wait_idle(left())
         await self.delivery.close(left())
         self.relay.stop()
         self.tail.stop()
@@ -323,6 +326,7 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
             reply_timeout=settings.voice_reply_timeout_seconds,
             greeting=settings.voice_greeting,
         ),
+        clock=clock,
     )
     inbox_worker = InboxWorker(
         inbox=parts.inbox,

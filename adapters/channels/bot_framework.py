@@ -53,7 +53,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from adapters.channels.graph_api import retry_after
+from adapters.channels.http_api import redact, retry_after, unreachable_as_delivery_error
 from chat_service.domain.errors import Unauthenticated, Unavailable
 from chat_service.ports import DeliveryError
 
@@ -79,7 +79,6 @@ MAX_TOKEN_LENGTH = 16 * 1024
 MAX_DOCUMENT_BYTES = 1024 * 1024  # the metadata and key documents
 TOKEN_REFRESH_MARGIN_SECONDS = 300.0
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
-MAX_REASON_LENGTH = 200
 
 WEBHOOK_SIGNATURE_INVALID = "WEBHOOK_SIGNATURE_INVALID"
 WEBHOOK_KEYS_UNAVAILABLE = "WEBHOOK_KEYS_UNAVAILABLE"
@@ -90,7 +89,6 @@ _TRUSTED_SUFFIXES = (".botframework.com", ".teams.microsoft.com", ".teams.micros
 # A DNS host name as every URL parser and resolver reads it alike.
 _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 _AADSTS = re.compile(r"AADSTS\d+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def login_client() -> httpx.AsyncClient:
@@ -140,18 +138,6 @@ def service_url_problem(url: str, *, allow_loopback: bool) -> str | None:
     if host in _TRUSTED_HOSTS or host.endswith(_TRUSTED_SUFFIXES):
         return None
     return f"the serviceUrl host {host[:100]!r} is not a Bot Connector or Teams host"
-
-
-def clean(text: str, *secrets: str) -> str:
-    """A platform's text as a log or dead letter may keep it: no secret, no
-    control characters, bounded."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    text = _CONTROL.sub(" ", text).strip()
-    if len(text) > MAX_REASON_LENGTH:
-        text = text[: MAX_REASON_LENGTH - 1] + "…"
-    return text
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:
@@ -476,18 +462,8 @@ class BotTokens:
             "client_secret": password,
             "scope": TOKEN_SCOPE,
         }
-        try:
+        with unreachable_as_delivery_error("the Bot Framework token endpoint"):
             response = await self._http.post(self._token_url, data=form, timeout=DEFAULT_TIMEOUT)
-        except httpx.TimeoutException as error:
-            raise DeliveryError(
-                f"the Bot Framework token endpoint did not answer in time ({type(error).__name__})",
-                retryable=True,
-            ) from None
-        except httpx.RequestError as error:
-            raise DeliveryError(
-                f"the Bot Framework token endpoint could not be reached ({type(error).__name__})",
-                retryable=True,
-            ) from None
         body = _json_object(response) or {}
         if not response.is_success:
             raise _token_error(response, body, password)
@@ -518,7 +494,7 @@ def _token_error(response: httpx.Response, body: Mapping[str, Any], password: st
     code = body.get("error") if isinstance(body.get("error"), str) else ""
     description = body.get("error_description")
     aadsts = _AADSTS.search(description) if isinstance(description, str) else None
-    detail = clean(
+    detail = redact(
         " ".join(part for part in (str(code), aadsts.group(0) if aadsts else "") if part)
         or f"HTTP {status}",
         password,

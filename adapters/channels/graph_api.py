@@ -1,6 +1,6 @@
 """Meta's Graph API over HTTP: the one client WhatsApp and Messenger send with.
 
-- `GraphApi`: an httpx.AsyncClient on META_GRAPH_API_BASE_URL (the real
+- `GraphApi`: an http_api.HttpApi on META_GRAPH_API_BASE_URL (the real
   Graph API with a pinned version, or a local emulator in tests), the access
   token given per call as an OAuth bearer header. The Cloud API documents
   the header (https://developers.facebook.com/documentation/business-messaging/whatsapp/messages/send-messages);
@@ -13,9 +13,7 @@
   (Graph API), https://developers.facebook.com/documentation/business-messaging/whatsapp/support/error-codes
   (WhatsApp Cloud API) and https://developers.facebook.com/docs/messenger-platform/error-codes
   (Messenger Platform).
-- `Pacer`: spaces the calls made for one key (a phone number, a Page) to a
-  rate, so the service stays under the platform's throughput instead of
-  learning it from 130429 answers.
+- `retry_after`: Retry-After, else Meta's X-Business-Use-Case-Usage.
 
 No token ever reaches a log line or an exception: the classification quotes
 only Meta's error code and title, with any token that Meta's text might
@@ -24,30 +22,20 @@ echo (old "Malformed access token ..." answers did) redacted.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from adapters.channels import http_api
+from adapters.channels.http_api import HttpApi, bearer, bounded_wait, json_object, redact
 from chat_service.ports import DeliveryError
-
-# Long enough for Meta on a bad day, short enough that the delivery queue's
-# own attempt timeout (30 s, pipeline/delivery.py) never fires first.
-DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
-# Whatever Meta asks, a wait past this is not honoured as such: the queue's
-# own backoff and attempts decide, and a dead letter can be retried later.
-MAX_RETRY_AFTER = 3600.0
-# How much of Meta's error title a dead letter keeps.
-MAX_TITLE_LENGTH = 200
 
 # Throttling: the call may succeed later. Each with the wait to use when the
 # answer names none (Retry-After, X-Business-Use-Case-Usage).
@@ -110,29 +98,13 @@ _TITLE_PREFIX = re.compile(r"^\(#\d+\)\s*")
 # Graph API access tokens: "EAA..." (user, page, system user) among others;
 # any long run of token characters in an error text is treated as one.
 _TOKENISH = re.compile(r"\bEA[A-Za-z0-9]{20,}\b")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class GraphApi:
+class GraphApi(HttpApi):
     """One platform's Graph API client (one connection pool per platform, so
     that one platform's outage cannot exhaust another's connections)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            timeout=self._timeout,
-            transport=transport,
-            # Never follow a redirect with the bearer token to another host.
-            follow_redirects=False,
-            headers={"Accept": "application/json"},
-        )
+    platform = "the Graph API"
 
     async def post(self, path: str, payload: Mapping[str, Any], *, token: str) -> dict[str, Any]:
         """POST `payload` as JSON to `path` (relative to the base URL); the
@@ -142,31 +114,14 @@ class GraphApi:
     async def get(self, path: str, *, token: str) -> dict[str, Any]:
         return await self._call("GET", path, token=token)
 
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
     async def _call(
         self, method: str, path: str, *, token: str, payload: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         if not token:
             raise DeliveryError("the connection has no access token", retryable=False)
-        try:
-            response = await self._client.request(
-                method,
-                path.lstrip("/"),
-                json=payload,
-                headers={"Authorization": f"Bearer {token}"},
-            )
-        except httpx.TimeoutException as error:
-            raise DeliveryError(
-                f"the Graph API did not answer in time ({type(error).__name__})", retryable=True
-            ) from None
-        except httpx.RequestError as error:  # connection refused, reset, protocol error...
-            raise DeliveryError(
-                f"the Graph API could not be reached ({type(error).__name__})", retryable=True
-            ) from None
+        response = await self._send(method, path.lstrip("/"), json=payload, headers=bearer(token))
         if response.is_success:
-            body = _json_object(response)
+            body = json_object(response)
             if body is None:
                 # Meta took the call: retrying could send the message twice.
                 raise DeliveryError(
@@ -227,7 +182,7 @@ def delivery_error(
 
 
 def graph_error(response: httpx.Response, *, token: str = "") -> GraphError:
-    body = _json_object(response)
+    body = json_object(response)
     raw = body.get("error") if body is not None else None
     if not isinstance(raw, dict):
         return GraphError(code=None, subcode=None, title=response.reason_phrase)
@@ -236,7 +191,7 @@ def graph_error(response: httpx.Response, *, token: str = "") -> GraphError:
     return GraphError(
         code=_integer(raw.get("code")),
         subcode=_integer(raw.get("error_subcode")),
-        title=_clean(title, token),
+        title=redact(title, token, patterns=(_TOKENISH,)),
     )
 
 
@@ -246,23 +201,12 @@ def retry_after(headers: httpx.Headers, *, now: datetime | None = None) -> float
     `estimated_time_to_regain_access` (minutes) of `X-Business-Use-Case-Usage`
     (https://developers.facebook.com/docs/graph-api/overview/rate-limiting/);
     None when neither names one."""
-    value = headers.get("retry-after", "").strip()
-    if value:
-        seconds = _number(value)
-        if seconds is None:
-            try:
-                when = parsedate_to_datetime(value)
-            except (TypeError, ValueError):
-                when = None
-            if when is not None:
-                if when.tzinfo is None:
-                    when = when.replace(tzinfo=UTC)
-                seconds = (when - (now or datetime.now(UTC))).total_seconds()
-        if seconds is not None:
-            return min(MAX_RETRY_AFTER, max(0.0, seconds))
+    wait = http_api.retry_after(headers, now=now)
+    if wait is not None:
+        return wait
     minutes = _regain_access_minutes(headers.get("x-business-use-case-usage", ""))
     if minutes:
-        return min(MAX_RETRY_AFTER, minutes * 60.0)
+        return bounded_wait(minutes * 60.0)
     return None
 
 
@@ -285,71 +229,9 @@ def _regain_access_minutes(header: str) -> float:
     return longest
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:  # not JSON, or not UTF-8
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _integer(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value.isascii() and value.isdigit():  # "131056" seen in the wild
         return int(value)
     return None
-
-
-def _number(value: str) -> float | None:
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _clean(text: str, token: str) -> str:
-    """Meta's text as a dead letter may keep it: no token, no control
-    characters, bounded."""
-    if token:
-        text = text.replace(token, "[redacted]")
-    text = _TOKENISH.sub("[redacted]", text)
-    text = _CONTROL.sub(" ", text).strip()
-    if len(text) > MAX_TITLE_LENGTH:
-        text = text[: MAX_TITLE_LENGTH - 1] + "…"
-    return text
-
-
-# ------------------------------------------------------------------- pacing
-
-
-class Pacer:
-    """Spaces the calls for each key at least 1/`rate` seconds apart, in the
-    order they asked: any one-second window sees at most `rate` calls per
-    key (a token bucket of one token). Waiting callers hold their slot; a
-    cancelled wait gives its slot up to nobody (the next caller simply
-    waits one interval more), which errs on the slow side."""
-
-    def __init__(
-        self,
-        rate: float,
-        *,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        if not rate > 0:
-            raise ValueError("rate must be positive")
-        self._interval = 1.0 / rate
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._next: dict[str, float] = {}
-
-    async def wait(self, key: str) -> None:
-        now = self._monotonic()
-        slot = max(now, self._next.get(key, now))
-        self._next[key] = slot + self._interval
-        if len(self._next) > 4096:  # forget keys that are idle again
-            self._next = {k: at for k, at in self._next.items() if at > now}
-        if slot > now:
-            await self._sleep(slot - now)

@@ -1,6 +1,6 @@
 """Slack's Web API over HTTP: the client the Slack sender posts with.
 
-- `SlackWebApi`: an httpx.AsyncClient on SLACK_API_BASE_URL
+- `SlackWebApi`: an http_api.HttpApi on SLACK_API_BASE_URL
   (https://slack.com/api, or a local emulator in tests). Methods are POSTed
   as JSON (`Content-type: application/json; charset=utf-8`) with the bot
   token as an OAuth bearer header, as Slack documents for write methods
@@ -17,21 +17,15 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
+from adapters.channels.http_api import HttpApi, bearer, json_object, retry_after
 from chat_service.ports import DeliveryError
 
-# Long enough for Slack on a bad day, short enough that the delivery
-# queue's own attempt timeout (30 s, pipeline/delivery.py) never fires first.
-DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
-# Whatever Slack asks, a wait past this is not honoured as such: the queue's
-# own backoff and attempts decide, and a dead letter can be retried later.
-MAX_RETRY_AFTER = 3600.0
 # The wait when a throttled answer names none: chat.postMessage allows about
 # one message per second per channel (rate-limits page, "Posting messages").
 DEFAULT_THROTTLE_WAIT = 1.0
@@ -57,61 +51,33 @@ TRANSIENT = frozenset(
 _ERROR_CODE = re.compile(r"[a-z0-9_]{1,64}")
 
 
-class SlackWebApi:
+class SlackWebApi(HttpApi):
     """One Slack Web API client (one connection pool) for the process."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
-            transport=transport,
-            # Never follow a redirect with the bearer token to another host.
-            follow_redirects=False,
-            headers={"Accept": "application/json"},
-        )
+    platform = "Slack"
 
     async def call(self, method: str, payload: Mapping[str, Any], *, token: str) -> dict[str, Any]:
         """POST `payload` as JSON to the Web API `method` ("chat.postMessage");
         Slack's answer when `ok` is true. Raises DeliveryError otherwise."""
         if not token:
             raise DeliveryError("the connection has no bot token", retryable=False)
-        try:
-            response = await self._client.post(
-                method,
-                json=dict(payload),
-                headers={
-                    "Authorization": f"Bearer {token}",
-                    "Content-Type": "application/json; charset=utf-8",
-                },
-            )
-        except httpx.TimeoutException as error:
-            raise DeliveryError(
-                f"Slack did not answer in time ({type(error).__name__})", retryable=True
-            ) from None
-        except httpx.RequestError as error:  # connection refused, reset, protocol error...
-            raise DeliveryError(
-                f"Slack could not be reached ({type(error).__name__})", retryable=True
-            ) from None
-        body = _json_object(response)
+        response = await self._send(
+            "POST",
+            method,
+            json=dict(payload),
+            headers=bearer(token) | {"Content-Type": "application/json; charset=utf-8"},
+        )
+        body = json_object(response)
         if response.status_code == 200 and body is not None and body.get("ok") is True:
             return body
         raise slack_error(response, body)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
 
 def slack_error(response: httpx.Response, body: Mapping[str, Any] | None = None) -> DeliveryError:
     """What a failed Web API answer means for the delivery."""
     status = response.status_code
     if body is None:
-        body = _json_object(response)
+        body = json_object(response)
     code = _error_code(body)
     wait = retry_after(response.headers)
     if status == 429 or code in THROTTLED:
@@ -138,18 +104,6 @@ def slack_error(response: httpx.Response, body: Mapping[str, Any] | None = None)
     )
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
-    """The `Retry-After` wait in seconds (Slack sends whole seconds), or None."""
-    value = headers.get("retry-after", "").strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    if not math.isfinite(seconds):
-        return None
-    return min(MAX_RETRY_AFTER, max(0.0, seconds))
-
-
 def _error_code(body: Mapping[str, Any] | None) -> str:
     """Slack's error code, only when it looks like one (it is quoted in a
     dead letter: never free text from the answer)."""
@@ -157,11 +111,3 @@ def _error_code(body: Mapping[str, Any] | None) -> str:
     if isinstance(code, str) and _ERROR_CODE.fullmatch(code):
         return code
     return ""
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:  # not JSON, or not UTF-8
-        return None
-    return body if isinstance(body, dict) else None

@@ -33,17 +33,23 @@ the message it answers.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from adapters.channels.graph_api import Pacer
+from adapters.channels.outbound import (
+    MessageLookup,
+    Pacer,
+    PartialSends,
+    Payload,
+    SenderFactory,
+    find_answered,
+    open_connection,
+)
 from adapters.channels.slack_api import SlackWebApi
 from chat_service.domain.channels import MAPS_URL
 from chat_service.domain.content import Button, CarouselCard, MediaContent, MessageContent
 from chat_service.domain.content_limits import IMAGE_MIME_TYPES
-from chat_service.domain.enums import ButtonType, Channel, MessageRole
+from chat_service.domain.enums import ButtonType, Channel
 from chat_service.domain.model import Conversation, Message
 from chat_service.domain.text import split_text
 from chat_service.ports import (
@@ -53,9 +59,6 @@ from chat_service.ports import (
     ConversationStore,
     DeliveryError,
     DeliveryReceipt,
-    OpenedConnection,
-    SecretUnreadable,
-    StoreUnavailable,
 )
 
 POST_MESSAGE = "chat.postMessage"
@@ -70,12 +73,6 @@ MAX_BUTTON_TEXT = 75
 MAX_BUTTON_VALUE = 2000
 MAX_URL_LENGTH = 3000  # button url, image_url
 MAX_ALT_TEXT = 2000  # image alt_text
-# Messages answered without a reply_to (agents): how far back the latest
-# Slack message of the user is looked for.
-RECENT_MESSAGES = 50
-MAX_PARTIALLY_POSTED = 10_000
-
-Payload = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,22 +81,6 @@ class SlackPlace:
 
     channel: str
     thread_ts: str = ""
-
-
-class MessageLookup(Protocol):
-    """The part of ConversationStore the sender reads."""
-
-    async def get_message(self, tenant_id: str, message_id: str) -> Message | None: ...
-
-    async def list_messages(
-        self,
-        tenant_id: str,
-        conversation_id: str,
-        *,
-        limit: int,
-        after_sequence: int | None = None,
-        descending: bool = False,
-    ) -> Sequence[Message]: ...
 
 
 class SlackSender:
@@ -120,39 +101,30 @@ class SlackSender:
         self._directory = directory
         self._store = store
         self._pacer = pacer
-        self._partial: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
+        self._partial = PartialSends()
 
     async def send(self, conversation: Conversation, message: Message) -> DeliveryReceipt:
-        opened = await _slack_connection(self._directory, conversation)
+        opened = await open_connection(self._directory, conversation, Channel.SLACK, BOT_TOKEN)
         place = await self._place(conversation, message)
         payloads = slack_payloads(message.content, place)
         token = opened.secrets.get(BOT_TOKEN, "")
         pace_key = f"{opened.connection.account_id}/{place.channel}"
-        key = (message.tenant_id, message.message_id)
-        posted = list(self._partial.get(key, ()))
-        for index, payload in enumerate(payloads):
-            if index < len(posted):
-                continue  # posted by an earlier attempt
+
+        async def post(payload: Payload) -> str:
             await self._pacer.wait(pace_key)
             answer = await self._api.call(POST_MESSAGE, payload, token=token)
-            posted.append(_posted_id(answer, place.channel))
-            if index < len(payloads) - 1:
-                self._keep(key, posted)
-        self._partial.pop(key, None)
-        return DeliveryReceipt(platform_message_id=posted[-1] if posted else "")
+            return _posted_id(answer, place.channel)
 
-    def _keep(self, key: tuple[str, str], posted: list[str]) -> None:
-        self._partial[key] = list(posted)
-        self._partial.move_to_end(key)
-        while len(self._partial) > MAX_PARTIALLY_POSTED:
-            self._partial.popitem(last=False)
+        posted = await self._partial.send(message, payloads, post)
+        return DeliveryReceipt(platform_message_id=posted)
 
     async def _place(self, conversation: Conversation, message: Message) -> SlackPlace:
-        try:
-            source = await self._answered(conversation, message)
-        except StoreUnavailable as error:
-            raise DeliveryError(f"store unavailable: {error}", retryable=True) from None
-        place = _place_of(source) if source is not None else None
+        """Where the user's Slack message the reply answers came from (else
+        their latest's)."""
+        source = await find_answered(
+            self._store, conversation, message, lambda m: _place_of(m) is not None
+        )
+        place = _place_of(source.message) if source is not None else None
         if place is None:
             raise DeliveryError(
                 "no Slack channel is known for this conversation (no message of the user "
@@ -161,31 +133,10 @@ class SlackSender:
             )
         return place
 
-    async def _answered(self, conversation: Conversation, message: Message) -> Message | None:
-        """The user's Slack message the reply answers, else their latest."""
-        if message.reply_to_message_id:
-            answered = await self._store.get_message(message.tenant_id, message.reply_to_message_id)
-            if (
-                answered is not None
-                and answered.role is MessageRole.USER
-                and answered.conversation_id == conversation.conversation_id
-                and _place_of(answered) is not None
-            ):
-                return answered
-        recent = await self._store.list_messages(
-            conversation.tenant_id,
-            conversation.conversation_id,
-            limit=RECENT_MESSAGES,
-            descending=True,
-        )
-        return next(
-            (m for m in recent if m.role is MessageRole.USER and _place_of(m) is not None), None
-        )
-
 
 def slack_sender_factory(
     api: SlackWebApi, *, rate_per_channel: float = RATE_PER_CHANNEL
-) -> Callable[[ConnectionDirectory, ConversationStore, Clock], ChannelSender]:
+) -> SenderFactory:
     """What bootstrap hands wiring: builds the sender once the connection
     directory exists. One pacer for the process, per (workspace, channel)."""
     pacer = Pacer(rate_per_channel)
@@ -215,41 +166,6 @@ def _posted_id(answer: dict[str, Any], channel: str) -> str:
     # Posting to a user id lands in the DM channel Slack names in the answer.
     posted_in = answer.get("channel")
     return f"{posted_in if isinstance(posted_in, str) and posted_in else channel}:{ts}"
-
-
-async def _slack_connection(
-    directory: ConnectionDirectory, conversation: Conversation
-) -> OpenedConnection:
-    """The conversation's Slack connection, with its bot token."""
-    connection_id = conversation.channel_metadata.additional_data.get("connection_id")
-    if not isinstance(connection_id, str) or not connection_id:
-        raise DeliveryError(
-            "the conversation names no channel connection "
-            "(channel_metadata.additional_data.connection_id)",
-            retryable=False,
-        )
-    try:
-        opened = await directory.opened(conversation.tenant_id, connection_id)
-    except StoreUnavailable as error:
-        raise DeliveryError(f"connections unavailable: {error}", retryable=True) from None
-    except SecretUnreadable:
-        raise DeliveryError(
-            f"the secrets of channel connection {connection_id} cannot be opened",
-            retryable=False,
-        ) from None
-    if opened is None:
-        raise DeliveryError(
-            f"channel connection {connection_id} does not exist (deleted?)", retryable=False
-        )
-    if opened.connection.channel is not Channel.SLACK:
-        raise DeliveryError(
-            f"channel connection {connection_id} is a {opened.connection.channel.value} "
-            "connection, not slack",
-            retryable=False,
-        )
-    if not opened.secrets.get(BOT_TOKEN):
-        raise DeliveryError(f"channel connection {connection_id} has no bot_token", retryable=False)
-    return opened
 
 
 # ------------------------------------------------------------------ mapping

@@ -32,17 +32,16 @@ few, in order), sent with the REST API (twilio_api.py).
   sends it at the number's rate, for up to 4 hours
   (https://www.twilio.com/docs/messaging/guides/scaling-queueing-latency).
 - Receipt: the SID of the (last) message sent. SIDs of messages already
-  sent are kept in memory per stored reply, so a retry after a failed
-  later one does not send the earlier ones twice.
+  sent are kept in memory per stored reply (outbound.PartialSends), so a
+  retry after a failed later one does not send the earlier ones twice.
 """
 
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from adapters.channels.outbound import PartialSends, SenderFactory, open_connection, recipient_of
 from adapters.channels.twilio import AUTH_TOKEN
 from adapters.channels.twilio_api import TwilioApi
 from chat_service.domain.channels import format_for_channel
@@ -62,14 +61,12 @@ from chat_service.ports import (
     DeliveryError,
     DeliveryReceipt,
     OpenedConnection,
-    SecretUnreadable,
     StoreUnavailable,
 )
 
 MAX_BODY_LENGTH = 1600  # https://www.twilio.com/docs/api/errors/21617
 MAX_MEDIA_URLS = 10  # per MMS (https://www.twilio.com/docs/api/errors/21623)
 OPTED_OUT = "recipient opted out (STOP)"
-MAX_PARTIALLY_SENT = 10_000
 _MESSAGE_SID = re.compile(r"[A-Z]{2}[0-9a-fA-F]{32}")
 # North American Numbering Plan: where Twilio sends MMS (US and Canada).
 _NANP = re.compile(r"\+1[2-9][0-9]{9}")
@@ -148,12 +145,12 @@ class SmsSender:
         self._api = api
         self._directory = directory
         self._opt_outs = opt_outs
-        self._partial: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
+        self._partial = PartialSends()
 
     async def send(self, conversation: Conversation, message: Message) -> DeliveryReceipt:
         opened = await _sms_connection(self._directory, conversation)
         connection = opened.connection
-        recipient = conversation.channel_metadata.platform_user_id or conversation.user_id
+        recipient = recipient_of(conversation)
         try:
             opted_out = await self._opt_outs.is_opted_out(
                 conversation.tenant_id, connection.connection_id, recipient
@@ -164,39 +161,21 @@ class SmsSender:
             raise DeliveryError(OPTED_OUT, retryable=False)
         sender = connection.account_id  # the phone number
         parts = sms_parts(message.content, mms=can_send_mms(sender, recipient))
-        key = (message.tenant_id, message.message_id)
-        sent = list(self._partial.get(key, ()))
-        for index, part in enumerate(parts):
-            if index < len(sent):
-                continue  # sent by an earlier attempt
-            last = index == len(parts) - 1
-            form = [("To", recipient), ("From", sender)]
-            if part.body:
-                form.append(("Body", part.body))
-            form += [("MediaUrl", url) for url in part.media_urls]
-            if last and connection.webhook_url:
-                form.append(("StatusCallback", connection.webhook_url))
-            answer = await self._api.create_message(
-                connection.public.get("account_sid", ""),
-                opened.secrets.get(AUTH_TOKEN, ""),
-                form,
-            )
-            sent.append(_message_sid(answer))
-            if not last:
-                self._keep(key, sent)
-        self._partial.pop(key, None)
-        return DeliveryReceipt(platform_message_id=sent[-1], metadata=segments_metadata(parts))
+        forms = [_form(part, recipient, sender) for part in parts]
+        if connection.webhook_url:
+            # Only the message the receipt names reports its status back.
+            forms[-1].append(("StatusCallback", connection.webhook_url))
+        account_sid = connection.public.get("account_sid", "")
+        auth_token = opened.secrets.get(AUTH_TOKEN, "")
 
-    def _keep(self, key: tuple[str, str], sent: list[str]) -> None:
-        self._partial[key] = list(sent)
-        self._partial.move_to_end(key)
-        while len(self._partial) > MAX_PARTIALLY_SENT:
-            self._partial.popitem(last=False)
+        async def create(form: list[tuple[str, str]]) -> str:
+            return _message_sid(await self._api.create_message(account_sid, auth_token, form))
+
+        sid = await self._partial.send(message, forms, create)
+        return DeliveryReceipt(platform_message_id=sid, metadata=segments_metadata(parts))
 
 
-def sms_sender_factory(
-    api: TwilioApi, opt_outs: ConnectionStore
-) -> Callable[[ConnectionDirectory, ConversationStore, Clock], ChannelSender]:
+def sms_sender_factory(api: TwilioApi, opt_outs: ConnectionStore) -> SenderFactory:
     """What bootstrap hands wiring: builds the sender once the connection
     directory exists. `opt_outs`: where sms.py records STOP and START."""
 
@@ -206,6 +185,14 @@ def sms_sender_factory(
         return SmsSender(api=api, directory=directory, opt_outs=opt_outs)
 
     return build
+
+
+def _form(part: SmsPart, to: str, sender: str) -> list[tuple[str, str]]:
+    """The Messages.json parameters of one part (MediaUrl repeats)."""
+    form = [("To", to), ("From", sender)]
+    if part.body:
+        form.append(("Body", part.body))
+    return form + [("MediaUrl", url) for url in part.media_urls]
 
 
 def _message_sid(answer: dict[str, object]) -> str:
@@ -219,39 +206,12 @@ def _message_sid(answer: dict[str, object]) -> str:
 async def _sms_connection(
     directory: ConnectionDirectory, conversation: Conversation
 ) -> OpenedConnection:
-    """The conversation's SMS connection, with its auth token."""
-    connection_id = conversation.channel_metadata.additional_data.get("connection_id")
-    if not isinstance(connection_id, str) or not connection_id:
-        raise DeliveryError(
-            "the conversation names no channel connection "
-            "(channel_metadata.additional_data.connection_id)",
-            retryable=False,
-        )
-    try:
-        opened = await directory.opened(conversation.tenant_id, connection_id)
-    except StoreUnavailable as error:
-        raise DeliveryError(f"connections unavailable: {error}", retryable=True) from None
-    except SecretUnreadable:
-        raise DeliveryError(
-            f"the secrets of channel connection {connection_id} cannot be opened",
-            retryable=False,
-        ) from None
-    if opened is None:
-        raise DeliveryError(
-            f"channel connection {connection_id} does not exist (deleted?)", retryable=False
-        )
-    if opened.connection.channel is not Channel.SMS:
-        raise DeliveryError(
-            f"channel connection {connection_id} is a {opened.connection.channel.value} "
-            "connection, not sms",
-            retryable=False,
-        )
-    if not opened.secrets.get(AUTH_TOKEN):
-        raise DeliveryError(
-            f"channel connection {connection_id} has no auth_token", retryable=False
-        )
+    """The conversation's SMS connection, with its auth token and an E.164
+    phone number to send from."""
+    opened = await open_connection(directory, conversation, Channel.SMS, AUTH_TOKEN)
     if not E164.fullmatch(opened.connection.account_id):
         raise DeliveryError(
-            f"channel connection {connection_id} has no E.164 phone_number", retryable=False
+            f"channel connection {opened.connection.connection_id} has no E.164 phone_number",
+            retryable=False,
         )
     return opened

@@ -58,22 +58,20 @@ from urllib.parse import quote
 
 import httpx
 
-from adapters.channels.bot_framework import (
-    BotTokens,
-    clean,
-    is_loopback_url,
-    service_url_problem,
-)
-from adapters.channels.graph_api import Pacer, retry_after
-from adapters.channels.meta_outbound import (
+from adapters.channels.bot_framework import BotTokens, is_loopback_url, service_url_problem
+from adapters.channels.http_api import HttpApi, bearer, json_object, redact, retry_after
+from adapters.channels.outbound import (
     MessageLookup,
+    Pacer,
     SenderFactory,
+    find_answered,
+    open_connection,
     options_text,
     unsendable,
 )
 from chat_service.domain.content import Button, CarouselCard, MessageContent, QuickReply
 from chat_service.domain.content_limits import MAX_TEXT_LENGTH
-from chat_service.domain.enums import ButtonType, Channel, MessageRole
+from chat_service.domain.enums import ButtonType, Channel
 from chat_service.domain.model import Conversation, Message
 from chat_service.ports import (
     ChannelSender,
@@ -82,9 +80,6 @@ from chat_service.ports import (
     ConversationStore,
     DeliveryError,
     DeliveryReceipt,
-    OpenedConnection,
-    SecretUnreadable,
-    StoreUnavailable,
 )
 
 APP_PASSWORD = "app_password"  # noqa: S105 (the name of the connection's secret)
@@ -93,9 +88,6 @@ MAX_CARD_BUTTONS = 6
 MAX_CAROUSEL_CARDS = 10
 MAX_SUGGESTED_ACTIONS = 3
 RATE_PER_SECOND = 50.0
-# A page of the newest messages, to find the user's latest Teams message.
-RECENT_MESSAGES = 50
-DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 # "error codes 412, 502, and 504 must also be retried" (rate-limit page).
 _RETRIED = frozenset({408, 412, 429})
 
@@ -148,41 +140,14 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class ConnectorApi:
-    """The Bot Connector's activities endpoint over httpx (one pool for
-    every serviceUrl)."""
+class ConnectorApi(HttpApi):
+    """The Bot Connector's activities endpoint (one pool for every
+    serviceUrl: the URL is whole on each call)."""
 
-    def __init__(
-        self,
-        *,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._client = httpx.AsyncClient(
-            timeout=timeout,
-            transport=transport,
-            # Never follow a redirect with the bearer token to another host.
-            follow_redirects=False,
-            headers={"Accept": "application/json"},
-        )
+    platform = "the Bot Connector"
 
     async def post(self, url: str, activity: Activity, *, token: str) -> httpx.Response:
-        try:
-            return await self._client.post(
-                url, json=activity, headers={"Authorization": f"Bearer {token}"}
-            )
-        except httpx.TimeoutException as error:
-            raise DeliveryError(
-                f"the Bot Connector did not answer in time ({type(error).__name__})",
-                retryable=True,
-            ) from None
-        except httpx.RequestError as error:
-            raise DeliveryError(
-                f"the Bot Connector could not be reached ({type(error).__name__})", retryable=True
-            ) from None
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+        return await self._send("POST", url, json=activity, headers=bearer(token))
 
 
 class TeamsSender:
@@ -206,7 +171,7 @@ class TeamsSender:
         self._allow_loopback = allow_loopback
 
     async def send(self, conversation: Conversation, message: Message) -> DeliveryReceipt:
-        opened = await self._connection(conversation)
+        opened = await open_connection(self._directory, conversation, Channel.TEAMS, APP_PASSWORD)
         place = await self._place(conversation, message)
         problem = service_url_problem(place.service_url, allow_loopback=self._allow_loopback)
         if problem is not None:
@@ -226,83 +191,27 @@ class TeamsSender:
             raise connector_error(response, token=token)
         return DeliveryReceipt(platform_message_id=_activity_id(response))
 
-    async def _connection(self, conversation: Conversation) -> OpenedConnection:
-        connection_id = conversation.channel_metadata.additional_data.get("connection_id")
-        if not isinstance(connection_id, str) or not connection_id:
-            raise DeliveryError(
-                "the conversation names no channel connection (channel_metadata."
-                "additional_data.connection_id)",
-                retryable=False,
-            )
-        try:
-            opened = await self._directory.opened(conversation.tenant_id, connection_id)
-        except StoreUnavailable as error:
-            raise DeliveryError(f"connections unavailable: {error}", retryable=True) from None
-        except SecretUnreadable:
-            raise DeliveryError(
-                f"the secrets of channel connection {connection_id} cannot be opened",
-                retryable=False,
-            ) from None
-        if opened is None:
-            raise DeliveryError(
-                f"channel connection {connection_id} does not exist (deleted?)", retryable=False
-            )
-        if opened.connection.channel is not Channel.TEAMS:
-            raise DeliveryError(
-                f"channel connection {connection_id} is a {opened.connection.channel.value} "
-                "connection, not teams",
-                retryable=False,
-            )
-        if not opened.secrets.get(APP_PASSWORD):
-            raise DeliveryError(
-                f"channel connection {connection_id} has no app_password", retryable=False
-            )
-        return opened
-
     async def _place(self, conversation: Conversation, message: Message) -> TeamsPlace:
-        try:
-            if message.reply_to_message_id:
-                answered = await self._store.get_message(
-                    message.tenant_id, message.reply_to_message_id
-                )
-                if _teams_inbound(answered, conversation):
-                    assert answered is not None
-                    place = TeamsPlace.of(answered, reply=True)
-                    if place is not None:
-                        return place
-            recent = await self._store.list_messages(
-                conversation.tenant_id,
-                conversation.conversation_id,
-                limit=RECENT_MESSAGES,
-                descending=True,
-            )
-        except StoreUnavailable as error:
-            raise DeliveryError(f"store unavailable: {error}", retryable=True) from None
-        for candidate in recent:
-            if _teams_inbound(candidate, conversation):
-                place = TeamsPlace.of(candidate, reply=False)
-                if place is not None:
-                    return place
-        raise DeliveryError(
-            "no Teams message of the user to answer (none carries a serviceUrl)", retryable=False
+        """Where the user's Teams message the reply answers came from (as a
+        reply to it), else their latest's (to its conversation)."""
+        source = await find_answered(
+            self._store,
+            conversation,
+            message,
+            lambda m: m.channel is Channel.TEAMS and TeamsPlace.of(m, reply=False) is not None,
         )
-
-
-def _teams_inbound(message: Message | None, conversation: Conversation) -> bool:
-    return (
-        message is not None
-        and message.role is MessageRole.USER
-        and message.conversation_id == conversation.conversation_id
-        and message.channel is Channel.TEAMS
-    )
+        place = TeamsPlace.of(source.message, reply=source.named) if source is not None else None
+        if place is None:
+            raise DeliveryError(
+                "no Teams message of the user to answer (none carries a serviceUrl)",
+                retryable=False,
+            )
+        return place
 
 
 def _activity_id(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return ""
-    found = body.get("id") if isinstance(body, dict) else None
+    body = json_object(response)
+    found = body.get("id") if body is not None else None
     return found if isinstance(found, str) else ""
 
 
@@ -310,16 +219,13 @@ def connector_error(response: httpx.Response, *, token: str = "") -> DeliveryErr
     """What a failed Bot Connector answer means for the delivery."""
     status = response.status_code
     detail = f"HTTP {status}"
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    error = body.get("error") if isinstance(body, dict) else None
+    body = json_object(response)
+    error = body.get("error") if body is not None else None
     if isinstance(error, dict):
         code, message = error.get("code"), error.get("message")
         parts = [p for p in (code, message) if isinstance(p, str) and p]
         if parts:
-            detail += ": " + clean(": ".join(parts), token)
+            detail += ": " + redact(": ".join(parts), token)
     wait = retry_after(response.headers)
     if status == 429:
         return DeliveryError(

@@ -16,16 +16,17 @@
   port (`:443`, `:80`) whichever way it was configured; its SDKs try both
   (`add_port`/`remove_port` in the SDK above). A non-default port is part
   of the URL and kept.
-- The URL checked: the origin (scheme, host, port) of the connection's
-  configured `webhook_url` -- the public address Twilio was given, which the
-  service cannot see behind proxies -- followed by the path and query the
-  request really had (`x-envoy-original-path`, set by Envoy, which
-  overwrites a caller's copy). That way `bodySHA256` and the parameters of
-  the configured URL reach the check, and a call signed for one tenant's
-  path does not verify on another's (two tenants may share a Twilio
-  account). Without that header (the gRPC API called directly) the
-  configured URL is used as is. A connection without a `webhook_url` never
-  verifies: the URL is half of what is signed.
+- The URL checked: the connection's configured `webhook_url` (scheme,
+  host, port and path: the public address Twilio was given, which the
+  service cannot see behind proxies) with the query string the request
+  really had (`x-envoy-original-path`, set by Envoy, which overwrites a
+  caller's copy). That way `bodySHA256`, our voice turn numbers and the
+  parameters of the configured URL reach the check. The request's path is
+  not taken: a direct gRPC caller chooses that header, and with another
+  tenant's path a call Twilio signed for that tenant would verify here
+  when both share a Twilio account (one auth token). Without the header
+  the configured URL is used as is. A connection without a `webhook_url`
+  never verifies: the URL is half of what is signed.
 - Failures are PERMISSION_DENIED (HTTP 403: what Twilio's own middleware
   answers an invalid signature, twilio-node's `webhook()`), nothing stored.
 - TwiML (https://www.twilio.com/docs/messaging/twiml,
@@ -134,16 +135,17 @@ def url_variants(url: str) -> tuple[str, ...]:
 
 
 def signed_url(webhook_url: str, original_path: str) -> str:
-    """The URL whose signature is checked: the configured URL's origin with
-    the request's own path and query (see the module doc); the configured
-    URL itself when the request's path is unknown. "" without a
+    """The URL whose signature is checked: the configured URL up to its
+    path, with the request's own query string (see the module doc); the
+    configured URL itself when the request's path is unknown. "" without a
     `webhook_url` (nothing can verify)."""
     if not webhook_url:
         return ""
     if not original_path.startswith("/") or original_path.startswith("//"):
         return webhook_url
     parts = urlsplit(webhook_url)
-    return f"{parts.scheme}://{parts.netloc}{original_path}"
+    _, mark, query = original_path.partition("?")
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{mark}{query}"
 
 
 def verify_signature(url: str, body: bytes, header: str | None, auth_token: str) -> None:

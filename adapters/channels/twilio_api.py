@@ -1,5 +1,8 @@
 """Twilio's REST API over HTTP: the client the SMS sender posts with.
 
+- `TwilioApi`: an http_api.HttpApi on TWILIO_API_BASE_URL
+  (https://api.twilio.com, or a local emulator in tests): no redirects
+  followed, timeouts and connection failures retryable.
 - `TwilioApi.create_message`: `POST {TWILIO_API_BASE_URL}/2010-04-01/
   Accounts/{AccountSid}/Messages.json`, form-encoded, HTTP basic auth with
   the account SID and its auth token
@@ -12,7 +15,8 @@
   (https://www.twilio.com/docs/usage/twilios-response#response-formats-exceptions).
   429 and code 20429 (too many requests,
   https://www.twilio.com/docs/api/errors/20429), 14107 (send rate
-  exceeded) and 5xx are retried, after `Retry-After` when Twilio gives one;
+  exceeded), 21611 (the number's queue is full), 63017 (the account's rate)
+  and 5xx are retried, after `Retry-After` when Twilio gives one;
   timeouts and connection failures too. Everything else is permanent, with
   the code and what it means (the codes below) as the reason: Twilio's
   own `message` is not quoted, as it repeats the phone numbers.
@@ -20,7 +24,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,17 +31,24 @@ from urllib.parse import urlencode
 
 import httpx
 
+from adapters.channels.http_api import HttpApi, json_object, retry_after
 from chat_service.ports import DeliveryError
 
 API_VERSION = "2010-04-01"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
-DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)  # inside the queue's 30 s attempt
-MAX_RETRY_AFTER = 3600.0
 DEFAULT_THROTTLE_WAIT = 1.0  # Twilio's 20429 names no wait of its own
 
 TOO_MANY_REQUESTS = 20429
 RATE_EXCEEDED = 14107
-RETRYABLE_CODES = frozenset({TOO_MANY_REQUESTS, RATE_EXCEEDED})
+# The From number's queue holds 10 hours of messages already
+# (https://www.twilio.com/docs/api/errors/21611): it drains at the number's
+# rate, so a later attempt goes through (waiting a while first).
+QUEUE_FULL = 21611
+QUEUE_FULL_WAIT = 60.0
+# The account's (and subaccounts') 2,000 messages a second
+# (https://www.twilio.com/docs/api/errors/63017).
+ACCOUNT_RATE_EXCEEDED = 63017
+RETRYABLE_CODES = frozenset({TOO_MANY_REQUESTS, RATE_EXCEEDED, QUEUE_FULL, ACCOUNT_RATE_EXCEEDED})
 # What the usual permanent codes mean (https://www.twilio.com/docs/api/errors/<code>).
 KNOWN_CODES: Mapping[int, str] = {
     20003: "authentication failed (account SID or auth token)",
@@ -48,6 +58,7 @@ KNOWN_CODES: Mapping[int, str] = {
     21602: "the message has no body",
     21606: "the 'From' number cannot send this message",
     21610: "the recipient has unsubscribed (replied STOP)",
+    21611: "the 'From' number's message queue is full",
     21612: "the 'To' number cannot be reached from the 'From' number",
     21614: "the 'To' number is not a mobile number",
     21617: "the body exceeds 1600 characters",
@@ -58,24 +69,10 @@ KNOWN_CODES: Mapping[int, str] = {
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 
 
-class TwilioApi:
+class TwilioApi(HttpApi):
     """One Twilio REST client (one connection pool) for the process."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
-            transport=transport,
-            # Never follow a redirect with the credentials to another host.
-            follow_redirects=False,
-            headers={"Accept": "application/json"},
-        )
+    platform = "Twilio"
 
     async def create_message(
         self, account_sid: str, auth_token: str, form: Sequence[tuple[str, str]]
@@ -86,45 +83,35 @@ class TwilioApi:
             raise DeliveryError("the connection's account_sid is not a Twilio SID", retryable=False)
         if not auth_token:
             raise DeliveryError("the connection has no auth token", retryable=False)
-        try:
-            response = await self._client.post(
-                f"{API_VERSION}/Accounts/{account_sid}/Messages.json",
-                content=urlencode(list(form)).encode(),  # MediaUrl may repeat
-                headers={"Content-Type": FORM_CONTENT_TYPE},
-                auth=(account_sid, auth_token),
-            )
-        except httpx.TimeoutException as error:
-            raise DeliveryError(
-                f"Twilio did not answer in time ({type(error).__name__})", retryable=True
-            ) from None
-        except httpx.RequestError as error:  # refused, reset, protocol error...
-            raise DeliveryError(
-                f"Twilio could not be reached ({type(error).__name__})", retryable=True
-            ) from None
-        body = _json_object(response)
+        response = await self._send(
+            "POST",
+            f"{API_VERSION}/Accounts/{account_sid}/Messages.json",
+            content=urlencode(list(form)).encode(),  # MediaUrl may repeat
+            headers={"Content-Type": FORM_CONTENT_TYPE},
+            auth=(account_sid, auth_token),
+        )
+        body = json_object(response)
         if response.status_code in (200, 201) and body is not None:
             return body
         raise twilio_error(response, body)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
 
 def twilio_error(response: httpx.Response, body: Mapping[str, Any] | None = None) -> DeliveryError:
     """What a failed REST answer means for the delivery."""
     status = response.status_code
     if body is None:
-        body = _json_object(response)
+        body = json_object(response)
     code = _error_code(body)
     wait = retry_after(response.headers)
     told = f"Twilio error {code}" if code else f"Twilio answered HTTP {status}"
     if code in KNOWN_CODES:
         told += f": {KNOWN_CODES[code]}"
     if status == 429 or code in RETRYABLE_CODES:
+        default_wait = QUEUE_FULL_WAIT if code == QUEUE_FULL else DEFAULT_THROTTLE_WAIT
         return DeliveryError(
             f"throttled by Twilio: {told}",
             retryable=True,
-            retry_after=wait if wait is not None else DEFAULT_THROTTLE_WAIT,
+            retry_after=wait if wait is not None else default_wait,
         )
     if status >= 500:
         return DeliveryError(told, retryable=True, retry_after=wait)
@@ -132,18 +119,6 @@ def twilio_error(response: httpx.Response, body: Mapping[str, Any] | None = None
         # Twilio may have taken the message: retrying could send it twice.
         return DeliveryError("Twilio answered without a Message resource", retryable=False)
     return DeliveryError(told + (f" (HTTP {status})" if code else ""), retryable=False)
-
-
-def retry_after(headers: httpx.Headers) -> float | None:
-    """The `Retry-After` wait in seconds, or None."""
-    value = headers.get("retry-after", "").strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    if not math.isfinite(seconds):
-        return None
-    return min(MAX_RETRY_AFTER, max(0.0, seconds))
 
 
 def _error_code(body: Mapping[str, Any] | None) -> int:
@@ -155,11 +130,3 @@ def _error_code(body: Mapping[str, Any] | None) -> int:
     if isinstance(code, str) and code.isdigit() and len(code) <= 6:
         return int(code)
     return 0
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except ValueError:  # not JSON, or not UTF-8
-        return None
-    return body if isinstance(body, dict) else None

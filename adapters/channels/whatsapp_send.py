@@ -25,10 +25,11 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from adapters.channels.graph_api import GraphApi, Pacer, path_segment
-from adapters.channels.meta_outbound import (
+from adapters.channels.graph_api import GraphApi, path_segment
+from adapters.channels.meta_outbound import MetaSender
+from adapters.channels.outbound import (
     MessageLookup,
-    MetaSender,
+    Pacer,
     Payload,
     SenderFactory,
     options_text,

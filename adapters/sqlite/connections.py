@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from chat_service import bench_counters
 from chat_service.ports import StoreUnavailable
 
 _T = TypeVar("_T")
@@ -54,6 +55,8 @@ def connect(path: Path, *, busy_timeout: float, read_only: bool = False) -> sqli
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )
     connection.row_factory = sqlite3.Row
+    if bench_counters.enabled:
+        connection.set_trace_callback(bench_counters.count_sql)
     if read_only:
         connection.execute("PRAGMA query_only = ON")
     return connection
@@ -76,6 +79,8 @@ class ConnectionPool:
         )
 
     async def run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        if bench_counters.enabled:
+            bench_counters.count(bench_counters.STORE_READS)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run_on_thread, work)
 
@@ -119,6 +124,8 @@ class GroupCommitWriter:
         self._thread.start()
 
     async def run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        if bench_counters.enabled:
+            bench_counters.count(bench_counters.STORE_WRITES)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
         self._queue.put(_Unit(work, future, loop))
@@ -165,6 +172,8 @@ class GroupCommitWriter:
                     outcomes.append((unit, result, None))
                 connection.execute("RELEASE unit")
             connection.execute("COMMIT")
+            if bench_counters.enabled:
+                bench_counters.count(bench_counters.COMMITS)
         except sqlite3.Error as error:
             if connection.in_transaction:
                 connection.rollback()

@@ -249,6 +249,11 @@ def check_update(
         )
     violations.extend(_common_violations(fields, prefix))
     for path in paths:
+        if path == "webhook_url" and spec.signs_webhook_url and not fields.webhook_url:
+            # As when the connection is made: Twilio signs the exact URL.
+            violations.append(
+                FieldViolation(f"{prefix}.webhook_url", f"is required for {spec.name} connections")
+            )
         if path in ("display_name", "webhook_url"):
             continue
         platform, _, name = path.partition(".")

@@ -18,14 +18,16 @@ platform, then hands it here instead of to the inbox:
   one reply, said again. The bot gets VOICE_REPLY_TIMEOUT_SECONDS: past it
   the caller hears the fallback text (FALLBACK_MESSAGE) and the call goes on,
   while the message is still answered and its reply stored (its work is
-  not cancelled); that reply is not said anywhere. SendMessage errors
+  not cancelled); that reply is not said anywhere, and is recorded FAILED
+  (NOT_SAID) rather than SENT. SendMessage errors
   (a store outage, a refused message) also cost the caller the fallback,
   never the platform's "application error".
 - the caller said nothing: asked again, up to MAX_SILENCES times in a row,
   then told goodbye and hung up on.
 - the call ended (its status callback: completed, busy, failed, no-answer,
   canceled): its conversation is COMPLETED (UpdateConversationStatus), and
-  the answer is empty.
+  the answer is empty; when a turn of the call is still being answered past
+  the answer's deadline, once that turn is stored.
 
 Durability without the inbox: the message and its replies are stored by
 SendMessage before the answer leaves, so the inbox would only store the same
@@ -44,7 +46,8 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, assert_never
+from functools import partial
+from typing import Any, Protocol, assert_never
 
 from chat_service.domain.calls import (
     MAX_SILENCES,
@@ -56,13 +59,15 @@ from chat_service.domain.calls import (
 )
 from chat_service.domain.content import MessageContent
 from chat_service.domain.content_limits import MAX_TEXT_LENGTH
-from chat_service.domain.enums import Channel, ConversationStatus
+from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus
 from chat_service.domain.errors import ChatError, InvalidArgument
-from chat_service.domain.model import ChannelMetadata, Conversation, InboundMessage
+from chat_service.domain.events import delivery_updated
+from chat_service.domain.model import ChannelMetadata, Conversation, InboundMessage, Message
 from chat_service.domain.webhooks import WebhookCall, inbound_message_id, session_of
 from chat_service.pipeline.errors import port_errors
 from chat_service.pipeline.send_message import SendOutcome
 from chat_service.ports import (
+    Clock,
     ConversationLocks,
     ConversationQuery,
     ConversationStore,
@@ -82,6 +87,8 @@ GOODBYE = "I didn't hear anything, so I'll hang up now. Goodbye!"
 # voice channel (one per call).
 CALL_LOOKUP = 20
 VOICE_NUMBER_UNKNOWN = "VOICE_NUMBER_UNKNOWN"
+# Why a late turn's replies are FAILED: the caller heard the fallback instead.
+NOT_SAID = "not said: the reply came after the voice reply timeout (the fallback was said)"
 
 
 class SendsMessages(Protocol):
@@ -132,14 +139,22 @@ class AnswerCall:
         store: ConversationStore,
         locks: ConversationLocks,
         settings: CallSettings,
+        clock: Clock,
     ) -> None:
         self._send = send_message
+        self._clock = clock
         self._update_status = update_status
         self._store = store
         self._locks = locks
         self._settings = settings
-        # Turns still being answered after the caller heard the fallback.
-        self._late: set[asyncio.Task[SendOutcome]] = set()
+        # Work still going on after its webhook was answered: turns being
+        # answered after the caller heard the fallback, a call's end waiting
+        # for them.
+        self._late: set[asyncio.Task[Any]] = set()
+        # Each call's turns being answered (by call id), whoever waits for
+        # them: a call's end waits for its own, and nothing in flight is
+        # left without a reference (a cancelled webhook keeps its turn).
+        self._turns: dict[str, set[asyncio.Task[SendOutcome]]] = {}
         self.stats = CallStats()
 
     async def __call__(
@@ -178,11 +193,15 @@ class AnswerCall:
                 assert_never(event.kind)
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Wait until no late turn is still being answered; False on timeout."""
-        if not self._late:
-            return True
-        _, pending = await asyncio.wait(set(self._late), timeout=timeout)
-        return not pending
+        """Wait until no turn is being answered and no call's end waits for
+        one; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                while running := self._late | {t for ts in self._turns.values() for t in ts}:
+                    await asyncio.wait(running)
+        except TimeoutError:
+            return False
+        return True
 
     # ------------------------------------------------------------ speaking
 
@@ -196,6 +215,8 @@ class AnswerCall:
         )
         inbound = utterance_of(tenant_id, connection, event)
         work = asyncio.create_task(self._send(inbound), name=f"voice turn {inbound.message_id}")
+        self._turns.setdefault(event.call_id, set()).add(work)
+        work.add_done_callback(partial(self._turn_done, event.call_id))
         try:
             async with asyncio.timeout(self._settings.reply_timeout):
                 # Shielded: the turn is answered and stored even when the
@@ -210,8 +231,11 @@ class AnswerCall:
                 tenant_id,
                 self._settings.reply_timeout,
             )
-            self._late.add(work)
-            work.add_done_callback(self._late_turn_done)
+            late = asyncio.create_task(
+                self._late_turn(tenant_id, work), name=f"late {work.get_name()}"
+            )
+            self._late.add(late)
+            late.add_done_callback(self._late.discard)
             return fallback
         except ChatError as error:
             # A refused or failed turn: the caller hears the fallback and
@@ -231,15 +255,53 @@ class AnswerCall:
         said = speech_of(reply.content.text for reply in result.replies)
         return CallAnswer(say=said, listen_turn=event.turn + 1)
 
-    def _late_turn_done(self, task: asyncio.Task[SendOutcome]) -> None:
-        self._late.discard(task)
-        if task.cancelled():
+    def _turn_done(self, call_id: str, task: asyncio.Task[SendOutcome]) -> None:
+        turns = self._turns.get(call_id, set())
+        turns.discard(task)
+        if not turns:
+            self._turns.pop(call_id, None)
+
+    async def _late_turn(self, tenant_id: str, work: asyncio.Task[SendOutcome]) -> None:
+        """A turn answered after the caller heard the fallback: its replies,
+        stored SENT as every voice reply is (said by answering), were never
+        said, and are recorded FAILED with the reason."""
+        await asyncio.wait({work})
+        if work.cancelled():
             return
-        error = task.exception()
+        error = work.exception()
         if error is not None:
-            log.warning("late voice %s failed: %r", task.get_name(), error)
-        else:
-            log.info("late voice %s answered and stored (not said)", task.get_name())
+            log.warning("late voice %s failed: %r", work.get_name(), error)
+            return
+        outcome = work.result()
+        if outcome.replayed:
+            return  # an earlier webhook of the same turn said these
+        if outcome.result.fallback_used:
+            return  # the engine's fallback: the very words the caller heard
+        try:
+            with port_errors():
+                await self._not_said(tenant_id, outcome.result.replies)
+        except ChatError as failed:
+            log.warning("late voice %s: replies not marked unsaid: %s", work.get_name(), failed)
+            return
+        log.info("late voice %s answered and stored (not said)", work.get_name())
+
+    async def _not_said(self, tenant_id: str, replies: Sequence[Message]) -> None:
+        if not replies:
+            return
+        conversation = await self._store.get_conversation(tenant_id, replies[0].conversation_id)
+        if conversation is None:
+            return
+        for reply in replies:
+            event = delivery_updated(
+                conversation,
+                reply,
+                DeliveryStatus.FAILED,
+                self._clock.now(),
+                {"error": NOT_SAID},
+            )
+            await self._store.update_delivery_status(
+                tenant_id, reply.message_id, DeliveryStatus.FAILED, event
+            )
 
     # -------------------------------------------------------------- ending
 
@@ -249,38 +311,83 @@ class AnswerCall:
         Taken under the session's lock, the one SendMessage resolves a
         session's conversation under (send_message.py: `session/{id}`), so a
         turn still being answered when the caller hangs up (the usual way a
-        call ends) is stored first and its conversation found."""
-        session = session_of(connection.connection.connection_id, event.user_id, event.call_id)
+        call ends) is stored first and its conversation found. A turn that
+        holds that lock past this webhook's deadline (a bot slower than the
+        reply timeout: the caller heard the fallback, then hung up) is waited
+        for after the answer, and the conversation completed then."""
         timeout = min(self._settings.lock_timeout, self._settings.reply_timeout)
         try:
-            with port_errors():
-                async with self._locks.hold(tenant_id, f"session/{session}", timeout=timeout):
-                    conversation = await self._call_conversation(tenant_id, event, session)
-                    if conversation is None:
-                        log.info("voice call %s ended with nothing said", event.call_id)
-                        return
-                    if conversation.status.is_closed:
-                        return
-                    await self._update_status(
-                        tenant_id,
-                        conversation.conversation_id,
-                        ConversationStatus.COMPLETED,
-                        f"call {event.status}",
-                    )
-                    self.stats.ended += 1
+            await self._complete(tenant_id, connection, event, timeout)
         except ChatError as error:
-            # Twilio does not retry a status callback on an error answer
-            # (by default): the conversation stays open for an operator.
-            log.warning(
-                "voice call %s of tenant %s ended, but its conversation was not closed: %s",
-                event.call_id,
-                tenant_id,
-                error.message,
-            )
+            turns = set(self._turns.get(event.call_id, ()))
+            if turns:
+                later = asyncio.create_task(
+                    self._complete_after(turns, tenant_id, connection, event),
+                    name=f"voice call {event.call_id} end",
+                )
+                self._late.add(later)
+                later.add_done_callback(self._late.discard)
+                return
+            self._not_closed(tenant_id, event, error)
+
+    async def _complete_after(
+        self,
+        turns: set[asyncio.Task[SendOutcome]],
+        tenant_id: str,
+        connection: OpenedConnection,
+        event: CallEvent,
+    ) -> None:
+        await asyncio.wait(turns)  # each ends within the engine's own timeout
+        try:
+            await self._complete(tenant_id, connection, event, self._settings.lock_timeout)
+        except ChatError as error:
+            self._not_closed(tenant_id, event, error)
+
+    def _not_closed(self, tenant_id: str, event: CallEvent, error: ChatError) -> None:
+        # Twilio does not retry a status callback on an error answer (by
+        # default): the conversation stays open for an operator.
+        log.warning(
+            "voice call %s of tenant %s ended, but its conversation was not closed: %s",
+            event.call_id,
+            tenant_id,
+            error.message,
+        )
+
+    async def _complete(
+        self, tenant_id: str, connection: OpenedConnection, event: CallEvent, timeout: float
+    ) -> None:
+        session = session_of(connection.connection.connection_id, event.user_id, event.call_id)
+        with port_errors():
+            async with self._locks.hold(tenant_id, f"session/{session}", timeout=timeout):
+                conversation = await self._call_conversation(tenant_id, event, session)
+                if conversation is None:
+                    log.info("voice call %s ended with nothing said", event.call_id)
+                    return
+                if conversation.status.is_closed:
+                    return
+                await self._update_status(
+                    tenant_id,
+                    conversation.conversation_id,
+                    ConversationStatus.COMPLETED,
+                    f"call {event.status}",
+                )
+                self.stats.ended += 1
 
     async def _call_conversation(
         self, tenant_id: str, event: CallEvent, session: str
     ) -> Conversation | None:
+        # The call's first utterance names its conversation (turn 1 is the
+        # first one listened for, and silence does not move it). Only when
+        # that turn was not stored (it failed), the caller's newest
+        # conversations are looked through: a caller id many callers share
+        # ("anonymous") may have more than CALL_LOOKUP newer ones.
+        first = await self._store.get_message(
+            tenant_id, inbound_message_id(Channel.VOICE, utterance_id(event.call_id, 1))
+        )
+        if first is not None:
+            found = await self._store.get_conversation(tenant_id, first.conversation_id)
+            if found is not None and found.session_id == session:
+                return found
         conversations = await self._store.list_conversations(
             tenant_id,
             ConversationQuery(user_id=event.user_id, channel=Channel.VOICE),

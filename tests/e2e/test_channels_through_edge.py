@@ -36,15 +36,23 @@ from chatbot.events.v1 import conversation_event_pb2
 
 from adapters.channels.meta import sign
 from tests.e2e.requests import TenantClient, client_for
-from tests.support.emulators import RecordedCall
+from tests.support.channel_e2e import JsonMessage as Message
+from tests.support.channel_e2e import (
+    answered_over_http,
+    edge_client,
+    eventually,
+    messages_over_http,
+    running_edge,
+    running_service,
+    service_stub,
+)
+from tests.support.emulators import RecordedCall, running
 from tests.support.emulators.graph_api import VERSION, GraphApiEmulator
-from tests.support.envoy import EnvoyEdge, build_edge_descriptor
+from tests.support.envoy import EnvoyEdge
 from tests.support.meta_webhooks import (
     digits,
-    eventually,
     fixture,
     messenger_event,
-    service_environment,
     whatsapp_status,
     whatsapp_text,
 )
@@ -52,7 +60,6 @@ from tests.support.service import ServiceProcess, ServiceStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-Message = dict[str, Any]  # a Message in the JSON mapping, as Envoy returns it
 Check = Callable[[list[Message]], bool]
 
 # The 24-hour customer service window (chat_service/domain/service_window.py).
@@ -64,9 +71,8 @@ WINDOW_REASON = "outside the 24-hour customer service window: a template message
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def graph() -> AsyncIterator[GraphApiEmulator]:
-    emulator = await GraphApiEmulator().start()
-    yield emulator
-    await emulator.stop()
+    async with running(GraphApiEmulator()) as emulator:
+        yield emulator
 
 
 @pytest.fixture(autouse=True)
@@ -82,42 +88,30 @@ def channel_service(
     tmp_path_factory: pytest.TempPathFactory,
     graph: GraphApiEmulator,
 ) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(
-        tmp_path_factory.mktemp("channels"), service_environment(graph), store=service_store
-    )
-    process.start()
-    yield process
-    process.stop()
+    environment = graph.service_environment
+    with running_service(tmp_path_factory, "channels", environment, service_store) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def edge(
     channel_service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EnvoyEdge]:
-    directory = tmp_path_factory.mktemp("channels-edge")
-    envoy = EnvoyEdge(
-        directory / "envoy",
-        upstream=channel_service.address,
-        descriptor=build_edge_descriptor(directory),
-    )
-    envoy.start()
-    yield envoy
-    envoy.stop()
+    with running_edge(tmp_path_factory, "channels-edge", channel_service) as envoy:
+        yield envoy
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def admin_stub(
     channel_service: ServiceProcess,
 ) -> AsyncIterator[chat_service_pb2_grpc.ChatServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(channel_service.address) as channel:
-        yield chat_service_pb2_grpc.ChatServiceStub(channel)
+    async with service_stub(channel_service) as stub:
+        yield stub
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def http(edge: EnvoyEdge) -> AsyncIterator[httpx.AsyncClient]:
-    # Async, so that the emulator (on this event loop) answers the service
-    # while a test waits for Envoy.
-    async with httpx.AsyncClient(base_url=edge.url, timeout=15) as client:
+    async with edge_client(edge) as client:
         yield client
 
 
@@ -135,24 +129,7 @@ class Tenant:
     async def messages(self, channel: str, user: str) -> list[Message]:
         """The user's conversation on `channel`, oldest message first, as
         ListConversations and ListMessages return them over HTTP/JSON."""
-        listed = await self.http.get(
-            "/v1/conversations",
-            params={"channel": channel, "user_id": user},
-            headers=self.auth,
-        )
-        assert listed.status_code == 200, listed.text
-        conversations = listed.json()["conversations"]
-        if not conversations:
-            return []
-        (conversation,) = conversations
-        page = await self.http.get(
-            f"/v1/conversations/{conversation['conversation_id']}/messages",
-            params={"page_size": 100},
-            headers=self.auth,
-        )
-        assert page.status_code == 200, page.text
-        messages: list[Message] = page.json()["messages"]
-        return messages
+        return await messages_over_http(self.http, self.auth, channel, user)
 
 
 @pytest.fixture
@@ -251,19 +228,6 @@ def odd_bytes(document: dict[str, Any]) -> bytes:
     return (text + "\r\n\n").encode()
 
 
-def answered(count: int) -> Check:
-    """`count` messages, the last one a reply handed to the platform (or failed)."""
-
-    def check(messages: list[Message]) -> bool:
-        return (
-            len(messages) == count
-            and messages[-1]["role"] == "MESSAGE_ROLE_BOT"
-            and messages[-1]["delivery_status"] != "DELIVERY_STATUS_PENDING"
-        )
-
-    return check
-
-
 def reply_status(expected: str) -> Check:
     """The first reply (the conversation's second message) is `expected`."""
     return lambda messages: messages[1]["delivery_status"] == f"DELIVERY_STATUS_{expected}"
@@ -335,7 +299,7 @@ async def test_a_signed_message_is_stored_answered_delivered_and_read(
     assert acknowledged.status_code == 200, acknowledged.text
     # Acknowledged once stored, before the reply goes out ("well under a second").
     assert acknowledged.elapsed < timedelta(seconds=1)
-    inbound, reply = await eventually(lambda: line.messages(user), answered(2))
+    inbound, reply = await eventually(lambda: line.messages(user), answered_over_http(2))
     assert inbound["content"]["text"] == said
     assert inbound["role"] == "MESSAGE_ROLE_USER"
     assert inbound["user_id"] == user
@@ -368,7 +332,7 @@ async def test_a_signed_message_is_stored_answered_delivered_and_read(
     # webhook whose next status moves another reply: once that one shows,
     # the late one was handled (a webhook's statuses are handled in order).
     await line.post(line.text(user, ("wamid.EDGE2", "still there?")))
-    await eventually(lambda: line.messages(user), answered(4))
+    await eventually(lambda: line.messages(user), answered_over_http(4))
     second_wamid = line.calls()[1].answer["messages"][0]["id"]
     late = await line.post(line.status(user, (wamid, "delivered"), (second_wamid, "read"), late=60))
     assert late.status_code == 200, late.text
@@ -401,7 +365,7 @@ async def test_a_re_serialized_or_unsigned_body_is_a_401_and_stores_nothing(
     # The same user's next, well signed message is the first one stored.
     accepted = await line.post(line.text(user, ("wamid.ACCEPTED", "hello")))
     assert accepted.status_code == 200, accepted.text
-    inbound, _ = await eventually(lambda: line.messages(user), answered(2))
+    inbound, _ = await eventually(lambda: line.messages(user), answered_over_http(2))
     assert inbound["channel_metadata"]["platform_message_id"] == "wamid.ACCEPTED"
     assert len(line.calls()) == 1
 
@@ -422,10 +386,10 @@ async def test_a_redelivered_webhook_is_one_message_with_one_reply(
     again = await line.post_as_is(in_pieces(), {"X-Hub-Signature-256": sign(body, line.app_secret)})
 
     assert (first.status_code, again.status_code) == (200, 200)
-    await eventually(lambda: line.messages(user), answered(2))
+    await eventually(lambda: line.messages(user), answered_over_http(2))
     # A later message, answered, shows everything before it was handled.
     await line.post(line.text(user, ("wamid.AFTER", "and this")))
-    messages = await eventually(lambda: line.messages(user), answered(4))
+    messages = await eventually(lambda: line.messages(user), answered_over_http(4))
     assert [m["content"]["text"] for m in messages[::2]] == ["only once", "and this"]
     assert [c.status for c in line.calls()] == [200, 200]
 
@@ -443,7 +407,7 @@ async def test_a_reply_outside_the_24_hour_window_fails_with_template_required(
         await line.post(line.text(user, ("wamid.OLD", "anyone?"), sent_at=written))
         event = await failed.first()
 
-    inbound, reply = await eventually(lambda: line.messages(user), answered(2))
+    inbound, reply = await eventually(lambda: line.messages(user), answered_over_http(2))
     assert inbound["content"]["text"] == "anyone?"
     assert reply["delivery_status"] == "DELIVERY_STATUS_FAILED"
     assert reply["channel_metadata"].get("platform_message_id", "") == ""
@@ -461,7 +425,7 @@ async def test_a_throttled_reply_is_sent_after_the_wait_meta_asked_for(
 
     await line.post(line.text(user, ("wamid.BUSY", "are you busy?")))
 
-    _, reply = await eventually(lambda: line.messages(user), answered(2))
+    _, reply = await eventually(lambda: line.messages(user), answered_over_http(2))
     assert reply["delivery_status"] == "DELIVERY_STATUS_SENT"
     throttled, sent = line.calls()
     assert (throttled.status, sent.status) == (429, 200)
@@ -480,7 +444,7 @@ async def test_a_permanent_graph_error_fails_the_reply_with_its_code_and_title(
         await line.post(line.text(user, ("wamid.GONE", "hello?")))
         event = await failed.first()
 
-    _, reply = await eventually(lambda: line.messages(user), answered(2))
+    _, reply = await eventually(lambda: line.messages(user), answered_over_http(2))
     assert reply["delivery_status"] == "DELIVERY_STATUS_FAILED"
     assert event.message_id == reply["message_id"]
     assert event.metadata["error"] == "131026: Message undeliverable"
@@ -495,7 +459,7 @@ async def test_a_failed_status_from_meta_fails_the_reply_with_its_error(
     line = await WhatsAppLine(tenant, graph).connect()
     user = digits()
     await line.post(line.text(user, ("wamid.LOST", "hello")))
-    _, reply = await eventually(lambda: line.messages(user), answered(2))
+    _, reply = await eventually(lambda: line.messages(user), answered_over_http(2))
     wamid = reply["channel_metadata"]["platform_message_id"]
     # Meta took the reply, then could not deliver it (the documented payload).
     document = fixture("whatsapp", "status_failed")
@@ -514,7 +478,7 @@ async def test_a_failed_status_from_meta_fails_the_reply_with_its_error(
     # FAILED is final: a "read" that comes after it changes nothing (seen
     # once the webhook's next status, for another reply, has moved that one).
     await line.post(line.text(user, ("wamid.LOST2", "hello again")))
-    await eventually(lambda: line.messages(user), answered(4))
+    await eventually(lambda: line.messages(user), answered_over_http(4))
     second_wamid = line.calls()[1].answer["messages"][0]["id"]
     await line.post(line.status(user, (wamid, "read"), (second_wamid, "read"), late=60))
     messages = await eventually(
@@ -565,7 +529,7 @@ async def test_a_messenger_message_is_answered_and_read_by_its_watermark(
 
     await post(timestamp=int(time.time() * 1000), message={"mid": "m_EDGE1", "text": "salut"})
 
-    inbound, reply = await eventually(messages, answered(2))
+    inbound, reply = await eventually(messages, answered_over_http(2))
     assert inbound["content"]["text"] == "salut"
     assert reply["delivery_status"] == "DELIVERY_STATUS_SENT"
     (call,) = [c for c in graph.calls if c.path.split("/")[2] in (page_id, "me")]

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 import pytest
+import pytest_asyncio
 from chatbot.chat.v1 import chat_service_pb2 as pb
 from chatbot.chat.v1 import chat_service_pb2_grpc, resources_pb2
 
 from tests.support.engine_server import EngineBehaviour, running_engine
 from tests.support.grpc_client import Metadata, bearer, text_request
 from tests.support.net import free_port
-from tests.support.service import ServiceProcess
+from tests.support.service import ServiceProcess, ServiceStore
+
+# The engine runs in the test process, on the event loop the module's tests share.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 FALLBACK = "Sorry, I can't answer right now. Please try again in a moment."
 
@@ -23,22 +28,43 @@ class Setup:
     engine: EngineBehaviour
     stub: chat_service_pb2_grpc.ChatServiceAsyncStub
     auth: Metadata
+    tenant: str
 
 
-@pytest.fixture
-async def setup(fresh_service: ServiceProcess) -> AsyncIterator[Setup]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine_service(
+    service_store: ServiceStore, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[EngineBehaviour, ServiceProcess]]:
+    """One engine and one service asking it, for the whole module: each test
+    resets the engine and has a tenant of its own."""
     port = free_port()
     async with running_engine(port) as engine:
-        fresh_service.extra_env.update(
-            {"MCP_ENGINE_URL": f"127.0.0.1:{port}", "MCP_ENGINE_TIMEOUT_MS": "300"}
+        process = ServiceProcess(
+            tmp_path_factory.mktemp("engine"),
+            {"MCP_ENGINE_URL": f"127.0.0.1:{port}", "MCP_ENGINE_TIMEOUT_MS": "300"},
+            store=service_store,
         )
-        fresh_service.start()
-        async with grpc.aio.insecure_channel(fresh_service.address) as channel:
-            yield Setup(
-                engine,
-                chat_service_pb2_grpc.ChatServiceStub(channel),
-                bearer(fresh_service.token("acme")),
-            )
+        process.start()
+        try:
+            yield engine, process
+        finally:
+            process.kill()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def setup(
+    engine_service: tuple[EngineBehaviour, ServiceProcess],
+) -> AsyncIterator[Setup]:
+    engine, process = engine_service
+    engine.reset()
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    async with grpc.aio.insecure_channel(process.address) as channel:
+        yield Setup(
+            engine,
+            chat_service_pb2_grpc.ChatServiceStub(channel),
+            bearer(process.token(tenant)),
+            tenant,
+        )
 
 
 async def test_the_engine_answers_with_context_and_history(setup: Setup) -> None:
@@ -55,7 +81,7 @@ async def test_the_engine_answers_with_context_and_history(setup: Setup) -> None
     assert second.conversation_state.conversation_stage == "turn-3"
     assert dict(second.processing_metadata.confidence_scores) == {"mcp_echo": 0.8}
     request = setup.engine.requests[-1]
-    assert (request.tenant_id, request.user_id, request.sequence) == ("acme", "u-9", 3)
+    assert (request.tenant_id, request.user_id, request.sequence) == (setup.tenant, "u-9", 3)
     assert request.context.conversation_stage == "turn-1"  # the state the first reply left
     assert request.recent_messages[0].content.text == "one"
 

@@ -278,6 +278,10 @@ def _failed_start(tmp_path: Path, env: Mapping[str, str]) -> tuple[int, str]:
     return process.returncode, process.stdout + process.stderr
 
 
+# The failed starts below make the process's environment themselves (no
+# ServiceProcess, so not the store CHAT_TEST_STORE chooses) and the process
+# exits before it serves: the MongoDB pass would repeat them exactly.
+@pytest.mark.store_independent
 @pytest.mark.parametrize(
     ("env", "variable", "code"),
     [
@@ -321,6 +325,7 @@ def test_a_start_that_cannot_work_says_why_in_one_line(
     assert variable in last
 
 
+@pytest.mark.store_independent
 def test_a_taken_port_is_a_clean_failed_start(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

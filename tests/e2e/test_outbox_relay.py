@@ -96,7 +96,12 @@ async def _watch_error(
     """The error a watch resuming from `token` ends with, None if it opens."""
     call = stub.WatchConversations(pb.WatchConversationsRequest(resume_token=token), metadata=auth)
     try:
-        async with asyncio.timeout(1):
+        # The token is checked before the watch sends its headers
+        # (grpc_api/streaming.py): a refused watch ends with its status
+        # alone, an open one sends headers and waits for events.
+        async with asyncio.timeout(10):
+            await call.initial_metadata()
+        async with asyncio.timeout(0.3):
             async for _ in call:
                 pass
     except grpc.aio.AioRpcError as error:

@@ -53,9 +53,12 @@ def _pair(data_dir: Path, redis_url: str, kafka: KafkaBroker, **extra: str) -> P
     )
 
 
-@pytest.fixture
-def pair(tmp_path: Path, redis_server: RedisServer, kafka_broker: KafkaBroker) -> Iterator[Pair]:
-    started = _pair(tmp_path / "shared", redis_server.url, kafka_broker)
+@pytest.fixture(scope="module")
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, kafka_broker: KafkaBroker
+) -> Iterator[Pair]:
+    """One pair for the tests that need nothing special (each has a tenant of its own)."""
+    started = _pair(tmp_path_factory.mktemp("shared"), redis_server.url, kafka_broker)
     started.a.start()
     started.b.start()
     yield started

@@ -7,9 +7,7 @@ before its fix (adapters/channels/meta.py, messenger.py)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +21,7 @@ from chatbot.chat.v1 import chat_service_pb2_grpc, resources_pb2
 
 from adapters.channels.meta import sign
 from tests.e2e.requests import TenantClient, client_for, failure
+from tests.support.channel_e2e import running_service, service_stub
 from tests.support.service import ServiceProcess, ServiceStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -37,24 +36,18 @@ USER = "16505551234"
 def review_service(
     service_store: ServiceStore, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
-    key = base64.b64encode(secrets.token_bytes(32)).decode()
-    env = {
-        "CHANNEL_SECRETS_KEY": f"review:{key}",
-        # Replies go nowhere (a closed local port), never to the real Graph API.
-        "META_GRAPH_API_BASE_URL": "http://127.0.0.1:9/v23.0",
-    }
-    process = ServiceProcess(tmp_path_factory.mktemp("review"), env, store=service_store)
-    process.start()
-    yield process
-    process.stop()
+    # Replies go nowhere (a closed local port), never to the real Graph API.
+    environment = {"META_GRAPH_API_BASE_URL": "http://127.0.0.1:9/v23.0"}
+    with running_service(tmp_path_factory, "review", environment, service_store) as process:
+        yield process
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stub(
     review_service: ServiceProcess,
 ) -> AsyncIterator[chat_service_pb2_grpc.ChatServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(review_service.address) as channel:
-        yield chat_service_pb2_grpc.ChatServiceStub(channel)
+    async with service_stub(review_service) as stub:
+        yield stub
 
 
 @pytest_asyncio.fixture(loop_scope="module")

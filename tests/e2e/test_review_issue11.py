@@ -7,9 +7,7 @@ message no read could load. Each failed before its fix
 
 from __future__ import annotations
 
-import base64
 import json
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,8 +21,14 @@ from chatbot.chat.v1 import chat_service_pb2 as pb
 from chatbot.chat.v1 import chat_service_pb2_grpc, resources_pb2
 
 from tests.e2e.requests import TenantClient, client_for, failure
+from tests.support.channel_e2e import (
+    eventually,
+    messages_over_grpc,
+    running_service,
+    service_stub,
+)
+from tests.support.emulators import running
 from tests.support.emulators.bot_connector import BotConnectorEmulator, new_app_id
-from tests.support.meta_webhooks import eventually
 from tests.support.service import ServiceProcess, ServiceStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -35,9 +39,8 @@ TEAMS = resources_pb2.CHANNEL_TEAMS
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def connector() -> AsyncIterator[BotConnectorEmulator]:
-    emulator = await BotConnectorEmulator().start()
-    yield emulator
-    await emulator.stop()
+    async with running(BotConnectorEmulator()) as emulator:
+        yield emulator
 
 
 @pytest.fixture(scope="module")
@@ -46,24 +49,17 @@ def review_service(
     tmp_path_factory: pytest.TempPathFactory,
     connector: BotConnectorEmulator,
 ) -> Iterator[ServiceProcess]:
-    key = base64.b64encode(secrets.token_bytes(32)).decode()
-    environment = {
-        "TEAMS_OPENID_METADATA_URL": connector.metadata_url,
-        "TEAMS_TOKEN_URL": connector.token_url,
-        "CHANNEL_SECRETS_KEY": f"review:{key}",
-    }
-    process = ServiceProcess(tmp_path_factory.mktemp("review11"), environment, store=service_store)
-    process.start()
-    yield process
-    process.stop()
+    environment = connector.service_environment
+    with running_service(tmp_path_factory, "review11", environment, service_store) as process:
+        yield process
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stub(
     review_service: ServiceProcess,
 ) -> AsyncIterator[chat_service_pb2_grpc.ChatServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(review_service.address) as channel:
-        yield chat_service_pb2_grpc.ChatServiceStub(channel)
+    async with service_stub(review_service) as stub:
+        yield stub
 
 
 class Bot:
@@ -109,12 +105,7 @@ class Bot:
         )
 
     async def messages(self, user: str) -> list[resources_pb2.Message]:
-        listed = await self.client.list_conversations(channel=TEAMS, user_id=user)
-        if not listed.conversations:
-            return []
-        (conversation,) = listed.conversations
-        page = await self.client.list_messages(conversation.conversation_id, page_size=100)
-        return list(page.messages)
+        return await messages_over_grpc(self.client, TEAMS, user)
 
 
 @pytest_asyncio.fixture(loop_scope="module")

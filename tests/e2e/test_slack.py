@@ -8,7 +8,6 @@ real Envoy edge."""
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import secrets
@@ -20,7 +19,6 @@ from typing import Any
 from urllib.parse import quote
 
 import grpc
-import httpx
 import pytest
 import pytest_asyncio
 from chatbot.chat.v1 import channel_connections_pb2 as cc
@@ -29,9 +27,18 @@ from chatbot.chat.v1 import chat_service_pb2_grpc, resources_pb2
 
 from adapters.channels.slack import sign
 from tests.e2e.requests import TenantClient, client_for, failure
+from tests.support.channel_e2e import (
+    answered,
+    edge_client,
+    eventually,
+    messages_over_grpc,
+    running_edge,
+    running_service,
+    service_stub,
+)
+from tests.support.emulators import running
 from tests.support.emulators.slack_api import SlackApiEmulator
-from tests.support.envoy import EnvoyEdge, build_edge_descriptor
-from tests.support.meta_webhooks import eventually
+from tests.support.envoy import EnvoyEdge
 from tests.support.service import ServiceProcess, ServiceStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -44,9 +51,8 @@ _TS = itertools.count(1)
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def slack() -> AsyncIterator[SlackApiEmulator]:
-    emulator = await SlackApiEmulator().start()
-    yield emulator
-    await emulator.stop()
+    async with running(SlackApiEmulator()) as emulator:
+        yield emulator
 
 
 @pytest.fixture(scope="module")
@@ -55,20 +61,17 @@ def slack_service(
     tmp_path_factory: pytest.TempPathFactory,
     slack: SlackApiEmulator,
 ) -> Iterator[ServiceProcess]:
-    key = base64.b64encode(secrets.token_bytes(32)).decode()
-    environment = {"SLACK_API_BASE_URL": slack.base_url, "CHANNEL_SECRETS_KEY": f"e2e:{key}"}
-    process = ServiceProcess(tmp_path_factory.mktemp("slack"), environment, store=service_store)
-    process.start()
-    yield process
-    process.stop()
+    environment = slack.service_environment
+    with running_service(tmp_path_factory, "slack", environment, service_store) as process:
+        yield process
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def slack_stub(
     slack_service: ServiceProcess,
 ) -> AsyncIterator[chat_service_pb2_grpc.ChatServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(slack_service.address) as channel:
-        yield chat_service_pb2_grpc.ChatServiceStub(channel)
+    async with service_stub(slack_service) as stub:
+        yield stub
 
 
 @pytest.fixture
@@ -171,25 +174,7 @@ class Workspace:
     async def messages(self, user: str) -> list[resources_pb2.Message]:
         """The user's conversation, oldest message first (the tests use one
         thread per user)."""
-        listed = await self.client.list_conversations(channel=SLACK, user_id=user)
-        if not listed.conversations:
-            return []
-        (conversation,) = listed.conversations
-        page = await self.client.list_messages(conversation.conversation_id, page_size=100)
-        return list(page.messages)
-
-
-def answered(count: int) -> Any:
-    """`count` messages, the last one a reply handed to Slack."""
-
-    def check(messages: list[resources_pb2.Message]) -> bool:
-        return (
-            len(messages) == count
-            and messages[-1].role == resources_pb2.MESSAGE_ROLE_BOT
-            and messages[-1].delivery_status != resources_pb2.DELIVERY_STATUS_PENDING
-        )
-
-    return check
+        return await messages_over_grpc(self.client, SLACK, user)
 
 
 # ------------------------------------------------------------------ tests
@@ -343,15 +328,8 @@ async def test_stale_or_forged_calls_are_unauthenticated_and_nothing_is_stored(
 def edge(
     slack_service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EnvoyEdge]:
-    directory = tmp_path_factory.mktemp("slack-edge")
-    envoy = EnvoyEdge(
-        directory / "envoy",
-        upstream=slack_service.address,
-        descriptor=build_edge_descriptor(directory),
-    )
-    envoy.start()
-    yield envoy
-    envoy.stop()
+    with running_edge(tmp_path_factory, "slack-edge", slack_service) as envoy:
+        yield envoy
 
 
 async def test_a_signed_event_through_the_edge_is_answered(
@@ -361,8 +339,7 @@ async def test_a_signed_event_through_the_edge_is_answered(
     user, ts = slack_id("U"), new_ts()
     body = workspace.event(user, "through the edge", ts=ts)
 
-    # Async, so that the emulator (on this event loop) answers the service meanwhile.
-    async with httpx.AsyncClient(base_url=edge.url, timeout=15) as http:
+    async with edge_client(edge) as http:
         challenge_body = (FIXTURES / "url_verification.json").read_bytes()
         challenge = await http.post(
             workspace.webhook_path,

@@ -13,14 +13,12 @@ over gRPC.
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import grpc
 import httpx
 import pytest
 import pytest_asyncio
@@ -32,6 +30,15 @@ from adapters.channels.twilio import sign, url_with_body_hash
 from chat_service.domain.connections import webhook_path
 from chat_service.domain.enums import Channel
 from tests.e2e.requests import TenantClient, client_for
+from tests.support.channel_e2e import (
+    edge_client,
+    eventually,
+    messages_over_grpc,
+    running_edge,
+    running_service,
+    service_stub,
+)
+from tests.support.emulators import running
 from tests.support.emulators.twilio_api import (
     SentMessage,
     TwilioApiEmulator,
@@ -40,8 +47,7 @@ from tests.support.emulators.twilio_api import (
     signed_post,
     status_callback,
 )
-from tests.support.envoy import EnvoyEdge, build_edge_descriptor
-from tests.support.meta_webhooks import eventually
+from tests.support.envoy import EnvoyEdge
 from tests.support.service import ServiceProcess, ServiceStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -56,9 +62,8 @@ SMS = resources_pb2.CHANNEL_SMS
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def twilio() -> AsyncIterator[TwilioApiEmulator]:
-    emulator = await TwilioApiEmulator().start()
-    yield emulator
-    await emulator.stop()
+    async with running(TwilioApiEmulator()) as emulator:
+        yield emulator
 
 
 @pytest.fixture(autouse=True)
@@ -73,42 +78,30 @@ def sms_service(
     tmp_path_factory: pytest.TempPathFactory,
     twilio: TwilioApiEmulator,
 ) -> Iterator[ServiceProcess]:
-    key = base64.b64encode(secrets.token_bytes(32)).decode()
-    environment = {"TWILIO_API_BASE_URL": twilio.base_url, "CHANNEL_SECRETS_KEY": f"e2e:{key}"}
-    process = ServiceProcess(tmp_path_factory.mktemp("sms"), environment, store=service_store)
-    process.start()
-    yield process
-    process.stop()
+    environment = twilio.service_environment
+    with running_service(tmp_path_factory, "sms", environment, service_store) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def edge(
     sms_service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EnvoyEdge]:
-    directory = tmp_path_factory.mktemp("sms-edge")
-    envoy = EnvoyEdge(
-        directory / "envoy",
-        upstream=sms_service.address,
-        descriptor=build_edge_descriptor(directory),
-    )
-    envoy.start()
-    yield envoy
-    envoy.stop()
+    with running_edge(tmp_path_factory, "sms-edge", sms_service) as envoy:
+        yield envoy
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def sms_stub(
     sms_service: ServiceProcess,
 ) -> AsyncIterator[chat_service_pb2_grpc.ChatServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(sms_service.address) as channel:
-        yield chat_service_pb2_grpc.ChatServiceStub(channel)
+    async with service_stub(sms_service) as stub:
+        yield stub
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def http(edge: EnvoyEdge) -> AsyncIterator[httpx.AsyncClient]:
-    # Async, so that the emulator (on this event loop) answers the service
-    # while a test waits for Envoy.
-    async with httpx.AsyncClient(base_url=edge.url, timeout=15) as client:
+    async with edge_client(edge) as client:
         yield client
 
 
@@ -216,12 +209,7 @@ class Line:
         )
 
     async def messages(self, user: str) -> list[resources_pb2.Message]:
-        listed = await self.client.list_conversations(channel=SMS, user_id=user)
-        if not listed.conversations:
-            return []
-        (conversation,) = listed.conversations
-        page = await self.client.list_messages(conversation.conversation_id, page_size=100)
-        return list(page.messages)
+        return await messages_over_grpc(self.client, SMS, user)
 
     async def replies(self, user: str, count: int) -> list[resources_pb2.Message]:
         """The user's conversation once `count` bot replies are out of PENDING."""

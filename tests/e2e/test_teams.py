@@ -18,16 +18,13 @@ client reads, through Envoy.
 
 from __future__ import annotations
 
-import base64
 import json
-import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-import grpc
 import httpx
 import pytest
 import pytest_asyncio
@@ -36,16 +33,25 @@ from chatbot.chat.v1 import chat_service_pb2 as pb
 from chatbot.chat.v1 import chat_service_pb2_grpc
 
 from tests.e2e.requests import TenantClient, client_for
-from tests.support.emulators import RecordedCall
+from tests.support.channel_e2e import JsonMessage as Message
+from tests.support.channel_e2e import (
+    answered_over_http,
+    edge_client,
+    eventually,
+    messages_over_http,
+    running_edge,
+    running_service,
+    service_stub,
+)
+from tests.support.emulators import RecordedCall, running
 from tests.support.emulators.bot_connector import BotConnectorEmulator, new_app_id
-from tests.support.envoy import EnvoyEdge, build_edge_descriptor
-from tests.support.meta_webhooks import eventually
+from tests.support.envoy import EnvoyEdge
 from tests.support.service import ServiceProcess, ServiceStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "webhooks" / "teams"
-Message = dict[str, Any]  # a Message in the JSON mapping, as Envoy returns it
+SENT = "DELIVERY_STATUS_SENT"
 
 
 # ---------------------------------------------------------------- fixtures
@@ -53,9 +59,8 @@ Message = dict[str, Any]  # a Message in the JSON mapping, as Envoy returns it
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def connector() -> AsyncIterator[BotConnectorEmulator]:
-    emulator = await BotConnectorEmulator().start()
-    yield emulator
-    await emulator.stop()
+    async with running(BotConnectorEmulator()) as emulator:
+        yield emulator
 
 
 @pytest.fixture(autouse=True)
@@ -71,46 +76,30 @@ def teams_service(
     tmp_path_factory: pytest.TempPathFactory,
     connector: BotConnectorEmulator,
 ) -> Iterator[ServiceProcess]:
-    key = base64.b64encode(secrets.token_bytes(32)).decode()
-    environment = {
-        "TEAMS_OPENID_METADATA_URL": connector.metadata_url,
-        "TEAMS_TOKEN_URL": connector.token_url,
-        "CHANNEL_SECRETS_KEY": f"e2e:{key}",
-    }
-    process = ServiceProcess(tmp_path_factory.mktemp("teams"), environment, store=service_store)
-    process.start()
-    yield process
-    process.stop()
+    environment = connector.service_environment
+    with running_service(tmp_path_factory, "teams", environment, service_store) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def edge(
     teams_service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EnvoyEdge]:
-    directory = tmp_path_factory.mktemp("teams-edge")
-    envoy = EnvoyEdge(
-        directory / "envoy",
-        upstream=teams_service.address,
-        descriptor=build_edge_descriptor(directory),
-    )
-    envoy.start()
-    yield envoy
-    envoy.stop()
+    with running_edge(tmp_path_factory, "teams-edge", teams_service) as envoy:
+        yield envoy
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def admin_stub(
     teams_service: ServiceProcess,
 ) -> AsyncIterator[chat_service_pb2_grpc.ChatServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(teams_service.address) as channel:
-        yield chat_service_pb2_grpc.ChatServiceStub(channel)
+    async with service_stub(teams_service) as stub:
+        yield stub
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def http(edge: EnvoyEdge) -> AsyncIterator[httpx.AsyncClient]:
-    # Async, so that the emulator (on this event loop) answers the service
-    # while a test waits for Envoy.
-    async with httpx.AsyncClient(base_url=edge.url, timeout=15) as client:
+    async with edge_client(edge) as client:
         yield client
 
 
@@ -182,37 +171,10 @@ class Bot:
 
     async def messages(self, user: str) -> list[Message]:
         """The user's Teams conversation, oldest message first, over HTTP/JSON."""
-        auth = dict(self.admin.metadata)
-        listed = await self.http.get(
-            "/v1/conversations", params={"channel": "CHANNEL_TEAMS", "user_id": user}, headers=auth
-        )
-        assert listed.status_code == 200, listed.text
-        conversations = listed.json()["conversations"]
-        if not conversations:
-            return []
-        (conversation,) = conversations
-        page = await self.http.get(
-            f"/v1/conversations/{conversation['conversation_id']}/messages",
-            params={"page_size": 100},
-            headers=auth,
-        )
-        assert page.status_code == 200, page.text
-        messages: list[Message] = page.json()["messages"]
-        return messages
+        return await messages_over_http(self.http, dict(self.admin.metadata), "CHANNEL_TEAMS", user)
 
     def replies(self, conversation_id: str) -> list[RecordedCall]:
         return self.connector.activities(conversation_id)
-
-
-def answered(count: int, status: str = "DELIVERY_STATUS_SENT") -> Callable[[list[Message]], bool]:
-    def check(messages: list[Message]) -> bool:
-        return (
-            len(messages) == count
-            and messages[-1]["role"] == "MESSAGE_ROLE_BOT"
-            and messages[-1]["delivery_status"] == status
-        )
-
-    return check
 
 
 def user_of(activity: dict[str, Any]) -> str:
@@ -230,7 +192,7 @@ async def test_a_signed_activity_is_answered_in_its_conversation(bot: Bot) -> No
     response = await bot.post(activity)
     assert (response.status_code, response.content) == (200, b"")
 
-    inbound, reply = await eventually(lambda: bot.messages(user), answered(2))
+    inbound, reply = await eventually(lambda: bot.messages(user), answered_over_http(2, SENT))
     assert inbound["content"]["text"] == activity["text"]
     metadata = inbound["channel_metadata"]
     assert metadata["platform_message_id"] == f"{conversation_id}/{activity['id']}"
@@ -258,7 +220,7 @@ async def test_a_channel_mention_is_answered_in_its_thread(bot: Bot) -> None:
 
     assert (await bot.post(activity)).status_code == 200
 
-    inbound, _ = await eventually(lambda: bot.messages(user), answered(2))
+    inbound, _ = await eventually(lambda: bot.messages(user), answered_over_http(2, SENT))
     assert inbound["content"]["text"] == "where is my order?"  # without the @mention
     (call,) = bot.replies(thread)
     assert call.query == {"conversation": thread, "replyTo": activity["id"]}
@@ -272,7 +234,7 @@ async def test_a_redelivered_activity_is_one_message_with_one_reply(bot: Bot) ->
     for _ in range(3):
         assert (await bot.post(activity)).status_code == 200
 
-    await eventually(lambda: bot.messages(user), answered(2))
+    await eventually(lambda: bot.messages(user), answered_over_http(2, SENT))
     assert len(bot.replies(activity["conversation"]["id"])) == 1
 
 
@@ -283,7 +245,9 @@ async def test_a_throttled_reply_is_sent_after_the_wait(bot: Bot) -> None:
 
     assert (await bot.post(activity)).status_code == 200
 
-    await eventually(lambda: bot.messages(user_of(activity)), answered(2), timeout=30)
+    await eventually(
+        lambda: bot.messages(user_of(activity)), answered_over_http(2, SENT), timeout=30
+    )
     statuses = [
         c.status
         for c in bot.connector.calls

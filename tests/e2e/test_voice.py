@@ -16,7 +16,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import grpc
 import httpx
 import pytest
 import pytest_asyncio
@@ -25,8 +24,9 @@ from chatbot.chat.v1 import chat_service_pb2 as pb
 from chatbot.chat.v1 import chat_service_pb2_grpc, resources_pb2
 
 from tests.e2e.requests import TenantClient, client_for
-from tests.support.envoy import EnvoyEdge, build_edge_descriptor
-from tests.support.service import TEST_CHANNEL_SECRETS_KEY, ServiceProcess, ServiceStore
+from tests.support.channel_e2e import edge_client, running_edge, running_service, service_stub
+from tests.support.envoy import EnvoyEdge
+from tests.support.service import ServiceProcess, ServiceStore
 from tests.support.voice_calls import FORM, Phone, TwilioRequest, Twiml, read_twiml, twilio_sid
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -40,42 +40,30 @@ USER, BOT = resources_pb2.MESSAGE_ROLE_USER, resources_pb2.MESSAGE_ROLE_BOT
 def voice_service(
     service_store: ServiceStore, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(
-        tmp_path_factory.mktemp("voice"),
-        {"CHANNEL_SECRETS_KEY": TEST_CHANNEL_SECRETS_KEY},
-        store=service_store,
-    )
-    process.start()
-    yield process
-    process.stop()
+    # No platform API to point at: the answers are TwiML on the webhook's response.
+    with running_service(tmp_path_factory, "voice", {}, service_store) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def edge(
     voice_service: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EnvoyEdge]:
-    directory = tmp_path_factory.mktemp("voice-edge")
-    envoy = EnvoyEdge(
-        directory / "envoy",
-        upstream=voice_service.address,
-        descriptor=build_edge_descriptor(directory),
-    )
-    envoy.start()
-    yield envoy
-    envoy.stop()
+    with running_edge(tmp_path_factory, "voice-edge", voice_service) as envoy:
+        yield envoy
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def admin_stub(
     voice_service: ServiceProcess,
 ) -> AsyncIterator[chat_service_pb2_grpc.ChatServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(voice_service.address) as channel:
-        yield chat_service_pb2_grpc.ChatServiceStub(channel)
+    async with service_stub(voice_service) as stub:
+        yield stub
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def http(edge: EnvoyEdge) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=edge.url, timeout=15) as client:
+    async with edge_client(edge) as client:
         yield client
 
 

@@ -31,11 +31,18 @@ from chat_service.domain.enums import Channel
 from chat_service.domain.webhooks import UNSUPPORTED_REPLY, body_dedup_key
 from chat_service.ports import WebhookDelivery, WebhookInbox
 from tests.e2e.requests import TenantClient, client_for, failure
+from tests.support.channel_e2e import (
+    answered,
+    eventually,
+    messages_over_grpc,
+    running_service,
+    service_stub,
+)
+from tests.support.emulators import running
 from tests.support.emulators.graph_api import GraphApiEmulator
 from tests.support.meta_webhooks import (
     FIXTURES,
     digits,
-    eventually,
     messenger_event,
     service_environment,
     whatsapp_status,
@@ -51,9 +58,8 @@ MESSENGER = resources_pb2.CHANNEL_MESSENGER
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def graph() -> AsyncIterator[GraphApiEmulator]:
-    emulator = await GraphApiEmulator().start()
-    yield emulator
-    await emulator.stop()
+    async with running(GraphApiEmulator()) as emulator:
+        yield emulator
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +68,17 @@ def webhook_service(
     tmp_path_factory: pytest.TempPathFactory,
     graph: GraphApiEmulator,
 ) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(
-        tmp_path_factory.mktemp("webhooks"), service_environment(graph), store=service_store
-    )
-    process.start()
-    yield process
-    process.stop()
+    environment = graph.service_environment
+    with running_service(tmp_path_factory, "webhooks", environment, service_store) as process:
+        yield process
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def webhook_stub(
     webhook_service: ServiceProcess,
 ) -> AsyncIterator[chat_service_pb2_grpc.ChatServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(webhook_service.address) as channel:
-        yield chat_service_pb2_grpc.ChatServiceStub(channel)
+    async with service_stub(webhook_service) as stub:
+        yield stub
 
 
 @pytest.fixture
@@ -143,12 +146,7 @@ class Line:
 
     async def messages(self, user: str) -> list[resources_pb2.Message]:
         """The user's conversation on this line, oldest message first."""
-        listed = await self.client.list_conversations(channel=WHATSAPP, user_id=user)
-        if not listed.conversations:
-            return []
-        (conversation,) = listed.conversations
-        page = await self.client.list_messages(conversation.conversation_id, page_size=100)
-        return list(page.messages)
+        return await messages_over_grpc(self.client, WHATSAPP, user)
 
 
 def webhook_request(tenant_id: str, platform: str, body: bytes) -> pb.HandleWebhookRequest:
@@ -157,19 +155,6 @@ def webhook_request(tenant_id: str, platform: str, body: bytes) -> pb.HandleWebh
     request.body.content_type = "application/json"
     request.body.data = body
     return request
-
-
-def answered(count: int) -> Callable[[list[resources_pb2.Message]], bool]:
-    """`count` messages, the last one a reply handed to the platform."""
-
-    def check(messages: list[resources_pb2.Message]) -> bool:
-        return (
-            len(messages) == count
-            and messages[-1].role == resources_pb2.MESSAGE_ROLE_BOT
-            and messages[-1].delivery_status != resources_pb2.DELIVERY_STATUS_PENDING
-        )
-
-    return check
 
 
 def reply_status(
@@ -319,11 +304,7 @@ async def test_messenger_receipts_move_the_reply_by_their_watermark(
         )
 
     async def messages() -> list[resources_pb2.Message]:
-        listed = await tenant.list_conversations(channel=MESSENGER, user_id=psid)
-        if not listed.conversations:
-            return []
-        page = await tenant.list_messages(listed.conversations[0].conversation_id)
-        return list(page.messages)
+        return await messages_over_grpc(tenant, MESSENGER, psid)
 
     who = {"sender": {"id": psid}, "recipient": {"id": page_id}}
     await post(

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from adapters.channels.graph_api import GraphApi, Pacer
+from adapters.channels.graph_api import GraphApi
 from adapters.channels.messenger_send import MessengerSender
+from adapters.channels.outbound import Pacer
 from chat_service.domain.channels import format_for_channel
 from chat_service.domain.content import (
     Button,
@@ -24,17 +25,17 @@ from chat_service.domain.content import (
     QuickReply,
 )
 from chat_service.domain.enums import ButtonType, Channel, MessageType
-from chat_service.domain.model import Conversation, Message
 from chat_service.domain.text import normalize_text
 from chat_service.ports import DeliveryError
 from tests.builders import T0
+from tests.support.emulators import running
 from tests.support.emulators.graph_api import GraphApiEmulator
 from tests.support.emulators.senders import (
     FakeDirectory,
     FakeTime,
     MessageShelf,
+    SenderRig,
     SettableClock,
-    bot_reply,
     opened_connection,
     platform_conversation,
     user_message,
@@ -46,18 +47,8 @@ PSID = "6789012345678901"
 
 
 @dataclasses.dataclass
-class Rig:
-    emulator: GraphApiEmulator
-    sender: MessengerSender
-    shelf: MessageShelf
+class Rig(SenderRig[GraphApiEmulator, MessengerSender]):
     clock: SettableClock
-    conversation: Conversation
-    inbound: Message
-
-    def reply(self, content: MessageContent, sequence: int = 2) -> Message:
-        message = bot_reply(self.conversation, self.inbound, content, sequence)
-        self.shelf.put(message)
-        return message
 
     def messages(self) -> list[Any]:
         return [body["message"] for body in self.emulator.sent(PAGE_ID)]
@@ -71,33 +62,30 @@ async def _rig(
     emulator: GraphApiEmulator | None = None,
     time: FakeTime | None = None,
 ) -> AsyncIterator[Rig]:
-    emulator = emulator or GraphApiEmulator()
-    await emulator.start()
-    emulator.add_messenger_page(PAGE_ID, TOKEN)
-    api = GraphApi(emulator.base_url, timeout=timeout)
-    conversation = platform_conversation(Channel.MESSENGER, PSID)
-    inbound = user_message(conversation, T0)
-    shelf = MessageShelf(inbound)
-    clock = SettableClock(T0 + timedelta(hours=2))
-    directory = FakeDirectory(
-        opened_connection(
-            Channel.MESSENGER,
-            PAGE_ID,
-            {"page_access_token": token, "app_secret": "s", "verify_token": "v"},
+    async with (
+        running(emulator or GraphApiEmulator()) as emulator,
+        contextlib.aclosing(GraphApi(emulator.base_url, timeout=timeout)) as api,
+    ):
+        emulator.add_messenger_page(PAGE_ID, TOKEN)
+        conversation = platform_conversation(Channel.MESSENGER, PSID)
+        inbound = user_message(conversation, T0)
+        shelf = MessageShelf(inbound)
+        clock = SettableClock(T0 + timedelta(hours=2))
+        directory = FakeDirectory(
+            opened_connection(
+                Channel.MESSENGER,
+                PAGE_ID,
+                {"page_access_token": token, "app_secret": "s", "verify_token": "v"},
+            )
         )
-    )
-    pacers = {}
-    if time is not None:
-        pacers = {
-            "text_pacer": Pacer(300.0, monotonic=time.monotonic, sleep=time.sleep),
-            "media_pacer": Pacer(10.0, monotonic=time.monotonic, sleep=time.sleep),
-        }
-    sender = MessengerSender(api=api, directory=directory, store=shelf, clock=clock, **pacers)
-    try:
-        yield Rig(emulator, sender, shelf, clock, conversation, inbound)
-    finally:
-        await api.aclose()
-        await emulator.stop()
+        pacers = {}
+        if time is not None:
+            pacers = {
+                "text_pacer": Pacer(300.0, monotonic=time.monotonic, sleep=time.sleep),
+                "media_pacer": Pacer(10.0, monotonic=time.monotonic, sleep=time.sleep),
+            }
+        sender = MessengerSender(api=api, directory=directory, store=shelf, clock=clock, **pacers)
+        yield Rig(emulator, sender, shelf, conversation, inbound, clock=clock)
 
 
 @pytest.fixture
@@ -107,7 +95,7 @@ async def rig() -> AsyncIterator[Rig]:
 
 
 async def test_text_goes_to_the_page_as_a_response_and_its_mid_comes_back(rig: Rig) -> None:
-    receipt = await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("Hello!")))
+    receipt = await rig.send(MessageContent.of_text("Hello!"))
 
     [call] = rig.emulator.calls
     assert call.path == f"/v23.0/{PAGE_ID}/messages"
@@ -118,8 +106,8 @@ async def test_text_goes_to_the_page_as_a_response_and_its_mid_comes_back(rig: R
         "messaging_type": "RESPONSE",
         "message": {"text": "Hello!"},
     }
-    assert receipt.platform_message_id == call.answer["message_id"]
-    assert receipt.platform_message_id.startswith("m_")
+    assert receipt == call.answer["message_id"]
+    assert receipt.startswith("m_")
 
 
 async def test_quick_replies_ride_on_the_text(rig: Rig) -> None:
@@ -132,7 +120,7 @@ async def test_quick_replies_ride_on_the_text(rig: Rig) -> None:
             QuickReply("", "", content_type="user_email"),
         ),
     )
-    await rig.sender.send(rig.conversation, rig.reply(content))
+    await rig.send(content)
     assert rig.messages() == [
         {
             "text": "Which one?",
@@ -152,7 +140,7 @@ async def test_an_image_with_text_is_two_messages_text_first(rig: Rig) -> None:
         media=MediaContent(url="https://cdn.example.com/shop.jpg", type="image/jpeg"),
         quick_replies=(QuickReply("Nice", "NICE"),),
     )
-    receipt = await rig.sender.send(rig.conversation, rig.reply(content))
+    receipt = await rig.send(content)
     assert rig.messages() == [
         {"text": "Our shop"},
         {
@@ -164,7 +152,7 @@ async def test_an_image_with_text_is_two_messages_text_first(rig: Rig) -> None:
             "quick_replies": [{"content_type": "text", "title": "Nice", "payload": "NICE"}],
         },
     ]
-    assert receipt.platform_message_id == rig.emulator.calls[-1].answer["message_id"]
+    assert receipt == rig.emulator.calls[-1].answer["message_id"]
 
 
 async def test_buttons_are_a_button_template(rig: Rig) -> None:
@@ -177,7 +165,7 @@ async def test_buttons_are_a_button_template(rig: Rig) -> None:
             Button(ButtonType.PHONE, "Call", "+14155550100"),
         ),
     )
-    await rig.sender.send(rig.conversation, rig.reply(content))
+    await rig.send(content)
     [message] = rig.messages()
     assert message == {
         "attachment": {
@@ -206,7 +194,7 @@ async def test_a_carousel_is_a_generic_template_after_its_text(rig: Rig) -> None
             ),
         ),
     )
-    await rig.sender.send(rig.conversation, rig.reply(content))
+    await rig.send(content)
     text, carousel = rig.messages()
     assert text == {"text": "Our plans"}
     assert carousel == {
@@ -237,7 +225,7 @@ async def test_a_long_reply_is_split_and_sent_in_order(rig: Rig) -> None:
     parts = format_for_channel(content, Channel.MESSENGER)
     assert len(parts) == 3
     for sequence, part in enumerate(parts, start=2):
-        await rig.sender.send(rig.conversation, rig.reply(part, sequence))
+        await rig.send(part, sequence)
 
     texts = [message["text"] for message in rig.messages()]
     assert texts == [part.text for part in parts]
@@ -251,10 +239,9 @@ async def test_throttling_is_retryable_after_the_wait_meta_names(rig: Rig) -> No
         "(#613) Calls to this API have exceeded the rate limit.",
         headers={"Retry-After": "12"},
     )
-    with pytest.raises(DeliveryError) as caught:
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi")))
-    assert caught.value.retryable
-    assert caught.value.retry_after == 12.0
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert error.retryable
+    assert error.retry_after == 12.0
 
 
 async def test_business_use_case_usage_names_the_wait_when_retry_after_is_absent(
@@ -264,48 +251,42 @@ async def test_business_use_case_usage_names_the_wait_when_retry_after_is_absent
     rig.emulator.graph_error(
         32, "(#32) Page request limit reached", headers={"X-Business-Use-Case-Usage": usage}
     )
-    with pytest.raises(DeliveryError) as caught:
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi")))
-    assert caught.value.retryable
-    assert caught.value.retry_after == 180.0
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert error.retryable
+    assert error.retry_after == 180.0
 
 
 async def test_a_temporary_send_failure_is_retryable(rig: Rig) -> None:
     rig.emulator.graph_error(1200, "Temporary send message failure. Please try again later.")
-    with pytest.raises(DeliveryError) as caught:
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi")))
-    assert caught.value.retryable
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert error.retryable
 
 
 async def test_a_server_error_is_retryable(rig: Rig) -> None:
     rig.emulator.fail(status=500)
-    with pytest.raises(DeliveryError) as caught:
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi")))
-    assert caught.value.retryable
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert error.retryable
 
 
 async def test_no_answer_in_time_is_retryable() -> None:
     async with _rig(timeout=0.3) as rig:
         rig.emulator.hang(seconds=10)
-        with pytest.raises(DeliveryError) as caught:
-            await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi")))
-        assert caught.value.retryable
+        error = await rig.failure(MessageContent.of_text("hi"))
+        assert error.retryable
 
 
 async def test_an_unavailable_person_fails_at_once_with_the_reason(rig: Rig) -> None:
     rig.emulator.graph_error(551, "This person isn't available right now.", subcode=1545041)
-    with pytest.raises(DeliveryError) as caught:
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi")))
-    assert not caught.value.retryable
-    assert str(caught.value) == "551: This person isn't available right now. (subcode 1545041)"
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert not error.retryable
+    assert str(error) == "551: This person isn't available right now. (subcode 1545041)"
 
 
 async def test_outside_the_window_is_refused_without_any_call(rig: Rig) -> None:
     rig.clock.at = rig.inbound.created_at + timedelta(days=2)
-    with pytest.raises(DeliveryError) as caught:
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("late")))
-    assert not caught.value.retryable
-    assert str(caught.value) == (
+    error = await rig.failure(MessageContent.of_text("late"))
+    assert not error.retryable
+    assert str(error) == (
         "outside the 24-hour standard messaging window: a message tag is required"
     )
     assert rig.emulator.calls == []
@@ -317,11 +298,10 @@ async def test_a_bad_token_never_shows_in_the_error_or_the_logs(
     wrong = "EAAGwrongpagetoken9876543210zyxwvutsrqp"
     caplog.set_level(logging.DEBUG)
     async with _rig(token=wrong) as rig:
-        with pytest.raises(DeliveryError) as caught:
-            await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi")))
+        error = await rig.failure(MessageContent.of_text("hi"))
         assert wrong in str(rig.emulator.calls[0].answer)  # echoed by the emulator
-        assert str(caught.value).startswith("190: ")
-        assert wrong not in str(caught.value)
+        assert str(error).startswith("190: ")
+        assert wrong not in str(error)
         assert wrong not in caplog.text
 
 
@@ -351,11 +331,11 @@ async def test_audio_and_video_are_paced_apart_from_text() -> None:
             media=MediaContent(url="https://cdn.example.com/a.mp3", type="audio/mpeg"),
         )
         for sequence in range(2, 5):
-            await rig.sender.send(rig.conversation, rig.reply(audio, sequence))
+            await rig.send(audio, sequence)
         audio_times = [call.at for call in emulator.calls]
         # 10 per second per Page for audio and video.
         assert audio_times[-1] - audio_times[0] == pytest.approx(0.2)
 
         before = time.now
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi"), 5))
+        await rig.send(MessageContent.of_text("hi"), 5)
         assert time.now == before  # text waits for no audio

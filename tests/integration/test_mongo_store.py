@@ -59,7 +59,7 @@ import dataclasses
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -318,7 +318,9 @@ async def test_opening_brings_a_database_of_an_earlier_version_up_to_date(
         {"message_id": journalled.message_id}, {"$set": {"_write": "w-earlier"}}
     )
     await database["idempotency_records"].insert_one(
-        record_document(record, stored_at=T0, version=1)
+        # Stored now: the records' TTL index (7 days) would take a record
+        # stored at T0 once T0 is a week behind the clock.
+        record_document(record, stored_at=datetime.now(UTC), version=1)
     )
 
     store = await open_store(mongo_uri)

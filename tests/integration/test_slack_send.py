@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from adapters.channels.graph_api import Pacer
+from adapters.channels.outbound import Pacer
 from adapters.channels.slack_api import SlackWebApi
 from adapters.channels.slack_send import SlackSender
 from chat_service.domain.channels import format_for_channel
@@ -27,11 +27,12 @@ from chat_service.domain.enums import ButtonType, Channel, MessageType
 from chat_service.domain.model import ChannelMetadata, Conversation, Message
 from chat_service.ports import DeliveryError, OpenedConnection
 from tests.builders import T0, make_message
-from tests.support.emulators import PASS
+from tests.support.emulators import PASS, running
 from tests.support.emulators.senders import (
     FakeDirectory,
     FakeTime,
     MessageShelf,
+    SenderRig,
     bot_reply,
     opened_connection,
     platform_conversation,
@@ -47,12 +48,8 @@ ROOT = "1482960137.003543"
 
 
 def slack_connection(token: str = TOKEN, connection_id: str = "conn-1") -> OpenedConnection:
-    opened = opened_connection(
-        Channel.SLACK, TEAM, {"signing_secret": "s", "bot_token": token}, connection_id
-    )
-    return dataclasses.replace(
-        opened, connection=dataclasses.replace(opened.connection, public={"team_id": TEAM})
-    )
+    secrets = {"signing_secret": "s", "bot_token": token}
+    return opened_connection(Channel.SLACK, TEAM, secrets, connection_id, public={"team_id": TEAM})
 
 
 def users_message(
@@ -80,22 +77,8 @@ def users_message(
 
 
 @dataclasses.dataclass
-class Rig:
-    emulator: SlackApiEmulator
-    sender: SlackSender
-    shelf: MessageShelf
-    conversation: Conversation
-    inbound: Message
+class Rig(SenderRig[SlackApiEmulator, SlackSender]):
     time: FakeTime
-
-    def reply(self, content: MessageContent, sequence: int = 2) -> Message:
-        message = bot_reply(self.conversation, self.inbound, content, sequence)
-        self.shelf.put(message)
-        return message
-
-    async def send(self, content: MessageContent) -> str:
-        receipt = await self.sender.send(self.conversation, self.reply(content))
-        return receipt.platform_message_id
 
     def payloads(self) -> list[Any]:
         return [posted.payload for posted in self.emulator.posted()]
@@ -109,26 +92,24 @@ async def _rig(
     timeout: float = 5.0,
     directory: FakeDirectory | None = None,
 ) -> AsyncIterator[Rig]:
-    emulator = await SlackApiEmulator().start()
-    emulator.add_workspace(TEAM, TOKEN)
-    emulator.add_channel(TEAM, CHANNEL)
-    emulator.add_channel(TEAM, DM)
-    api = SlackWebApi(emulator.base_url, timeout=timeout)
-    conversation = platform_conversation(Channel.SLACK, USER)
-    inbound = users_message(conversation, 1, channel, thread_ts)
-    shelf = MessageShelf(inbound)
-    time = FakeTime()
-    sender = SlackSender(
-        api=api,
-        directory=directory or FakeDirectory(slack_connection()),
-        store=shelf,
-        pacer=Pacer(1.0, monotonic=time.monotonic, sleep=time.sleep),
-    )
-    try:
-        yield Rig(emulator, sender, shelf, conversation, inbound, time)
-    finally:
-        await api.aclose()
-        await emulator.stop()
+    async with (
+        running(SlackApiEmulator()) as emulator,
+        contextlib.aclosing(SlackWebApi(emulator.base_url, timeout=timeout)) as api,
+    ):
+        emulator.add_workspace(TEAM, TOKEN)
+        emulator.add_channel(TEAM, CHANNEL)
+        emulator.add_channel(TEAM, DM)
+        conversation = platform_conversation(Channel.SLACK, USER)
+        inbound = users_message(conversation, 1, channel, thread_ts)
+        shelf = MessageShelf(inbound)
+        time = FakeTime()
+        sender = SlackSender(
+            api=api,
+            directory=directory or FakeDirectory(slack_connection()),
+            store=shelf,
+            pacer=Pacer(1.0, monotonic=time.monotonic, sleep=time.sleep),
+        )
+        yield Rig(emulator, sender, shelf, conversation, inbound, time=time)
 
 
 @pytest.fixture
@@ -292,17 +273,15 @@ async def test_a_retry_after_a_failed_later_post_does_not_repeat_the_earlier(rig
 
 async def test_ratelimited_is_retryable_after_slacks_wait(rig: Rig) -> None:
     rig.emulator.ratelimit(retry_after="7")
-    with pytest.raises(DeliveryError) as raised:
-        await rig.send(MessageContent.of_text("hi"))
-    assert (raised.value.retryable, raised.value.retry_after) == (True, 7.0)
-    assert "ratelimited" in str(raised.value)
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert (error.retryable, error.retry_after) == (True, 7.0)
+    assert "ratelimited" in str(error)
 
 
 async def test_rate_limited_without_a_wait_is_retried_after_a_second(rig: Rig) -> None:
     rig.emulator.error("rate_limited")
-    with pytest.raises(DeliveryError) as raised:
-        await rig.send(MessageContent.of_text("hi"))
-    assert (raised.value.retryable, raised.value.retry_after) == (True, 1.0)
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert (error.retryable, error.retry_after) == (True, 1.0)
 
 
 @pytest.mark.parametrize(
@@ -311,44 +290,39 @@ async def test_rate_limited_without_a_wait_is_retried_after_a_second(rig: Rig) -
 )
 async def test_slacks_refusals_are_permanent_with_the_reason(rig: Rig, code: str) -> None:
     rig.emulator.error(code)
-    with pytest.raises(DeliveryError) as raised:
-        await rig.send(MessageContent.of_text("hi"))
-    assert not raised.value.retryable
-    assert str(raised.value) == f"Slack error: {code}"
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert not error.retryable
+    assert str(error) == f"Slack error: {code}"
 
 
 async def test_a_channel_the_bot_is_not_in_is_refused_by_slack_itself() -> None:
     async with _rig(channel="C0PRIVATE1") as rig:
         rig.emulator.add_channel(TEAM, "C0PRIVATE1", member=False)
-        with pytest.raises(DeliveryError) as raised:
-            await rig.send(MessageContent.of_text("hi"))
-        assert (raised.value.retryable, str(raised.value)) == (False, "Slack error: not_in_channel")
+        error = await rig.failure(MessageContent.of_text("hi"))
+        assert (error.retryable, str(error)) == (False, "Slack error: not_in_channel")
 
 
 async def test_a_revoked_token_is_invalid_auth_and_never_quoted() -> None:
     directory = FakeDirectory(slack_connection(token="xoxb-revoked-token-9999"))
     async with _rig(directory=directory) as rig:
-        with pytest.raises(DeliveryError) as raised:
-            await rig.send(MessageContent.of_text("hi"))
-        assert str(raised.value) == "Slack error: invalid_auth"
-        assert "xoxb" not in str(raised.value)
+        error = await rig.failure(MessageContent.of_text("hi"))
+        assert str(error) == "Slack error: invalid_auth"
+        assert "xoxb" not in str(error)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
 async def test_server_errors_are_retryable(rig: Rig, status: int) -> None:
     rig.emulator.server_error(status)
-    with pytest.raises(DeliveryError) as raised:
-        await rig.send(MessageContent.of_text("hi"))
-    assert raised.value.retryable
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert error.retryable
 
 
 async def test_a_hung_call_times_out_retryable() -> None:
     async with _rig(timeout=0.3) as rig:
         rig.emulator.hang(5.0)
-        with pytest.raises(DeliveryError) as raised:
-            await rig.send(MessageContent.of_text("hi"))
-        assert raised.value.retryable
-        assert "did not answer in time" in str(raised.value)
+        error = await rig.failure(MessageContent.of_text("hi"))
+        assert error.retryable
+        assert "did not answer in time" in str(error)
 
 
 async def test_a_conversation_without_a_slack_place_is_permanent() -> None:
@@ -373,10 +347,9 @@ async def test_a_deleted_or_foreign_connection_is_permanent() -> None:
         (FakeDirectory(slack_connection(token="")), "has no bot_token"),
     ):
         async with _rig(directory=directory) as rig:
-            with pytest.raises(DeliveryError) as raised:
-                await rig.send(MessageContent.of_text("hi"))
-            assert not raised.value.retryable
-            assert expected in str(raised.value)
+            error = await rig.failure(MessageContent.of_text("hi"))
+            assert not error.retryable
+            assert expected in str(error)
             assert rig.emulator.calls == []
 
 

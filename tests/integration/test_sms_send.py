@@ -18,7 +18,6 @@ from adapters.channels.sms_send import OPTED_OUT, SmsSender, can_send_mms, sms_p
 from adapters.channels.twilio_api import TwilioApi
 from adapters.sqlite.channel_store import SqliteChannelStore
 from adapters.sqlite.store import SqliteStore
-from chat_service.domain.connections import ChannelConnection
 from chat_service.domain.content import Button, MediaContent, MessageContent
 from chat_service.domain.enums import ButtonType, Channel, DeliveryStatus, MessageType
 from chat_service.domain.events import EventType
@@ -27,8 +26,14 @@ from chat_service.pipeline.delivery import DeliveryQueue
 from chat_service.ports import DeliveryError, DeliveryReceipt, OpenedConnection
 from tests.builders import T0, TENANT, create_change
 from tests.fakes import InMemoryStore, SteppingClock
-from tests.support.emulators import PASS
-from tests.support.emulators.senders import FakeDirectory, bot_reply, platform_conversation
+from tests.support.emulators import PASS, running
+from tests.support.emulators.senders import (
+    FakeDirectory,
+    bot_reply,
+    failure,
+    opened_connection,
+    platform_conversation,
+)
 from tests.support.emulators.twilio_api import TwilioApiEmulator
 
 ACCOUNT = "AC0123456789abcdef0123456789abcdef"
@@ -43,20 +48,14 @@ IMAGE = MediaContent(url="https://cdn.example/receipt.png", type="image/png", al
 def sms_connection(
     *, token: str = TOKEN, webhook_url: str = WEBHOOK, number: str = OURS
 ) -> OpenedConnection:
-    connection = ChannelConnection(
-        connection_id="conn-1",
-        tenant_id=TENANT,
-        channel=Channel.SMS,
-        account_id=number,
-        display_name="sms",
-        webhook_url=webhook_url,
+    opened = opened_connection(
+        Channel.SMS,
+        number,
+        {"auth_token": token},
         public={"account_sid": ACCOUNT, "phone_number": number},
-        secrets={"auth_token": "sealed"},
-        fingerprints={"auth_token": "fp"},
-        created_at=T0,
-        updated_at=T0,
     )
-    return OpenedConnection(connection, {"auth_token": token})
+    connection = dataclasses.replace(opened.connection, webhook_url=webhook_url)
+    return dataclasses.replace(opened, connection=connection)
 
 
 @dataclasses.dataclass
@@ -77,25 +76,28 @@ class Rig:
         conversation = self.conversation(user)
         return await self.sender.send(conversation, self.reply(content, conversation))
 
+    async def failure(self, content: MessageContent) -> DeliveryError:
+        """Sends a reply of `content`; the DeliveryError it fails with."""
+        return await failure(self.send(content))
+
 
 @contextlib.asynccontextmanager
 async def _rig(
     tmp_path: Path, *, connection: OpenedConnection | None = None, timeout: float = 5.0
 ) -> AsyncIterator[Rig]:
-    emulator = await TwilioApiEmulator().start()
-    emulator.add_account(ACCOUNT, TOKEN, OURS)
-    store = await SqliteStore.open(tmp_path / "chat.db")
-    channels = SqliteChannelStore(store)
-    api = TwilioApi(emulator.base_url, timeout=timeout)
-    sender = SmsSender(
-        api=api, directory=FakeDirectory(connection or sms_connection()), opt_outs=channels
-    )
-    try:
-        yield Rig(emulator, sender, channels)
-    finally:
-        await api.aclose()
-        await store.close()
-        await emulator.stop()
+    async with running(TwilioApiEmulator()) as emulator:
+        emulator.add_account(ACCOUNT, TOKEN, OURS)
+        store = await SqliteStore.open(tmp_path / "chat.db")
+        channels = SqliteChannelStore(store)
+        api = TwilioApi(emulator.base_url, timeout=timeout)
+        sender = SmsSender(
+            api=api, directory=FakeDirectory(connection or sms_connection()), opt_outs=channels
+        )
+        try:
+            yield Rig(emulator, sender, channels)
+        finally:
+            await api.aclose()
+            await store.close()
 
 
 @pytest.fixture
@@ -221,13 +223,12 @@ def test_parts_never_exceed_twilios_limit() -> None:
 async def test_nothing_goes_to_a_number_that_sent_stop_until_start(rig: Rig) -> None:
     await rig.channels.set_opt_out(TENANT, "conn-1", USER, True, T0)
 
-    with pytest.raises(DeliveryError) as refused:
-        await rig.send(MessageContent.of_text("Still there?"))
+    refused = await rig.failure(MessageContent.of_text("Still there?"))
     await rig.channels.set_opt_out(TENANT, "conn-1", USER, False, T0.replace(minute=1))
     await rig.send(MessageContent.of_text("Welcome back"))
 
-    assert str(refused.value) == OPTED_OUT
-    assert refused.value.retryable is False
+    assert str(refused) == OPTED_OUT
+    assert refused.retryable is False
     assert [sent.body for sent in rig.emulator.sent()] == ["Welcome back"]
 
 
@@ -257,72 +258,66 @@ async def test_permanent_errors_fail_at_once_with_the_reason(
 ) -> None:
     rig.emulator.error(code)
 
-    with pytest.raises(DeliveryError) as refused:
-        await rig.send(MessageContent.of_text("hi"))
+    refused = await rig.failure(MessageContent.of_text("hi"))
 
-    assert refused.value.retryable is False
-    assert str(refused.value) == reason
+    assert refused.retryable is False
+    assert str(refused) == reason
 
 
 async def test_twilio_refusing_stop_recipients_itself_is_permanent(rig: Rig) -> None:
     rig.emulator.unsubscribe(OURS, USER)
 
-    with pytest.raises(DeliveryError, match="21610") as refused:
-        await rig.send(MessageContent.of_text("hi"))
+    refused = await rig.failure(MessageContent.of_text("hi"))
 
-    assert refused.value.retryable is False
+    assert "21610" in str(refused)
+    assert refused.retryable is False
 
 
 async def test_throttling_is_retried_after_twilios_wait(rig: Rig) -> None:
     rig.emulator.ratelimit(retry_after="7")
-    with pytest.raises(DeliveryError) as throttled:
-        await rig.send(MessageContent.of_text("hi"))
+    throttled = await rig.failure(MessageContent.of_text("hi"))
 
     rig.emulator.error(20429, status=429)
-    with pytest.raises(DeliveryError) as without_wait:
-        await rig.send(MessageContent.of_text("hi"))
+    without_wait = await rig.failure(MessageContent.of_text("hi"))
 
-    assert throttled.value.retryable is True
-    assert throttled.value.retry_after == 7.0
-    assert "20429" in str(throttled.value)
-    assert without_wait.value.retryable is True
-    assert without_wait.value.retry_after == 1.0
+    assert throttled.retryable is True
+    assert throttled.retry_after == 7.0
+    assert "20429" in str(throttled)
+    assert without_wait.retryable is True
+    assert without_wait.retry_after == 1.0
     assert rig.emulator.sent() == []
 
 
 async def test_server_errors_and_timeouts_are_retried(tmp_path: Path) -> None:
     async with _rig(tmp_path, timeout=0.3) as rig:
         rig.emulator.server_error(503)
-        with pytest.raises(DeliveryError) as unavailable:
-            await rig.send(MessageContent.of_text("hi"))
+        unavailable = await rig.failure(MessageContent.of_text("hi"))
         rig.emulator.hang(5.0)
-        with pytest.raises(DeliveryError) as hung:
-            await rig.send(MessageContent.of_text("hi"))
+        hung = await rig.failure(MessageContent.of_text("hi"))
         receipt = await rig.send(MessageContent.of_text("hi"))
 
-    assert unavailable.value.retryable is True
-    assert str(unavailable.value) == "Twilio answered HTTP 503"
-    assert hung.value.retryable is True
-    assert "in time" in str(hung.value)
+    assert unavailable.retryable is True
+    assert str(unavailable) == "Twilio answered HTTP 503"
+    assert hung.retryable is True
+    assert "in time" in str(hung)
     assert receipt.platform_message_id
 
 
 async def test_a_wrong_auth_token_is_permanent(tmp_path: Path) -> None:
     async with _rig(tmp_path, connection=sms_connection(token="f" * 32)) as rig:
-        with pytest.raises(DeliveryError) as refused:
-            await rig.send(MessageContent.of_text("hi"))
+        refused = await rig.failure(MessageContent.of_text("hi"))
 
-    assert refused.value.retryable is False
-    assert "20003" in str(refused.value)
-    assert "f" * 32 not in str(refused.value)
+    assert refused.retryable is False
+    assert "20003" in str(refused)
+    assert "f" * 32 not in str(refused)
 
 
 async def test_a_number_not_of_the_account_is_permanent(tmp_path: Path) -> None:
     async with _rig(tmp_path, connection=sms_connection(number="+14155550199")) as rig:
-        with pytest.raises(DeliveryError, match="21659") as refused:
-            await rig.send(MessageContent.of_text("hi"))
+        refused = await rig.failure(MessageContent.of_text("hi"))
 
-    assert refused.value.retryable is False
+    assert "21659" in str(refused)
+    assert refused.retryable is False
 
 
 async def test_a_retry_after_a_failed_second_message_does_not_resend_the_first(rig: Rig) -> None:
@@ -332,8 +327,7 @@ async def test_a_retry_after_a_failed_second_message_does_not_resend_the_first(r
     # Past 1600 characters: two messages; the second fails once.
     rig.emulator.faults.add(PASS)
     rig.emulator.server_error(503)
-    with pytest.raises(DeliveryError):
-        await rig.sender.send(conversation, reply)
+    await failure(rig.sender.send(conversation, reply))
     receipt = await rig.sender.send(conversation, reply)
 
     first, second = rig.emulator.sent()

@@ -14,10 +14,9 @@ import httpx
 import pytest
 
 from adapters.channels.bot_framework import BotTokens
-from adapters.channels.graph_api import Pacer
+from adapters.channels.outbound import Pacer
 from adapters.channels.teams_send import ConnectorApi, TeamsSender, teams_sender_factory
 from chat_service.domain.channels import format_for_channel
-from chat_service.domain.connections import ChannelConnection
 from chat_service.domain.content import (
     Button,
     CarouselCard,
@@ -28,9 +27,18 @@ from chat_service.domain.content import (
 from chat_service.domain.enums import ButtonType, Channel, MessageType
 from chat_service.domain.model import ChannelMetadata, Conversation, Message
 from chat_service.ports import DeliveryError, OpenedConnection
-from tests.builders import T0, TENANT, make_conversation, make_message
+from tests.builders import make_conversation, make_message
+from tests.support.emulators import running
 from tests.support.emulators.bot_connector import BotConnectorEmulator, new_app_id
-from tests.support.emulators.senders import FakeDirectory, FakeTime, MessageShelf, bot_reply
+from tests.support.emulators.senders import (
+    FakeDirectory,
+    FakeTime,
+    MessageShelf,
+    SenderRig,
+    bot_reply,
+    opened_connection,
+    platform_conversation,
+)
 
 PASSWORD = "app-password-0123456789abcdef"
 CONVERSATION = "19:aebd0ad4d6ab42c8b9ed19c251c2fc37@thread.skype;messageid=1481567603816"
@@ -41,41 +49,15 @@ IMAGE = MediaContent(url="https://cdn.example.com/parcel.png", type="image/png",
 
 
 def teams_connection(app_id: str, password: str = PASSWORD) -> OpenedConnection:
-    stored = ChannelConnection(
-        connection_id="conn-1",
-        tenant_id=TENANT,
-        channel=Channel.TEAMS,
-        account_id=app_id,
-        display_name="bot",
-        webhook_url="",
-        public={"app_id": app_id},
-        secrets={"app_password": "sealed"},
-        fingerprints={"app_password": "fp"},
-        created_at=T0,
-        updated_at=T0,
-    )
-    return OpenedConnection(connection=stored, secrets={"app_password": password})
+    secrets = {"app_password": password}
+    return opened_connection(Channel.TEAMS, app_id, secrets, public={"app_id": app_id})
 
 
 @dataclasses.dataclass
-class Rig:
-    emulator: BotConnectorEmulator
-    sender: TeamsSender
+class Rig(SenderRig[BotConnectorEmulator, TeamsSender]):
     tokens: BotTokens
-    shelf: MessageShelf
     time: FakeTime
-    conversation: Conversation
-    inbound: Message
     app_id: str
-
-    def reply(self, content: MessageContent, *, to: Message | None = None) -> Message:
-        message = bot_reply(self.conversation, to or self.inbound, content, 2)
-        self.shelf.put(message)
-        return message
-
-    async def send(self, content: MessageContent) -> str:
-        receipt = await self.sender.send(self.conversation, self.reply(content))
-        return receipt.platform_message_id
 
     def posted(self) -> list[Any]:
         return [call.body for call in self.emulator.activities()]
@@ -109,21 +91,17 @@ def teams_message(
 async def _rig(
     *, timeout: float = 5.0, allow_loopback: bool = True, password: str = PASSWORD
 ) -> AsyncIterator[Rig]:
-    emulator = await BotConnectorEmulator().start()
-    app_id = new_app_id()
-    emulator.add_bot(app_id, PASSWORD)
-    time = FakeTime()
-    connector = ConnectorApi(timeout=timeout)
-    conversation = make_conversation(
-        channel=Channel.TEAMS,
-        user_id="aad-user",
-        channel_metadata=ChannelMetadata(
-            platform_user_id="aad-user", additional_data={"connection_id": "conn-1"}
-        ),
-    )
-    inbound = teams_message(conversation, emulator.service_url, teams_bot_id=f"28:{app_id}")
-    shelf = MessageShelf(inbound)
-    async with httpx.AsyncClient() as login:
+    async with (
+        running(BotConnectorEmulator()) as emulator,
+        contextlib.aclosing(ConnectorApi(timeout=timeout)) as connector,
+        httpx.AsyncClient() as login,
+    ):
+        app_id = new_app_id()
+        emulator.add_bot(app_id, PASSWORD)
+        time = FakeTime()
+        conversation = platform_conversation(Channel.TEAMS, "aad-user")
+        inbound = teams_message(conversation, emulator.service_url, teams_bot_id=f"28:{app_id}")
+        shelf = MessageShelf(inbound)
         tokens = BotTokens(emulator.token_url, http=login, monotonic=time.monotonic)
         sender = TeamsSender(
             connector=connector,
@@ -133,11 +111,9 @@ async def _rig(
             pacer=Pacer(50.0, monotonic=time.monotonic, sleep=time.sleep),
             allow_loopback=allow_loopback,
         )
-        try:
-            yield Rig(emulator, sender, tokens, shelf, time, conversation, inbound, app_id)
-        finally:
-            await connector.aclose()
-            await emulator.stop()
+        yield Rig(
+            emulator, sender, shelf, conversation, inbound, tokens=tokens, time=time, app_id=app_id
+        )
 
 
 @pytest.fixture
@@ -342,18 +318,16 @@ async def test_a_reply_answering_no_message_goes_to_the_latest_conversation(rig:
 
 async def test_a_429_is_retried_after_the_time_teams_asks(rig: Rig) -> None:
     rig.emulator.throttle(retry_after="7")
-    with pytest.raises(DeliveryError) as raised:
-        await rig.send(MessageContent.of_text("hi"))
-    assert raised.value.retryable
-    assert raised.value.retry_after == 7.0
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert error.retryable
+    assert error.retry_after == 7.0
 
 
 @pytest.mark.parametrize("status", [412, 500, 502, 503, 504])
 async def test_documented_transient_answers_are_retried(rig: Rig, status: int) -> None:
     rig.emulator.fail(status=status)
-    with pytest.raises(DeliveryError) as raised:
-        await rig.send(MessageContent.of_text("hi"))
-    assert raised.value.retryable
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert error.retryable
 
 
 @pytest.mark.parametrize(
@@ -364,10 +338,9 @@ async def test_refusals_are_permanent_with_the_connectors_reason(
     rig: Rig, status: int, code: str
 ) -> None:
     rig.emulator.refuse(status, code, "The bot cannot post here")
-    with pytest.raises(DeliveryError) as raised:
-        await rig.send(MessageContent.of_text("hi"))
-    assert not raised.value.retryable
-    assert str(raised.value) == f"HTTP {status}: {code}: The bot cannot post here"
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert not error.retryable
+    assert str(error) == f"HTTP {status}: {code}: The bot cannot post here"
 
 
 async def test_a_cached_token_refused_is_replaced_once(rig: Rig) -> None:
@@ -381,42 +354,37 @@ async def test_a_cached_token_refused_is_replaced_once(rig: Rig) -> None:
 
 async def test_a_fresh_token_refused_is_permanent(rig: Rig) -> None:
     rig.emulator.refuse(401, "Unauthorized", "Authorization has been denied")
-    with pytest.raises(DeliveryError) as raised:
-        await rig.send(MessageContent.of_text("hi"))
-    assert not raised.value.retryable
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert not error.retryable
     assert len(rig.emulator.token_requests()) == 1
 
 
 async def test_a_connector_that_does_not_answer_in_time_is_retried() -> None:
     async with _rig(timeout=0.3) as rig:
         rig.emulator.hang(seconds=5)
-        with pytest.raises(DeliveryError) as raised:
-            await rig.send(MessageContent.of_text("hi"))
-        assert raised.value.retryable
-        assert "did not answer in time" in str(raised.value)
+        error = await rig.failure(MessageContent.of_text("hi"))
+        assert error.retryable
+        assert "did not answer in time" in str(error)
 
 
 async def test_a_wrong_password_is_permanent_and_never_quoted() -> None:
     wrong = "wrong-password-that-must-not-leak"
     async with _rig(password=wrong) as rig:
-        with pytest.raises(DeliveryError) as raised:
-            await rig.send(MessageContent.of_text("hi"))
-        assert not raised.value.retryable
-        assert "invalid_client AADSTS7000215" in str(raised.value)
-        assert wrong not in str(raised.value)
+        error = await rig.failure(MessageContent.of_text("hi"))
+        assert not error.retryable
+        assert "invalid_client AADSTS7000215" in str(error)
+        assert wrong not in str(error)
         assert rig.emulator.activities() == []
 
 
 async def test_a_failing_token_endpoint_is_retried(rig: Rig) -> None:
     rig.emulator.fail(status=503, on="token")
-    with pytest.raises(DeliveryError) as unavailable:
-        await rig.send(MessageContent.of_text("hi"))
+    unavailable = await rig.failure(MessageContent.of_text("hi"))
     rig.emulator.throttle(retry_after="3", on="token")
-    with pytest.raises(DeliveryError) as throttled:
-        await rig.send(MessageContent.of_text("hi"))
+    throttled = await rig.failure(MessageContent.of_text("hi"))
 
-    assert unavailable.value.retryable
-    assert (throttled.value.retryable, throttled.value.retry_after) == (True, 3.0)
+    assert unavailable.retryable
+    assert (throttled.retryable, throttled.retry_after) == (True, 3.0)
     assert rig.emulator.activities() == []
 
 
@@ -432,10 +400,9 @@ async def test_an_untrusted_service_url_gets_no_token(rig: Rig, service_url: str
     planted = teams_message(rig.conversation, service_url, sequence=3)
     rig.shelf.put(planted)
 
-    with pytest.raises(DeliveryError) as raised:
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi"), to=planted))
+    error = await rig.failure(MessageContent.of_text("hi"), to=planted)
 
-    assert not raised.value.retryable
+    assert not error.retryable
     assert rig.emulator.calls == []  # no token asked for, nothing posted
 
 

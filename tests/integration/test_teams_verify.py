@@ -22,13 +22,12 @@ from adapters.channels.teams import (
     WEBHOOK_SERVICE_URL_MISMATCH,
     TeamsInbound,
 )
-from chat_service.domain.connections import ChannelConnection
 from chat_service.domain.enums import Channel
 from chat_service.domain.errors import PermissionDenied, Unauthenticated, Unavailable
 from chat_service.domain.webhooks import WebhookCall
 from chat_service.ports import OpenedConnection
-from tests.builders import T0
 from tests.support.emulators.bot_connector import BotConnectorEmulator, make_key
+from tests.support.emulators.senders import opened_connection
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "webhooks" / "teams"
 APP_ID = "c9e8c047-2a74-40a2-b28a-b162d5f5327c"  # the fixtures' bot
@@ -36,20 +35,14 @@ OTHER_APP = "0b5e3a43-7c1d-4d2e-9f60-1a2b3c4d5e6f"
 
 
 def connection(app_id: str, connection_id: str) -> OpenedConnection:
-    stored = ChannelConnection(
-        connection_id=connection_id,
-        tenant_id="tenant-1",
-        channel=Channel.TEAMS,
-        account_id=app_id,
-        display_name="bot",
-        webhook_url="",
+    return opened_connection(
+        Channel.TEAMS,
+        app_id,
+        {"app_password": "pw"},
+        connection_id,
         public={"app_id": app_id},
-        secrets={"app_password": "sealed"},
-        fingerprints={"app_password": "fp"},
-        created_at=T0,
-        updated_at=T0,
+        tenant_id="tenant-1",
     )
-    return OpenedConnection(connection=stored, secrets={"app_password": "pw"})
 
 
 MINE = connection(APP_ID, "conn-mine")

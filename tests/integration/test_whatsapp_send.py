@@ -14,7 +14,8 @@ from datetime import timedelta
 
 import pytest
 
-from adapters.channels.graph_api import GraphApi, Pacer
+from adapters.channels.graph_api import GraphApi
+from adapters.channels.outbound import Pacer
 from adapters.channels.whatsapp_send import WhatsAppSender
 from chat_service.domain.channels import format_for_channel
 from chat_service.domain.content import (
@@ -26,14 +27,15 @@ from chat_service.domain.content import (
     QuickReply,
 )
 from chat_service.domain.enums import ButtonType, Channel, MessageType
-from chat_service.domain.model import Conversation, Message
 from chat_service.ports import DeliveryError
 from tests.builders import T0
+from tests.support.emulators import running
 from tests.support.emulators.graph_api import GraphApiEmulator
 from tests.support.emulators.senders import (
     FakeDirectory,
     FakeTime,
     MessageShelf,
+    SenderRig,
     SettableClock,
     bot_reply,
     opened_connection,
@@ -48,19 +50,9 @@ OUTSIDE = "outside the 24-hour customer service window: a template message is re
 
 
 @dataclasses.dataclass
-class Rig:
-    emulator: GraphApiEmulator
+class Rig(SenderRig[GraphApiEmulator, WhatsAppSender]):
     api: GraphApi
-    sender: WhatsAppSender
-    shelf: MessageShelf
     clock: SettableClock
-    conversation: Conversation
-    inbound: Message
-
-    def reply(self, content: MessageContent, sequence: int = 2) -> Message:
-        message = bot_reply(self.conversation, self.inbound, content, sequence)
-        self.shelf.put(message)
-        return message
 
     def calls(self) -> int:
         return len(self.emulator.calls)
@@ -74,33 +66,30 @@ async def _rig(
     token: str = TOKEN,
     emulator: GraphApiEmulator | None = None,
 ) -> AsyncIterator[Rig]:
-    emulator = emulator or GraphApiEmulator()
-    await emulator.start()
-    emulator.add_whatsapp_number(PHONE_ID, TOKEN)
-    api = GraphApi(emulator.base_url, timeout=timeout)
-    conversation = platform_conversation(Channel.WHATSAPP, USER)
-    inbound = user_message(conversation, T0)
-    shelf = MessageShelf(inbound)
-    clock = SettableClock(T0 + timedelta(minutes=5))
-    directory = FakeDirectory(
-        opened_connection(
-            Channel.WHATSAPP,
-            PHONE_ID,
-            {"access_token": token, "app_secret": "s", "verify_token": "v"},
+    async with (
+        running(emulator or GraphApiEmulator()) as emulator,
+        contextlib.aclosing(GraphApi(emulator.base_url, timeout=timeout)) as api,
+    ):
+        emulator.add_whatsapp_number(PHONE_ID, TOKEN)
+        conversation = platform_conversation(Channel.WHATSAPP, USER)
+        inbound = user_message(conversation, T0)
+        shelf = MessageShelf(inbound)
+        clock = SettableClock(T0 + timedelta(minutes=5))
+        directory = FakeDirectory(
+            opened_connection(
+                Channel.WHATSAPP,
+                PHONE_ID,
+                {"access_token": token, "app_secret": "s", "verify_token": "v"},
+            )
         )
-    )
-    sender = WhatsAppSender(
-        api=api,
-        directory=directory,
-        store=shelf,
-        clock=clock,
-        pacer=pacer or Pacer(1000.0),
-    )
-    try:
-        yield Rig(emulator, api, sender, shelf, clock, conversation, inbound)
-    finally:
-        await api.aclose()
-        await emulator.stop()
+        sender = WhatsAppSender(
+            api=api,
+            directory=directory,
+            store=shelf,
+            clock=clock,
+            pacer=pacer or Pacer(1000.0),
+        )
+        yield Rig(emulator, sender, shelf, conversation, inbound, api=api, clock=clock)
 
 
 @pytest.fixture
@@ -117,7 +106,7 @@ def _base() -> dict[str, str]:
 
 
 async def test_text_goes_out_with_the_bearer_token_and_its_wamid_comes_back(rig: Rig) -> None:
-    receipt = await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("Hello!")))
+    receipt = await rig.send(MessageContent.of_text("Hello!"))
 
     [call] = rig.emulator.calls
     assert call.path == f"/v23.0/{PHONE_ID}/messages"
@@ -127,13 +116,13 @@ async def test_text_goes_out_with_the_bearer_token_and_its_wamid_comes_back(rig:
         "type": "text",
         "text": {"body": "Hello!", "preview_url": False},
     }
-    assert receipt.platform_message_id == call.answer["messages"][0]["id"]
-    assert receipt.platform_message_id.startswith("wamid.")
+    assert receipt == call.answer["messages"][0]["id"]
+    assert receipt.startswith("wamid.")
 
 
 async def test_a_link_in_text_asks_for_a_preview(rig: Rig) -> None:
     text = "See https://example.com/offer"
-    await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text(text)))
+    await rig.send(MessageContent.of_text(text))
     assert rig.emulator.sent(PHONE_ID)[0]["text"] == {"body": text, "preview_url": True}
 
 
@@ -143,7 +132,7 @@ async def test_an_image_carries_its_text_as_caption(rig: Rig) -> None:
         text="Our shop",
         media=MediaContent(url="https://cdn.example.com/shop.jpg", type="image/jpeg"),
     )
-    await rig.sender.send(rig.conversation, rig.reply(content))
+    await rig.send(content)
     assert rig.emulator.sent(PHONE_ID) == [
         _base()
         | {
@@ -161,7 +150,7 @@ async def test_a_document_is_named_after_its_url(rig: Rig) -> None:
             url="https://cdn.example.com/files/invoice%2042.pdf", type="application/pdf"
         ),
     )
-    await rig.sender.send(rig.conversation, rig.reply(content))
+    await rig.send(content)
     [sent] = rig.emulator.sent(PHONE_ID)
     assert sent["document"] == {
         "link": "https://cdn.example.com/files/invoice%2042.pdf",
@@ -176,13 +165,13 @@ async def test_audio_has_no_caption_so_its_text_goes_first(rig: Rig) -> None:
         text="Listen to this",
         media=MediaContent(url="https://cdn.example.com/a.mp3", type="audio/mpeg"),
     )
-    receipt = await rig.sender.send(rig.conversation, rig.reply(content))
+    receipt = await rig.send(content)
 
     text, audio = rig.emulator.sent(PHONE_ID)
     assert text["text"]["body"] == "Listen to this"
     assert audio["audio"] == {"link": "https://cdn.example.com/a.mp3"}
     # The receipt is the call that carries what defines the message.
-    assert receipt.platform_message_id == rig.emulator.calls[-1].answer["messages"][0]["id"]
+    assert receipt == rig.emulator.calls[-1].answer["messages"][0]["id"]
 
 
 async def test_a_gif_goes_as_a_link_whatsapp_previews(rig: Rig) -> None:
@@ -191,7 +180,7 @@ async def test_a_gif_goes_as_a_link_whatsapp_previews(rig: Rig) -> None:
         text="Dancing",
         media=MediaContent(url="https://cdn.example.com/d.gif", type="image/gif", alt_text="A cat"),
     )
-    await rig.sender.send(rig.conversation, rig.reply(content))
+    await rig.send(content)
     [sent] = rig.emulator.sent(PHONE_ID)
     assert sent["text"] == {
         "body": "Dancing\n\nA cat\nhttps://cdn.example.com/d.gif",
@@ -205,7 +194,7 @@ async def test_a_location_with_text(rig: Rig) -> None:
         text="We are here",
         location=LocationContent(latitude=48.8584, longitude=2.2945, address="Champ de Mars"),
     )
-    await rig.sender.send(rig.conversation, rig.reply(content))
+    await rig.send(content)
     text, location = rig.emulator.sent(PHONE_ID)
     assert text["text"]["body"] == "We are here"
     assert location["location"] == {
@@ -221,7 +210,7 @@ async def test_up_to_three_quick_replies_are_reply_buttons(rig: Rig) -> None:
         text="Shall we?",
         quick_replies=(QuickReply("Yes", "YES"), QuickReply("No", "")),
     )
-    await rig.sender.send(rig.conversation, rig.reply(content))
+    await rig.send(content)
     [sent] = rig.emulator.sent(PHONE_ID)
     assert sent["interactive"] == {
         "type": "button",
@@ -239,7 +228,7 @@ async def test_up_to_three_quick_replies_are_reply_buttons(rig: Rig) -> None:
 async def test_more_quick_replies_are_a_list(rig: Rig) -> None:
     replies = tuple(QuickReply(f"Size {n}", f"SIZE_{n}") for n in range(36, 41))
     content = MessageContent(type=MessageType.QUICK_REPLY, quick_replies=replies)
-    await rig.sender.send(rig.conversation, rig.reply(content))
+    await rig.send(content)
     [sent] = rig.emulator.sent(PHONE_ID)
     interactive = sent["interactive"]
     assert interactive["type"] == "list"
@@ -260,7 +249,7 @@ async def test_postback_buttons_on_an_image_are_reply_buttons_under_an_image_hea
         media=MediaContent(url="https://cdn.example.com/p.png", type="image/png"),
         buttons=(Button(ButtonType.POSTBACK, "Buy", "BUY"),),
     )
-    await rig.sender.send(rig.conversation, rig.reply(content))
+    await rig.send(content)
     [sent] = rig.emulator.sent(PHONE_ID)
     assert sent["interactive"]["header"] == {
         "type": "image",
@@ -275,10 +264,9 @@ async def test_a_payload_too_long_for_whatsapp_fails_at_once_without_a_call(rig:
         text="Pick",
         quick_replies=(QuickReply("A", "x" * 300), QuickReply("B", "b")),
     )
-    with pytest.raises(DeliveryError) as caught:
-        await rig.sender.send(rig.conversation, rig.reply(content))
-    assert not caught.value.retryable
-    assert "256" in str(caught.value)
+    error = await rig.failure(content)
+    assert not error.retryable
+    assert "256" in str(error)
     assert rig.calls() == 0
 
 
@@ -301,7 +289,7 @@ async def test_a_formatted_reply_goes_out_part_by_part_in_order(rig: Rig) -> Non
     assert len(parts) >= 2
     receipts = []
     for sequence, part in enumerate(parts, start=2):
-        receipts.append(await rig.sender.send(rig.conversation, rig.reply(part, sequence)))
+        receipts.append(await rig.send(part, sequence))
 
     sent = rig.emulator.sent(PHONE_ID)
     assert len(sent) == len(parts)
@@ -312,7 +300,7 @@ async def test_a_formatted_reply_goes_out_part_by_part_in_order(rig: Rig) -> Non
     assert shown == [part.text for part in parts]  # in order, nothing lost
     assert sent[-1]["interactive"]["type"] == "button"
     assert "1. Basic" in "\n".join(shown)  # the carousel as numbered text
-    assert len({receipt.platform_message_id for receipt in receipts}) == len(parts)
+    assert len(set(receipts)) == len(parts)
 
 
 # ---------------------------------------------------------------- failures
@@ -320,55 +308,49 @@ async def test_a_formatted_reply_goes_out_part_by_part_in_order(rig: Rig) -> Non
 
 async def test_throttled_with_retry_after_is_retryable_after_that_wait(rig: Rig) -> None:
     rig.emulator.throttle(retry_after="7")
-    with pytest.raises(DeliveryError) as caught:
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi")))
-    assert caught.value.retryable
-    assert caught.value.retry_after == 7.0
-    assert "130429" in str(caught.value)
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert error.retryable
+    assert error.retry_after == 7.0
+    assert "130429" in str(error)
 
 
 async def test_the_pair_rate_limit_waits_its_documented_time(rig: Rig) -> None:
     rig.emulator.graph_error(
         131056, "(#131056) (Business Account, Consumer Account) pair rate limit hit"
     )
-    with pytest.raises(DeliveryError) as caught:
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi")))
-    assert caught.value.retryable
-    assert caught.value.retry_after == 6.0
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert error.retryable
+    assert error.retry_after == 6.0
 
 
 @pytest.mark.parametrize("text", ["", "<html>Bad Gateway</html>"])
 async def test_a_server_error_is_retryable(rig: Rig, text: str) -> None:
     rig.emulator.fail(status=502, text=text)
-    with pytest.raises(DeliveryError) as caught:
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi")))
-    assert caught.value.retryable
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert error.retryable
 
 
 async def test_no_answer_in_time_is_retryable() -> None:
     async with _rig(timeout=0.3) as rig:
         rig.emulator.hang(seconds=10)
-        with pytest.raises(DeliveryError) as caught:
-            await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi")))
-        assert caught.value.retryable
-        assert "did not answer in time" in str(caught.value)
+        error = await rig.failure(MessageContent.of_text("hi"))
+        assert error.retryable
+        assert "did not answer in time" in str(error)
 
 
 async def test_an_undeliverable_message_fails_at_once_with_its_code(rig: Rig) -> None:
     rig.emulator.graph_error(131026, "(#131026) Message Undeliverable.")
-    with pytest.raises(DeliveryError) as caught:
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi")))
-    assert not caught.value.retryable
-    assert str(caught.value) == "131026: Message Undeliverable."
+    error = await rig.failure(MessageContent.of_text("hi"))
+    assert not error.retryable
+    assert str(error) == "131026: Message Undeliverable."
 
 
 async def test_a_payload_meta_refuses_is_a_permanent_failure(rig: Rig) -> None:
     # Past what format_for_channel would ever store: Meta's 4096 binds.
     too_long = dataclasses.replace(MessageContent.of_text("x"), text="y" * 5000)
-    with pytest.raises(DeliveryError) as caught:
-        await rig.sender.send(rig.conversation, rig.reply(too_long))
-    assert not caught.value.retryable
-    assert str(caught.value).startswith("131009: Parameter value is not valid")
+    error = await rig.failure(too_long)
+    assert not error.retryable
+    assert str(error).startswith("131009: Parameter value is not valid")
 
 
 async def test_a_bad_token_never_shows_in_the_error_or_the_logs(
@@ -377,11 +359,9 @@ async def test_a_bad_token_never_shows_in_the_error_or_the_logs(
     wrong = "EAAGwrongtoken9876543210zyxwvutsrqponm"
     caplog.set_level(logging.DEBUG)
     async with _rig(token=wrong) as rig:
-        with pytest.raises(DeliveryError) as caught:
-            await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("hi")))
+        error = await rig.failure(MessageContent.of_text("hi"))
         # The emulator echoed it, as Meta once did; the error must not.
         assert wrong in str(rig.emulator.calls[0].answer)
-        error = caught.value
         assert not error.retryable
         assert str(error).startswith("190: ")
         assert wrong not in str(error)
@@ -413,10 +393,9 @@ async def test_a_retry_does_not_send_the_parts_that_went_out_again(rig: Rig) -> 
 
 async def test_outside_the_window_is_refused_without_any_call(rig: Rig) -> None:
     rig.clock.at = rig.inbound.created_at + timedelta(hours=24, seconds=1)
-    with pytest.raises(DeliveryError) as caught:
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("late")))
-    assert not caught.value.retryable
-    assert str(caught.value) == OUTSIDE
+    error = await rig.failure(MessageContent.of_text("late"))
+    assert not error.retryable
+    assert str(error) == OUTSIDE
     assert rig.calls() == 0
 
 
@@ -429,7 +408,7 @@ async def test_the_window_runs_from_the_platform_time_of_the_users_message(rig: 
     )
     rig.shelf.put(late)
     with pytest.raises(DeliveryError, match="template message is required"):
-        await rig.sender.send(rig.conversation, rig.reply(MessageContent.of_text("late")))
+        await rig.send(MessageContent.of_text("late"))
     assert rig.calls() == 0
 
 
@@ -471,9 +450,7 @@ async def test_calls_per_number_are_paced_to_the_rate() -> None:
     pacer = Pacer(4.0, monotonic=time.monotonic, sleep=time.sleep)
     async with _rig(pacer=pacer, emulator=emulator) as rig:
         for sequence in range(2, 11):
-            await rig.sender.send(
-                rig.conversation, rig.reply(MessageContent.of_text(f"n{sequence}"), sequence)
-            )
+            await rig.send(MessageContent.of_text(f"n{sequence}"), sequence)
         times = [call.at for call in emulator.calls]
         assert len(times) == 9
         assert all(b - a >= 0.25 - 1e-9 for a, b in itertools.pairwise(times))

@@ -23,6 +23,15 @@ class EngineBehaviour:
     requests: list[pb.ProcessMessageRequest] = field(default_factory=list)
     called: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def reset(self) -> None:
+        """Back to a plain, healthy engine that has heard nothing: for the
+        next test of a module that shares one engine."""
+        fresh = EngineBehaviour()
+        self.delay, self.fail_with = fresh.delay, fresh.fail_with
+        self.intent, self.escalate = fresh.intent, fresh.escalate
+        self.requests.clear()
+        self.called = fresh.called
+
 
 class _Engine(engine_service_pb2_grpc.EngineServiceServicer):
     def __init__(self, behaviour: EngineBehaviour) -> None:

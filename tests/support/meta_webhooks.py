@@ -1,7 +1,8 @@
 """Meta's webhooks (WhatsApp Cloud API, Messenger Platform) for end-to-end
 tests: payloads built from the documented fixtures
-(tests/fixtures/webhooks/), the environment that points a service at the
-Graph API emulator, and a poll for what the service does in the background.
+(tests/fixtures/webhooks/) and the environment that points a service at the
+Graph API emulator. (`eventually` lives in channel_e2e.py now; it is still
+importable from here.)
 
 Shared by the e2e tests that call HandleWebhook over gRPC
 (tests/e2e/test_webhooks.py) and through the real Envoy edge
@@ -10,20 +11,28 @@ Shared by the e2e tests that call HandleWebhook over gRPC
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
-import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from tests.support.channel_e2e import channel_secrets_key, eventually
 from tests.support.emulators.graph_api import GraphApiEmulator
 
+__all__ = [
+    "FIXTURES",
+    "digits",
+    "eventually",
+    "fixture",
+    "messenger_event",
+    "service_environment",
+    "whatsapp_status",
+    "whatsapp_text",
+]
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "webhooks"
-T = TypeVar("T")
 Document = dict[str, Any]
 
 
@@ -31,8 +40,7 @@ def service_environment(graph: GraphApiEmulator) -> dict[str, str]:
     """A service whose replies go to `graph`, with a channel secrets key of
     its own (on the MongoDB pass, a production shape, the service refuses
     to make a development key)."""
-    key = base64.b64encode(secrets.token_bytes(32)).decode()
-    return {"META_GRAPH_API_BASE_URL": graph.base_url, "CHANNEL_SECRETS_KEY": f"e2e:{key}"}
+    return graph.service_environment | {"CHANNEL_SECRETS_KEY": channel_secrets_key()}
 
 
 def digits() -> str:
@@ -90,18 +98,3 @@ def messenger_event(page_id: str, **fields: Any) -> Document:
     recipient, timestamp, message / delivery / read...) for `page_id`."""
     entry = {"id": page_id, "time": int(time.time() * 1000), "messaging": [fields]}
     return {"object": "page", "entry": [entry]}
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 15.0
-) -> T:
-    """Polls `probe` until `done` holds for what it returns (the inbox worker
-    and the delivery run in the background, after the call was answered)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout}s; last seen: {value!r}")
-        await asyncio.sleep(0.05)

@@ -118,8 +118,12 @@ def disposable_redis(tmp_path: Path) -> Iterator[RedisServer]:
 async def redis_clients(redis_server: RedisServer) -> AsyncIterator[RedisClients]:
     made: list[Redis] = []
 
-    def make(url: str | None = None, *, max_connections: int = 20) -> Redis:
-        client = connect_redis(url or redis_server.url, max_connections=max_connections)
+    def make(
+        url: str | None = None, *, max_connections: int = 20, socket_timeout: float = 1.0
+    ) -> Redis:
+        client = connect_redis(
+            url or redis_server.url, max_connections=max_connections, socket_timeout=socket_timeout
+        )
         made.append(client)
         return client
 

@@ -47,6 +47,16 @@ SQLITE_FILE_NAME = "chat.sqlite3"
 # (MONGODB_URI or REDIS_URL set), which refuse to make a key of their own.
 TEST_CHANNEL_SECRETS_KEY = "tests:" + base64.b64encode(bytes(range(32, 64))).decode()
 
+# Channel options for a client that connects before its server listens: a
+# failed connection attempt otherwise backs off for a second
+# (grpc.initial_reconnect_backoff_ms, 1000 by default), which would be
+# waited out at every start of a service that is ready well before that.
+FAST_RECONNECT = (
+    ("grpc.initial_reconnect_backoff_ms", 20),
+    ("grpc.min_reconnect_backoff_ms", 20),
+    ("grpc.max_reconnect_backoff_ms", 100),
+)
+
 
 class ServiceStore(Protocol):
     """The store of the services started on a data directory."""
@@ -179,7 +189,7 @@ class ServiceProcess:
 
     def _wait_serving(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
+        with grpc.insecure_channel(self.address, options=FAST_RECONNECT) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 assert self._process is not None

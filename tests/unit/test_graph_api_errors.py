@@ -11,7 +11,8 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from adapters.channels.graph_api import GraphApi, Pacer, delivery_error, retry_after
+from adapters.channels.graph_api import GraphApi, delivery_error, retry_after
+from adapters.channels.outbound import Pacer
 from chat_service.ports import DeliveryError
 from tests.support.emulators.graph_api import graph_error_body
 from tests.support.emulators.senders import FakeTime

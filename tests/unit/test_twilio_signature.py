@@ -153,7 +153,8 @@ def test_what_twilio_did_not_sign_is_refused_with_a_403(
             "/v1/webhooks/t/sms?key=abc&bodySHA256=00",
             "https://edge.example/v1/webhooks/t/sms?key=abc&bodySHA256=00",
         ),
-        ("https://edge.example:8443/v1/x", "/v1/y?z=1", "https://edge.example:8443/v1/y?z=1"),
+        # The configured path, never the request's (test_review_issue12.py).
+        ("https://edge.example:8443/v1/x", "/v1/y?z=1", "https://edge.example:8443/v1/x?z=1"),
         # No path from the edge: the configured URL as is.
         ("https://edge.example/v1/webhooks/t/sms", "", "https://edge.example/v1/webhooks/t/sms"),
         # A "path" that would change the host is not taken.

@@ -9,7 +9,12 @@ What they share lives here:
   port in between), with an event that ends hung calls at stop.
 - `RecordedCall`: what the emulator received, for assertions.
 - `Fault` and `Faults`: fault injection, "the next N calls answer this way"
-  (a status with a body and headers, or a hang beyond the client's timeout).
+  (a status with a body and headers, or a hang beyond the client's timeout);
+  `throttled` and `hung` make the two every platform has.
+- `PlatformEmulator`: the base of an emulator: its server, its `calls` and
+  its `faults`, and the steps each handler takes (record the call, answer
+  with the fault queued for it if any, else record and send its own answer).
+- `running`: an emulator started for a `with` block (a test's, a fixture's).
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from aiohttp import web
 
@@ -64,6 +70,18 @@ class Fault:
 
 
 PASS = Fault(status=0)
+
+
+def throttled(body: Mapping[str, Any], retry_after: str | None) -> Fault:
+    """HTTP 429 with the platform's `body`, and `Retry-After` unless None."""
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    return Fault(status=429, body=body, headers=headers)
+
+
+def hung(seconds: float, *, status: int = 503, body: Mapping[str, Any] | None = None) -> Fault:
+    """No answer for `seconds` (or until the emulator stops), then `status`:
+    a timeout for a client that waits less."""
+    return Fault(status=status, body=body, text="" if body is not None else "late", hang=seconds)
 
 
 class Faults:
@@ -130,3 +148,126 @@ async def read_json(request: web.Request) -> tuple[bytes, Any]:
         return raw, json.loads(raw)
     except ValueError:
         return raw, None
+
+
+class PlatformEmulator:
+    """What each platform emulator is built on: its aiohttp application
+    served on a loopback port, every call recorded in `calls` (with what it
+    was answered), and `faults` for the next calls. `base_setting` names the
+    service setting that points at the emulator's `base_url` (its origin
+    and `base_path`)."""
+
+    base_setting: ClassVar[str] = ""
+    base_path: ClassVar[str] = ""
+
+    def __init__(
+        self, app: web.Application, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
+        self.faults = Faults()
+        self.calls: list[RecordedCall] = []
+        self._server = EmulatorServer(app)
+
+    async def start(self) -> Self:
+        await self._server.start()
+        return self
+
+    async def stop(self) -> None:
+        await self._server.stop()
+
+    @property
+    def origin(self) -> str:
+        return self._server.origin
+
+    @property
+    def base_url(self) -> str:
+        """What the service's `base_setting` is set to."""
+        return self.origin + self.base_path
+
+    @property
+    def service_environment(self) -> dict[str, str]:
+        """The settings that point a service at this emulator."""
+        return {self.base_setting: self.base_url}
+
+    def let_through(self, times: int = 1) -> None:
+        """The next `times` calls are answered normally (to fail a later one)."""
+        self.faults.add(PASS, times)
+
+    # ------------------------------------------------- for the handlers
+
+    def _record(
+        self,
+        request: web.Request,
+        *,
+        raw: bytes,
+        body: Any,
+        query: Mapping[str, str] | None = None,
+    ) -> int:
+        """Records the call (`query`: the request's, unless the handler
+        records something else there); its index in `calls`."""
+        self.calls.append(
+            RecordedCall(
+                method=request.method,
+                path=request.path,
+                query=dict(request.query) if query is None else query,
+                headers=dict(request.headers),
+                body=body,
+                raw=raw,
+                at=self._clock(),
+            )
+        )
+        return len(self.calls) - 1
+
+    async def _arrived(
+        self, request: web.Request, *, query: Mapping[str, str] | None = None
+    ) -> tuple[int, Any, web.Response | None]:
+        """Reads and records a JSON call: its index in `calls`, its parsed
+        body, and the answer of the fault queued for it (None: none is)."""
+        raw, body = await read_json(request)
+        index = self._record(request, raw=raw, body=body, query=query)
+        return index, body, await self._injected(index)
+
+    def _answered(self, index: int, status: int, answer: Any = None) -> None:
+        self.calls[index] = replace(self.calls[index], status=status, answer=answer)
+
+    async def _injected(self, index: int, faults: Faults | None = None) -> web.Response | None:
+        """The answer of the fault queued for this call (after its hang),
+        or None to answer it normally."""
+        fault = (self.faults if faults is None else faults).take()
+        if fault is None or not fault.status:
+            return None
+        if fault.hang:
+            await self._server.hold(fault.hang)
+        self._answered(index, fault.status, fault.body)
+        return fault.response()
+
+    def _json(
+        self,
+        index: int,
+        answer: Mapping[str, Any],
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+    ) -> web.Response:
+        """Answers the call `index` with `answer` as JSON, as recorded."""
+        self._answered(index, status, answer)
+        return web.json_response(dict(answer), status=status, headers=headers)
+
+
+class _Emulator(Protocol):
+    async def start(self) -> Any: ...
+
+    async def stop(self) -> None: ...
+
+
+EmulatorT = TypeVar("EmulatorT", bound=_Emulator)
+
+
+@contextlib.asynccontextmanager
+async def running(emulator: EmulatorT) -> AsyncIterator[EmulatorT]:
+    """`emulator`, started, then stopped when the block ends."""
+    await emulator.start()
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()

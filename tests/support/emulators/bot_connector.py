@@ -43,11 +43,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.emulators import (
     PASS,
-    EmulatorServer,
     Fault,
     Faults,
+    PlatformEmulator,
     RecordedCall,
-    read_json,
+    hung,
+    throttled,
 )
 
 ISSUER = "https://api.botframework.com"
@@ -105,15 +106,12 @@ class ConnectorRefusal(Exception):
         self.body = {"error": {"code": code, "message": message}}
 
 
-class BotConnectorEmulator:
+class BotConnectorEmulator(PlatformEmulator):
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
         self._keys: list[SigningKey] = [make_key()]
         self._bots: dict[str, str] = {}  # app id -> password
         self._grants: dict[str, _Grant] = {}  # access token -> grant
-        self.faults = Faults()
         self.token_faults = Faults()
-        self.calls: list[RecordedCall] = []
         self.metadata_fetches = 0
         self.key_fetches = 0
         app = web.Application()
@@ -123,20 +121,14 @@ class BotConnectorEmulator:
         conversations = SERVICE_PATH + "/v3/conversations/{conversation}/activities"
         app.router.add_post(conversations, self._activity)
         app.router.add_post(conversations + "/{activity}", self._activity)
-        self._server = EmulatorServer(app)
+        super().__init__(app, clock=clock)
 
     # -------------------------------------------------------------- set-up
 
-    async def start(self) -> BotConnectorEmulator:
-        await self._server.start()
-        return self
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
     @property
-    def origin(self) -> str:
-        return self._server.origin
+    def service_environment(self) -> dict[str, str]:
+        """The settings that point a service's Teams side here."""
+        return {"TEAMS_OPENID_METADATA_URL": self.metadata_url, "TEAMS_TOKEN_URL": self.token_url}
 
     @property
     def metadata_url(self) -> str:
@@ -209,9 +201,8 @@ class BotConnectorEmulator:
         return self.token_faults if on == "token" else self.faults
 
     def throttle(self, times: int = 1, *, retry_after: str | None = "2", on: str = "") -> None:
-        headers = {"Retry-After": retry_after} if retry_after is not None else {}
         body = {"error": {"code": "TooManyRequests", "message": "Too many requests"}}
-        self._queue(on).add(Fault(status=429, body=body, headers=headers), times)
+        self._queue(on).add(throttled(body, retry_after), times)
 
     def fail(self, times: int = 1, *, status: int = 500, on: str = "") -> None:
         body = {"error": {"code": "ServiceError", "message": "An unexpected error occurred"}}
@@ -222,7 +213,7 @@ class BotConnectorEmulator:
         self.faults.add(Fault(status=status, body=body), times)
 
     def hang(self, times: int = 1, *, seconds: float = 30.0, on: str = "") -> None:
-        self._queue(on).add(Fault(status=503, text="late", hang=seconds), times)
+        self._queue(on).add(hung(seconds), times)
 
     def let_through(self, times: int = 1, *, on: str = "") -> None:
         self._queue(on).add(PASS, times)
@@ -266,25 +257,17 @@ class BotConnectorEmulator:
 
     async def _token(self, request: web.Request) -> web.StreamResponse:
         form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
-        call = RecordedCall(
-            method="POST",
-            path=request.path,
-            query={},
-            headers=dict(request.headers),
-            body={k: v for k, v in form.items() if k != "client_secret"},
+        index = self._record(
+            request,
             raw=b"",  # never keep the secret
-            at=self._clock(),
+            body={k: v for k, v in form.items() if k != "client_secret"},
+            query={},
         )
-        index = len(self.calls)
-        self.calls.append(call)
-        fault = self.token_faults.take()
-        if fault is not None and fault.status:
-            if fault.hang:
-                await self._server.hold(fault.hang)
-            self.calls[index] = replace(call, status=fault.status)
-            return fault.response()
+        injected = await self._injected(index, self.token_faults)
+        if injected is not None:
+            return injected
         status, answer = self._grant(form)
-        self.calls[index] = replace(call, status=status)
+        self._answered(index, status)  # not the answer: it holds the access token
         return web.json_response(answer, status=status)
 
     def _grant(self, form: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
@@ -308,36 +291,21 @@ class BotConnectorEmulator:
         }
 
     async def _activity(self, request: web.Request) -> web.StreamResponse:
-        raw, body = await read_json(request)
         conversation = request.match_info["conversation"]
         reply_to = request.match_info.get("activity", "")
-        call = RecordedCall(
-            method="POST",
-            path=request.path,
-            # The decoded path parameters, for assertions.
-            query={"conversation": conversation, "replyTo": reply_to},
-            headers=dict(request.headers),
-            body=body,
-            raw=raw,
-            at=self._clock(),
+        # The decoded path parameters as the query, for assertions.
+        index, body, injected = await self._arrived(
+            request, query={"conversation": conversation, "replyTo": reply_to}
         )
-        index = len(self.calls)
-        self.calls.append(call)
-        fault = self.faults.take()
-        if fault is not None and fault.status:
-            if fault.hang:
-                await self._server.hold(fault.hang)
-            self.calls[index] = replace(call, status=fault.status, answer=fault.body)
-            return fault.response()
+        if injected is not None:
+            return injected
         try:
-            self._authorize(call)
+            self._authorize(self.calls[index])
             _check_activity(body, conversation)
         except ConnectorRefusal as refusal:
-            self.calls[index] = replace(call, status=refusal.status, answer=refusal.body)
-            return web.json_response(refusal.body, status=refusal.status)
+            return self._json(index, refusal.body, status=refusal.status)
         answer = {"id": str(int(self._clock() * 1000)) + secrets.token_hex(2)}
-        self.calls[index] = replace(call, status=201, answer=answer)
-        return web.json_response(answer, status=201)
+        return self._json(index, answer, status=201)
 
     def _authorize(self, call: RecordedCall) -> None:
         grant = self._grants.get(call.bearer)

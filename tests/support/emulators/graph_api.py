@@ -24,18 +24,17 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from tests.support.emulators import (
-    PASS,
-    EmulatorServer,
     Fault,
-    Faults,
+    PlatformEmulator,
     RecordedCall,
-    read_json,
+    hung,
+    throttled,
 )
 
 VERSION = "v23.0"
@@ -101,31 +100,19 @@ class _Media:
     sha256: str
 
 
-class GraphApiEmulator:
+class GraphApiEmulator(PlatformEmulator):
+    base_setting = "META_GRAPH_API_BASE_URL"
+    base_path = f"/{VERSION}"
+
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
         self._accounts: dict[str, _Account] = {}
         self._media: dict[str, _Media] = {}
-        self.faults = Faults()
-        self.calls: list[RecordedCall] = []
         app = web.Application()
         app.router.add_post("/{version}/{node}/messages", self._messages)
         app.router.add_get("/{version}/{node}", self._node)
-        self._server = EmulatorServer(app)
+        super().__init__(app, clock=clock)
 
     # -------------------------------------------------------------- set-up
-
-    async def start(self) -> GraphApiEmulator:
-        await self._server.start()
-        return self
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    @property
-    def base_url(self) -> str:
-        """What META_GRAPH_API_BASE_URL is set to."""
-        return f"{self._server.origin}/{VERSION}"
 
     def add_whatsapp_number(self, phone_number_id: str, access_token: str) -> None:
         self._accounts[phone_number_id] = _Account("whatsapp", phone_number_id, access_token)
@@ -152,9 +139,8 @@ class GraphApiEmulator:
         self, times: int = 1, *, retry_after: str | None = "2", code: int = 130429
     ) -> None:
         """HTTP 429 with a throttling code (and Retry-After unless None)."""
-        headers = {"Retry-After": retry_after} if retry_after is not None else {}
         body = graph_error_body(code, f"(#{code}) Rate limit hit")
-        self.faults.add(Fault(status=429, body=body, headers=headers), times)
+        self.faults.add(throttled(body, retry_after), times)
 
     def fail(self, times: int = 1, *, status: int = 500, text: str = "") -> None:
         """A server error: a bare status with a text body (a proxy's), or
@@ -165,13 +151,9 @@ class GraphApiEmulator:
             body = graph_error_body(2, "An unexpected error has occurred. Please retry later.")
             self.faults.add(Fault(status=status, body=body), times)
 
-    def let_through(self, times: int = 1) -> None:
-        """The next `times` calls are answered normally (to fail a later one)."""
-        self.faults.add(PASS, times)
-
     def hang(self, times: int = 1, *, seconds: float = 30.0) -> None:
-        """Hold the call `seconds` (or until stop) before answering 200."""
-        self.faults.add(Fault(status=503, text="late", hang=seconds), times)
+        """Hold the call `seconds` (or until stop) before answering 503."""
+        self.faults.add(hung(seconds), times)
 
     def graph_error(
         self,
@@ -219,33 +201,16 @@ class GraphApiEmulator:
         request: web.Request,
         handle: Callable[[web.Request, Any], dict[str, Any]],
     ) -> web.StreamResponse:
-        raw, body = await read_json(request)
-        call = RecordedCall(
-            method=request.method,
-            path=request.path,
-            query=dict(request.query),
-            headers=dict(request.headers),
-            body=body,
-            raw=raw,
-            at=self._clock(),
-        )
-        index = len(self.calls)
-        self.calls.append(call)
-        fault = self.faults.take()
-        if fault is not None and fault.status:
-            if fault.hang:
-                await self._server.hold(fault.hang)
-            self.calls[index] = replace(call, status=fault.status, answer=fault.body)
-            return fault.response()
+        index, body, injected = await self._arrived(request)
+        if injected is not None:
+            return injected
         try:
             if not _VERSION.fullmatch(request.match_info["version"]):
                 raise GraphApiRefusal(400, 2500, "Unknown path components")
             answer = handle(request, body)
         except GraphApiRefusal as refusal:
-            self.calls[index] = replace(call, status=refusal.status, answer=refusal.body)
-            return web.json_response(refusal.body, status=refusal.status, headers=refusal.headers)
-        self.calls[index] = replace(call, status=200, answer=answer)
-        return web.json_response(answer)
+            return self._json(index, refusal.body, status=refusal.status, headers=refusal.headers)
+        return self._json(index, answer)
 
     def _account(self, request: web.Request, body: Any) -> _Account:
         token = _token(request, body)

@@ -1,21 +1,28 @@
 """What the channel sender tests put around the real sender and the real
-emulator: a connection directory, the store's two reads the window check
-makes, a settable clock, fake time for pacing, and builders for a platform
-conversation with the user's message and a reply to it."""
+emulator: a connection directory, the store's two reads a sender makes, a
+settable clock, fake time for pacing, builders for a platform conversation
+with the user's message and a reply to it, and `SenderRig`, the base of
+each platform's rig (the sender, its emulator, the conversation)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Generic, TypeVar
+
+import pytest
 
 from chat_service.domain.connections import ChannelConnection
 from chat_service.domain.content import MessageContent
 from chat_service.domain.enums import Channel, DeliveryStatus, MessageRole
 from chat_service.domain.model import ChannelMetadata, Conversation, Message
-from chat_service.ports import OpenedConnection
+from chat_service.ports import ChannelSender, DeliveryError, OpenedConnection
 from tests.builders import T0, TENANT, make_conversation, make_message
+
+EmulatorT = TypeVar("EmulatorT")
+SenderT = TypeVar("SenderT", bound=ChannelSender)
 
 
 class FakeDirectory:
@@ -102,17 +109,28 @@ class FakeTime:
 
 
 def opened_connection(
-    channel: Channel, account_id: str, secrets: dict[str, str], connection_id: str = "conn-1"
+    channel: Channel,
+    account_id: str,
+    secrets: dict[str, str],
+    connection_id: str = "conn-1",
+    *,
+    public: Mapping[str, str] | None = None,
+    tenant_id: str = TENANT,
 ) -> OpenedConnection:
-    field_name = "phone_number_id" if channel is Channel.WHATSAPP else "page_id"
+    """A connection as the directory hands it out: `secrets` opened.
+    `public` defaults to Meta's (the account id as phone_number_id, or
+    page_id)."""
+    if public is None:
+        field_name = "phone_number_id" if channel is Channel.WHATSAPP else "page_id"
+        public = {field_name: account_id}
     connection = ChannelConnection(
         connection_id=connection_id,
-        tenant_id=TENANT,
+        tenant_id=tenant_id,
         channel=channel,
         account_id=account_id,
         display_name="test",
         webhook_url="",
-        public={field_name: account_id},
+        public=dict(public),
         secrets=dict.fromkeys(secrets, "sealed"),
         fingerprints=dict.fromkeys(secrets, "fp"),
         created_at=T0,
@@ -149,3 +167,39 @@ def bot_reply(
         delivery_status=DeliveryStatus.PENDING,
         reply_to_message_id=answered.message_id if answered else "",
     )
+
+
+async def failure(sending: Awaitable[object]) -> DeliveryError:
+    """The DeliveryError `sending` raises (the test fails if it raises none)."""
+    with pytest.raises(DeliveryError) as caught:
+        await sending
+    return caught.value
+
+
+@dataclass
+class SenderRig(Generic[EmulatorT, SenderT]):
+    """A real sender and the emulator it sends to, the conversation and the
+    user's message a reply answers (in `shelf`, the store's reads)."""
+
+    emulator: EmulatorT
+    sender: SenderT
+    shelf: MessageShelf
+    conversation: Conversation
+    inbound: Message
+
+    def reply(
+        self, content: MessageContent, sequence: int = 2, *, to: Message | None = None
+    ) -> Message:
+        """A stored bot reply answering `to` (the user's message by default)."""
+        message = bot_reply(self.conversation, to or self.inbound, content, sequence)
+        self.shelf.put(message)
+        return message
+
+    async def send(self, content: MessageContent, sequence: int = 2) -> str:
+        """Sends a reply of `content`; the receipt's platform message id."""
+        receipt = await self.sender.send(self.conversation, self.reply(content, sequence))
+        return receipt.platform_message_id
+
+    async def failure(self, content: MessageContent, *, to: Message | None = None) -> DeliveryError:
+        """Sends a reply of `content`; the DeliveryError it fails with."""
+        return await failure(self.sender.send(self.conversation, self.reply(content, to=to)))

@@ -24,12 +24,12 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from tests.support.emulators import EmulatorServer, Fault, Faults, RecordedCall, read_json
+from tests.support.emulators import Fault, PlatformEmulator, hung, throttled
 
 MAX_TEXT = 40_000
 MAX_BLOCKS = 50
@@ -73,31 +73,19 @@ class PostedMessage:
     payload: Mapping[str, Any]
 
 
-class SlackApiEmulator:
+class SlackApiEmulator(PlatformEmulator):
+    base_setting = "SLACK_API_BASE_URL"
+    base_path = "/api"
+
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
         self._workspaces: dict[str, _Workspace] = {}
         self._posted: list[PostedMessage] = []
         self._ts = itertools.count(1)
-        self.faults = Faults()
-        self.calls: list[RecordedCall] = []
         app = web.Application()
         app.router.add_post("/api/{method}", self._method)
-        self._server = EmulatorServer(app)
+        super().__init__(app, clock=clock)
 
     # -------------------------------------------------------------- set-up
-
-    async def start(self) -> SlackApiEmulator:
-        await self._server.start()
-        return self
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    @property
-    def base_url(self) -> str:
-        """What SLACK_API_BASE_URL is set to."""
-        return f"{self._server.origin}/api"
 
     def add_workspace(self, team_id: str, bot_token: str, bot_user_id: str = "U0LAN0Z89") -> None:
         self._workspaces[team_id] = _Workspace(team_id, bot_token, bot_user_id)
@@ -110,9 +98,7 @@ class SlackApiEmulator:
 
     def ratelimit(self, times: int = 1, *, retry_after: str | None = "3") -> None:
         """HTTP 429 with `ratelimited` (and Retry-After unless None)."""
-        headers = {"Retry-After": retry_after} if retry_after is not None else {}
-        body = {"ok": False, "error": "ratelimited"}
-        self.faults.add(Fault(status=429, body=body, headers=headers), times)
+        self.faults.add(throttled({"ok": False, "error": "ratelimited"}, retry_after), times)
 
     def error(self, code: str, times: int = 1) -> None:
         """HTTP 200 with `ok: false` and `code` (channel_not_found...)."""
@@ -124,7 +110,7 @@ class SlackApiEmulator:
     def hang(self, seconds: float, times: int = 1) -> None:
         """No answer for `seconds` (or until the emulator stops): a timeout."""
         body = {"ok": False, "error": "request_timeout"}
-        self.faults.add(Fault(status=504, body=body, hang=seconds), times)
+        self.faults.add(hung(seconds, status=504, body=body), times)
 
     # ---------------------------------------------------------- recordings
 
@@ -135,33 +121,16 @@ class SlackApiEmulator:
     # ------------------------------------------------------------ handlers
 
     async def _method(self, request: web.Request) -> web.StreamResponse:
-        raw, body = await read_json(request)
-        call = RecordedCall(
-            method=request.method,
-            path=request.path,
-            query=dict(request.query),
-            headers=dict(request.headers),
-            body=body,
-            raw=raw,
-            at=self._clock(),
-        )
-        index = len(self.calls)
-        self.calls.append(call)
-        fault = self.faults.take()
-        if fault is not None and fault.status:
-            if fault.hang:
-                await self._server.hold(fault.hang)
-            self.calls[index] = replace(call, status=fault.status, answer=fault.body)
-            return fault.response()
+        index, body, injected = await self._arrived(request)
+        if injected is not None:
+            return injected
         try:
             if request.match_info["method"] != "chat.postMessage":
                 raise SlackRefusal("unknown_method")
             answer = self._post_message(request, body)
         except SlackRefusal as refusal:
-            self.calls[index] = replace(call, status=200, answer=refusal.body)
-            return web.json_response(refusal.body)
-        self.calls[index] = replace(call, status=200, answer=answer)
-        return web.json_response(answer)
+            return self._json(index, refusal.body)  # HTTP 200, as Slack answers errors
+        return self._json(index, answer)
 
     def _workspace(self, request: web.Request) -> _Workspace:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")

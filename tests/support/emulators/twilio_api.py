@@ -29,7 +29,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -37,7 +37,7 @@ import httpx
 from aiohttp import BasicAuth, web
 
 from adapters.channels.twilio import sign
-from tests.support.emulators import EmulatorServer, Fault, Faults, RecordedCall
+from tests.support.emulators import Fault, PlatformEmulator, hung, throttled
 
 MAX_BODY = 1600
 MAX_MEDIA = 10
@@ -78,32 +78,19 @@ class _Account:
     numbers: set[str]
 
 
-class TwilioApiEmulator:
+class TwilioApiEmulator(PlatformEmulator):
+    base_setting = "TWILIO_API_BASE_URL"
+
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
         self._accounts: dict[str, _Account] = {}
         self._unsubscribed: set[tuple[str, str]] = set()  # (from, to)
         self._sent: list[SentMessage] = []
         self._ids = itertools.count(1)
-        self.faults = Faults()
-        self.calls: list[RecordedCall] = []
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._messages)
-        self._server = EmulatorServer(app)
+        super().__init__(app, clock=clock)
 
     # -------------------------------------------------------------- set-up
-
-    async def start(self) -> TwilioApiEmulator:
-        await self._server.start()
-        return self
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    @property
-    def base_url(self) -> str:
-        """What TWILIO_API_BASE_URL is set to."""
-        return self._server.origin
 
     def add_account(self, account_sid: str, auth_token: str, *numbers: str) -> None:
         account = self._accounts.setdefault(account_sid, _Account(account_sid, auth_token, set()))
@@ -118,9 +105,8 @@ class TwilioApiEmulator:
 
     def ratelimit(self, times: int = 1, *, retry_after: str | None = "2") -> None:
         """HTTP 429 with code 20429 (and Retry-After unless None)."""
-        headers = {"Retry-After": retry_after} if retry_after is not None else {}
         body = TwilioRefusal(20429, "Too Many Requests", 429).body
-        self.faults.add(Fault(status=429, body=body, headers=headers), times)
+        self.faults.add(throttled(body, retry_after), times)
 
     def error(self, code: int, status: int = 400, times: int = 1) -> None:
         """An error answer with Twilio's `code` (21211, 21610, ...)."""
@@ -132,7 +118,7 @@ class TwilioApiEmulator:
 
     def hang(self, seconds: float, times: int = 1) -> None:
         """No answer for `seconds` (or until the emulator stops): a timeout."""
-        self.faults.add(Fault(status=504, text="timeout", hang=seconds), times)
+        self.faults.add(hung(seconds, status=504), times)
 
     # ---------------------------------------------------------- recordings
 
@@ -148,30 +134,15 @@ class TwilioApiEmulator:
             form = tuple(parse_qsl(raw.decode(), keep_blank_values=True, strict_parsing=bool(raw)))
         except (UnicodeDecodeError, ValueError):
             form = ()
-        call = RecordedCall(
-            method=request.method,
-            path=request.path,
-            query=dict(request.query),
-            headers=dict(request.headers),
-            body=list(form),
-            raw=raw,
-            at=self._clock(),
-        )
-        index = len(self.calls)
-        self.calls.append(call)
-        fault = self.faults.take()
-        if fault is not None and fault.status:
-            if fault.hang:
-                await self._server.hold(fault.hang)
-            self.calls[index] = replace(call, status=fault.status, answer=fault.body)
-            return fault.response()
+        index = self._record(request, raw=raw, body=list(form))
+        injected = await self._injected(index)
+        if injected is not None:
+            return injected
         try:
             answer = self._create(request, form)
         except TwilioRefusal as refusal:
-            self.calls[index] = replace(call, status=refusal.status, answer=refusal.body)
-            return web.json_response(refusal.body, status=refusal.status)
-        self.calls[index] = replace(call, status=201, answer=answer)
-        return web.json_response(answer, status=201)
+            return self._json(index, refusal.body, status=refusal.status)
+        return self._json(index, answer, status=201)
 
     def _create(self, request: web.Request, form: tuple[tuple[str, str], ...]) -> dict[str, Any]:
         account = self._account(request)

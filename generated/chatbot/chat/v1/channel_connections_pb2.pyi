@@ -82,8 +82,9 @@ class ChannelConnection(_message.Message):
     webhook_url: _builtins.str
     """The public https URL the platform calls (at most 2,048 characters).
     Required for sms and voice: Twilio signs this exact URL, so it must be
-    what the Twilio console calls (its path must reach the edge unchanged).
-    Optional for the other platforms.
+    what the Twilio console calls (the signature is checked against it,
+    with the query string of the actual request). Optional for the other
+    platforms.
     """
     webhook_path: _builtins.str
     """Output only. The path to give the platform as its webhook (behind the
