@@ -84,9 +84,12 @@ class LocalServer(ABC):
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
+            # A loaded machine (two test workers beside the MongoDB pass) can
+            # keep a server's shutdown (nx-27017 is pure Python) past the
+            # timeout: once killed it is down all the same, which is what
+            # the callers (outage tests among them) need.
             process.kill()
             process.wait()
-            raise
 
     def kill(self) -> None:
         """SIGKILL: the server dies as in a crash."""
