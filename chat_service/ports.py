@@ -198,11 +198,15 @@ class ConversationStore(Protocol):
         event: DomainEvent | None = None,
         *,
         platform_message_id: str = "",
+        channel_data: Mapping[str, str | int | bool] | None = None,
     ) -> bool:
         """Move a message's delivery status forward (never backwards; FAILED and
         READ are final), writing `event` with it. Returns whether it moved.
         A non-empty `platform_message_id` (the platform's id for the sent
-        message) is recorded in the message's channel_metadata with it."""
+        message) is recorded in the message's channel_metadata with it, and
+        `channel_data` (what the platform call told, e.g. SMS segments) is
+        merged into its channel_metadata.additional_data, in the same write
+        and only if the status moved."""
         ...
 
     async def find_by_platform_id(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -207,6 +207,7 @@ class InMemoryStore:
         event: DomainEvent | None = None,
         *,
         platform_message_id: str = "",
+        channel_data: Mapping[str, str | int | bool] | None = None,
     ) -> bool:
         await asyncio.sleep(0)  # as real I/O would
         message = self._messages.get((tenant_id, message_id))
@@ -215,6 +216,9 @@ class InMemoryStore:
         metadata = message.channel_metadata
         if platform_message_id:
             metadata = dataclasses.replace(metadata, platform_message_id=platform_message_id)
+        if channel_data:
+            merged = {**metadata.additional_data, **channel_data}
+            metadata = dataclasses.replace(metadata, additional_data=merged)
         self._messages[(tenant_id, message_id)] = dataclasses.replace(
             message, delivery_status=status, channel_metadata=metadata
         )

@@ -26,8 +26,9 @@ few, in order), sent with the REST API (twilio_api.py).
   take incoming messages either).
 - Segments (domain/sms_segments.py): the receipt's metadata records how
   many segments the text takes and its encoding (`sms_segments`,
-  `sms_encoding`), on the SENT delivery event; `mms: true` for MMS, which
-  carriers do not segment.
+  `sms_encoding`); the delivery queue records it on the SENT delivery event
+  and in the message's channel_metadata.additional_data. `mms: true` for
+  MMS, which carriers do not segment.
 - Pacing: none here. Twilio queues what a number cannot send at once and
   sends it at the number's rate, for up to 4 hours
   (https://www.twilio.com/docs/messaging/guides/scaling-queueing-latency).

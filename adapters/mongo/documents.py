@@ -172,14 +172,6 @@ def delivery_free(owner: str, now_us: int) -> Document:
     }
 
 
-def platform_id_update(platform_message_id: str) -> Document:
-    """The update recording the platform's id for a sent message (none for
-    an empty id); the rest of its channel metadata stays as it is."""
-    if not platform_message_id:
-        return {}
-    return {"channel_metadata.platform_message_id": platform_message_id}
-
-
 def record_document(record: IdempotencyRecord, *, stored_at: datetime, version: int) -> Document:
     """`stored_at` (a BSON date) drives the TTL index; `version` is the
     conversation version of the write that saved it, so that a late repeat of

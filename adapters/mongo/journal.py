@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 
 from pymongo import ReturnDocument
@@ -80,7 +80,6 @@ from adapters.mongo.documents import (
     Keys,
     fence_admits,
     outbox_document,
-    platform_id_update,
 )
 from adapters.mongo.errors import first_failed_index, is_duplicate_key
 from adapters.mongo.filters import all_of
@@ -88,6 +87,7 @@ from adapters.mongo.positions import PositionRegistry
 from adapters.mongo.recovery import Recovery
 from adapters.mongo.schema import Collection, Database
 from adapters.storage.changes import already_exists
+from adapters.storage.sent import sent_metadata_paths
 from adapters.storage.times import now_micros
 from chat_service.domain.enums import DeliveryStatus
 from chat_service.domain.serialization import Document
@@ -152,8 +152,9 @@ class Journal:
         event: Document | None,
         *,
         platform_message_id: str = "",
+        channel_data: Mapping[str, str | int | bool] | None = None,
     ) -> bool:
-        recorded = platform_id_update(platform_message_id)
+        recorded = sent_metadata_paths(platform_message_id, channel_data)
         moved = await self._move_status(
             tenant_id,
             message_id,

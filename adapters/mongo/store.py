@@ -125,6 +125,7 @@ class ChangeWrites(Protocol):
         event: Document | None,
         *,
         platform_message_id: str = "",
+        channel_data: Mapping[str, str | int | bool] | None = None,
     ) -> bool: ...
 
     async def requeue_delivery(
@@ -349,10 +350,13 @@ class MongoStore:
         event: DomainEvent | None = None,
         *,
         platform_message_id: str = "",
+        channel_data: Mapping[str, str | int | bool] | None = None,
     ) -> bool:
         self._check_open()
         return await self._run_to_end(
-            self._update_delivery_status(tenant_id, message_id, status, event, platform_message_id)
+            self._update_delivery_status(
+                tenant_id, message_id, status, event, platform_message_id, channel_data
+            )
         )
 
     async def find_by_platform_id(
@@ -416,6 +420,7 @@ class MongoStore:
         status: DeliveryStatus,
         event: DomainEvent | None,
         platform_message_id: str,
+        channel_data: Mapping[str, str | int | bool] | None,
     ) -> bool:
         with translated_errors("update_delivery_status"):
             return await self._writes.advance_delivery_status(
@@ -424,6 +429,7 @@ class MongoStore:
                 status,
                 None if event is None else event_to_dict(event),
                 platform_message_id=platform_message_id,
+                channel_data=channel_data,
             )
 
     async def _requeue_delivery(

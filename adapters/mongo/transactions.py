@@ -40,12 +40,12 @@ from adapters.mongo.documents import (
     Keys,
     fence_admits,
     outbox_document,
-    platform_id_update,
 )
 from adapters.mongo.errors import first_failed_index, is_duplicate_key
 from adapters.mongo.filters import all_of
 from adapters.mongo.schema import Collection, Database
 from adapters.storage.changes import already_exists, stale_version
+from adapters.storage.sent import sent_metadata_paths
 from chat_service.domain.enums import DeliveryStatus
 from chat_service.domain.serialization import Document
 from chat_service.ports import DuplicateMessage
@@ -112,13 +112,14 @@ class TransactionalWrites:
         event: Document | None,
         *,
         platform_message_id: str = "",
+        channel_data: Mapping[str, str | int | bool] | None = None,
     ) -> bool:
         moved = await self._move_status(
             tenant_id,
             message_id,
             status,
             event,
-            platform_id_update(platform_message_id),
+            sent_metadata_paths(platform_message_id, channel_data),
             DeliveryStatus.can_advance_to,
         )
         return moved is not None

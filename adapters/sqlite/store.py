@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -210,10 +210,11 @@ class SqliteStore:
         event: DomainEvent | None = None,
         *,
         platform_message_id: str = "",
+        channel_data: Mapping[str, str | int | bool] | None = None,
     ) -> bool:
         return await self._write(
             lambda c: advance_delivery_status(
-                c, tenant_id, message_id, status, event, platform_message_id
+                c, tenant_id, message_id, status, event, platform_message_id, channel_data
             )
         )
 

@@ -7,8 +7,9 @@ status move ends one)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from adapters.sqlite.rows import (
@@ -20,6 +21,7 @@ from adapters.sqlite.rows import (
     record_params,
 )
 from adapters.storage.changes import already_exists, stale_version
+from adapters.storage.sent import sent_metadata_patch
 from chat_service.domain.enums import DeliveryStatus
 from chat_service.domain.event_codec import event_to_dict
 from chat_service.domain.events import DomainEvent
@@ -131,6 +133,7 @@ def advance_delivery_status(
     status: DeliveryStatus,
     event: DomainEvent | None,
     platform_message_id: str = "",
+    channel_data: Mapping[str, str | int | bool] | None = None,
 ) -> bool:
     events = _event_rows(() if event is None else (event,))
     row = connection.execute(
@@ -139,8 +142,11 @@ def advance_delivery_status(
     ).fetchone()
     if row is None or not DeliveryStatus(row["delivery_status"]).can_advance_to(status):
         return False
-    if platform_message_id:
-        connection.execute(_RECORD_SENT, (status.value, platform_message_id, tenant_id, message_id))
+    recorded = sent_metadata_patch(platform_message_id, channel_data)
+    if recorded:
+        connection.execute(
+            _RECORD_SENT, (status.value, json.dumps(recorded), tenant_id, message_id)
+        )
     else:
         connection.execute(
             "UPDATE messages SET delivery_status = ?,"
@@ -152,13 +158,14 @@ def advance_delivery_status(
     return True
 
 
-# The status and the platform's id in one statement; json_set keeps the rest
-# of the channel metadata as it is. Like every move of the delivery status,
-# it ends the reply's delivery lease.
+# The status and what the platform told about the sent message in one
+# statement; json_patch (RFC 7396 merge) keeps the rest of the channel
+# metadata, additional_data's other keys included, as it is. Like every move
+# of the delivery status, it ends the reply's delivery lease.
 _RECORD_SENT = """
 UPDATE messages SET
     delivery_status = ?,
-    channel_metadata = json_set(channel_metadata, '$.platform_message_id', ?),
+    channel_metadata = json_patch(channel_metadata, ?),
     delivery_owner = NULL, delivery_until = NULL
 WHERE tenant_id = ? AND message_id = ?
 """

@@ -63,7 +63,7 @@ from typing import TypeVar
 
 from chat_service.domain.enums import Channel, DeliveryStatus
 from chat_service.domain.events import delivery_updated
-from chat_service.domain.model import Conversation, JsonObject, Message
+from chat_service.domain.model import ChannelMetadata, Conversation, JsonObject, Message
 from chat_service.ports import (
     ChannelSender,
     Clock,
@@ -424,6 +424,7 @@ class DeliveryQueue:
                     DeliveryStatus.SENT,
                     _sent_metadata(receipt),
                     platform_message_id=receipt.platform_message_id,
+                    channel_data=receipt.metadata,
                 )
                 return
 
@@ -528,6 +529,7 @@ class DeliveryQueue:
         metadata: JsonObject,
         *,
         platform_message_id: str = "",
+        channel_data: Mapping[str, str | int | bool] | None = None,
     ) -> None:
         """Records the outcome, trying again (a few times) while the store is
         unavailable: a SENT left unrecorded is sent again at the next start."""
@@ -541,6 +543,7 @@ class DeliveryQueue:
                     status,
                     event,
                     platform_message_id=platform_message_id,
+                    channel_data=channel_data,
                 )
             except StoreUnavailable:
                 if attempt == self._policy.attempts:
@@ -554,11 +557,13 @@ class DeliveryQueue:
                 attempt += 1
             else:
                 if moved:
-                    if platform_message_id:
-                        metadata_now = replace(
-                            message.channel_metadata, platform_message_id=platform_message_id
+                    if platform_message_id or channel_data:
+                        message = replace(
+                            message,
+                            channel_metadata=_with_sent(
+                                message.channel_metadata, platform_message_id, channel_data
+                            ),
                         )
-                        message = replace(message, channel_metadata=metadata_now)
                     self._notify(message, status)
                 return
 
@@ -568,6 +573,19 @@ class DeliveryQueue:
                 listener(message, status)
             except Exception:
                 log.exception("delivery listener failed")
+
+
+def _with_sent(
+    metadata: ChannelMetadata,
+    platform_message_id: str,
+    channel_data: Mapping[str, str | int | bool] | None,
+) -> ChannelMetadata:
+    """The channel metadata as update_delivery_status recorded it."""
+    if platform_message_id:
+        metadata = replace(metadata, platform_message_id=platform_message_id)
+    if channel_data:
+        metadata = replace(metadata, additional_data={**metadata.additional_data, **channel_data})
+    return metadata
 
 
 def _sent_metadata(receipt: DeliveryReceipt) -> JsonObject:

@@ -29,6 +29,7 @@ from chatbot.chat.v1 import chat_service_pb2_grpc, resources_pb2
 from adapters.channels.twilio import sign, url_with_body_hash
 from chat_service.domain.connections import webhook_path
 from chat_service.domain.enums import Channel
+from chat_service.domain.sms_segments import count_segments
 from tests.e2e.requests import TenantClient, client_for
 from tests.support.channel_e2e import (
     edge_client,
@@ -253,6 +254,10 @@ async def test_an_sms_is_answered_through_the_api_and_reported_delivered(
     assert inbound.channel_metadata.platform_user_id == user
     assert reply.channel_metadata.platform_message_id == sent.sid
     assert reply.delivery_status == resources_pb2.DELIVERY_STATUS_SENT
+    # The carrier's count for what was sent, on the message (issue 12).
+    counted = count_segments(sent.body)
+    assert reply.channel_metadata.additional_data["sms_segments"] == counted.segments
+    assert reply.channel_metadata.additional_data["sms_encoding"] == counted.encoding
 
     reported = await line.report(sent, "delivered")
 

@@ -339,7 +339,7 @@ async def test_a_retry_after_a_failed_second_message_does_not_resend_the_first(r
 # ------------------------------------------------------- through the queue
 
 
-async def test_the_segments_are_recorded_on_the_sent_delivery_event(rig: Rig) -> None:
+async def test_the_segments_are_recorded_on_the_sent_event_and_the_message(rig: Rig) -> None:
     store = InMemoryStore()
     queue = DeliveryQueue(store=store, senders={Channel.SMS: rig.sender}, clock=SteppingClock(T0))
     conversation = rig.conversation()
@@ -358,3 +358,6 @@ async def test_the_segments_are_recorded_on_the_sent_delivery_event(rig: Rig) ->
     stored = await store.get_message(reply.tenant_id, reply.message_id)
     assert stored is not None
     assert stored.delivery_status is DeliveryStatus.SENT
+    # ...and on the message itself, where a reader of the conversation sees it.
+    assert stored.channel_metadata.additional_data["sms_segments"] == 2
+    assert stored.channel_metadata.additional_data["sms_encoding"] == "GSM-7"

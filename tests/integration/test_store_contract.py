@@ -669,6 +669,44 @@ async def test_sending_records_the_platform_id_with_the_status(store: Conversati
     )
 
 
+async def test_sending_merges_what_the_platform_told_into_the_channel_data(
+    store: ConversationStore,
+) -> None:
+    # SMS: the carrier's segment count lands in the message's channel
+    # metadata (issue 12), beside what the inbound path put there.
+    conversation, [reply] = await _replies(store)
+    told = {"sms_segments": 2, "sms_encoding": "UCS-2", "mms": False}
+
+    assert not await store.update_delivery_status(  # not forward: records nothing
+        TENANT, reply.message_id, DeliveryStatus.PENDING, channel_data={"sms_segments": 9}
+    )
+    assert await store.update_delivery_status(
+        TENANT,
+        reply.message_id,
+        DeliveryStatus.SENT,
+        platform_message_id="SM-out-1",
+        channel_data=told,
+    )
+
+    expected = dataclasses.replace(
+        reply,
+        delivery_status=DeliveryStatus.SENT,
+        channel_metadata=dataclasses.replace(
+            reply.channel_metadata,
+            platform_message_id="SM-out-1",
+            additional_data={"connection_id": "conn-1", **told},
+        ),
+    )
+    assert await store.get_message(TENANT, reply.message_id) == expected
+    listed = await store.list_messages(TENANT, conversation.conversation_id, limit=10)
+    assert listed[-1] == expected
+    # A later move with no channel data keeps it.
+    assert await store.update_delivery_status(TENANT, reply.message_id, DeliveryStatus.DELIVERED)
+    stored = await store.get_message(TENANT, reply.message_id)
+    assert stored is not None
+    assert stored.channel_metadata == expected.channel_metadata
+
+
 async def test_a_reply_is_found_by_its_platform_id_in_its_tenant_and_channel(
     store: ConversationStore,
 ) -> None:

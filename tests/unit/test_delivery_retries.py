@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 
 import pytest
@@ -304,12 +304,18 @@ class FlakyStore(InMemoryStore):
         event: DomainEvent | None = None,
         *,
         platform_message_id: str = "",
+        channel_data: Mapping[str, str | int | bool] | None = None,
     ) -> bool:
         if self.outages:
             self.outages -= 1
             raise StoreUnavailable("down for a moment")
         return await super().update_delivery_status(
-            tenant_id, message_id, status, event, platform_message_id=platform_message_id
+            tenant_id,
+            message_id,
+            status,
+            event,
+            platform_message_id=platform_message_id,
+            channel_data=channel_data,
         )
 
 

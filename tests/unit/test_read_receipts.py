@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import pytest
 
@@ -36,6 +36,7 @@ class FlakyStore(InMemoryStore):
         event: DomainEvent | None = None,
         *,
         platform_message_id: str = "",
+        channel_data: Mapping[str, str | int | bool] | None = None,
     ) -> bool:
         hook, self.before_update = self.before_update, None  # runs once
         if hook is not None:
@@ -44,7 +45,12 @@ class FlakyStore(InMemoryStore):
         if self.updates == self.fail_on:
             raise StoreUnavailable("disk gone")
         return await super().update_delivery_status(
-            tenant_id, message_id, status, event, platform_message_id=platform_message_id
+            tenant_id,
+            message_id,
+            status,
+            event,
+            platform_message_id=platform_message_id,
+            channel_data=channel_data,
         )
 
 
