@@ -675,7 +675,7 @@ async def test_sending_merges_what_the_platform_told_into_the_channel_data(
     # SMS: the carrier's segment count lands in the message's channel
     # metadata (issue 12), beside what the inbound path put there.
     conversation, [reply] = await _replies(store)
-    told = {"sms_segments": 2, "sms_encoding": "UCS-2", "mms": False}
+    told: dict[str, str | int | bool] = {"sms_segments": 2, "sms_encoding": "UCS-2", "mms": False}
 
     assert not await store.update_delivery_status(  # not forward: records nothing
         TENANT, reply.message_id, DeliveryStatus.PENDING, channel_data={"sms_segments": 9}
