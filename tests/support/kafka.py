@@ -133,18 +133,13 @@ class ConsumedEvent:
 
 
 async def read_events(
-    bootstrap_servers: str,
-    topic: str,
-    *,
-    at_least: int,
-    timeout: float = 10.0,
-    idle_timeout: float | None = None,
+    bootstrap_servers: str, topic: str, *, at_least: int, timeout: float = 10.0
 ) -> list[ConsumedEvent]:
     """Every record of `topic` from the beginning: reads until it has at least
     `at_least` records and has reached the end of every partition, or until
-    `timeout` seconds passed, or `idle_timeout` seconds without a new record
-    (then returns what it has; the caller's count check fails). Records are
-    in partition order, each partition's in offset order."""
+    `timeout` seconds passed (then returns what it has; the caller's count
+    check fails). Records are in partition order, each partition's in
+    offset order."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
@@ -159,14 +154,10 @@ async def read_events(
         await consumer.seek_to_beginning(*partitions)
         by_partition: dict[int, list[ConsumedEvent]] = {tp.partition: [] for tp in partitions}
         deadline = time.monotonic() + timeout
-        last_news = time.monotonic()
         while time.monotonic() < deadline:
             batches = await consumer.getmany(*partitions, timeout_ms=200)
             for tp, records in batches.items():
                 by_partition[tp.partition].extend(_consumed(record) for record in records)
-                last_news = time.monotonic()
-            if idle_timeout is not None and time.monotonic() - last_news > idle_timeout:
-                break
             if sum(map(len, by_partition.values())) >= at_least and await _at_end(
                 consumer, partitions
             ):
