@@ -8,9 +8,6 @@ CPU time per call and the service's work counters per call (SQL statements,
 commits, thread hops, JSON encodes). The report is also written as JSON to
 bench/results/ (or --json PATH). Any failed call fails the bench (exit
 status 1).
-
-Not measured yet: the service on 2 worker processes sharing Redis (issue 13
-asks for it; the service has no --workers yet).
 """
 
 from __future__ import annotations

@@ -144,6 +144,29 @@ async def send_message_redis_kafka_sqlite(settings: LoadSettings) -> LoadResult:
         return await send_messages(service, settings)
 
 
+async def send_message_redis_sqlite(settings: LoadSettings) -> LoadResult:
+    """send-message-2-workers-redis on one process: what the second worker is measured against."""
+    async with (
+        running_redis() as redis_url,
+        running_chat_service({"REDIS_URL": redis_url}, counters=settings.counters) as service,
+    ):
+        return await send_messages(service, settings)
+
+
+async def send_message_2_workers_redis(settings: LoadSettings) -> LoadResult:
+    """Two worker processes on one port (`serve --workers 2`), sharing Redis
+    and the SQLite file: what a second core buys. SQLite, as in the other
+    SQLite scenarios, so that the figures compare with them; the callers'
+    connections (settings.channels) are spread over the workers by the kernel."""
+    async with (
+        running_redis() as redis_url,
+        running_chat_service(
+            {"REDIS_URL": redis_url}, counters=settings.counters, workers=2
+        ) as service,
+    ):
+        return await send_messages(service, settings)
+
+
 async def send_message_mongo(settings: LoadSettings) -> LoadResult:
     async with (
         running_mongo() as mongodb_uri,
@@ -261,8 +284,14 @@ class ConversationStream:
         async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
             await self._call.write(
                 chat_service_pb2.StreamConversationRequest(
+                    # What the round trip needs only: the ack and the bot's
+                    # reply (not the echo of its own message, nor delivery,
+                    # typing, read or status frames).
                     open=chat_service_pb2.StreamOpen(
-                        user_id=self._user_id, channel=resources_pb2.CHANNEL_WEB
+                        user_id=self._user_id,
+                        channel=resources_pb2.CHANNEL_WEB,
+                        event_kinds=[chat_service_pb2.STREAM_EVENT_KIND_MESSAGE],
+                        omit_own_messages=True,
                     )
                 )
             )
@@ -333,6 +362,21 @@ SCENARIOS: Sequence[Scenario] = (
         "SendMessage with Redis (valkey) and Kafka (noida-db) on the SQLite store: "
         "the coordination cost without nx-27017's pure-Python server in the way",
         send_message_redis_kafka_sqlite,
+        baseline=ECHO_UNARY,
+    ),
+    Scenario(
+        "send-message-redis-sqlite",
+        "SendMessage on one process with Redis on the SQLite store, the rest embedded "
+        "(only when named: the one-process counterpart of send-message-2-workers-redis)",
+        send_message_redis_sqlite,
+        baseline=ECHO_UNARY,
+        by_default=False,
+    ),
+    Scenario(
+        "send-message-2-workers-redis",
+        "SendMessage on 2 worker processes (serve --workers 2) sharing Redis and the "
+        "SQLite file, the rest embedded",
+        send_message_2_workers_redis,
         baseline=ECHO_UNARY,
     ),
     Scenario(

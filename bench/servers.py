@@ -61,6 +61,7 @@ _SERVICE_VARIABLES = (
     "MCP_ENGINE_TLS",
     "MCP_ENGINE_CA",
     "MCP_ENGINE_CA_FILE",
+    "WORKERS",
     COUNTERS_VARIABLE,
 )
 
@@ -114,13 +115,15 @@ class RunningService:
 
 @asynccontextmanager
 async def running_chat_service(
-    env: Mapping[str, str] | None = None, *, counters: bool = False
+    env: Mapping[str, str] | None = None, *, counters: bool = False, workers: int = 1
 ) -> AsyncIterator[RunningService]:
     """`python -m chat_service` on a fresh data directory, serving when yielded.
 
     `env` adds to (or overrides) the settings below: a scenario's store,
     coordination and event parts. With `counters`, the service counts its
-    work (chat_service/bench_counters.py) for the probe to read.
+    work (chat_service/bench_counters.py) for the probe to read. `workers`:
+    WORKERS, processes on the port (more than one needs REDIS_URL in `env`);
+    yielded once every one listens.
     """
     async with temporary_directory("bench-service-") as data_dir:
         port = free_port()
@@ -140,6 +143,7 @@ async def running_chat_service(
             # Production-shaped scenarios refuse a self-made channel key.
             "CHANNEL_SECRETS_KEY": BENCH_CHANNEL_SECRETS_KEY,
             COUNTERS_VARIABLE: "" if counters_path is None else str(counters_path),
+            "WORKERS": str(workers),
             **(env or {}),
         }
         async with running_child(
@@ -147,7 +151,8 @@ async def running_chat_service(
         ) as child:
             address = f"127.0.0.1:{port}"
             await _wait_serving(child, address)
-            probe = ServerProbe(child.name, child.process.pid, counters_path)
+            await _wait_listening(child, port, workers)
+            probe = ServerProbe(child.name, child.process.pid, counters_path, workers)
             yield RunningService(address, data_dir, probe)
 
 
@@ -169,6 +174,33 @@ async def _wait_serving(child: Child, address: str) -> None:
             if time.monotonic() > deadline:
                 raise await child.failure(f"not SERVING after {START_TIMEOUT_SECONDS} s")
             await asyncio.sleep(0.05)
+
+
+async def _wait_listening(child: Child, port: int, sockets: int) -> None:
+    """Until `sockets` sockets listen on `port` (the kernel's table): health
+    answering tells that one worker of several serves, not all. A worker
+    listens once its service is built (its counters are set up before)."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while _listening(port) < sockets:
+        if child.exited:
+            raise await child.failure("exited while starting")
+        if time.monotonic() > deadline:
+            raise await child.failure(
+                f"fewer than {sockets} listening after {START_TIMEOUT_SECONDS} s"
+            )
+        await asyncio.sleep(0.05)
+
+
+def _listening(port: int) -> int:
+    listening = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as rows:
+            for row in rows.readlines()[1:]:
+                fields = row.split()
+                # local address "ADDR:PORT" in hex; state 0A is LISTEN (include/net/tcp_states.h)
+                if int(fields[1].rpartition(":")[2], 16) == port and fields[3] == "0A":
+                    listening += 1
+    return listening
 
 
 # ------------------------------------------------------ production parts

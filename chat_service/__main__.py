@@ -1,5 +1,8 @@
 """`python -m chat_service [serve]` runs the service; `... token` prints a dev token.
 
+`serve --workers N` (or WORKERS=N; the option wins) runs N processes on one
+port, which needs REDIS_URL (chat_service/workers.py); the default is one.
+
 Exit codes: 0 after a drain; 2 when a setting is malformed or missing
 ("configuration error: ...", naming the variable); 69 (EX_UNAVAILABLE) when
 something the service needs cannot be reached at start ("cannot start:
@@ -10,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 
-from chat_service.config import ConfigError, Settings
+from chat_service.config import MAX_WORKERS, ConfigError, Settings
 
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 69  # sysexits.h EX_UNAVAILABLE
@@ -22,7 +26,16 @@ EXIT_UNAVAILABLE = 69  # sysexits.h EX_UNAVAILABLE
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chat_service", description=__doc__)
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="serve gRPC (the default)")
+    serve = commands.add_parser("serve", help="serve gRPC (the default)")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        help=f"processes serving the port, 1 to {MAX_WORKERS} (default: WORKERS, else 1); "
+        "more than one needs REDIS_URL",
+    )
+    # Given by the supervisor to the workers it starts (chat_service/workers.py).
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)
     token = commands.add_parser(
         "token", help="print a JWT signed with the development key the server uses"
     )
@@ -44,19 +57,55 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "token":
         return _print_token(settings, args.tenant, args.user, args.scopes, args.ttl)
+    if getattr(args, "workers", None) is not None:
+        settings = dataclasses.replace(settings, workers=args.workers)
+    worker_index = getattr(args, "worker_index", None)
+    if worker_index is not None:
+        settings = dataclasses.replace(settings, worker_index=worker_index)
+        return _serve(settings, lifeline_fd=args.lifeline_fd)
+    from chat_service import workers
+
+    try:
+        workers.check(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if settings.workers > 1:
+        return _supervise(settings)
     return _serve(settings)
 
 
-def _serve(settings: Settings) -> int:
+def _supervise(settings: Settings) -> int:
+    from chat_service.logs import configure_logging
+    from chat_service.workers import PortTaken, supervise
+
+    configure_logging(settings.log_level, settings.log_format, settings.service_name)
+    try:
+        return supervise(settings, os.environ)
+    except PortTaken as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+def _serve(settings: Settings, *, lifeline_fd: int | None = None) -> int:
     from chat_service import bench_counters
     from chat_service.grpc_api.server import StartupFailed, serve
     from chat_service.logs import configure_logging
+    from chat_service.workers import serve_as_worker
 
-    configure_logging(settings.log_level, settings.log_format, settings.service_name)
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        settings.service_name,
+        worker=settings.worker_index,
+    )
     # Off unless CHAT_BENCH_COUNTERS is set (the bench sets it): see bench_counters.py.
     bench_counters.install_from_env(os.environ)
     try:
-        asyncio.run(serve(settings))
+        if lifeline_fd is None:
+            asyncio.run(serve(settings))
+        else:
+            asyncio.run(serve_as_worker(settings, lifeline_fd))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -64,6 +113,16 @@ def _serve(settings: Settings) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     return 0
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text[:40]!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_WORKERS}, got {value}")
+    return value
 
 
 def _print_token(

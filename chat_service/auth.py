@@ -5,6 +5,12 @@ its scopes (`scope`, space-separated, or `scp`, a list) what they may do.
 Every failure is `Unauthenticated` with a reason saying what was wrong and a
 message that never repeats the token.
 
+With JWT_JWKS_URL the keys are the identity provider's published ones,
+looked up by the token's `kid` (adapters/jwks/ fetches and refreshes them),
+so keys rotate without a restart. With SECURITY_HUB_URL no token is
+verified here at all: hub_auth.py asks the Security Hub instead. Either
+way the gRPC interceptor sees an `Authenticator`.
+
 Without configured keys the service makes a development key at start-up
 (`load_or_create_dev_key`) and the `token` command mints tokens with it;
 when MONGODB_URI or REDIS_URL is set (a production shape) both refuse to
@@ -24,14 +30,15 @@ import uuid
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from chat_service.domain.errors import Unauthenticated
+from chat_service.domain.errors import PermissionDenied, Unauthenticated
 from chat_service.key_files import load_or_create
+from chat_service.ports import SigningKeys
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +75,13 @@ TOKEN_WRONG_ISSUER = "TOKEN_WRONG_ISSUER"  # noqa: S105
 TOKEN_WRONG_AUDIENCE = "TOKEN_WRONG_AUDIENCE"  # noqa: S105
 TENANT_CLAIM_MISSING = "TENANT_CLAIM_MISSING"
 TENANT_CLAIM_INVALID = "TENANT_CLAIM_INVALID"
+TOKEN_KEY_UNKNOWN = "TOKEN_KEY_UNKNOWN"  # noqa: S105
+# PermissionDenied reason: the token lacks the method's scope.
+INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
+
+# What a key from a JWKS may verify: asymmetric algorithms only (a JWKS is
+# public: an HMAC key in it would let anyone sign).
+JWKS_ALGORITHMS = frozenset({"RS256", "ES256", "EdDSA"})
 
 _VerificationKey: TypeAlias = (
     ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey | bytes
@@ -89,12 +103,39 @@ class Principal:
         return scope in self.scopes
 
 
+class Authenticator(Protocol):
+    """Who is calling, and whether they may: what the gRPC interceptor
+    asks of JwtVerifier (local keys or a JWKS) or of the Security Hub."""
+
+    async def authenticate(self, token: str) -> Principal:
+        """The caller `token` stands for; Unauthenticated if none, or
+        Unavailable when that cannot be known right now."""
+        ...
+
+    async def authorize(self, principal: Principal, scope: str, method: str) -> None:
+        """PermissionDenied unless `principal` may call `method` (full gRPC
+        name), which needs `scope`; Unavailable when that cannot be known."""
+        ...
+
+
+def require_scope(principal: Principal, scope: str) -> None:
+    if not principal.has_scope(scope):
+        raise PermissionDenied(
+            f"this method needs the scope {scope!r}",
+            reason=INSUFFICIENT_SCOPE,
+            metadata={"required_scope": scope},
+        )
+
+
 class JwtVerifier:
     """Verifies bearer tokens against configured keys.
 
     Keys: a PEM public key (Ed25519 for EdDSA, P-256 for ES256, RSA for
-    RS256) and/or an HS256 secret. `algorithms` limits what is accepted
-    (default: what the keys allow); each algorithm is checked with its own
+    RS256) and/or an HS256 secret; or, instead of both, `signing_keys` (a
+    JWKS), where each token's `kid` names its key (only `authenticate`
+    verifies those: the key may have to be fetched). `algorithms` limits
+    what is accepted (default: what the keys allow; with a JWKS, RS256,
+    ES256 and EdDSA); each algorithm is checked with its own
     key only, so a public key can never be used as an HMAC secret. `exp` is
     required; `issuer` and `audience`, when set (non-empty), must match the
     `iss` and `aud` claims; when no audience is set, `aud` is not checked.
@@ -110,8 +151,32 @@ class JwtVerifier:
         issuer: str | None = None,
         audience: str | None = None,
         leeway_seconds: float = 0.0,
+        signing_keys: SigningKeys | None = None,
     ) -> None:
+        if not 0 <= leeway_seconds < MAX_NUMERIC_DATE:  # NaN fails too
+            raise ValueError("the JWT leeway must be a finite number of seconds, not negative")
+        self._signing_keys = signing_keys
+        # Keyed by the token's digest: tokens can be kilobytes long. With a
+        # JWKS each entry remembers the key set's generation it was checked
+        # with: a token whose key was withdrawn must fail at once.
+        self._verified: dict[bytes, tuple[Principal, float, int]] = {}
+        self._issuer = issuer or None
+        self._audience = audience or None
+        self._leeway = leeway_seconds
+        self._keys: Mapping[str, _VerificationKey] = {}
         keys: dict[str, _VerificationKey] = {}
+        if signing_keys is not None:
+            if public_key_pem or secret:
+                raise ValueError("a JWKS cannot be combined with a public key or a secret")
+            unusable = sorted(set(algorithms) - JWKS_ALGORITHMS)
+            if unusable:
+                raise ValueError(
+                    f"JWT algorithm(s) {', '.join(unusable)} cannot be verified with a JWKS "
+                    f"(it serves {', '.join(sorted(JWKS_ALGORITHMS))})"
+                )
+            self._jwks_algorithms = frozenset(algorithms) or JWKS_ALGORITHMS
+            return
+        self._jwks_algorithms = frozenset()
         if public_key_pem:
             algorithm, public_key = _load_public_key(public_key_pem)
             keys[algorithm] = public_key
@@ -132,35 +197,65 @@ class JwtVerifier:
                     f"(the keys allow {', '.join(sorted(keys))})"
                 )
             keys = {name: key for name, key in keys.items() if name in algorithms}
-        if not 0 <= leeway_seconds < MAX_NUMERIC_DATE:  # NaN fails too
-            raise ValueError("the JWT leeway must be a finite number of seconds, not negative")
-        self._keys: Mapping[str, _VerificationKey] = keys
-        # Keyed by the token's digest: tokens can be kilobytes long.
-        self._verified: dict[bytes, tuple[Principal, float]] = {}
-        self._issuer = issuer or None
-        self._audience = audience or None
-        self._leeway = leeway_seconds
+        self._keys = keys
 
     @property
     def algorithms(self) -> frozenset[str]:
-        return frozenset(self._keys)
+        return self._jwks_algorithms or frozenset(self._keys)
+
+    async def authenticate(self, token: str) -> Principal:
+        if self._signing_keys is None:
+            return self.verify(token)
+        self._signing_keys.keep_fresh()
+        generation = self._signing_keys.generation
+        digest = checked_token_digest(token)
+        principal = self._remembered(digest, generation)
+        if principal is not None:
+            return principal
+        algorithm, kid = self._header(token, self._jwks_algorithms)
+        if not isinstance(kid, str) or not kid:
+            raise _invalid("the token names no signing key (kid)")
+        found = await self._signing_keys.key(kid)
+        if found is None:
+            # Checked against a fresh key set unless one was fetched just
+            # now (rate-limited): an old or made-up key id.
+            raise Unauthenticated(
+                "the token's signing key (kid) is not one the identity provider publishes",
+                reason=TOKEN_KEY_UNKNOWN,
+            )
+        key_algorithm, key = found
+        if key_algorithm != algorithm:
+            raise _invalid("the token's signing algorithm is not its key's")
+        claims = self._claims_signed_by(token, algorithm, key)
+        return self._principal_of(claims, digest, generation)
+
+    async def authorize(self, principal: Principal, scope: str, method: str) -> None:
+        require_scope(principal, scope)
 
     def verify(self, token: str) -> Principal:
-        if not token:
-            raise Unauthenticated("a bearer token is required", reason=TOKEN_MISSING)
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise _invalid(f"the token is longer than {MAX_TOKEN_LENGTH} characters")
+        """The caller of `token`, checked with the configured keys (not a JWKS)."""
+        if self._signing_keys is not None:
+            raise RuntimeError("a JWKS verifier verifies with authenticate()")
+        digest = checked_token_digest(token)
+        principal = self._remembered(digest, 0)
+        if principal is not None:
+            return principal
+        return self._principal_of(self._verified_claims(token), digest, 0)
+
+    def _remembered(self, digest: bytes, generation: int) -> Principal | None:
         # A client sends the same token with every call: checking a signature
         # each time costs more than the rest of authentication, so verified
         # tokens are remembered until they expire (a token cannot change).
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         cached = self._verified.get(digest)
-        if cached is not None:
-            principal, expires = cached
-            if time.time() <= expires + self._leeway:
-                return principal
-            del self._verified[digest]
-        claims = self._verified_claims(token)
+        if cached is None:
+            return None
+        principal, expires, checked_with = cached
+        if checked_with == generation and time.time() <= expires + self._leeway:
+            return principal
+        del self._verified[digest]
+        return None
+
+    def _principal_of(self, claims: Mapping[str, Any], digest: bytes, generation: int) -> Principal:
         expires = self._checked_times(claims)
         tenant_id = claims.get("tenant_id")
         if tenant_id is None or tenant_id == "":
@@ -183,7 +278,7 @@ class JwtVerifier:
         )
         if len(self._verified) >= VERIFIED_TOKENS_CACHED:
             self._verified.pop(next(iter(self._verified)))  # the oldest entry
-        self._verified[digest] = (principal, expires)
+        self._verified[digest] = (principal, expires, generation)
         return principal
 
     def _checked_times(self, claims: Mapping[str, Any]) -> float:
@@ -205,16 +300,26 @@ class JwtVerifier:
         return expires
 
     def _verified_claims(self, token: str) -> dict[str, Any]:
+        algorithm, _ = self._header(token, self._keys)
+        return self._claims_signed_by(token, algorithm, self._keys[algorithm])
+
+    @staticmethod
+    def _header(token: str, accepted: Collection[str]) -> tuple[str, object]:
+        """The token's algorithm, if `accepted`, and its key id (unchecked)."""
         try:
-            algorithm = jwt.get_unverified_header(token).get("alg")
+            header = jwt.get_unverified_header(token)
         except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
             raise _invalid("the token is malformed") from None
-        if not isinstance(algorithm, str) or algorithm not in self._keys:
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in accepted:
             raise _invalid("the token's signing algorithm is not accepted")
+        return algorithm, header.get("kid")
+
+    def _claims_signed_by(self, token: str, algorithm: str, key: Any) -> dict[str, Any]:
         try:
             return jwt.decode(
                 token,
-                self._keys[algorithm],
+                key,
                 algorithms=[algorithm],
                 issuer=self._issuer,
                 audience=self._audience,
@@ -246,6 +351,15 @@ class JwtVerifier:
 
 def _invalid(message: str) -> Unauthenticated:
     return Unauthenticated(message, reason=TOKEN_INVALID)
+
+
+def checked_token_digest(token: str) -> bytes:
+    """The token's digest, once it is known to be neither empty nor huge."""
+    if not token:
+        raise Unauthenticated("a bearer token is required", reason=TOKEN_MISSING)
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise _invalid(f"the token is longer than {MAX_TOKEN_LENGTH} characters")
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:

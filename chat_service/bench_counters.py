@@ -27,11 +27,15 @@ What is counted, and where:
   `pymongo.monitoring` listener, registered before the store's client exists);
   by name too (`mongo_commands.find`, ...), as SQL statements are by their
   first word (`sql_statements.SELECT`, ...);
-- `json_encodes`, `json_decodes`: calls of `json.dumps` / `json.loads` anywhere
-  in the process (the module's functions are wrapped, so every call site that
-  spells `json.dumps(...)` counts). Code that moves to another encoder
-  (orjson, msgspec) must count its calls here too, or the figure goes blind;
-  tests/integration/test_bench_smoke.py fails when it reads zero.
+- `json_encodes`, `json_decodes`: JSON texts made and read anywhere in the
+  process: every call of `json.dumps` / `json.loads` (the module's functions
+  are wrapped, so every call site that spells `json.dumps(...)` counts), and
+  of adapters/storage/json_text.py, the stores' msgspec encoder and decoder,
+  which count themselves (`count_json`). Code that moves to another encoder
+  must count its calls here too, or the figure goes blind;
+  tests/integration/test_bench_smoke.py fails when it reads zero. Also by
+  the function that wants the text (`json_encodes.rows.message_params`, ...),
+  so that the report says which ones to drive down.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -93,6 +98,28 @@ def count_sql(statement: str) -> None:
         _counts[key] = _counts.get(key, 0) + 1
 
 
+def count_json(name: str) -> None:
+    """One JSON encode or decode (JSON_ENCODES, JSON_DECODES), also counted
+    by the function it is for: the first caller outside the JSON plumbing.
+    Call it only under `if bench_counters.enabled:`."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and (
+        frame.f_globals.get("__name__") in _JSON_PLUMBING or frame.f_code.co_name in _JSON_HELPERS
+    ):
+        frame = frame.f_back
+    module = str(frame.f_globals.get("__name__", "?")).rpartition(".")[2]
+    site = f"{name}.{module}.{frame.f_code.co_name}"
+    with _lock:
+        _counts[name] += 1
+        _counts[site] = _counts.get(site, 0) + 1
+
+
+# Modules and helpers that only pass a document on to the encoder: the count
+# goes to their caller.
+_JSON_PLUMBING = frozenset({__name__, "json", "adapters.storage.json_text"})
+_JSON_HELPERS = frozenset({"dump_json", "load_json", "_json_object"})
+
+
 def snapshot() -> dict[str, int]:
     """The totals so far, each total with its break-down (never half of a count_sql)."""
     with _lock:
@@ -136,11 +163,11 @@ def _count_json() -> Callable[..., str]:
     plain_loads = json.loads
 
     def dumps(obj: Any, *args: Any, **kwargs: Any) -> str:
-        count(JSON_ENCODES)
+        count_json(JSON_ENCODES)
         return plain_dumps(obj, *args, **kwargs)
 
     def loads(s: str | bytes | bytearray, *args: Any, **kwargs: Any) -> Any:
-        count(JSON_DECODES)
+        count_json(JSON_DECODES)
         return plain_loads(s, *args, **kwargs)
 
     json.dumps = dumps

@@ -34,6 +34,7 @@ from adapters.channels.whatsapp import WhatsAppInbound
 from adapters.channels.whatsapp_send import whatsapp_sender_factory
 from adapters.engine.builtin import BuiltinEngine
 from adapters.engine.grpc_engine import GrpcEngine
+from adapters.jwks import JwksKeys
 from adapters.kafka import KafkaPublisher, KafkaSettings
 from adapters.memory.clock import SystemClock
 from adapters.memory.live_bus import InProcessLiveBus
@@ -51,9 +52,10 @@ from adapters.redis.locks import RedisConversationLocks
 from adapters.redis.rate_limit import RedisRateLimiter
 from adapters.redis.session_cache import RedisSessionCache
 from adapters.secrets import AesGcmSecretBox
+from adapters.security_hub import GrpcSecurityHub
 from adapters.sqlite.channel_store import SqliteChannelStore
 from adapters.sqlite.store import SqliteStore
-from chat_service.auth import JwtVerifier, load_or_create_dev_key
+from chat_service.auth import Authenticator, JwtVerifier, load_or_create_dev_key
 from chat_service.config import (
     CHANNEL_SECRETS_KEY_REFUSED,
     DEV_KEY_REFUSED,
@@ -62,6 +64,7 @@ from chat_service.config import (
     parse_channel_secret_keys,
 )
 from chat_service.domain.enums import Channel
+from chat_service.hub_auth import HubAuthenticator
 from chat_service.key_files import (
     load_or_create_channel_secrets_key,
     load_or_create_page_token_key,
@@ -105,7 +108,7 @@ async def build_services(settings: Settings) -> Services:
 async def choose_parts(settings: Settings, life: Lifecycle) -> Parts:
     """An adapter for every port, as the settings say; what each opens is
     closed by `life`."""
-    verifier = _verifier(settings)
+    verifier = _authenticator(settings, life)
     tokens = _page_tokens(settings)
     # Before anything connects: a missing key is a configuration error.
     secret_box = channel_secret_box(settings)
@@ -276,12 +279,18 @@ def relay_owner(settings: Settings) -> str:
     """The outbox relay's owner id: OUTBOX_RELAY_ID, else `<host>:<port>`, which
     a restarted process keeps (so it takes its own lease straight over, see
     pipeline/outbox_relay.py) and no two live processes share (they cannot
-    both listen on it). With port 0 (any free port) nothing is stable: random."""
+    both listen on it). With port 0 (any free port) nothing is stable: random.
+    The workers of `--workers N` share the port, so each adds its index
+    (`/worker-<i>`), which its restarted slot keeps."""
     if settings.outbox_relay_id:
-        return settings.outbox_relay_id
-    if settings.port == 0:
-        return f"{socket.gethostname()}:{uuid.uuid4().hex}"
-    return f"{socket.gethostname()}:{settings.port}"
+        owner = settings.outbox_relay_id
+    elif settings.port == 0:
+        owner = f"{socket.gethostname()}:{uuid.uuid4().hex}"
+    else:
+        owner = f"{socket.gethostname()}:{settings.port}"
+    if settings.worker_index is not None:
+        return f"{owner}/worker-{settings.worker_index}"
+    return owner
 
 
 def _engine(settings: Settings, life: Lifecycle) -> Engine:
@@ -314,6 +323,43 @@ def _page_tokens(settings: Settings) -> PageTokens:
             settings.data_dir,
         )
     return PageTokens(key)
+
+
+def _authenticator(settings: Settings, life: Lifecycle) -> Authenticator:
+    """SECURITY_HUB_URL: the hub decides; JWT_JWKS_URL: the identity
+    provider's published keys; else the configured (or development) key."""
+    jwt = settings.jwt
+    if settings.security_hub_url:
+        try:
+            hub = GrpcSecurityHub(
+                settings.security_hub_url,
+                timeout=settings.security_hub_timeout_ms / 1000,
+                tls=settings.security_hub_tls,
+                root_certificates=settings.security_hub_ca_pem.encode() or None,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"SECURITY_HUB_CA_FILE: {exc}") from exc
+        life.closers.append(hub.close)
+        return HubAuthenticator(hub, cache_seconds=settings.security_hub_cache_seconds)
+    if jwt.jwks_url:
+        keys = JwksKeys(
+            jwt.jwks_url,
+            min_refresh_seconds=jwt.jwks_min_refresh_seconds,
+            max_age_seconds=jwt.jwks_max_age_seconds,
+        )
+        life.starters.append(keys.start)
+        life.closers.append(keys.aclose)
+        try:
+            return JwtVerifier(
+                signing_keys=keys,
+                algorithms=jwt.algorithms,
+                issuer=jwt.issuer,
+                audience=jwt.audience,
+                leeway_seconds=jwt.leeway_seconds,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"JWT settings: {exc}") from exc
+    return _verifier(settings)
 
 
 def _verifier(settings: Settings) -> JwtVerifier:

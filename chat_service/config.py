@@ -20,12 +20,15 @@ from pathlib import Path
 # Without a bound of its own, no numeric setting means anything past these.
 MAX_NUMBER = 1e9
 MAX_INTEGER = 2**53
+# One process per core is the point of WORKERS; past this it is a typo.
+MAX_WORKERS = 64
 # An HMAC key shorter than its hash is weaker than the hash (RFC 2104, 3).
 MIN_PAGE_TOKEN_SECRET_BYTES = 32
 _HOUR_MS = 3_600_000
 
 DEV_KEY_REFUSED = (
-    "no JWT key is configured (JWT_PUBLIC_KEY, JWT_SECRET or their _FILE forms) while "
+    "no JWT key is configured (JWT_PUBLIC_KEY, JWT_SECRET or their _FILE forms, "
+    "JWT_JWKS_URL, or SECURITY_HUB_URL) while "
     "MONGODB_URI or REDIS_URL is set: a production deployment must not trust the "
     "self-made development key. Configure your identity provider's key, or set "
     "JWT_DEV_KEY=allow to use the development key anyway (test set-ups only)"
@@ -105,10 +108,16 @@ class JwtSettings:
     # key is configured; "auto" allows it unless MONGODB_URI or REDIS_URL is
     # set (a production shape).
     dev_key: str = "auto"
+    # JWT_JWKS_URL: keys by `kid` from the identity provider (adapters/jwks/),
+    # fetched again at most once per min_refresh, and when older than the
+    # response's max-age (bounded by max_age).
+    jwks_url: str = ""
+    jwks_min_refresh_seconds: float = 30.0
+    jwks_max_age_seconds: float = 300.0
 
     @property
     def configured(self) -> bool:
-        return bool(self.public_key_pem or self.secret)
+        return bool(self.public_key_pem or self.secret or self.jwks_url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +127,12 @@ class Settings:
     port: int = 8001
     log_level: str = "INFO"
     log_format: str = "text"
+    # WORKERS (or `serve --workers N`): processes serving one port
+    # (chat_service/workers.py); more than one needs REDIS_URL.
+    workers: int = 1
+    # Set by the supervisor in the processes it starts (never a variable):
+    # which of the `workers` this one is, 0-based; None in a lone process.
+    worker_index: int | None = None
     data_dir: Path = Path("var")
     sqlite_synchronous: str = "NORMAL"
     mongodb_uri: str = ""
@@ -126,6 +141,12 @@ class Settings:
     mcp_engine_tls: bool = False
     mcp_engine_ca_pem: str = ""  # trusted roots for the engine; empty: the system's
     security_hub_url: str = ""
+    security_hub_tls: bool = False
+    security_hub_ca_pem: str = ""  # trusted roots for the hub; empty: the system's
+    # Each call to the Security Hub; past it the RPC fails UNAVAILABLE.
+    security_hub_timeout_ms: int = 2_000
+    # How long its answers are reused (a token's never past its expiry).
+    security_hub_cache_seconds: float = 30.0
     kafka_brokers: tuple[str, ...] = ()
     kafka_topic_prefix: str = "chatbot.platform"
     kafka_replication_factor: int | None = None  # None: min(3, the cluster's brokers)
@@ -237,6 +258,7 @@ class Settings:
                 "LOG_LEVEL", defaults.log_level, {"DEBUG", "INFO", "WARNING", "ERROR"}, upper=True
             ),
             log_format=r.choice("LOG_FORMAT", defaults.log_format, {"text", "json"}),
+            workers=r.integer("WORKERS", defaults.workers, low=1, high=MAX_WORKERS),
             data_dir=Path(r.text("DATA_DIR", str(defaults.data_dir))),
             sqlite_synchronous=r.choice(
                 "SQLITE_SYNCHRONOUS", defaults.sqlite_synchronous, {"NORMAL", "FULL"}, upper=True
@@ -247,6 +269,14 @@ class Settings:
             mcp_engine_tls=r.flag("MCP_ENGINE_TLS", defaults.mcp_engine_tls),
             mcp_engine_ca_pem=r.text_or_file("MCP_ENGINE_CA"),
             security_hub_url=r.text("SECURITY_HUB_URL", ""),
+            security_hub_tls=r.flag("SECURITY_HUB_TLS", defaults.security_hub_tls),
+            security_hub_ca_pem=r.text_or_file("SECURITY_HUB_CA"),
+            security_hub_timeout_ms=r.integer(
+                "SECURITY_HUB_TIMEOUT_MS", defaults.security_hub_timeout_ms, low=1, high=60_000
+            ),
+            security_hub_cache_seconds=r.number(
+                "SECURITY_HUB_CACHE_SECONDS", defaults.security_hub_cache_seconds, low=0, high=300
+            ),
             kafka_brokers=r.hosts("KAFKA_BROKERS"),
             kafka_topic_prefix=r.text("KAFKA_TOPIC_PREFIX", defaults.kafka_topic_prefix),
             # Unset (0 here) means: as many replicas as the cluster has, up to 3.
@@ -321,6 +351,13 @@ class Settings:
                 audience=r.text("JWT_AUDIENCE", ""),
                 leeway_seconds=r.number("JWT_LEEWAY_SECONDS", 30.0, low=0, high=600),
                 dev_key=r.choice("JWT_DEV_KEY", "auto", {"auto", "allow", "refuse"}),
+                jwks_url=r.url("JWT_JWKS_URL", {"http", "https"}),
+                jwks_min_refresh_seconds=r.number(
+                    "JWT_JWKS_MIN_REFRESH_SECONDS", 30.0, low=1, high=86_400
+                ),
+                jwks_max_age_seconds=r.number(
+                    "JWT_JWKS_MAX_AGE_SECONDS", 300.0, low=1, high=86_400
+                ),
             ),
             page_token_secret=r.text_or_file("PAGE_TOKEN_SECRET"),
             channel_secrets_keys=r.channel_secret_keys("CHANNEL_SECRETS_KEY"),
@@ -360,6 +397,13 @@ class Settings:
         )
         if settings.mcp_engine_timeout_ms > settings.request_timeout_ms:
             raise ConfigError("MCP_ENGINE_TIMEOUT_MS must not exceed REQUEST_TIMEOUT_MS")
+        _check_token_sources(settings)
+        if settings.security_hub_url:
+            _check_grpc_target("SECURITY_HUB_URL", settings.security_hub_url)
+        if settings.security_hub_ca_pem and not settings.security_hub_tls:
+            raise ConfigError(
+                "SECURITY_HUB_CA_FILE (or SECURITY_HUB_CA) needs SECURITY_HUB_TLS=true"
+            )
         if settings.mcp_engine_ca_pem and not settings.mcp_engine_tls:
             raise ConfigError("MCP_ENGINE_CA_FILE (or MCP_ENGINE_CA) needs MCP_ENGINE_TLS=true")
         if 0 < len(settings.page_token_secret.encode()) < MIN_PAGE_TOKEN_SECRET_BYTES:
@@ -511,6 +555,45 @@ class _Reader:
                 ) from None
             limits[tenant.strip()] = limit
         return limits
+
+
+def _check_token_sources(settings: Settings) -> None:
+    """One source of truth for callers' tokens: two would leave it unclear
+    which one a token is trusted by (and a forgotten one would still be)."""
+    jwt = settings.jwt
+    static = [
+        name
+        for name, value in (("JWT_PUBLIC_KEY", jwt.public_key_pem), ("JWT_SECRET", jwt.secret))
+        if value
+    ]
+    if jwt.jwks_url and static:
+        raise ConfigError(
+            f"JWT_JWKS_URL cannot be combined with {' or '.join(static)} (or its _FILE form): "
+            "set either the JWKS endpoint or the keys themselves"
+        )
+    if settings.security_hub_url and jwt.configured:
+        configured = [*static, *(["JWT_JWKS_URL"] if jwt.jwks_url else [])]
+        raise ConfigError(
+            f"SECURITY_HUB_URL cannot be combined with {' or '.join(configured)}: with a "
+            "Security Hub, tokens are validated by the hub, not with local keys"
+        )
+
+
+def _check_grpc_target(name: str, target: str) -> None:
+    """A gRPC target: `host[:port]`, or one of gRPC's own schemes
+    (dns:///host:port, unix:path, ...). An http:// URL would be taken as a
+    host name and fail every call (UNAVAILABLE) instead of the start-up."""
+    scheme, colon, rest = target.partition(":")
+    if colon and scheme in {"dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock"}:
+        if not rest.strip("/"):
+            raise ConfigError(f"{name} must name an address after {scheme}:")
+        return
+    if "/" in target or "://" in target:
+        raise ConfigError(
+            f"{name} must be a gRPC target (host:port, dns:///host:port or unix:path), "
+            "not a URL or a path"
+        )
+    _check_host(name, target)
 
 
 def _check_host(name: str, host: str) -> None:

@@ -796,3 +796,58 @@ class SecretBox(Protocol):
         """A short tag to show instead of the secret (never reversible):
         the same for the same secret while the current key stays current."""
         ...
+
+
+# ------------------------------------------------- callers' tokens and rights
+
+
+class SigningKeys(Protocol):
+    """The public keys callers' tokens are signed with, by key id (`kid`),
+    as a JWKS endpoint publishes them (JWT_JWKS_URL; adapters/jwks/)."""
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the set of keys does: a token verified before
+        is verified again (its key may be gone)."""
+        ...
+
+    def keep_fresh(self) -> None:
+        """Have the keys fetched again, in the background, if they are older
+        than their max-age (called on every verification, remembered or not)."""
+        ...
+
+    async def key(self, kid: str) -> tuple[str, Any] | None:
+        """The algorithm and public key of `kid`; None when the key set has
+        no such key even after a refresh (refreshes are rate-limited).
+        Unavailable when no key set could be fetched yet."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TokenValidation:
+    """What the Security Hub says of a bearer token."""
+
+    valid: bool
+    tenant_id: str = ""
+    subject: str = ""
+    scopes: frozenset[str] = frozenset()
+    expires_at: float | None = None  # epoch seconds; None: not said
+    reason: str = ""  # why not valid (for logs, never for the caller)
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionDecision:
+    allowed: bool
+    reason: str = ""  # why not (shown to the caller)
+
+
+class SecurityHub(Protocol):
+    """The platform's Security Hub (SECURITY_HUB_URL; adapters/security_hub/).
+    Both calls are deadline-bounded and raise Unavailable when the hub
+    cannot answer in time: the caller fails closed."""
+
+    async def validate_token(self, token: str) -> TokenValidation: ...
+
+    async def check_permission(
+        self, *, subject: str, tenant_id: str, permission: str, resource: str
+    ) -> PermissionDecision: ...

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
-from chat_service.auth import JwtVerifier
+from chat_service.auth import Authenticator
 from chat_service.config import Settings
 from chat_service.domain.enums import Channel, DeliveryStatus
 from chat_service.domain.model import Message
@@ -39,7 +39,7 @@ from chat_service.pipeline.stream_opener import ConversationStreams
 from chat_service.pipeline.voice_calls import AnswerCall, CallSettings
 from chat_service.pipeline.watch import EventTail, WatchConversations
 from chat_service.pipeline.webhooks import HandleWebhook, VerifyWebhook
-from chat_service.pipeline.writer import ConversationWriter
+from chat_service.pipeline.writer import ConversationWriter, DelayedWake
 from chat_service.ports import (
     ChannelSender,
     Clock,
@@ -102,7 +102,7 @@ class Parts:
     publisher: EventPublisher
     engine: Engine
     clock: Clock
-    verifier: JwtVerifier
+    verifier: Authenticator
     tokens: PageTokens
     relay_owner: str  # see bootstrap.relay_owner
     # Seals tenants' channel credentials (bootstrap.channel_secret_box).
@@ -139,7 +139,7 @@ class Services:
 
     settings: Settings
     store: ConversationStore
-    verifier: JwtVerifier
+    verifier: Authenticator
     admission: TenantAdmission
     send_message: SendMessage
     queries: ConversationQueries
@@ -255,19 +255,18 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
     )
     tail = EventTail(store)
     live = LiveFeed(coordination.bus)
-    listeners: list[Callable[[ConversationChange], None]] = [
-        lambda _change: relay.wake(),
-        lambda _change: tail.wake(),
-        live.committed,
-    ]
+    # Commits come in bursts under load: the relay and the tail read the
+    # outbox once per burst, not once per commit.
+    wake_relay, wake_tail = DelayedWake(relay.wake), DelayedWake(tail.wake)
+    listeners: list[Callable[[ConversationChange], None]] = [wake_relay, wake_tail, live.committed]
     if parts.state_cache is not None:
         states = StateCacheFeed(parts.state_cache)
         parts.lifecycle.closers.append(states.drain)
         listeners.append(states.committed)
 
     def delivery_changed(message: Message, status: DeliveryStatus) -> None:
-        relay.wake()
-        tail.wake()
+        wake_relay()
+        wake_tail()
         live.delivery_changed(message, status)
 
     writer = ConversationWriter(store, listeners)
@@ -296,7 +295,6 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
         store=store,
         writer=writer,
         locks=coordination.locks,
-        idempotency=coordination.idempotency,
         engine=canned,
         delivery=delivery,
         sessions=coordination.sessions,

@@ -28,26 +28,8 @@ class KeyedLocks:
         self._entries: dict[str, _Entry] = {}
         self._last_token = 0
 
-    @asynccontextmanager
-    async def acquire(self, key: str, *, timeout: float) -> AsyncIterator[LockLease]:
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = _Entry()
-        entry.users += 1
-        try:
-            try:
-                async with asyncio.timeout(timeout):
-                    await entry.lock.acquire()
-            except TimeoutError:
-                raise LockTimeout(f"lock {key!r} not granted within {timeout:g}s") from None
-            try:
-                yield LockLease(key=key, fencing_token=self._next_token())
-            finally:
-                entry.lock.release()
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._entries[key]
+    def acquire(self, key: str, *, timeout: float) -> AbstractAsyncContextManager[LockLease]:
+        return _Hold(self, key, timeout)
 
     def _next_token(self) -> int:
         # Stores keep the highest token that wrote, so tokens must keep
@@ -59,6 +41,50 @@ class KeyedLocks:
     def __len__(self) -> int:
         """Keys held or waited for (for tests: nothing leaks)."""
         return len(self._entries)
+
+
+class _Hold:
+    """One hold of a key (a class rather than a generator: it is on every
+    call's path)."""
+
+    __slots__ = ("_entry", "_key", "_locks", "_timeout")
+
+    def __init__(self, locks: KeyedLocks, key: str, timeout: float) -> None:
+        self._locks = locks
+        self._key = key
+        self._timeout = timeout
+
+    async def __aenter__(self) -> LockLease:
+        entries = self._locks._entries
+        entry = entries.get(self._key)
+        if entry is None:
+            entry = entries[self._key] = _Entry()
+        self._entry = entry
+        entry.users += 1
+        try:
+            if entry.users == 1:
+                # Nobody holds or waits for it: granted at once, no timer.
+                await entry.lock.acquire()
+            else:
+                async with asyncio.timeout(self._timeout):
+                    await entry.lock.acquire()
+        except BaseException as error:
+            self._leave()
+            if isinstance(error, TimeoutError):
+                raise LockTimeout(
+                    f"lock {self._key!r} not granted within {self._timeout:g}s"
+                ) from None
+            raise
+        return LockLease(key=self._key, fencing_token=self._locks._next_token())
+
+    async def __aexit__(self, *_: object) -> None:
+        self._entry.lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._entry.users -= 1
+        if self._entry.users == 0:
+            del self._locks._entries[self._key]
 
 
 class InProcessConversationLocks:

@@ -45,21 +45,27 @@ def claim(
     oldest = connection.execute(_OLDEST_UNPUBLISHED, {"limit": limit}).fetchall()
     leases = (Lease(row["claimed_by"], row["claimed_until"]) for row in oldest)
     rows = oldest[: claimable_count(leases, owner, now)]
-    connection.executemany(
-        "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE position = ?",
-        [(owner, now + lease_micros, row["position"]) for row in rows],
-    )
+    if rows:
+        # One statement for the run: the rows claimed are every unpublished
+        # row from the first to the last of them (the oldest, in order).
+        connection.execute(
+            "UPDATE outbox SET claimed_by = ?, claimed_until = ?"
+            " WHERE position BETWEEN ? AND ? AND published_at IS NULL",
+            (owner, now + lease_micros, rows[0]["position"], rows[-1]["position"]),
+        )
     return [_entry(row) for row in rows]
 
 
 def mark_published(connection: sqlite3.Connection, owner: str, positions: Sequence[int]) -> None:
     # Only rows this owner holds: once its lease has passed to another
     # owner, that owner publishes (again) and marks; delivery is at least once.
-    now = now_micros()
-    connection.executemany(
+    # The positions as one JSON array: one statement for the batch.
+    listed = "[" + ",".join(str(int(position)) for position in positions) + "]"
+    connection.execute(
         "UPDATE outbox SET published_at = ?"
-        " WHERE position = ? AND claimed_by = ? AND published_at IS NULL",
-        [(now, position, owner) for position in positions],
+        " WHERE claimed_by = ? AND published_at IS NULL"
+        " AND position IN (SELECT value FROM json_each(?))",
+        (now_micros(), owner, listed),
     )
 
 

@@ -3,10 +3,10 @@ JSON (in the shared serialization shape) for the structured rest."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
+from adapters.storage import json_text
 from adapters.storage.search import message_search_text
 from adapters.storage.times import from_micros, to_micros
 from chat_service.domain.content_codec import content_from_dict, content_to_dict
@@ -26,11 +26,11 @@ Params = dict[str, Any]
 
 
 def dump_json(document: Document) -> str:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    return json_text.encode(document)
 
 
 def load_json(text: str) -> Document:
-    document: Document = json.loads(text)
+    document: Document = json_text.decode(text)
     return document
 
 

@@ -108,6 +108,7 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
+        self._writer.hand_over()  # what was written before closing still commits
         await asyncio.to_thread(self._close_pools)
 
     def _close_pools(self) -> None:

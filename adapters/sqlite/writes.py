@@ -88,11 +88,16 @@ class EncodedChange:
 
     @classmethod
     def of(cls, change: ConversationChange) -> EncodedChange:
+        conversation = conversation_params(change.conversation)
+        # One set of parameters serves the insert and the update (each names
+        # the keys it uses).
+        conversation["fence"] = change.fencing_token
+        conversation["expected_version"] = change.expected_version
         return cls(
             conversation_id=change.conversation.conversation_id,
             expected_version=change.expected_version,
             fencing_token=change.fencing_token,
-            conversation=conversation_params(change.conversation) | {"fence": change.fencing_token},
+            conversation=conversation,
             messages=[(m.message_id, message_params(m)) for m in change.messages],
             events=_event_rows(change.events),
             record=None if change.record is None else record_params(change.record),
@@ -106,10 +111,7 @@ def write_change(connection: sqlite3.Connection, change: EncodedChange) -> None:
         except sqlite3.IntegrityError as error:
             raise already_exists(change.conversation_id) from error
     else:
-        replaced = connection.execute(
-            _REPLACE_CONVERSATION,
-            change.conversation | {"expected_version": change.expected_version},
-        )
+        replaced = connection.execute(_REPLACE_CONVERSATION, change.conversation)
         if replaced.rowcount != 1:
             raise stale_version(
                 change.conversation_id, change.expected_version, change.fencing_token

@@ -120,12 +120,17 @@ def _checked_contents(
 
 def state_problem(state: ConversationState) -> str:
     """Why the engine's state cannot be kept (too large or too deep), or ""."""
-    top = {f.name: getattr(state, f.name) for f in fields(state)}
+    top = {name: getattr(state, name) for name in _STATE_FIELDS}
     size = 0
     pending: list[tuple[object, int]] = [(top, 1)]
     while pending:
         value, depth = pending.pop()
-        if isinstance(value, Mapping | list | tuple):
+        # Scalars first, by their exact type: the ABC checks are the slow part.
+        if isinstance(value, str):
+            size += _str_size(value)
+        elif type(value) in _SCALARS:
+            size += _scalar_size(value)
+        elif isinstance(value, Mapping | list | tuple):
             if depth > MAX_STATE_DEPTH:
                 return f"state: nested deeper than {MAX_STATE_DEPTH} levels"
             size += 2 + max(len(value) - 1, 0)  # brackets and commas
@@ -142,12 +147,22 @@ def state_problem(state: ConversationState) -> str:
     return ""
 
 
+_STATE_FIELDS = tuple(f.name for f in fields(ConversationState))
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
+def _str_size(value: str) -> int:
+    if len(value) > MAX_STATE_BYTES:  # no need to encode it to know
+        return len(value)
+    if value.isascii():
+        return len(value) + 2
+    return len(value.encode("utf-8", "surrogatepass")) + 2
+
+
 def _scalar_size(value: object) -> int:
     """About the bytes of `value` in compact JSON (escapes not counted)."""
     if isinstance(value, str):
-        if len(value) > MAX_STATE_BYTES:  # no need to encode it to know
-            return len(value)
-        return len(value.encode("utf-8", "surrogatepass")) + 2
+        return _str_size(value)
     if isinstance(value, bool) or value is None:
         return 5
     if isinstance(value, int):

@@ -41,7 +41,7 @@ class DomainEvent:
     conversation_status: ConversationStatus | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # (see domain/live.py)
 class OutboxEntry:
     """An event in the outbox; `position` orders all events of a store."""
 

@@ -9,6 +9,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import Enum
+from functools import cache
 from typing import TYPE_CHECKING
 
 from chat_service.domain.model import InboundMessage
@@ -25,19 +26,25 @@ def request_fingerprint(msg: InboundMessage) -> str:
     (the key the fingerprint is stored under). Fields at their declared
     default are left out, so that adding a defaulted field to the model
     later does not change the fingerprint of requests that do not use it;
-    timestamps count by their exact value, None stays None.
+    timestamps count by their exact value, None stays None. Stored
+    fingerprints are compared with new ones: the digest of a request must
+    never change (tests/unit/test_fingerprint.py pins it).
     """
-    document = {
-        name: value
-        for name, value in _canonical_fields(msg).items()
-        if name not in ("message_id", "tenant_id")
-    }
+    document = _canonical_fields(msg)
+    del document["message_id"], document["tenant_id"]  # never at a default: both required
     encoded = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
+# Returned as they are: what JSON takes without a conversion.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _canonical(value: object) -> object:
     """A JSON-able form of a domain value, fields at their default left out."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _canonical_fields(value)
     if isinstance(value, Enum):
@@ -51,11 +58,22 @@ def _canonical(value: object) -> object:
     return value
 
 
+_NO_DEFAULT = object()
+
+
+@cache
+def _field_defaults(cls: type[DataclassInstance]) -> tuple[tuple[str, object], ...]:
+    """Each field of `cls` with its declared default (_NO_DEFAULT: none)."""
+    defaults = declared_defaults(cls)
+    return tuple(
+        (field.name, defaults.get(field.name, _NO_DEFAULT)) for field in dataclasses.fields(cls)
+    )
+
+
 def _canonical_fields(obj: DataclassInstance) -> dict[str, object]:
-    defaults = declared_defaults(type(obj))
     document: dict[str, object] = {}
-    for field in dataclasses.fields(obj):
-        value = getattr(obj, field.name)
-        if field.name not in defaults or value != defaults[field.name]:
-            document[field.name] = _canonical(value)
+    for name, default in _field_defaults(type(obj)):
+        value = getattr(obj, name)
+        if default is _NO_DEFAULT or value != default:
+            document[name] = _canonical(value)
     return document

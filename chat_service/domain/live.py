@@ -3,6 +3,10 @@
 Live events are ephemeral notifications, not records: a stream that misses
 one recovers from the store (messages have gap-free sequences), so the bus
 that carries them may drop, and only needs to be fast.
+
+The bus hands one event object to every stream of its conversation; they can
+be weakly referenced so that the gRPC layer keeps the frame built for one
+just as long as the event itself lives (grpc_api/streaming.py).
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ from chat_service.domain.enums import ConversationStatus, DeliveryStatus, Messag
 from chat_service.domain.model import Message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class MessageStored:
     message: Message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class DeliveryChanged:
     message_id: str
     sequence: int
@@ -28,21 +32,21 @@ class DeliveryChanged:
     platform_message_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class StatusChanged:
     previous: ConversationStatus
     current: ConversationStatus
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class TypingChanged:
     role: MessageRole
     typing: bool
     origin: str  # the stream it came from, which does not hear it back
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class ReadThrough:
     role: MessageRole
     sequence: int

@@ -1,8 +1,10 @@
 """Authentication and authorization of every RPC, as a grpc.aio server interceptor.
 
-For each call it reads `authorization: Bearer <token>`, verifies the JWT,
-checks that an `x-tenant-id` entry (if sent) names the token's tenant and
-that the token has the method's scope, lets the optional `admit` hook (the
+For each call it reads `authorization: Bearer <token>`, has the
+Authenticator (the JWT verifier, with its own keys or a JWKS, or the
+Security Hub) say who the caller is, checks that an `x-tenant-id` entry (if
+sent) names the token's tenant, has the Authenticator check that the caller
+may use the method's scope, lets the optional `admit` hook (the
 per-tenant rate limit) refuse the call, and then runs the handler with the
 caller available as `current_principal()`. Failures end the call with the
 rich status of errors.py.
@@ -28,7 +30,7 @@ from chat_service.auth import (
     SCOPE_WRITE,
     TOKEN_INVALID,
     TOKEN_MISSING,
-    JwtVerifier,
+    Authenticator,
     Principal,
 )
 from chat_service.domain.errors import ChatError, PermissionDenied, Unauthenticated
@@ -40,7 +42,6 @@ logger = logging.getLogger(__name__)
 CHAT_SERVICE = "chatbot.chat.v1.ChatService"
 TENANT_HEADER = "x-tenant-id"
 TENANT_MISMATCH = "TENANT_MISMATCH"
-INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
 
 PUBLIC_SERVICES = frozenset(
     {
@@ -116,7 +117,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     `domain` is the ErrorInfo domain of its errors (the service's name).
     """
 
-    def __init__(self, verifier: JwtVerifier, *, domain: str, admit: Admit | None = None) -> None:
+    def __init__(self, verifier: Authenticator, *, domain: str, admit: Admit | None = None) -> None:
         self._verifier = verifier
         self._domain = domain
         self._admit = admit
@@ -141,7 +142,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self, method: str, metadata: Metadata, context: ServicerContext
     ) -> AsyncIterator[None]:
         try:
-            principal = self.authenticate(method, metadata)
+            principal = await self.authenticate(method, metadata)
             if self._admit is not None:
                 await self._admit(principal, method)
         except ChatError as error:
@@ -150,22 +151,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         _principal.set(principal)
         yield
 
-    def authenticate(self, method: str, metadata: Metadata) -> Principal:
-        """The caller of `method`, or Unauthenticated / PermissionDenied."""
-        principal = self._verifier.verify(_bearer_token(metadata))
+    async def authenticate(self, method: str, metadata: Metadata) -> Principal:
+        """The caller of `method`, or Unauthenticated / PermissionDenied
+        (Unavailable when the keys or the Security Hub cannot tell)."""
+        principal = await self._verifier.authenticate(_bearer_token(metadata))
         claimed_tenants = _values(metadata, TENANT_HEADER)
         if any(tenant != principal.tenant_id for tenant in claimed_tenants):
             raise PermissionDenied(
                 f"the {TENANT_HEADER} metadata names another tenant than the token",
                 reason=TENANT_MISMATCH,
             )
-        scope = required_scope(method)
-        if not principal.has_scope(scope):
-            raise PermissionDenied(
-                f"this method needs the scope {scope!r}",
-                reason=INSUFFICIENT_SCOPE,
-                metadata={"required_scope": scope},
-            )
+        await self._verifier.authorize(principal, required_scope(method), method)
         return principal
 
 

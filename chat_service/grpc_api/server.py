@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -67,8 +68,17 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-    ("grpc.so_reuseport", 0),
 ]
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """SO_REUSEPORT only in the workers of `serve --workers N`, which share
+    the port on purpose (the kernel spreads connections over them). A lone
+    process keeps it off, so that a second process on its port fails to
+    start instead of silently taking half its connections (and its outbox
+    relay owner id, bootstrap.relay_owner)."""
+    reuse_port = 0 if settings.worker_index is None else 1
+    return [*SERVER_OPTIONS, ("grpc.so_reuseport", reuse_port)]
 
 
 def build_server(services: Services) -> tuple[grpc.aio.Server, Any]:
@@ -82,7 +92,7 @@ def build_server(services: Services) -> tuple[grpc.aio.Server, Any]:
             ErrorTranslationInterceptor(domain=settings.service_name),
             AuthInterceptor(services.verifier, domain=settings.service_name, admit=admit),
         ],
-        options=SERVER_OPTIONS,
+        options=server_options(settings),
     )
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(
         ChatServicer(
@@ -141,7 +151,9 @@ async def serve(
         raise
     for name in ("", CHAT_SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("%s serving gRPC on %s:%d", settings.service_name, settings.host, port)
+    log.info(
+        "%s serving gRPC on %s:%d%s", settings.service_name, settings.host, port, _who(settings)
+    )
     if on_ready is not None:
         on_ready(port)
     try:
@@ -171,6 +183,14 @@ def _store_failures(settings: Settings) -> Iterator[None]:
         cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ else exc
         variable = "MONGODB_URI" if settings.mongodb_uri else "DATA_DIR"
         raise StartupFailed(f"the store is unreachable ({_brief(cause)})", variable) from exc
+
+
+def _who(settings: Settings) -> str:
+    """Which process serves: one alone, or one of `--workers N` (pid: which
+    process, for operators and for tests that check each worker serves)."""
+    if settings.worker_index is None:
+        return " (one process; WORKERS or serve --workers N for more, with REDIS_URL)"
+    return f" (worker {settings.worker_index} of {settings.workers}, pid {os.getpid()})"
 
 
 def _brief(error: BaseException) -> str:

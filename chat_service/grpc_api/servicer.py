@@ -20,6 +20,7 @@ from chat_service.grpc_api.auth_interceptor import current_principal
 from chat_service.grpc_api.mappers import inbound_from_send_request, send_result_to_response
 from chat_service.grpc_api.mappers_enums import sort_order_from_proto
 from chat_service.grpc_api.streaming import (
+    StreamFrames,
     export_conversation,
     stream_conversation,
     watch_conversations,
@@ -76,6 +77,8 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         self._connections = connections
         self._retry_delivery = retry_delivery
         self._error_domain = error_domain
+        # Live events' frames, built once for every stream that carries them.
+        self._stream_frames = StreamFrames(watch.tokens)
 
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Context
@@ -166,7 +169,11 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     ) -> AsyncIterator[pb.StreamConversationResponse]:
         tenant_id = current_principal().tenant_id
         async for frame in stream_conversation(
-            request_iterator, self._streams, tenant_id, error_domain=self._error_domain
+            request_iterator,
+            self._streams,
+            tenant_id,
+            error_domain=self._error_domain,
+            shared=self._stream_frames,
         ):
             yield frame
 
@@ -174,7 +181,9 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         self, request: pb.WatchConversationsRequest, context: Context
     ) -> AsyncIterator[pb.WatchConversationsResponse]:
         tenant_id = current_principal().tenant_id
-        async for response in watch_conversations(request, self._watch, tenant_id, context):
+        async for response in watch_conversations(
+            request, self._watch, tenant_id, context, self._stream_frames
+        ):
             yield response
 
     # Channel connections (scope chat:admin).

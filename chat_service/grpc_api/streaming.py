@@ -3,6 +3,11 @@
 The protocols are specified in chat_service.proto; the logic lives in the
 pipeline (stream_opener, conversation_stream, watch, export). This module reads frames,
 maps domain items to protobuf frames, and formats exports.
+
+Every stream on a conversation gets the same live event object from the bus
+(and every watch of a tenant the same outbox entry from the event tail), so
+the frame of a live event is built once and shared (SharedFrames): with N
+streams open on a conversation, a message costs one mapping, not N.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ import contextlib
 import csv
 import io
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import grpc
 from chatbot.chat.v1 import chat_service_pb2 as pb
 from google.protobuf import json_format
 
+from chat_service import bench_counters
 from chat_service.domain.enums import Channel, ConversationStatus, ExportFormat
 from chat_service.domain.errors import (
     RESUME_TOKEN_EXPIRED,
@@ -27,8 +34,10 @@ from chat_service.domain.errors import (
     Internal,
     InvalidArgument,
 )
+from chat_service.domain.events import EventType, OutboxEntry
 from chat_service.domain.live import (
     DeliveryChanged,
+    LiveEvent,
     MessageStored,
     ReadThrough,
     StatusChanged,
@@ -38,17 +47,26 @@ from chat_service.domain.model import Message
 from chat_service.grpc_api.auth_interceptor import current_principal
 from chat_service.grpc_api.errors import to_status
 from chat_service.grpc_api.mappers import inbound_from_stream_message
-from chat_service.grpc_api.mappers_enums import enum_set_from_proto, export_format_from_proto
+from chat_service.grpc_api.mappers_enums import (
+    MAX_UNKNOWN_REPORTED,
+    enum_set_from_proto,
+    export_format_from_proto,
+)
 from chat_service.pipeline.conversation_stream import (
     Acked,
     ConversationStream,
+    EventKind,
     Opened,
     Refused,
-    StreamItem,
 )
 from chat_service.pipeline.export import ExportConversation, spreadsheet_safe
+from chat_service.pipeline.page_tokens import PageTokens
 from chat_service.pipeline.stream_limits import with_metadata
-from chat_service.pipeline.stream_opener import ConversationStreams, StreamOpenRequest
+from chat_service.pipeline.stream_opener import (
+    ConversationStreams,
+    StreamOpenRequest,
+    open_violations,
+)
 from chat_service.pipeline.watch import WatchConversations
 from chat_service.protomap.enums import (
     channel_from_proto,
@@ -64,6 +82,73 @@ from chat_service.protomap.resources import message_to_proto as message_proto
 log = logging.getLogger(__name__)
 
 EXPORT_CHUNK_BYTES = 64 * 1024
+_FRAME_COUNTER = "stream_frames"  # bench_counters: frames sent on streams and watches
+
+_E = TypeVar("_E")
+_F = TypeVar("_F")
+
+
+class SharedFrames(Generic[_E, _F]):
+    """The frame of each live event, built by the first stream that sends it
+    and reused by the others.
+
+    Keyed by the event object's identity (the bus hands every listener the
+    same object), and kept exactly as long as that object lives: a weak
+    reference drops the frame with the event, once no stream's buffer holds
+    it. So sharing adds no memory beyond one frame per buffered event, however
+    large the messages. Frames are never changed once built (gRPC only
+    serializes them), so streams can share them.
+    """
+
+    def __init__(self, build: Callable[[_E], _F]) -> None:
+        self._build = build
+        self._frames: dict[int, tuple[weakref.ref[_E], _F]] = {}
+
+    def frame(self, event: _E) -> _F:
+        key = id(event)
+        cached = self._frames.get(key)
+        if cached is not None and cached[0]() is event:
+            return cached[1]
+        frame = self._build(event)
+        try:
+            ref = weakref.ref(event, self._forgetter(key))
+        except TypeError:
+            # An event type without a weakref slot is built per stream, not
+            # shared: slower, never wrong (test_stream_frames checks ours).
+            return frame
+        self._frames[key] = (ref, frame)
+        return frame
+
+    def _forgetter(self, key: int) -> Callable[[weakref.ref[_E]], None]:
+        def forget(gone: weakref.ref[_E]) -> None:
+            cached = self._frames.get(key)
+            if cached is not None and cached[0] is gone:
+                del self._frames[key]
+
+        return forget
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+class StreamFrames:
+    """The frames one server's streams and watches share."""
+
+    def __init__(self, tokens: PageTokens) -> None:
+        self.live: SharedFrames[LiveEvent, pb.StreamConversationResponse] = SharedFrames(
+            _live_frame
+        )
+
+        def watch_frame(entry: OutboxEntry) -> pb.WatchConversationsResponse:
+            return pb.WatchConversationsResponse(
+                event=event_to_proto(entry.event),
+                resume_token=tokens.resume_token(entry.event.tenant_id, entry.position),
+            )
+
+        self.watch: SharedFrames[OutboxEntry, pb.WatchConversationsResponse] = SharedFrames(
+            watch_frame
+        )
+
 
 # ---------------------------------------------------------- StreamConversation
 
@@ -74,6 +159,7 @@ async def stream_conversation(
     tenant_id: str,
     *,
     error_domain: str,
+    shared: StreamFrames | None = None,
 ) -> AsyncIterator[pb.StreamConversationResponse]:
     # A call that never says what it wants must not hold a connection's
     # stream (and the server's task) for ever.
@@ -91,6 +177,7 @@ async def stream_conversation(
         return  # the client closed before saying anything
     if first.WhichOneof("frame") != "open":
         raise InvalidArgument.of("open", "the first frame of a stream must be `open`")
+    live_frame = shared.live.frame if shared is not None else _live_frame
     handler = asyncio.current_task()
     assert handler is not None
     stream = await streams.open(
@@ -102,7 +189,12 @@ async def stream_conversation(
     reader = asyncio.create_task(_read_frames(frames, stream), name=f"stream {stream.id} reader")
     try:
         async for item in stream.items():
-            yield _stream_frame(item, error_domain)
+            if bench_counters.enabled:
+                bench_counters.count(_FRAME_COUNTER)
+            if isinstance(item, _LIVE_EVENTS):
+                yield live_frame(item)
+            else:
+                yield _answer_frame(item, error_domain)
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -110,8 +202,25 @@ async def stream_conversation(
         stream.close()
 
 
+_EVENT_KINDS: dict[int, EventKind] = {
+    pb.STREAM_EVENT_KIND_MESSAGE: EventKind.MESSAGE,
+    pb.STREAM_EVENT_KIND_DELIVERY: EventKind.DELIVERY,
+    pb.STREAM_EVENT_KIND_TYPING: EventKind.TYPING,
+    pb.STREAM_EVENT_KIND_READ: EventKind.READ,
+    pb.STREAM_EVENT_KIND_STATUS: EventKind.STATUS,
+}
+
+
 def _open_request(frame: pb.StreamOpen) -> StreamOpenRequest:
-    return StreamOpenRequest(
+    violations: list[FieldViolation] = []
+    kinds = enum_set_from_proto(
+        frame.event_kinds,
+        _EVENT_KINDS.get,
+        field="open.event_kinds",
+        noun="event kind",
+        violations=violations,
+    )
+    request = StreamOpenRequest(
         conversation_id=frame.conversation_id,
         user_id=frame.user_id,
         channel=channel_from_proto(frame.channel),
@@ -119,7 +228,13 @@ def _open_request(frame: pb.StreamOpen) -> StreamOpenRequest:
         resume_after=(
             frame.resume_after_sequence if frame.HasField("resume_after_sequence") else None
         ),
+        event_kinds=kinds,
+        omit_own_messages=frame.omit_own_messages,
     )
+    if violations:
+        # With the other fields' problems: one status says all.
+        raise InvalidArgument([*open_violations(request), *violations])
+    return request
 
 
 async def _read_frames(
@@ -167,9 +282,13 @@ async def _read_frames(
         stream.fail(Internal())
 
 
-def _stream_frame(item: StreamItem, error_domain: str) -> pb.StreamConversationResponse:
-    if isinstance(item, MessageStored):
-        return pb.StreamConversationResponse(message=message_proto(item.message))
+_LIVE_EVENTS = (MessageStored, DeliveryChanged, TypingChanged, ReadThrough, StatusChanged)
+
+
+def _answer_frame(
+    item: Opened | Acked | Refused, error_domain: str
+) -> pb.StreamConversationResponse:
+    """A frame of this stream's own: not shared."""
     if isinstance(item, Opened):
         return pb.StreamConversationResponse(
             opened=pb.StreamOpened(
@@ -183,12 +302,17 @@ def _stream_frame(item: StreamItem, error_domain: str) -> pb.StreamConversationR
                 message_id=item.message_id, sequence=item.sequence, duplicate=item.duplicate
             )
         )
-    if isinstance(item, Refused):
-        return pb.StreamConversationResponse(
-            error=pb.StreamError(
-                message_id=item.message_id, status=to_status(item.error, domain=error_domain)
-            )
+    return pb.StreamConversationResponse(
+        error=pb.StreamError(
+            message_id=item.message_id, status=to_status(item.error, domain=error_domain)
         )
+    )
+
+
+def _live_frame(item: LiveEvent) -> pb.StreamConversationResponse:
+    """A live event's frame, the same for every stream that carries it."""
+    if isinstance(item, MessageStored):
+        return pb.StreamConversationResponse(message=message_proto(item.message))
     if isinstance(item, DeliveryChanged):
         return pb.StreamConversationResponse(
             delivery=pb.DeliveryUpdate(
@@ -226,8 +350,10 @@ async def watch_conversations(
     watches: WatchConversations,
     tenant_id: str,
     context: Any,
+    shared: StreamFrames | None = None,
 ) -> AsyncIterator[pb.WatchConversationsResponse]:
-    channels, statuses = _watch_filters(request)
+    channels, statuses, event_types = _watch_filters(request)
+    watch_frame = (shared or StreamFrames(watches.tokens)).watch.frame
     resume_after = None
     if request.resume_token:
         position = watches.tokens.resume_position(tenant_id, request.resume_token)
@@ -239,6 +365,7 @@ async def watch_conversations(
         tenant_id,
         channels=channels,
         statuses=statuses,
+        event_types=event_types,
         resume_after=resume_after,
         valid_until=current_principal().valid_until,
         abandon=handler.cancel,
@@ -249,10 +376,9 @@ async def watch_conversations(
         await context.send_initial_metadata(())
         try:
             async for entry in watch.entries():
-                yield pb.WatchConversationsResponse(
-                    event=event_to_proto(entry.event),
-                    resume_token=watches.tokens.resume_token(tenant_id, entry.position),
-                )
+                if bench_counters.enabled:
+                    bench_counters.count(_FRAME_COUNTER)
+                yield watch_frame(entry)
         except ChatError as error:
             # Whatever ended the watch (drain, expired token, the store), the
             # client resumes where it stopped: everything before went out.
@@ -268,7 +394,7 @@ async def watch_conversations(
 
 def _watch_filters(
     request: pb.WatchConversationsRequest,
-) -> tuple[frozenset[Channel], frozenset[ConversationStatus]]:
+) -> tuple[frozenset[Channel], frozenset[ConversationStatus], frozenset[EventType]]:
     violations: list[FieldViolation] = []
     channels = enum_set_from_proto(
         request.channels,
@@ -284,9 +410,32 @@ def _watch_filters(
         noun="status",
         violations=violations,
     )
+    event_types = _event_types(request.event_types, violations)
     if violations:
         raise InvalidArgument(violations)
-    return channels, statuses
+    return channels, statuses, event_types
+
+
+_EVENT_TYPES = {event_type.value: event_type for event_type in EventType}
+
+
+def _event_types(names: Sequence[str], violations: list[FieldViolation]) -> frozenset[EventType]:
+    """As enum_set_from_proto, for the event types' plain strings."""
+    known = {name: _EVENT_TYPES.get(name) for name in set(names)}
+    unknown = {name for name, event_type in known.items() if event_type is None}
+    reported: set[str] = set()
+    for index, name in enumerate(names):
+        if len(reported) == min(len(unknown), MAX_UNKNOWN_REPORTED):
+            break
+        if name in unknown and name not in reported:
+            reported.add(name)
+            violations.append(
+                FieldViolation(
+                    f"event_types[{index}]",
+                    f"is not an event type (one of {', '.join(sorted(_EVENT_TYPES))})",
+                )
+            )
+    return frozenset(event_type for event_type in known.values() if event_type is not None)
 
 
 # ---------------------------------------------------------- ExportConversation

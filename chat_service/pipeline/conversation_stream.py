@@ -21,6 +21,15 @@ A tenant holds at most `max_per_tenant` streams in a process; a stream ends
 with UNAUTHENTICATED when its token expires, and with UNAVAILABLE when the
 server drains. Every ending but a protocol error carries
 `resume_after_sequence`: the last sequence the client was sent.
+
+A client may ask for some kinds of live event only (`EventKind`): the others
+are dropped as they arrive, before they take a slot of the buffer. A stream
+that does not carry messages neither replays nor fills gaps (both are
+messages), and its resume position stays where it started: it sent no
+message, so a client that resumes from it asking for messages misses none.
+A client may also leave out the echo of the messages it sends on this stream
+(`omit_own`): the stream remembers their ids until their messages pass by;
+they still move the resume position (their acks carried the sequences).
 """
 
 from __future__ import annotations
@@ -30,14 +39,17 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import TypeAlias
 
 from chat_service.domain.enums import MessageRole
 from chat_service.domain.errors import ChatError, InvalidArgument, ResourceExhausted
 from chat_service.domain.live import (
+    DeliveryChanged,
     LiveEvent,
     MessageStored,
     ReadThrough,
+    StatusChanged,
     TypingChanged,
     conversation_topic,
 )
@@ -78,6 +90,33 @@ class Refused:
 StreamItem: TypeAlias = Opened | Acked | Refused | LiveEvent
 
 
+class EventKind(Enum):
+    """A kind of live event a client can ask its stream to carry."""
+
+    MESSAGE = "message"
+    DELIVERY = "delivery"
+    TYPING = "typing"
+    READ = "read"
+    STATUS = "status"
+
+
+_EVENT_CLASSES: dict[EventKind, type[LiveEvent]] = {
+    EventKind.MESSAGE: MessageStored,
+    EventKind.DELIVERY: DeliveryChanged,
+    EventKind.TYPING: TypingChanged,
+    EventKind.READ: ReadThrough,
+    EventKind.STATUS: StatusChanged,
+}
+
+
+def unwanted_classes(kinds: frozenset[EventKind]) -> frozenset[type[LiveEvent]]:
+    """The live event classes a stream asking for `kinds` drops (none when
+    `kinds` is empty: it carries every kind)."""
+    if not kinds:
+        return frozenset()
+    return frozenset(cls for kind, cls in _EVENT_CLASSES.items() if kind not in kinds)
+
+
 @dataclass(frozen=True, slots=True)
 class StreamServices:
     """What a stream works with."""
@@ -114,6 +153,8 @@ class ConversationStream:
         *,
         on_close: Callable[[ConversationStream], None],
         abandon: Callable[[], object],
+        event_kinds: frozenset[EventKind] = frozenset(),
+        omit_own: bool = False,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.tenant_id = tenant_id
@@ -123,6 +164,11 @@ class ConversationStream:
         self._resume_after = resume_after
         self._on_close = on_close
         self._abandon = abandon
+        self._unwanted = unwanted_classes(event_kinds)
+        self._messages_wanted = MessageStored not in self._unwanted
+        # With omit_own: the ids of messages this client sent whose message
+        # has not passed by yet (so at most those in flight).
+        self._own: set[str] | None = set() if omit_own and self._messages_wanted else None
         self._finished = False
         self._typing = TypingThrottle(services.typing_interval, self._publish_typing)
         self._out: StreamBuffer[StreamItem] = StreamBuffer(services.buffer_size)
@@ -193,7 +239,7 @@ class ConversationStream:
         fatal error (raised) ends the stream."""
         conversation = self.conversation
         yield Opened(conversation, replay_through=conversation.last_sequence)
-        if self._resume_after is not None:
+        if self._resume_after is not None and self._messages_wanted:
             async for message in self._messages(self._last, conversation.last_sequence):
                 self._check()
                 # Counted as sent once handed over: the yield only returns
@@ -210,11 +256,24 @@ class ConversationStream:
             queued = await self._out.get()
             if queued is None:
                 continue
-            async for deliverable in self._deliverable(queued):
-                yield deliverable
+            if not isinstance(queued, MessageStored):
+                yield queued
+            elif queued.message.sequence == self._last + 1:
+                # The usual case, in order: no replay generator to set up.
+                self._last = queued.message.sequence
+                if not self._own_echo(queued.message):
+                    yield queued
+            else:
+                async for deliverable in self._deliverable(queued):
+                    yield deliverable
 
     def _on_live(self, event: LiveEvent) -> None:
         if self._fatal is not None:
+            return
+        if type(event) in self._unwanted:
+            # Dropped before it takes room. A dropped message does not move
+            # the resume position: the client was not sent it, and may ask
+            # for messages when it resumes.
             return
         if isinstance(event, TypingChanged | ReadThrough) and event.origin == self.id:
             return  # the client knows what it said itself
@@ -242,9 +301,20 @@ class ConversationStream:
             # store has them.
             async for message in self._messages(self._last, sequence - 1):
                 self._last = message.sequence
-                yield MessageStored(message)
+                if not self._own_echo(message):
+                    yield MessageStored(message)
         self._last = sequence
-        yield item
+        if not self._own_echo(item.message):
+            yield item
+
+    def _own_echo(self, message: Message) -> bool:
+        """Whether `message` is one of the client's own, not to be echoed
+        (it is forgotten then: it passes by once)."""
+        own = self._own
+        if not own or message.role is not MessageRole.USER or message.message_id not in own:
+            return False
+        own.discard(message.message_id)
+        return True
 
     async def _messages(self, after: int, through: int) -> AsyncIterator[Message]:
         with port_errors():
@@ -271,18 +341,25 @@ class ConversationStream:
 
     async def send(self, inbound: InboundMessage) -> None:
         """An end-user message from the client: handled as SendMessage."""
+        own = self._own
         try:
             if not inbound.message_id:
                 raise InvalidArgument.of("message.message_id", "is required on a stream")
+            if own is not None:
+                own.add(inbound.message_id)  # before its message can pass by
             await self._services.admission.admit(self.tenant_id)
             # Not shielded: SendMessage finishes what it committed, and a
             # stream that ends before the commit leaves nothing stored (the
             # client, without an ack, resends the message when it reconnects).
             outcome = await self._services.send_message(inbound, field_prefix="message.")
         except ChatError as error:
+            if own is not None:
+                own.discard(inbound.message_id)  # in doubt: echoed if it was stored
             await self._out.put(Refused(inbound.message_id, error))
             return
         result = outcome.result
+        if own is not None and outcome.replayed:
+            own.discard(inbound.message_id)  # stored before: no message passes by
         await self._out.put(Acked(result.message_id, result.sequence, outcome.replayed))
 
     def typing(self, typing: bool) -> None:

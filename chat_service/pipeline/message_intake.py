@@ -5,6 +5,10 @@ The inbound message, its events (and, when nobody answers it, the
 idempotency record) go in one write; the answer (bot_answer.py) in a
 second. `on_commit` is called just before the first write that may apply:
 from there on the caller's leaving must not stop the work (SendMessage).
+
+A message is written without first looking for its id: the store refuses a
+known (tenant, message_id) (DuplicateMessage, nothing written), and only
+then, on a retry, is the stored message read (AlreadyStored).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 from collections.abc import Callable
 
 from chat_service.domain.engine_reply import MAX_REPLY_PARTS
-from chat_service.domain.errors import Aborted
+from chat_service.domain.errors import ChatError
 from chat_service.domain.model import (
     Conversation,
     IdempotencyRecord,
@@ -40,6 +44,20 @@ log = logging.getLogger(__name__)
 OnCommit = Callable[[], None]
 
 
+class AlreadyStored(Exception):
+    """The message id is taken: the call retries (or reuses the id of) a
+    stored message, which is `message`. Nothing of this call was written."""
+
+    def __init__(self, message: Message) -> None:
+        super().__init__(f"message {message.message_id!r} is stored")
+        self.message = message
+
+
+class StaleConversation(Exception):
+    """The conversation the write was built on had changed: nothing was
+    written; read it again and decide anew."""
+
+
 class MessageIntake:
     def __init__(
         self,
@@ -52,6 +70,7 @@ class MessageIntake:
     ) -> None:
         self._store = store
         self._writer = writer
+        self._conversations = writer.conversations
         self._routing = routing
         self._bot = bot
         self._clock = clock
@@ -72,11 +91,14 @@ class MessageIntake:
         field_prefix: str,
         fence: int,
         on_commit: OnCommit,
+        fresh: bool = False,
     ) -> tuple[SendResult, bool]:
         """Stores `msg` in `conversation_id` (created if the message starts
-        one) and answers it. Returns the result and whether it is replayed
-        (another process stored this message meanwhile)."""
-        conversation = await self._writable(msg, conversation_id, field_prefix)
+        one) and answers it. Returns the result and whether it is replayed.
+        AlreadyStored when the message id is taken; StaleConversation when
+        the conversation, taken from the cache (unless `fresh`), had changed
+        (nothing written: call again with `fresh`)."""
+        conversation = await self._writable(msg, conversation_id, field_prefix, fresh=fresh)
         now = self._clock.now()
         received = receive(conversation, msg, fingerprint=fingerprint, at=now)
         record = None
@@ -95,19 +117,19 @@ class MessageIntake:
         on_commit()  # a write once started may apply: see it through
         try:
             await self._writer.write(change)
-            if msg.session_id:
-                await self._routing.remember(received.conversation, msg.session_id)
+        except VersionConflict as conflict:
+            if fresh:
+                raise
+            # Another process wrote the conversation since this one last did
+            # (or our lock was lost: then the fence refuses the next try too).
+            raise StaleConversation() from conflict
         except DuplicateMessage:
-            # Another process stored this id meanwhile (its claim outlived
-            # ours); its result wins if it is complete.
-            stored = await self.stored_result(msg, fingerprint, field_prefix)
-            if stored is not None:
-                return stored, True
-            raise Aborted(
-                "this message is being processed by another request; retry later",
-                reason="MESSAGE_IN_PROGRESS",
-                retry_after=1.0,
-            ) from None
+            stored = await self._store.get_message(msg.tenant_id, msg.message_id)
+            if stored is None:
+                raise  # a sequence taken: another writer got in (a lost lock)
+            raise AlreadyStored(stored) from None
+        if msg.session_id:
+            await self._routing.remember(received.conversation, msg.session_id)
         if record is not None:
             return record.result, False
         hints = msg.processing_hints
@@ -128,7 +150,7 @@ class MessageIntake:
         stored = await self.stored_result(msg, inbound.fingerprint, field_prefix)
         if stored is not None:  # finished while we waited for the lock
             return stored, True
-        found = await self._store.get_conversation(msg.tenant_id, inbound.conversation_id)
+        found = await self._conversations.get(msg.tenant_id, inbound.conversation_id, fresh=True)
         # Missing cannot happen: both were written together.
         conversation = conversation_of(msg.tenant_id, inbound.conversation_id, found)
         replies = await self._stored_replies(conversation, inbound)
@@ -157,13 +179,26 @@ class MessageIntake:
         return tuple(replies)
 
     async def _writable(
-        self, msg: InboundMessage, conversation_id: str, field_prefix: str
+        self, msg: InboundMessage, conversation_id: str, field_prefix: str, *, fresh: bool
     ) -> Conversation:
         """The conversation `msg` goes to, checked that it may take it; a new
-        one (not stored yet) when the message starts it."""
+        one (not stored yet) when the message starts it. A refusal gives way
+        to the stored message if this is a retry: its conversation may have
+        closed since, and a retry still gets the stored answer."""
+        try:
+            return await self._checked(msg, conversation_id, field_prefix, fresh=fresh)
+        except ChatError:
+            stored = await self._store.get_message(msg.tenant_id, msg.message_id)
+            if stored is not None:
+                raise AlreadyStored(stored) from None
+            raise
+
+    async def _checked(
+        self, msg: InboundMessage, conversation_id: str, field_prefix: str, *, fresh: bool
+    ) -> Conversation:
         assert msg.channel is not None  # validated
         if msg.conversation_id:
-            found = await self._store.get_conversation(msg.tenant_id, conversation_id)
+            found = await self._conversations.get(msg.tenant_id, conversation_id, fresh=fresh)
             conversation = conversation_of(msg.tenant_id, conversation_id, found)
             conversation.check_accepts_message(
                 user_id=msg.user_id, channel=msg.channel, field_prefix=field_prefix
@@ -172,7 +207,7 @@ class MessageIntake:
         if msg.session_id:
             # The session's conversation (checked under this lock), or a new
             # id: then nothing is stored under it yet.
-            found = await self._store.get_conversation(msg.tenant_id, conversation_id)
+            found = await self._conversations.get(msg.tenant_id, conversation_id, fresh=fresh)
             if found is not None and not found.status.is_closed:
                 return found
             if found is not None:

@@ -3,21 +3,28 @@
 The steps of DESIGN.md's pipeline (authentication and the tenant's rate
 limit happen at the edge, before this use case runs):
 
-  validate and normalize -> claim the message id -> take the conversation's
-  lock -> load or create the conversation -> store the inbound message with
-  its events -> ask the engine (fallback on timeout or error) -> format the
-  reply for the channel -> store the replies, the new state, their events and
-  the idempotency record -> hand the replies to delivery -> release.
+  validate and normalize -> take the conversation's lock -> load (from the
+  writer's cache) or create the conversation -> store the inbound message
+  with its events (its id known: the retry path) -> ask the engine
+  (fallback on timeout or error) -> format the reply for the channel -> store
+  the replies, the new state, their events and the idempotency record ->
+  hand the replies to delivery -> release.
 
-This module claims the id and takes the locks; message_intake.py does the
-writes under them, bot_answer.py the engine call and the reply, and the
-rules each step follows are the domain's (domain/turns.py, retries.py,
-engine_reply.py).
+This module takes the locks; message_intake.py does the writes under them,
+bot_answer.py the engine call and the reply, and the rules each step
+follows are the domain's (domain/turns.py, retries.py, engine_reply.py).
+
+One lock per call: the conversation's (and, for a session's message that
+names no conversation, the session's before it). No lock or read guards the
+message id: the store refuses a known id (nothing written), so a new message
+(the usual case) costs no lookup, and only a retry reads what was stored.
 
 Retries are safe at every point. A retry of a finished call finds the
 idempotency record and returns the stored result. A retry after a crash
 between the two writes finds the inbound message without a record and
-resumes from the engine call. Reply ids derive from the inbound id, so even
+resumes from the engine call, under the lock of the conversation it is
+stored in: a duplicate sent while the first is still being answered waits
+there, then finds the record. Reply ids derive from the inbound id, so even
 two processes racing on one message cannot store two sets of replies.
 """
 
@@ -26,8 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -38,7 +44,7 @@ from chat_service.domain.validation import validate_inbound
 from chat_service.pipeline.bot_answer import BotAnswer
 from chat_service.pipeline.delivery import DeliveryQueue
 from chat_service.pipeline.errors import port_errors
-from chat_service.pipeline.message_intake import MessageIntake
+from chat_service.pipeline.message_intake import AlreadyStored, MessageIntake, StaleConversation
 from chat_service.pipeline.session_routing import SessionRouting
 from chat_service.pipeline.writer import ConversationWriter
 from chat_service.ports import (
@@ -46,7 +52,7 @@ from chat_service.ports import (
     ConversationLocks,
     ConversationStore,
     Engine,
-    IdempotencyGuard,
+    LockLease,
     SessionCache,
 )
 
@@ -87,7 +93,6 @@ class SendMessage:
         store: ConversationStore,
         writer: ConversationWriter,
         locks: ConversationLocks,
-        idempotency: IdempotencyGuard,
         engine: Engine,
         delivery: DeliveryQueue,
         sessions: SessionCache,
@@ -95,12 +100,12 @@ class SendMessage:
         settings: SendSettings,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
-        self._store = store
         self._locks = locks
-        self._idempotency = idempotency
         self._lock_timeout = settings.lock_timeout
         self._new_id = new_id
-        self._routing = SessionRouting(store=store, locks=locks, sessions=sessions, new_id=new_id)
+        self._routing = SessionRouting(
+            conversations=writer.conversations, locks=locks, sessions=sessions, new_id=new_id
+        )
         self._intake = MessageIntake(
             store=store,
             writer=writer,
@@ -175,58 +180,80 @@ class SendMessage:
 
     async def _send(self, msg: InboundMessage, field_prefix: str, call: _Call) -> SendOutcome:
         fingerprint = request_fingerprint(msg)
-        timeout = self._lock_timeout
-        intake = self._intake
         with port_errors():
-            async with self._idempotency.claim(msg.tenant_id, msg.message_id, timeout=timeout):
-                # A record is only ever written with or after its message, so
-                # an unknown message id (the usual case) needs no second read.
-                stored = await self._store.get_message(msg.tenant_id, msg.message_id)
-                if stored is not None:
-                    replay = await intake.stored_result(msg, fingerprint, field_prefix)
-                    if replay is not None:
-                        return SendOutcome(replay, replayed=True)
-                    check_same_request(stored.fingerprint, fingerprint, field_prefix=field_prefix)
-                locked = self._conversation_lock(msg, stored, timeout)
-                async with locked as (conversation_id, fence):
-                    if stored is None:
-                        result, replayed = await intake.take_new(
-                            msg,
-                            conversation_id,
-                            fingerprint=fingerprint,
-                            field_prefix=field_prefix,
-                            fence=fence,
-                            on_commit=call.commit,
-                        )
-                    else:
-                        result, replayed = await intake.resume(
-                            msg,
-                            stored,
-                            field_prefix=field_prefix,
-                            fence=fence,
-                            on_commit=call.commit,
-                        )
-                return SendOutcome(result, replayed)
+            try:
+                try:
+                    return await self._take_new(msg, fingerprint, field_prefix, call, fresh=False)
+                except StaleConversation:
+                    # Another process wrote the conversation: decide again
+                    # (the route too) from what is stored now.
+                    return await self._take_new(msg, fingerprint, field_prefix, call, fresh=True)
+            except AlreadyStored as already:
+                return await self._stored(msg, already.message, fingerprint, field_prefix, call)
 
-    @asynccontextmanager
-    async def _conversation_lock(
-        self, msg: InboundMessage, stored: Message | None, timeout: float
-    ) -> AsyncIterator[tuple[str, int]]:
-        """Holds the lock of the conversation the message goes to (the one it
-        is stored in, the one it names, its session's, or a new one); gives
-        its id and the lease's fencing token."""
-        if stored is None and not msg.conversation_id and msg.session_id:
+    async def _take_new(
+        self, msg: InboundMessage, fingerprint: str, field_prefix: str, call: _Call, *, fresh: bool
+    ) -> SendOutcome:
+        """Under the lock of the conversation the message goes to: the one it
+        names, its session's, or a new one."""
+        timeout = self._lock_timeout
+        if not msg.conversation_id and msg.session_id:
             # The session's messages are resolved one at a time, so they
             # cannot each start a conversation.
+            routed = self._routing.hold_conversation(msg, timeout, fresh=fresh)
             async with (
                 self._locks.hold(msg.tenant_id, f"session/{msg.session_id}", timeout=timeout),
-                self._routing.hold_conversation(msg, timeout) as (conversation_id, lease),
+                routed as (conversation_id, lease),
             ):
-                yield conversation_id, lease.fencing_token
-            return
-        if stored is not None:
-            conversation_id = stored.conversation_id
-        else:
-            conversation_id = msg.conversation_id or self._new_id()
+                return await self._take_locked(
+                    msg, conversation_id, lease, fingerprint, field_prefix, call, fresh=fresh
+                )
+        conversation_id = msg.conversation_id or self._new_id()
         async with self._locks.hold(msg.tenant_id, conversation_id, timeout=timeout) as lease:
-            yield conversation_id, lease.fencing_token
+            return await self._take_locked(
+                msg, conversation_id, lease, fingerprint, field_prefix, call, fresh=fresh
+            )
+
+    async def _take_locked(
+        self,
+        msg: InboundMessage,
+        conversation_id: str,
+        lease: LockLease,
+        fingerprint: str,
+        field_prefix: str,
+        call: _Call,
+        *,
+        fresh: bool,
+    ) -> SendOutcome:
+        result, replayed = await self._intake.take_new(
+            msg,
+            conversation_id,
+            fingerprint=fingerprint,
+            field_prefix=field_prefix,
+            fence=lease.fencing_token,
+            on_commit=call.commit,
+            fresh=fresh,
+        )
+        return SendOutcome(result, replayed)
+
+    async def _stored(
+        self, msg: InboundMessage, stored: Message, fingerprint: str, field_prefix: str, call: _Call
+    ) -> SendOutcome:
+        """A retry (or a reuse of the id) of `stored`: its stored answer, or
+        the answer it never got, under its own conversation's lock."""
+        intake = self._intake
+        replay = await intake.stored_result(msg, fingerprint, field_prefix)
+        if replay is not None:
+            return SendOutcome(replay, replayed=True)
+        check_same_request(stored.fingerprint, fingerprint, field_prefix=field_prefix)
+        async with self._locks.hold(
+            msg.tenant_id, stored.conversation_id, timeout=self._lock_timeout
+        ) as lease:
+            result, replayed = await intake.resume(
+                msg,
+                stored,
+                field_prefix=field_prefix,
+                fence=lease.fencing_token,
+                on_commit=call.commit,
+            )
+        return SendOutcome(result, replayed)

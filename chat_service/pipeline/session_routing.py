@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from chat_service.domain.model import Conversation, InboundMessage
+from chat_service.pipeline.writer import ConversationCache
 from chat_service.ports import (
     ConversationLocks,
-    ConversationStore,
     CoordinationUnavailable,
     LockLease,
     SessionCache,
@@ -28,29 +28,30 @@ class SessionRouting:
     def __init__(
         self,
         *,
-        store: ConversationStore,
+        conversations: ConversationCache,
         locks: ConversationLocks,
         sessions: SessionCache,
         new_id: Callable[[], str],
     ) -> None:
-        self._store = store
+        self._conversations = conversations
         self._locks = locks
         self._sessions = sessions
         self._new_id = new_id
 
     @asynccontextmanager
     async def hold_conversation(
-        self, msg: InboundMessage, timeout: float
+        self, msg: InboundMessage, timeout: float, *, fresh: bool = False
     ) -> AsyncIterator[tuple[str, LockLease]]:
         """Holds the lock of the conversation a session message goes to: the
         session's, if it can take the message (checked under its lock, so a
         close that came first is seen), else a new one. Entered under the
         session's lock, which every message that could change the answer
-        also takes."""
+        also takes. The conversation comes from the cache unless `fresh`:
+        if another process changed it since, the write finds out."""
         chosen = await self._session_conversation_id(msg)
         if chosen is not None:
             async with self._locks.hold(msg.tenant_id, chosen, timeout=timeout) as lease:
-                found = await self._store.get_conversation(msg.tenant_id, chosen)
+                found = await self._conversations.get(msg.tenant_id, chosen, fresh=fresh)
                 if found is not None and found.continues_session(msg.user_id, msg.channel):
                     yield chosen, lease
                     return

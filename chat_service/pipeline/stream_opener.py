@@ -24,7 +24,11 @@ from chat_service.domain.identifiers import (
     identifier_problem,
 )
 from chat_service.domain.model import Conversation, conversation_of
-from chat_service.pipeline.conversation_stream import ConversationStream, StreamServices
+from chat_service.pipeline.conversation_stream import (
+    ConversationStream,
+    EventKind,
+    StreamServices,
+)
 from chat_service.pipeline.errors import port_errors
 from chat_service.pipeline.stream_limits import TenantSlots
 from chat_service.ports import ConversationChange
@@ -39,6 +43,10 @@ class StreamOpenRequest:
     channel: Channel | None = None
     session_id: str = ""
     resume_after: int | None = None
+    # The live events the stream carries; empty: every kind.
+    event_kinds: frozenset[EventKind] = frozenset()
+    # Leave out the echo of the client's own messages (their acks answer them).
+    omit_own_messages: bool = False
 
 
 class ConversationStreams:
@@ -88,6 +96,8 @@ class ConversationStreams:
                 request.resume_after,
                 on_close=closed,
                 abandon=abandon,
+                event_kinds=request.event_kinds,
+                omit_own=request.omit_own_messages,
             )
         except BaseException:
             release()
@@ -160,6 +170,13 @@ class ConversationStreams:
 
 
 def _validate_open(request: StreamOpenRequest) -> None:
+    if violations := open_violations(request):
+        raise InvalidArgument(violations)
+
+
+def open_violations(request: StreamOpenRequest) -> list[FieldViolation]:
+    """What is wrong with an `open` frame (for the gRPC layer to report with
+    what it found mapping the frame, all in one status)."""
     violations = []
     if request.conversation_id and (problem := conversation_id_problem(request.conversation_id)):
         violations.append(FieldViolation("open.conversation_id", problem))
@@ -178,5 +195,4 @@ def _validate_open(request: StreamOpenRequest) -> None:
             violations.append(
                 FieldViolation("open.resume_after_sequence", "needs a conversation_id")
             )
-    if violations:
-        raise InvalidArgument(violations)
+    return violations

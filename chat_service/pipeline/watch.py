@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from chat_service.domain.enums import Channel, ConversationStatus
 from chat_service.domain.errors import RESUME_TOKEN_EXPIRED, ChatError, FailedPrecondition
-from chat_service.domain.events import OutboxEntry
+from chat_service.domain.events import EventType, OutboxEntry
 from chat_service.pipeline.batch_loop import BatchLoop
 from chat_service.pipeline.errors import port_errors
 from chat_service.pipeline.page_tokens import PageTokens
@@ -112,7 +112,14 @@ class EventTail:
         if not self._listeners:
             # Nobody watches: just keep up with the end of the log (one
             # small query) rather than reading every event.
-            self.position = max(self.position, await self._store.last_event_position())
+            end = await self._store.last_event_position()
+            # Only if nobody subscribed while the query ran: the end may have
+            # been read after a watch started listening (from this position)
+            # and after its events were committed; skipping to it would lose
+            # them, for a live watch for good (a resumed one only if its
+            # catch-up read came first). Such a pass reads on from here.
+            if not self._listeners:
+                self.position = max(self.position, end)
             return 0
         try:
             entries = await self._store.read_events(
@@ -182,6 +189,7 @@ class WatchConversations:
         *,
         channels: Collection[Channel] = (),
         statuses: Collection[ConversationStatus] = (),
+        event_types: Collection[EventType] = (),
         resume_after: int | None = None,
         valid_until: float | None = None,
         abandon: Callable[[], object] = lambda: None,
@@ -205,6 +213,7 @@ class WatchConversations:
                 buffer_size=self._buffer_size,
                 channels=frozenset(channels),
                 statuses=frozenset(statuses),
+                event_types=frozenset(event_types),
                 resume_after=resume_after,
                 stall_grace=self._stall_grace,
                 abandon=abandon,
@@ -252,6 +261,7 @@ class Watch:
         channels: frozenset[Channel],
         statuses: frozenset[ConversationStatus],
         resume_after: int | None,
+        event_types: frozenset[EventType] = frozenset(),
         stall_grace: float = 5.0,
         abandon: Callable[[], object] = lambda: None,
         on_close: Callable[[Watch], object] = lambda _watch: None,
@@ -260,6 +270,7 @@ class Watch:
         self._tenant_id = tenant_id
         self._channels = channels
         self._statuses = statuses
+        self._event_types = event_types
         self._stall_grace = stall_grace
         self._abandon = abandon
         self._on_close = on_close
@@ -273,6 +284,7 @@ class Watch:
             tenant_id, self._on_entry, self._on_pruned
         )
         self._behind = resume_after is not None  # read from the store first
+        self._catching_up = False  # reading from the store: it moves the position
         self._last = tail.position if resume_after is None else resume_after
 
     @property
@@ -329,8 +341,12 @@ class Watch:
             self._check()
             if self._behind:
                 self._behind = False
-                async for entry in self._catch_up():
-                    yield entry
+                self._catching_up = True
+                try:
+                    async for entry in self._catch_up():
+                        yield entry
+                finally:
+                    self._catching_up = False
                 continue
             queued = await self._queue.get()
             if isinstance(queued, _Wake) or queued.position <= self._last:
@@ -353,7 +369,16 @@ class Watch:
                 return
 
     def _on_entry(self, entry: OutboxEntry) -> None:
-        if self._behind or not self._wanted(entry):
+        if self._behind:
+            return
+        if not self._wanted(entry):
+            # Left out. With nothing queued (and no catch-up reading the
+            # store from the position), every entry before it was taken:
+            # entries() moves the position as it takes one. So the position
+            # moves past it, or a rarely matching watch would resume far
+            # behind the log's end, even past its retention.
+            if not self._catching_up and self._queue.empty() and entry.position > self._last:
+                self._last = entry.position
             return
         try:
             self._queue.put_nowait(entry)
@@ -381,8 +406,10 @@ class Watch:
 
     def _wanted(self, entry: OutboxEntry) -> bool:
         event = entry.event
-        return (not self._channels or event.channel in self._channels) and (
-            not self._statuses or event.conversation_status in self._statuses
+        return (
+            (not self._channels or event.channel in self._channels)
+            and (not self._statuses or event.conversation_status in self._statuses)
+            and (not self._event_types or event.event_type in self._event_types)
         )
 
 

@@ -245,6 +245,8 @@ odd_text = st.one_of(
     channel=st.integers(-(2**31), 2**31 - 1) | st.sampled_from([0, 1, 6, 99]),
     session_id=odd_text,
     resume_after=st.none() | st.integers(-(2**63), 2**63 - 1) | st.sampled_from([0, 1, -1]),
+    event_kinds=st.lists(st.integers(-(2**31), 2**31 - 1) | st.integers(0, 6), max_size=8),
+    omit_own_messages=st.booleans(),
 )
 def test_open_frames_with_odd_fields_get_a_clear_answer(
     target: AbuseTarget,
@@ -253,12 +255,16 @@ def test_open_frames_with_odd_fields_get_a_clear_answer(
     channel: int,
     session_id: str,
     resume_after: int | None,
+    event_kinds: list[int],
+    omit_own_messages: bool,
 ) -> None:
     frame = pb.StreamOpen(
         conversation_id=conversation_id,
         user_id=user_id,
         channel=channel,  # type: ignore[arg-type]
         session_id=session_id,
+        event_kinds=event_kinds,  # type: ignore[arg-type]
+        omit_own_messages=omit_own_messages,
     )
     if resume_after is not None:
         frame.resume_after_sequence = resume_after
@@ -671,8 +677,34 @@ async def test_many_watches_at_once_are_served_up_to_the_cap(
         ("channels", [99] * 100_000, frozenset({Code.INVALID_ARGUMENT})),
         ("statuses", list(range(10, 100_010)), frozenset({Code.INVALID_ARGUMENT})),
         ("channels", [1, 2, 3, 4, 5, 6, 7] * 20_000, frozenset({Code.OK, Code.INVALID_ARGUMENT})),
+        # Event types are strings: no case folding, no blank, no near miss.
+        ("event_types", ["message.sent", ""], frozenset({Code.INVALID_ARGUMENT})),
+        ("event_types", ["MESSAGE.SENT"], frozenset({Code.INVALID_ARGUMENT})),
+        ("event_types", [" message.sent"], frozenset({Code.INVALID_ARGUMENT})),
+        ("event_types", ["message.sent\x00"], frozenset({Code.INVALID_ARGUMENT})),
+        ("event_types", [f"type-{i}" for i in range(100_000)], frozenset({Code.INVALID_ARGUMENT})),
+        (
+            "event_types",
+            ["e" * 4_000_000],
+            frozenset({Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED}),
+        ),
+        ("event_types", ["message.sent"] * 200_000, frozenset({Code.OK})),
     ],
-    ids=["unknown", "negative", "max-int", "100k-unknown", "100k-distinct", "140k-valid"],
+    ids=[
+        "unknown",
+        "negative",
+        "max-int",
+        "100k-unknown",
+        "100k-distinct",
+        "140k-valid",
+        "type-blank",
+        "type-case",
+        "type-space",
+        "type-nul",
+        "100k-unknown-types",
+        "4MB-type",
+        "200k-same-type",
+    ],
 )
 async def test_odd_watch_filters(
     target: AbuseTarget,

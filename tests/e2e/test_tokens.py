@@ -235,16 +235,25 @@ async def test_a_resume_token_resumes_and_a_tampered_one_is_refused(
     sent = await stub.SendMessage(
         text_request("watched", conversation_id=tenant.conversation_id), metadata=tenant.auth
     )
+    # The tenant fixture's own events may come first: a watch "from now on"
+    # starts where the server's event tail has handed out, which trails
+    # the log's end by the tail's wake-up delay (or by a poll), so events
+    # committed just before it opened can still come (never fewer than
+    # those committed after). The watched message's event follows them.
     first = await _next(watch)
+    while first.event.message_id != sent.message_id:
+        first = await _next(watch)
     watch.cancel()
+    assert first.event.event_type == "message.received"
     assert first.event.conversation_id == sent.conversation_id
 
     resumed = stub.WatchConversations(
         pb.WatchConversationsRequest(resume_token=first.resume_token), metadata=tenant.auth
     )
-    after = await _next(resumed)  # the events after the first, from the log
+    after = await _next(resumed)  # the event after the first, from the log
     resumed.cancel()
-    assert after.event.event_id != first.event.event_id
+    assert after.event.event_type == "message.sent"
+    assert after.event.message_id in {reply.message_id for reply in sent.replies}
 
     await _invalid(
         stub.WatchConversations(

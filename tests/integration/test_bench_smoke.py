@@ -29,10 +29,16 @@ from bench.stream_load import run_stream_load
 PAIRS = {
     "send-message-sqlite": "echo-unary",
     "send-message-redis-kafka-sqlite": "echo-unary",
+    "send-message-2-workers-redis": "echo-unary",
     "send-message-production": "echo-unary",
     "stream-conversation-sqlite": "echo-bidi",
 }
-ON_SQLITE = ("send-message-sqlite", "send-message-redis-kafka-sqlite", "stream-conversation-sqlite")
+ON_SQLITE = (
+    "send-message-sqlite",
+    "send-message-redis-kafka-sqlite",
+    "send-message-2-workers-redis",
+    "stream-conversation-sqlite",
+)
 ON_MONGO = ("send-message-production",)
 CONCURRENCY = 4
 
@@ -57,6 +63,7 @@ def test_a_short_bench_run_reports_every_scenario_and_its_ratios(
         "echo-bidi",
         "send-message-sqlite",
         "send-message-redis-kafka-sqlite",
+        "send-message-2-workers-redis",
         "send-message-production",
         "stream-conversation-sqlite",
         "echo-unary",

@@ -258,6 +258,36 @@ async def test_group_commit_isolates_a_failing_unit(tmp_path: Path) -> None:
     assert len(writer.batches) < 20  # units queued together were committed together
 
 
+async def test_group_commit_runs_units_without_savepoints_until_one_fails(tmp_path: Path) -> None:
+    # Savepoints are two statements per unit: a batch pays for them only
+    # once a unit of it failed (it then runs again, each unit in its own).
+    connection = connect(tmp_path / "s.db", busy_timeout=1)
+    connection.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+    statements: list[str] = []
+    connection.set_trace_callback(statements.append)
+    writer = GroupCommitWriter(connection, name="test-writer")
+
+    def insert(n: int) -> Callable[[sqlite3.Connection], int]:
+        def work(c: sqlite3.Connection) -> int:
+            c.execute("INSERT INTO t (n) VALUES (?)", (n,))
+            return n
+
+        return work
+
+    assert await asyncio.gather(*(writer.run(insert(n)) for n in range(5))) == list(range(5))
+    clean = [s for s in statements if "SAVEPOINT" in s or "RELEASE" in s]
+    statements.clear()
+    failed = await asyncio.gather(
+        writer.run(insert(5)), writer.run(insert(5)), return_exceptions=True
+    )
+    writer.close()
+
+    assert clean == []
+    assert failed[0] == 5
+    assert isinstance(failed[1], sqlite3.IntegrityError)
+    assert any("SAVEPOINT" in s for s in statements)  # the failing batch ran again, apart
+
+
 async def test_a_version_1_database_is_migrated_with_its_events(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     conversation = make_conversation()

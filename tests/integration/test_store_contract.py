@@ -302,6 +302,30 @@ async def test_a_reused_message_id_is_a_duplicate_and_writes_nothing(
     assert await outbox_events(store) == []
 
 
+async def test_a_new_conversation_whose_message_id_is_taken_is_not_created(
+    store: ConversationStore,
+) -> None:
+    # SendMessage writes a message without looking for its id first: a retry
+    # of a message that started a conversation starts another one, and only
+    # the store's refusal tells it is a retry. That refusal must leave no
+    # empty conversation behind.
+    _, [first] = await create(store, texts=("first",))
+    other = make_conversation()
+    again = make_message(other, 1, message_id=first.message_id)
+
+    with pytest.raises(DuplicateMessage):
+        await store.write(
+            create_change(other, [again], [make_event(other, message=again)], make_record(again))
+        )
+
+    assert await store.get_conversation(TENANT, other.conversation_id) is None
+    assert await store.get_message(TENANT, first.message_id) == first
+    assert await store.list_conversations(TENANT, ConversationQuery(), limit=10) == [
+        await store.get_conversation(TENANT, first.conversation_id)
+    ]
+    assert await outbox_events(store) == []
+
+
 async def test_a_taken_sequence_is_a_duplicate_and_writes_nothing(
     store: ConversationStore,
 ) -> None:

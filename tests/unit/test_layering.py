@@ -41,12 +41,14 @@ OUTSIDE_WORLD = (
     "urllib.request",
 )
 # The layers allowed to speak protobuf: the neutral mapping package, the gRPC
-# API, and the adapters whose outside world is protobuf (MCP Engine, Kafka).
+# API, and the adapters whose outside world is protobuf (MCP Engine, Kafka,
+# Security Hub).
 SPEAKS_PROTOBUF = (
     "chat_service.protomap",
     "chat_service.grpc_api",
     "adapters.engine",
     "adapters.kafka",
+    "adapters.security_hub",
 )
 COMPOSITION_ROOT = ("chat_service.bootstrap", "chat_service.wiring", "chat_service.__main__")
 

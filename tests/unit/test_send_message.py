@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
@@ -30,6 +30,7 @@ from chat_service.domain.model import (
     ConversationState,
     IdempotencyRecord,
     InboundMessage,
+    Message,
     ProcessingHints,
 )
 from chat_service.pipeline.delivery import DeliveryQueue
@@ -758,6 +759,16 @@ async def test_a_session_conversation_closed_under_a_lost_lock_is_aborted_then_r
     store = ClosesBehindTheLock()
     core = build_core(store)
     first = await core.send(inbound("hi", session_id="s-lost"))
+    # Another process wrote the conversation since, so this one's copy is
+    # stale and it reads the conversation again: then it gets closed.
+    conversation = await store.get_conversation(TENANT, first.result.conversation_id)
+    assert conversation is not None
+    await store.write(
+        ConversationChange(
+            dataclasses.replace(conversation, version=conversation.version + 1),
+            expected_version=conversation.version,
+        )
+    )
     store.target = first.result.conversation_id
 
     with pytest.raises(Aborted) as caught:
@@ -817,3 +828,111 @@ async def test_an_invalid_engine_reply_is_logged_without_its_values(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("response_contents[0].language" in text for text in warnings)
     assert not any("secret" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------- what a call reads (issue 13)
+
+
+class CountsLookups(InMemoryStore):
+    """Counts the store's point reads (each a thread hop on SQLite)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups: list[str] = []
+
+    async def get_message(self, tenant_id: str, message_id: str) -> Message | None:
+        self.lookups.append("get_message")
+        return await super().get_message(tenant_id, message_id)
+
+    async def get_conversation(self, tenant_id: str, conversation_id: str) -> Conversation | None:
+        self.lookups.append("get_conversation")
+        return await super().get_conversation(tenant_id, conversation_id)
+
+    async def get_record(self, tenant_id: str, message_id: str) -> IdempotencyRecord | None:
+        self.lookups.append("get_record")
+        return await super().get_record(tenant_id, message_id)
+
+    async def list_messages(
+        self,
+        tenant_id: str,
+        conversation_id: str,
+        *,
+        limit: int,
+        after_sequence: int | None = None,
+        descending: bool = False,
+    ) -> Sequence[Message]:
+        # The engine's history: a read of its own (the fake looks the
+        # conversation up inside it, which is not one).
+        counted = len(self.lookups)
+        found = await super().list_messages(
+            tenant_id,
+            conversation_id,
+            limit=limit,
+            after_sequence=after_sequence,
+            descending=descending,
+        )
+        del self.lookups[counted:]
+        return found
+
+
+async def test_a_new_message_to_a_conversation_written_here_reads_nothing_first() -> None:
+    # No lookup of the message id (the store refuses a known one) and no
+    # read of the conversation this process wrote last.
+    store = CountsLookups()
+    core = build_core(store)
+    first = await core.send(inbound("hi", message_id="m-1"))
+    store.lookups.clear()
+
+    second = inbound("again", message_id="m-2", conversation_id=first.result.conversation_id)
+    sent = await core.send(second)
+
+    assert store.lookups == []
+    assert sent.result.sequence == 3
+    assert (await core.send(second)).replayed  # a retry still is
+    await core.delivery.close(1.0)
+
+
+async def test_a_conversation_another_process_wrote_is_read_again_and_the_message_goes_in(
+    core: Core,
+) -> None:
+    first = await core.send(inbound("hi"))
+    conversation_id = first.result.conversation_id
+    stored = await core.store.get_conversation(TENANT, conversation_id)
+    assert stored is not None
+    # Another process's message and answer: this process's copy is stale.
+    theirs = [
+        dataclasses.replace(message, message_id=f"theirs-{message.sequence}", sequence=seq)
+        for message, seq in zip(
+            await core.store.list_messages(TENANT, conversation_id, limit=10), (3, 4), strict=True
+        )
+    ]
+    await core.store.write(
+        ConversationChange(
+            dataclasses.replace(stored, last_sequence=4, version=stored.version + 1),
+            expected_version=stored.version,
+            messages=tuple(theirs),
+        )
+    )
+
+    after = await core.send(inbound("mine", conversation_id=conversation_id))
+
+    assert not after.replayed
+    assert after.result.sequence == 5
+    messages = await core.store.list_messages(TENANT, conversation_id, limit=10)
+    assert [m.sequence for m in messages] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_retry_gets_its_answer_after_its_conversation_closed(core: Core) -> None:
+    # A new message would be refused there now (CONVERSATION_CLOSED); a
+    # retry of one stored before the close still gets its stored answer.
+    started = await core.send(inbound("hi"))
+    conversation_id = started.result.conversation_id
+    first = await core.send(inbound("more", message_id="m-1", conversation_id=conversation_id))
+    await core.services.update_status(TENANT, conversation_id, ConversationStatus.COMPLETED)
+
+    retry = await core.send(inbound("more", message_id="m-1", conversation_id=conversation_id))
+
+    assert retry.replayed
+    assert retry.result == first.result
+    with pytest.raises(FailedPrecondition):
+        await core.send(inbound("new", message_id="m-2", conversation_id=conversation_id))

@@ -3,33 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
+from adapters.memory.locks import InProcessConversationLocks
 from chat_service.domain.enums import Channel
-from chat_service.domain.model import Message
 from chat_service.pipeline.conversation_stream import Acked, ConversationStream
 from chat_service.pipeline.stream_opener import StreamOpenRequest
+from chat_service.ports import LockLease
 from tests.builders import TENANT
-from tests.unit.test_conversation_stream import World, _take, build
+from tests.unit.test_conversation_stream import _take, build
 from tests.unit.test_send_message import inbound
 
 
-def _hold_first_lookup(
-    world: World, monkeypatch: pytest.MonkeyPatch, message_id: str
+def _hold_first_lock(
+    monkeypatch: pytest.MonkeyPatch, conversation_id: str
 ) -> tuple[asyncio.Event, asyncio.Event]:
-    """Stops the first lookup of `message_id` (SendMessage's first step,
-    before anything is written) until `release` is set."""
+    """Stops the first request for `conversation_id`'s lock (SendMessage's
+    first step, before anything is written) until `release` is set."""
     reached, release = asyncio.Event(), asyncio.Event()
-    lookup = world.store.get_message
+    hold = InProcessConversationLocks.hold
 
-    async def held(tenant_id: str, wanted: str) -> Message | None:
-        if wanted == message_id and not reached.is_set():
+    @asynccontextmanager
+    async def held_first(
+        locks: InProcessConversationLocks, tenant_id: str, wanted: str, *, timeout: float
+    ) -> AsyncIterator[LockLease]:
+        if wanted == conversation_id and not reached.is_set():
             reached.set()
             await release.wait()
-        return await lookup(tenant_id, wanted)
+        async with hold(locks, tenant_id, wanted, timeout=timeout) as lease:
+            yield lease
 
-    monkeypatch.setattr(world.store, "get_message", held)
+    monkeypatch.setattr(InProcessConversationLocks, "hold", held_first)
     return reached, release
 
 
@@ -53,7 +60,7 @@ async def test_a_stream_that_ends_before_the_commit_stores_nothing(
     # client resends it (same id) when it reconnects, and it is stored once.
     world = build()
     stream = await world.streams.open(TENANT, StreamOpenRequest(user_id="u-1", channel=Channel.WEB))
-    reached, release = _hold_first_lookup(world, monkeypatch, "s-1")
+    reached, release = _hold_first_lock(monkeypatch, stream.conversation_id)
     sending = _send(stream, "s-1")
     await reached.wait()
 

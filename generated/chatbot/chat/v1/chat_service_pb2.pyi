@@ -80,6 +80,48 @@ show it as text and never run it as a formula (OWASP CSV injection).
 """
 Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 
+class _StreamEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StreamEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StreamEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STREAM_EVENT_KIND_UNSPECIFIED: _StreamEventKind.ValueType  # 0
+    """Not a kind; refused in StreamOpen.event_kinds."""
+    STREAM_EVENT_KIND_MESSAGE: _StreamEventKind.ValueType  # 1
+    """`message`: every message stored in the conversation (and the replay)."""
+    STREAM_EVENT_KIND_DELIVERY: _StreamEventKind.ValueType  # 2
+    """`delivery`: a message's delivery status moved."""
+    STREAM_EVENT_KIND_TYPING: _StreamEventKind.ValueType  # 3
+    """`typing`: a client on another stream started or stopped typing."""
+    STREAM_EVENT_KIND_READ: _StreamEventKind.ValueType  # 4
+    """`read`: a client on another stream read up to a sequence. (The
+    messages' delivery statuses moving to READ come as `delivery`.)
+    """
+    STREAM_EVENT_KIND_STATUS: _StreamEventKind.ValueType  # 5
+    """`status`: the conversation's status changed."""
+
+class StreamEventKind(_StreamEventKind, metaclass=_StreamEventKindEnumTypeWrapper):
+    """A kind of conversation event a StreamConversation stream can carry (see
+    StreamOpen.event_kinds), named after the frame it arrives as.
+    """
+
+STREAM_EVENT_KIND_UNSPECIFIED: StreamEventKind.ValueType  # 0
+"""Not a kind; refused in StreamOpen.event_kinds."""
+STREAM_EVENT_KIND_MESSAGE: StreamEventKind.ValueType  # 1
+"""`message`: every message stored in the conversation (and the replay)."""
+STREAM_EVENT_KIND_DELIVERY: StreamEventKind.ValueType  # 2
+"""`delivery`: a message's delivery status moved."""
+STREAM_EVENT_KIND_TYPING: StreamEventKind.ValueType  # 3
+"""`typing`: a client on another stream started or stopped typing."""
+STREAM_EVENT_KIND_READ: StreamEventKind.ValueType  # 4
+"""`read`: a client on another stream read up to a sequence. (The
+messages' delivery statuses moving to READ come as `delivery`.)
+"""
+STREAM_EVENT_KIND_STATUS: StreamEventKind.ValueType  # 5
+"""`status`: the conversation's status changed."""
+Global___StreamEventKind: _TypeAlias = StreamEventKind  # noqa: Y015
+
 @_typing.final
 class SendMessageRequest(_message.Message):
     """One end-user message."""
@@ -625,6 +667,8 @@ class StreamOpen(_message.Message):
     CHANNEL_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     RESUME_AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    EVENT_KINDS_FIELD_NUMBER: _builtins.int
+    OMIT_OWN_MESSAGES_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """Empty: start a new conversation (user_id and channel then required)."""
     user_id: _builtins.str
@@ -637,6 +681,46 @@ class StreamOpen(_message.Message):
     """When set, replay every message after this sequence before going live;
     0 replays the whole conversation. When unset, only live events.
     """
+    omit_own_messages: _builtins.bool
+    """Optional: when true, a message the client sends on this stream (a
+    `message` frame) does not come back to it as a `message` frame; its
+    `ack`, with the sequence, answers it. "Own" means sent on this very
+    stream, by message_id: the same user's messages sent on another stream
+    (another device, even with omit_own_messages) or by SendMessage do come,
+    as do the bot's replies. Only this stream's echo is left out: other
+    streams and any later replay (resume_after_sequence) have the message,
+    and the stream's resume position moves past it. A message whose frame
+    got an `error` may have been stored all the same (its echo may come or
+    not): as always, resend it with the same message_id; its `ack` (marked
+    `duplicate` if it was stored) gives its sequence. `delivery` frames
+    about the message still come. Ignored unless messages are carried (see
+    event_kinds).
+    """
+    @_builtins.property
+    def event_kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___StreamEventKind.ValueType]:
+        """Optional: the kinds of conversation events this stream carries; empty
+        means every kind (as before this field existed); duplicates count once.
+        A client that needs only the messages asks for STREAM_EVENT_KIND_MESSAGE
+        and gets no `delivery`, `typing`, `read` or `status` frames. The frames
+        that answer the client itself always come, whatever this says:
+        `opened`, `ack` and `error`, and so does the gRPC status that ends the
+        call. Events of other kinds are dropped before they are queued, so they
+        never count against the stream's buffer (STREAM_BUFFER_FULL).
+
+        Resuming: the replay of resume_after_sequence, and the filling of gaps,
+        consist of `message` frames, so they happen only when messages are
+        carried. The other kinds are live only (never replayed). The
+        `resume_after_sequence` of an ending status is the last message sequence
+        the stream went past (a `message` sent, or one of the client's own left
+        out by omit_own_messages), or, if none, the one it started at
+        (open.resume_after_sequence, else the conversation's last sequence when
+        it opened). A stream without messages therefore never moves it: a
+        client may resume from it with any event_kinds and miss no message.
+
+        UNSPECIFIED, or a number this server does not know, is INVALID_ARGUMENT
+        naming `open.event_kinds[i]` (its first index).
+        """
+
     def __init__(
         self,
         *,
@@ -645,10 +729,12 @@ class StreamOpen(_message.Message):
         channel: _resources_pb2.Channel.ValueType = ...,
         session_id: _builtins.str = ...,
         resume_after_sequence: _builtins.int | None = ...,
+        event_kinds: _abc.Iterable[Global___StreamEventKind.ValueType] | None = ...,
+        omit_own_messages: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_resume_after_sequence", b"_resume_after_sequence", "resume_after_sequence", b"resume_after_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after_sequence", b"_resume_after_sequence", "channel", b"channel", "conversation_id", b"conversation_id", "resume_after_sequence", b"resume_after_sequence", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after_sequence", b"_resume_after_sequence", "channel", b"channel", "conversation_id", b"conversation_id", "event_kinds", b"event_kinds", "omit_own_messages", b"omit_own_messages", "resume_after_sequence", b"resume_after_sequence", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__resume_after_sequence: _TypeAlias = _typing.Literal["resume_after_sequence"]  # noqa: Y015
     _WhichOneofArgType__resume_after_sequence: _TypeAlias = _typing.Literal["_resume_after_sequence", b"_resume_after_sequence"]  # noqa: Y015
@@ -812,7 +898,10 @@ class StreamOpened(_message.Message):
     CONVERSATION_FIELD_NUMBER: _builtins.int
     REPLAY_THROUGH_SEQUENCE_FIELD_NUMBER: _builtins.int
     replay_through_sequence: _builtins.int
-    """The sequence the replay ends at; live `message` events follow it."""
+    """The sequence the replay ends at; live `message` events follow it. (No
+    replay when the stream does not carry messages: see
+    StreamOpen.event_kinds.)
+    """
     @_builtins.property
     def conversation(self) -> _resources_pb2.Conversation:
         """The conversation as it was when the stream opened."""
@@ -956,6 +1045,7 @@ class WatchConversationsRequest(_message.Message):
     CHANNELS_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
     resume_token: _builtins.str
     """Continue after this event (from a previous response); empty means only
     events from now on. A token past the retention is FAILED_PRECONDITION
@@ -973,16 +1063,29 @@ class WatchConversationsRequest(_message.Message):
         happened); empty means all.
         """
 
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events of these types (ConversationEvent.event_type, matched
+        exactly and case-sensitively, such as "message.sent"); empty means all;
+        duplicates count once. Combined with `channels` and `statuses`: an event
+        must pass every filter given. A type the service does not know (an
+        empty string among them) is INVALID_ARGUMENT naming `event_types[i]`
+        (its first index). A resume token marks a place in the tenant's event
+        log, not a filter: a watch resumed with other filters goes on after the
+        same place with the new ones.
+        """
+
     def __init__(
         self,
         *,
         channels: _abc.Iterable[_resources_pb2.Channel.ValueType] | None = ...,
         statuses: _abc.Iterable[_resources_pb2.ConversationStatus.ValueType] | None = ...,
         resume_token: _builtins.str = ...,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "resume_token", b"resume_token", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "event_types", b"event_types", "resume_token", b"resume_token", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -237,10 +237,11 @@ class ChatServiceServicer:
         INVALID_ARGUMENT on `open`, reason FIRST_FRAME_TIMEOUT). Without
         a conversation_id it starts a new conversation; with one it joins it
         (NOT_FOUND if the tenant has no such conversation).
-        2. The server answers `opened`. If `open.resume_after_sequence` was set,
-        the server then sends every message after that sequence, in order,
-        before anything live: a client that reconnects with the last
-        sequence it saw misses nothing and sees nothing twice.
+        2. The server answers `opened`. If `open.resume_after_sequence` was set
+        (and the stream carries messages: see `open.event_kinds`), the server
+        then sends every message after that sequence, in order, before
+        anything live: a client that reconnects with the last sequence it
+        saw misses nothing and sees nothing twice.
         3. Then, either side at any time:
         client -> server: `message` (an end-user message, handled as
         SendMessage: validated, stored, answered by the bot, idempotent by
@@ -250,6 +251,10 @@ class ChatServiceServicer:
         any stream or RPC, the bot's replies among them, in sequence order),
         `delivery` (a message's delivery status moved), `typing`,
         `read`, `status` (the conversation's status changed), `error`.
+        `open.event_kinds` narrows the server's events to the kinds the
+        client asks for (`opened`, `ack` and `error` always come);
+        `open.omit_own_messages` leaves out the `message` echo of what the
+        client sends on this stream (its `ack` answers it).
         4. A bad client message gets an `error` naming it and its field; the
         stream stays open. Fatal problems end the stream with a gRPC status
         whose ErrorInfo says why:
@@ -277,9 +282,10 @@ class ChatServiceServicer:
 
     def WatchConversations(self, request, context):
         """The tenant's live conversation events (the same events as published to
-        Kafka), filtered by channel and conversation status. Never another
-        tenant's. Resumable: pass the last `resume_token` received to continue
-        after it, within the service's event retention. A watcher that reads
+        Kafka), filtered by channel, conversation status and event type. Never
+        another tenant's. Resumable: pass the last `resume_token` received (or
+        the one in an ending status) to continue after it, within the service's
+        event retention. A watcher that reads
         slowly catches up from the event log and is never ended for it. The
         watch ends with RESOURCE_EXHAUSTED TOO_MANY_WATCHES at open when the
         tenant holds MAX_WATCHES_PER_TENANT watches on this server, and with
