@@ -3,7 +3,7 @@
 module that knows every adapter.
 
 Each production part is chosen by its variable alone: MONGODB_URI (store),
-REDIS_URL (locks, idempotency claims, rate limits, live fan-out),
+REDIS_URL (locks, rate limits, live fan-out),
 KAFKA_BROKERS (events), MCP_ENGINE_URL (bot engine); unset, the embedded
 default stands in.
 
@@ -38,7 +38,7 @@ from adapters.jwks import JwksKeys
 from adapters.kafka import KafkaPublisher, KafkaSettings
 from adapters.memory.clock import SystemClock
 from adapters.memory.live_bus import InProcessLiveBus
-from adapters.memory.locks import InProcessConversationLocks, InProcessIdempotencyGuard
+from adapters.memory.locks import InProcessConversationLocks
 from adapters.memory.log_publisher import LogPublisher
 from adapters.memory.rate_limit import InProcessRateLimiter
 from adapters.memory.session_cache import InProcessSessionCache
@@ -46,7 +46,6 @@ from adapters.mongo import InvalidMongoUri, MongoStore
 from adapters.mongo.channel_store import MongoChannelStore
 from adapters.redis.breaker import CircuitBreaker
 from adapters.redis.client import connect_redis
-from adapters.redis.idempotency import RedisIdempotencyGuard
 from adapters.redis.live_bus import RedisLiveBus
 from adapters.redis.locks import RedisConversationLocks
 from adapters.redis.rate_limit import RedisRateLimiter
@@ -230,7 +229,6 @@ def in_process_coordination(settings: Settings) -> Coordination:
     """One process: everything in memory (DESIGN.md's embedded default)."""
     return Coordination(
         locks=InProcessConversationLocks(),
-        idempotency=InProcessIdempotencyGuard(),
         limiter=InProcessRateLimiter(settings.rate_limit_for),
         bus=InProcessLiveBus(),
         sessions=InProcessSessionCache(),
@@ -249,7 +247,6 @@ def _coordination(settings: Settings, life: Lifecycle) -> Coordination:
     breaker = CircuitBreaker(cooldown=settings.redis_breaker_seconds)
     return Coordination(
         locks=RedisConversationLocks(redis, breaker=breaker),
-        idempotency=RedisIdempotencyGuard(redis, breaker=breaker),
         limiter=RedisRateLimiter(redis, settings.rate_limit_for, breaker=breaker),
         bus=bus,
         sessions=RedisSessionCache(redis, breaker=breaker),

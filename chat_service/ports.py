@@ -334,16 +334,6 @@ class ConversationLocks(Protocol):
         ...
 
 
-class IdempotencyGuard(Protocol):
-    def claim(
-        self, tenant_id: str, key: str, *, timeout: float
-    ) -> AbstractAsyncContextManager[None]:
-        """Hold the key exclusively: a concurrent request with the same key
-        waits until this one is done (then finds its stored result). Raises
-        LockTimeout when not granted within `timeout` seconds."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
 class RateDecision:
     allowed: bool

@@ -50,7 +50,6 @@ from chat_service.ports import (
     ConversationStore,
     Engine,
     EventPublisher,
-    IdempotencyGuard,
     InboundChannel,
     LiveBus,
     RateLimiter,
@@ -79,7 +78,6 @@ class Lifecycle:
 @dataclass(frozen=True, slots=True)
 class Coordination:
     locks: ConversationLocks
-    idempotency: IdempotencyGuard
     limiter: RateLimiter
     bus: LiveBus
     sessions: SessionCache

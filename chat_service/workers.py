@@ -11,7 +11,7 @@ spreads the load.
 
 What must hold for N > 1 (checked by `check`, a configuration error
 otherwise):
-- REDIS_URL: conversation locks, idempotency claims, rate limits and the
+- REDIS_URL: conversation locks, rate limits and the
   live bus must be shared, or two workers would serve one conversation at
   once. In-process coordination is for one process; the embedded default
   stays one process and says so when it starts.
@@ -131,7 +131,7 @@ def check(settings: Settings) -> None:
     if not settings.redis_url:
         raise ConfigError(
             f"WORKERS={settings.workers} (or serve --workers) needs REDIS_URL: worker "
-            "processes must share conversation locks, idempotency claims, rate limits and "
+            "processes must share conversation locks, rate limits and "
             "live events; without Redis the service runs as one process (WORKERS=1)"
         )
     if settings.port == 0:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from chat_service.ports import LockLease, LockTimeout
@@ -97,15 +96,3 @@ class InProcessConversationLocks:
         self, tenant_id: str, conversation_id: str, *, timeout: float
     ) -> AbstractAsyncContextManager[LockLease]:
         return self._locks.acquire(f"{tenant_id}/{conversation_id}", timeout=timeout)
-
-
-class InProcessIdempotencyGuard:
-    """IdempotencyGuard for one process: a concurrent duplicate waits its turn."""
-
-    def __init__(self) -> None:
-        self._locks = KeyedLocks()
-
-    @asynccontextmanager
-    async def claim(self, tenant_id: str, key: str, *, timeout: float) -> AsyncIterator[None]:
-        async with self._locks.acquire(f"{tenant_id}/{key}", timeout=timeout):
-            yield

@@ -3,7 +3,7 @@
 When the limiter's backend (Redis) is down, calls are admitted: the limit
 protects the service from one tenant's excess, and refusing every tenant's
 every call instead would turn a Redis outage into a full outage. What needs
-Redis for correctness (conversation locks, idempotency claims) still fails
+Redis for correctness (conversation locks) still fails
 closed with UNAVAILABLE.
 """
 

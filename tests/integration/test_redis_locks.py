@@ -1,4 +1,4 @@
-"""Conversation locks and idempotency claims on a real Redis.
+"""Conversation locks on a real Redis.
 
 Two clients with pools of their own stand for two processes of the service.
 """
@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from adapters.redis.fair_lock import LockTimings
-from adapters.redis.idempotency import RedisIdempotencyGuard
 from adapters.redis.locks import RedisConversationLocks
 from chat_service.ports import LockTimeout
 from tests.support.redis import RedisClients, RedisServer
@@ -272,46 +271,3 @@ async def test_fencing_tokens_keep_growing_across_a_redis_restart(
     async with locks.hold("t1", "c1", timeout=1) as third:
         pass
     assert first.fencing_token < second.fencing_token < third.fencing_token
-
-
-# ------------------------------------------------------------ idempotency
-
-
-async def test_a_claim_is_exclusive_and_a_duplicate_waits_for_it(
-    redis_clients: RedisClients, redis_prefix: str
-) -> None:
-    a = RedisIdempotencyGuard(redis_clients(), prefix=redis_prefix)
-    b = RedisIdempotencyGuard(redis_clients(), prefix=redis_prefix)
-    log: list[str] = []
-    first_in = asyncio.Event()
-
-    async def request(guard: RedisIdempotencyGuard, name: str) -> None:
-        async with guard.claim("t1", "m1", timeout=5):
-            log.append(f"{name} in")
-            first_in.set()
-            await asyncio.sleep(0.1)  # the work the duplicate must wait for
-            log.append(f"{name} out")
-
-    first = asyncio.create_task(request(a, "first"))
-    await first_in.wait()
-    await asyncio.gather(first, request(b, "duplicate"))
-    assert log == ["first in", "first out", "duplicate in", "duplicate out"]
-
-    # Other keys and other tenants are independent.
-    async with a.claim("t1", "m1", timeout=1):
-        async with b.claim("t1", "m2", timeout=0.2), b.claim("t2", "m1", timeout=0.2):
-            pass
-        with pytest.raises(LockTimeout):
-            async with b.claim("t1", "m1", timeout=0.2):
-                pass
-
-
-async def test_a_claim_whose_holder_stopped_renewing_expires(
-    redis_clients: RedisClients, redis_prefix: str
-) -> None:
-    crashed = RedisIdempotencyGuard(redis_clients(), prefix=redis_prefix, timings=STALLING)
-    other = RedisIdempotencyGuard(redis_clients(), prefix=redis_prefix)
-    async with crashed.claim("t1", "m1", timeout=1):
-        started = time.monotonic()
-        async with other.claim("t1", "m1", timeout=3):
-            assert 0.2 < time.monotonic() - started < 2

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from adapters.redis.breaker import CircuitBreaker
-from adapters.redis.idempotency import RedisIdempotencyGuard
 from adapters.redis.locks import RedisConversationLocks
 from adapters.redis.rate_limit import RedisRateLimiter
 from adapters.redis.session_cache import RedisSessionCache
@@ -36,7 +35,6 @@ def operations(
     client = redis_clients(url)
     breaker = breaker or CircuitBreaker()
     locks = RedisConversationLocks(client, breaker=breaker)
-    guard = RedisIdempotencyGuard(client, breaker=breaker)
     limiter = RedisRateLimiter(client, lambda _: RateLimit(rate=100, burst=100), breaker=breaker)
     cache = RedisSessionCache(client, breaker=breaker)
 
@@ -44,13 +42,8 @@ def operations(
         async with locks.hold("t1", "c1", timeout=5):
             pass
 
-    async def claim() -> None:
-        async with guard.claim("t1", "m1", timeout=5):
-            pass
-
     return {
         "lock": lock,
-        "claim": claim,
         "rate limit": lambda: limiter.acquire("t1"),
         "session": lambda: cache.get_session("t1", "s1"),
     }

@@ -1,4 +1,4 @@
-"""In-process locks, idempotency claims and rate limits."""
+"""In-process locks and rate limits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from adapters.memory.locks import InProcessIdempotencyGuard, KeyedLocks
+from adapters.memory.locks import KeyedLocks
 from adapters.memory.rate_limit import InProcessRateLimiter
 from adapters.memory.session_cache import InProcessSessionCache
 from chat_service.config import RateLimit
@@ -80,14 +80,6 @@ async def test_different_keys_do_not_wait_for_each_other() -> None:
     locks = KeyedLocks()
     async with locks.acquire("a", timeout=1), locks.acquire("b", timeout=0.01):
         assert len(locks) == 2
-
-
-async def test_idempotency_claims_are_exclusive_per_tenant_and_key() -> None:
-    guard = InProcessIdempotencyGuard()
-    async with guard.claim("t1", "m", timeout=1), guard.claim("t2", "m", timeout=0.01):
-        with pytest.raises(LockTimeout):
-            async with guard.claim("t1", "m", timeout=0.01):
-                pass
 
 
 class FakeTime:
