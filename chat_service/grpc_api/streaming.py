@@ -354,11 +354,7 @@ async def watch_conversations(
 ) -> AsyncIterator[pb.WatchConversationsResponse]:
     channels, statuses, event_types = _watch_filters(request)
     watch_frame = (shared or StreamFrames(watches.tokens)).watch.frame
-    resume_after = None
-    if request.resume_token:
-        position = watches.tokens.resume_position(tenant_id, request.resume_token)
-        await watches.check_resume(position)
-        resume_after = position
+    resume_after = await watches.start_after(tenant_id, request.resume_token)
     handler = asyncio.current_task()
     assert handler is not None
     watch = watches.open(

@@ -172,6 +172,18 @@ class WatchConversations:
     def open_count(self) -> int:
         return len(self._open)
 
+    async def start_after(self, tenant_id: str, resume_token: str) -> int:
+        """Where a watch starts: after the token's position, checked, or
+        (no token) after the log's end now. Not after what the tail has
+        handed out: the tail trails the log by its wake-up delay, and a watch
+        "from now on" must not get events committed before it was opened."""
+        if resume_token:
+            position = self.tokens.resume_position(tenant_id, resume_token)
+            await self.check_resume(position)
+            return position
+        with port_errors():
+            return await self._store.last_event_position()
+
     async def check_resume(self, position: int) -> None:
         """A resume token past the end of the log was not issued by this
         store's log (it was replaced, or the token is forged)."""

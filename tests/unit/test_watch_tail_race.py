@@ -10,6 +10,7 @@ watch subscribed and its tenant's events were committed."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from chat_service.domain.events import EventType, OutboxEntry
 from chat_service.pipeline.watch import EventTail, WatchConversations
@@ -40,11 +41,12 @@ async def _write(store: InMemoryStore, *types: EventType) -> None:
     await store.write(create_change(conversation, events=events))
 
 
-async def _follow_while_a_listener_joins(store: _SlowEnd, tail: EventTail, join: object) -> None:
+async def _follow_while_a_listener_joins(
+    store: _SlowEnd, tail: EventTail, join: Callable[[], object]
+) -> None:
     store.held = True
     following = asyncio.create_task(tail.follow_once())  # nobody listens yet
     await store.asked.wait()
-    assert callable(join)
     join()
     await _write(store, EventType.MESSAGE_RECEIVED, EventType.MESSAGE_SENT)
     store.let_go.set()
@@ -76,4 +78,23 @@ async def test_a_live_watch_opened_during_the_tails_idle_look_up_gets_what_follo
     (watch,) = opened
     taken = await _entries(watch.entries(), 2)
     assert [entry.position for entry in taken] == [1, 2]
+    watch.close()
+
+
+async def test_a_watch_from_now_on_gets_nothing_committed_before_it_opened() -> None:
+    # The tail has not yet handed out what was just committed (it trails
+    # the log by its wake-up delay): a watch opened without a token then
+    # must still start after it, at the log's end.
+    store = InMemoryStore()
+    tail = EventTail(store)
+    await tail.start_position()
+    watches = WatchConversations(store, tail, buffer_size=8)
+    await _write(store, EventType.MESSAGE_RECEIVED, EventType.MESSAGE_SENT)  # 1, 2
+
+    watch = watches.open(TENANT, resume_after=await watches.start_after(TENANT, ""))
+    await _write(store, EventType.MESSAGE_RECEIVED)  # 3
+    await tail.follow_once()
+
+    taken = await _entries(watch.entries(), 1)
+    assert [entry.position for entry in taken] == [3]
     watch.close()
