@@ -6,9 +6,11 @@ its last use (reading it restarts the hour, GETEX).
 Conversation state: the engine's state of a conversation with the
 conversation version it belongs to. Processes of the service put states
 after their writes, and those puts can reach Redis out of order, so a put
-never replaces a newer version (a Lua compare on the version); a reader
-that knows the current version can also tell a stale entry from a fresh
-one. Entries expire after `state_ttl`.
+never replaces a newer version (a Lua compare on the version). The version
+is the one the state was last put with: the service puts a state only when
+it changed (pipeline/state_cache.py), so an entry older than the
+conversation may still hold its current state. Entries expire after
+`state_ttl`.
 
 An entry the cache cannot read (not JSON, not the shape it writes) is a
 miss, logged. Redis down: every call raises CoordinationUnavailable, at once

@@ -19,7 +19,13 @@ from chat_service.domain.conversation_codec import (
     send_result_to_dict,
 )
 from chat_service.domain.enums import Channel, ConversationStatus, DeliveryStatus, MessageRole
-from chat_service.domain.model import Conversation, IdempotencyRecord, Message
+from chat_service.domain.model import (
+    ChannelMetadata,
+    Conversation,
+    ConversationState,
+    IdempotencyRecord,
+    Message,
+)
 from chat_service.domain.serialization import Document
 
 Params = dict[str, Any]
@@ -50,9 +56,55 @@ def conversation_params(conversation: Conversation) -> Params:
         "version": conversation.version,
         "session_id": conversation.session_id,
         "status_reason": conversation.status_reason,
-        "state": dump_json(conversation_state_to_dict(conversation.state)),
-        "channel_metadata": dump_json(channel_metadata_to_dict(conversation.channel_metadata)),
+        "state": _state_json(conversation.state),
+        "channel_metadata": _conversation_metadata_json(conversation.channel_metadata),
     }
+
+
+# A conversation's state and channel metadata are written again with every
+# change of it (each message), though they seldom change: a change carries
+# the very objects it was made from (frozen; a new state is a new object), so
+# their text is kept by the object's identity. Each entry holds its object,
+# so that an id is not reused while its entry lives; past the bound the whole
+# memo goes (it refills with the conversations in use).
+_MEMO_SIZE = 4096
+_state_texts: dict[int, tuple[ConversationState, str]] = {}
+_metadata_texts: dict[int, tuple[ChannelMetadata, str]] = {}
+
+
+def _state_json(state: ConversationState) -> str:
+    kept = _state_texts.get(id(state))
+    if kept is not None and kept[0] is state:
+        return kept[1]
+    text = dump_json(conversation_state_to_dict(state))
+    if len(_state_texts) >= _MEMO_SIZE:
+        _state_texts.clear()
+    _state_texts[id(state)] = (state, text)
+    return text
+
+
+def _conversation_metadata_json(metadata: ChannelMetadata) -> str:
+    kept = _metadata_texts.get(id(metadata))
+    if kept is not None and kept[0] is metadata:
+        return kept[1]
+    text = _metadata_json(metadata)
+    if len(_metadata_texts) >= _MEMO_SIZE:
+        _metadata_texts.clear()
+    _metadata_texts[id(metadata)] = (metadata, text)
+    return text
+
+
+_NO_METADATA = ChannelMetadata()
+_no_metadata_text: list[str] = []  # made on first use
+
+
+def _metadata_json(metadata: ChannelMetadata) -> str:
+    """Most messages (every bot reply) have no channel metadata: that text is made once."""
+    if metadata != _NO_METADATA:
+        return dump_json(channel_metadata_to_dict(metadata))
+    if not _no_metadata_text:
+        _no_metadata_text.append(dump_json(channel_metadata_to_dict(_NO_METADATA)))
+    return _no_metadata_text[0]
 
 
 def conversation_from_row(row: sqlite3.Row) -> Conversation:
@@ -90,7 +142,7 @@ def message_params(message: Message) -> Params:
         "created_at": to_micros(message.created_at),
         "delivery_status": message.delivery_status.value,
         "client_time": None if message.client_time is None else to_micros(message.client_time),
-        "channel_metadata": dump_json(channel_metadata_to_dict(message.channel_metadata)),
+        "channel_metadata": _metadata_json(message.channel_metadata),
         "reply_to_message_id": message.reply_to_message_id,
         "fingerprint": message.fingerprint,
     }

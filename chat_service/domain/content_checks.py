@@ -135,17 +135,22 @@ def check_content(check: FieldChecker, content: MessageContent) -> MessageConten
 
     if len(content.quick_replies) > MAX_QUICK_REPLIES:
         return content  # refused above; not worth normalizing
-    return dataclasses.replace(
-        content,
-        text=text,
-        language=content.language or DEFAULT_LANGUAGE,
-        quick_replies=tuple(
+    language = content.language or DEFAULT_LANGUAGE
+    quick_replies = content.quick_replies
+    if not all(reply.content_type for reply in quick_replies):
+        quick_replies = tuple(
             dataclasses.replace(
                 reply, content_type=reply.content_type or DEFAULT_QUICK_REPLY_CONTENT_TYPE
             )
-            for reply in content.quick_replies
-        ),
-    )
+            for reply in quick_replies
+        )
+    if (
+        text == content.text
+        and language == content.language
+        and quick_replies is content.quick_replies
+    ):
+        return content  # already normal (most are): nothing to rebuild
+    return dataclasses.replace(content, text=text, language=language, quick_replies=quick_replies)
 
 
 def _check_parts(check: FieldChecker, content: MessageContent, kind: MessageType) -> None:

@@ -82,7 +82,7 @@ def validate_inbound(msg: InboundMessage, *, field_prefix: str = "") -> InboundM
             )
     # processing_hints: every value its types allow is valid.
     check.raise_if_any()
-    return dataclasses.replace(msg, content=content)
+    return msg if content is msg.content else dataclasses.replace(msg, content=content)
 
 
 def validate_content(content: MessageContent, *, field_prefix: str) -> MessageContent:
@@ -110,6 +110,8 @@ def _check_channel_metadata(check: FieldChecker, metadata: ChannelMetadata) -> N
 
 
 def _additional_data_problem(data: Mapping[str, JsonValue]) -> str | None:
+    if not data:
+        return None  # most messages carry none: nothing to encode to measure
     # Depth first: it bounds the recursion the serializer does next.
     depth = _depth(data, MAX_ADDITIONAL_DATA_DEPTH + 1)
     if depth > MAX_ADDITIONAL_DATA_DEPTH:

@@ -14,6 +14,14 @@ long as the cache takes to answer, so a slow or stalled cache costs at most
 the oldest waiting one is dropped (counted in `dropped`): its entry stays
 older until the next commit or its TTL, which a reader that knows the
 current version can tell.
+
+Only changed states are put. Most commits leave the state as it was (an end
+user's message is written before the engine answers; a delivery status
+moves), and the cache then already holds it: a commit whose state is the
+very object this feed last put for its conversation (states are frozen; an
+engine's new state is a new object) is not put again. So the entry's
+version is the one its state was last put with, which may be older than the
+conversation's while the state is the same.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ import asyncio
 import logging
 from collections import OrderedDict
 
-from chat_service.domain.model import Conversation
+from chat_service.domain.model import Conversation, ConversationState
 from chat_service.ports import ConversationChange, CoordinationUnavailable, SessionCache
 
 log = logging.getLogger(__name__)
+
+_PUT_STATES_KEPT = 4096
 
 
 class StateCacheFeed:
@@ -36,6 +46,10 @@ class StateCacheFeed:
         self._max_workers = workers
         self._max_pending = max_pending
         self._backlog: OrderedDict[tuple[str, str], Conversation] = OrderedDict()
+        # The state last put of each conversation (bounded like the store's
+        # conversation cache: past it, all go, and the next commits put again).
+        # A put under way is marked by an object of its own until it is answered.
+        self._put_states: dict[tuple[str, str], ConversationState | object] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._active = 0  # workers not yet past their last look at the backlog
         self.dropped = 0
@@ -65,21 +79,32 @@ class StateCacheFeed:
     async def _work(self) -> None:
         try:
             while self._backlog:
-                _, conversation = self._backlog.popitem(last=False)
-                await self._put(conversation)
+                key, conversation = self._backlog.popitem(last=False)
+                if self._put_states.get(key) is not conversation.state:
+                    await self._put(key, conversation)
         finally:
             # In the same step as the empty backlog was seen: a commit from
             # now on starts a worker of its own.
             self._active -= 1
 
-    async def _put(self, conversation: Conversation) -> None:
+    async def _put(self, key: tuple[str, str], conversation: Conversation) -> None:
+        # The state counts as put once the cache took it, and only if no other
+        # put of the conversation started meanwhile (the other worker's, which
+        # may land after this one); a put that fails or is refused (a newer
+        # version is cached) does not count.
+        under_way = object()
+        if len(self._put_states) >= _PUT_STATES_KEPT:
+            self._put_states.clear()
+        self._put_states[key] = under_way
         try:
-            await self._cache.put_conversation_state(
+            stored = await self._cache.put_conversation_state(
                 conversation.tenant_id,
                 conversation.conversation_id,
                 conversation.state,
                 version=conversation.version,
             )
+            if stored and self._put_states.get(key) is under_way:
+                self._put_states[key] = conversation.state
         except CoordinationUnavailable as exc:
             log.debug("conversation state not cached: %s", exc)
         except Exception:
