@@ -42,6 +42,7 @@ from adapters.memory.locks import InProcessConversationLocks
 from adapters.memory.log_publisher import LogPublisher
 from adapters.memory.rate_limit import InProcessRateLimiter
 from adapters.memory.session_cache import InProcessSessionCache
+from adapters.metrics import MeasuredEngine, MetricsServer, PrometheusMetrics
 from adapters.mongo import InvalidMongoUri, MongoStore
 from adapters.mongo.channel_store import MongoChannelStore
 from adapters.redis.breaker import CircuitBreaker
@@ -75,6 +76,8 @@ from chat_service.ports import (
     Engine,
     EventPublisher,
     InboundChannel,
+    Metrics,
+    NoMetrics,
     SecretBox,
 )
 from chat_service.wiring import (
@@ -107,6 +110,7 @@ async def build_services(settings: Settings) -> Services:
 async def choose_parts(settings: Settings, life: Lifecycle) -> Parts:
     """An adapter for every port, as the settings say; what each opens is
     closed by `life`."""
+    metrics = _metrics(settings, life)
     verifier = _authenticator(settings, life)
     tokens = _page_tokens(settings)
     # Before anything connects: a missing key is a configuration error.
@@ -125,7 +129,7 @@ async def choose_parts(settings: Settings, life: Lifecycle) -> Parts:
         inbox=channels,
         coordination=coordination,
         publisher=_publisher(settings, life),
-        engine=_engine(settings, life),
+        engine=_measured(_engine(settings, life), metrics),
         clock=SystemClock(),
         verifier=verifier,
         tokens=tokens,
@@ -137,7 +141,39 @@ async def choose_parts(settings: Settings, life: Lifecycle) -> Parts:
         # read a shared one: in one process nobody would.
         state_cache=coordination.sessions if settings.redis_url else None,
         lifecycle=life,
+        metrics=metrics,
     )
+
+
+def _metrics(settings: Settings, life: Lifecycle) -> Metrics:
+    """Prometheus metrics served on METRICS_PORT (this worker's), from the
+    start of the service to its end; none without it."""
+    port = settings.metrics_listen_port
+    if not port:
+        return NoMetrics()
+    if port > 65535:
+        raise ConfigError(
+            f"METRICS_PORT {settings.metrics_port} + worker index {settings.worker_index} "
+            "is past 65535: lower METRICS_PORT or the workers"
+        )
+    if settings.worker_index is not None and port == settings.port:
+        raise ConfigError(
+            f"METRICS_PORT {settings.metrics_port} + worker index {settings.worker_index} "
+            "is SERVICE_PORT: the workers' metrics ports (METRICS_PORT + 0..N-1) must not "
+            "include it"
+        )
+    metrics = PrometheusMetrics()
+    server = MetricsServer(metrics, settings.host, port)
+    life.starters.append(server.start)
+    life.closers.append(server.close)
+    return metrics
+
+
+def _measured(engine: Engine, metrics: Metrics) -> Engine:
+    """The engine, timed when metrics are recorded."""
+    if isinstance(metrics, NoMetrics):
+        return engine
+    return MeasuredEngine(engine, metrics)
 
 
 def _sender_factories(settings: Settings, life: Lifecycle) -> dict[Channel, SenderFactory]:

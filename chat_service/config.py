@@ -125,6 +125,9 @@ class Settings:
     service_name: str = "chat-service"
     host: str = "0.0.0.0"
     port: int = 8001
+    # METRICS_PORT: Prometheus's /metrics over HTTP on SERVICE_HOST; 0 (the
+    # default): none. Worker i of `--workers N` serves it on METRICS_PORT + i.
+    metrics_port: int = 0
     log_level: str = "INFO"
     log_format: str = "text"
     # WORKERS (or `serve --workers N`): processes serving one port
@@ -232,6 +235,15 @@ class Settings:
         return self.jwt.dev_key == "allow"
 
     @property
+    def metrics_listen_port(self) -> int:
+        """This process's metrics port (0: none): a worker's is shifted by its
+        index, as the workers share SERVICE_PORT but cannot share this one
+        (each has its own counters)."""
+        if not self.metrics_port:
+            return 0
+        return self.metrics_port + (self.worker_index or 0)
+
+    @property
     def engine_timeout(self) -> float:
         return self.mcp_engine_timeout_ms / 1000
 
@@ -254,6 +266,7 @@ class Settings:
             service_name=r.text("SERVICE_NAME", defaults.service_name),
             host=r.text("SERVICE_HOST", defaults.host),
             port=r.integer("SERVICE_PORT", defaults.port, low=0, high=65535),
+            metrics_port=r.integer("METRICS_PORT", defaults.metrics_port, low=0, high=65535),
             log_level=r.choice(
                 "LOG_LEVEL", defaults.log_level, {"DEBUG", "INFO", "WARNING", "ERROR"}, upper=True
             ),
@@ -395,6 +408,8 @@ class Settings:
             ),
             voice_greeting=r.text("VOICE_GREETING", defaults.voice_greeting),
         )
+        if settings.metrics_port and settings.metrics_port == settings.port:
+            raise ConfigError("METRICS_PORT must differ from SERVICE_PORT")
         if settings.mcp_engine_timeout_ms > settings.request_timeout_ms:
             raise ConfigError("MCP_ENGINE_TIMEOUT_MS must not exceed REQUEST_TIMEOUT_MS")
         _check_token_sources(settings)

@@ -841,3 +841,69 @@ class SecurityHub(Protocol):
     async def check_permission(
         self, *, subject: str, tenant_id: str, permission: str, resource: str
     ) -> PermissionDecision: ...
+
+
+# ------------------------------------------------------------------- metrics
+
+
+class Metrics(Protocol):
+    """What the service counts and times (METRICS_PORT; adapters/metrics/).
+    Every label is bounded: RPC names and codes, channels, outcomes and
+    reasons from fixed sets. Never a tenant, user, conversation or message
+    id (each would make a series per value)."""
+
+    def rpc_started(self, service: str, method: str, kind: str) -> None:
+        """A call began; `kind`: unary, client_stream, server_stream or bidi_stream."""
+        ...
+
+    def rpc_handled(self, service: str, method: str, kind: str, code: str, seconds: float) -> None:
+        """A call ended with the gRPC status `code` (its name, "OK", ...)."""
+        ...
+
+    def committed(self, change: ConversationChange) -> None:
+        """A change was stored: its messages (in or out, per channel) and
+        its fallback events count."""
+        ...
+
+    def engine_called(self, engine: str, outcome: str, seconds: float) -> None:
+        """One engine call: `outcome` "ok", or the failure's reason."""
+        ...
+
+    def delivery(self, channel: Channel, outcome: str) -> None:
+        """A delivery step; `outcome`: "sent" or "failed" (an attempt),
+        "retried" (another attempt is scheduled), "dead_lettered" (given up)."""
+        ...
+
+    def rate_limited(self) -> None:
+        """A call was refused by the rate limit."""
+        ...
+
+    def gauge_open(self, kind: str, count: Callable[[], int]) -> None:
+        """`count()` is how many `kind` ("streams", "watches") are open now;
+        read when the metrics are collected."""
+        ...
+
+
+class NoMetrics:
+    """Metrics: nothing recorded (METRICS_PORT unset, and unit tests)."""
+
+    def rpc_started(self, service: str, method: str, kind: str) -> None:
+        pass
+
+    def rpc_handled(self, service: str, method: str, kind: str, code: str, seconds: float) -> None:
+        pass
+
+    def committed(self, change: ConversationChange) -> None:
+        pass
+
+    def engine_called(self, engine: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def delivery(self, channel: Channel, outcome: str) -> None:
+        pass
+
+    def rate_limited(self) -> None:
+        pass
+
+    def gauge_open(self, kind: str, count: Callable[[], int]) -> None:
+        pass

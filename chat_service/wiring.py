@@ -52,6 +52,8 @@ from chat_service.ports import (
     EventPublisher,
     InboundChannel,
     LiveBus,
+    Metrics,
+    NoMetrics,
     RateLimiter,
     SecretBox,
     SessionCache,
@@ -117,6 +119,8 @@ class Parts:
     # on every commit; None where nobody could read it (a single process).
     state_cache: SessionCache | None = None
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    # What is counted and timed (METRICS_PORT); the engine comes measured.
+    metrics: Metrics = field(default_factory=NoMetrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +169,7 @@ class Services:
     publisher: EventPublisher
     engine: Engine
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    metrics: Metrics = field(default_factory=NoMetrics)  # the gRPC interceptor's too
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _inbox_task: asyncio.Task[None] | None = None
 
@@ -256,7 +261,12 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
     # Commits come in bursts under load: the relay and the tail read the
     # outbox once per burst, not once per commit.
     wake_relay, wake_tail = DelayedWake(relay.wake), DelayedWake(tail.wake)
-    listeners: list[Callable[[ConversationChange], None]] = [wake_relay, wake_tail, live.committed]
+    listeners: list[Callable[[ConversationChange], None]] = [
+        wake_relay,
+        wake_tail,
+        live.committed,
+        parts.metrics.committed,
+    ]
     if parts.state_cache is not None:
         states = StateCacheFeed(parts.state_cache)
         parts.lifecycle.closers.append(states.drain)
@@ -284,8 +294,9 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
         # Unique among live processes, kept across a restart: a restarted
         # process takes its own delivery leases back at once.
         owner=parts.relay_owner,
+        metrics=parts.metrics,
     )
-    admission = TenantAdmission(coordination.limiter)
+    admission = TenantAdmission(coordination.limiter, metrics=parts.metrics)
     # Answers what the service cannot read (webhooks' unsupported types)
     # without the engine; passes everything else to it.
     canned = CannedReplies(parts.engine)
@@ -353,6 +364,16 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
             typing_interval=tuning.typing_interval,
         )
     )
+    watch = WatchConversations(
+        store,
+        tail,
+        buffer_size=settings.stream_buffer_size,
+        max_per_tenant=settings.max_watches_per_tenant,
+        stall_grace=settings.stream_stall_grace_seconds,
+        tokens=parts.tokens,
+    )
+    parts.metrics.gauge_open("streams", lambda: streams.open_count)
+    parts.metrics.gauge_open("watches", lambda: watch.open_count)
     return Services(
         settings=settings,
         store=store,
@@ -362,14 +383,7 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
         queries=ConversationQueries(store, tokens=parts.tokens),
         update_status=update_status,
         streams=streams,
-        watch=WatchConversations(
-            store,
-            tail,
-            buffer_size=settings.stream_buffer_size,
-            max_per_tenant=settings.max_watches_per_tenant,
-            stall_grace=settings.stream_stall_grace_seconds,
-            tokens=parts.tokens,
-        ),
+        watch=watch,
         export=ExportConversation(store),
         tail=tail,
         delivery=delivery,
@@ -391,6 +405,7 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
         publisher=parts.publisher,
         engine=parts.engine,
         lifecycle=parts.lifecycle,
+        metrics=parts.metrics,
     )
 
 

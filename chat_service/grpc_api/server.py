@@ -34,8 +34,9 @@ from chat_service.config import Settings
 from chat_service.domain.errors import Unavailable
 from chat_service.grpc_api.auth_interceptor import AuthInterceptor
 from chat_service.grpc_api.error_interceptor import ErrorTranslationInterceptor
+from chat_service.grpc_api.metrics_interceptor import MetricsInterceptor
 from chat_service.grpc_api.servicer import ChatServicer
-from chat_service.ports import StoreUnavailable
+from chat_service.ports import NoMetrics, StoreUnavailable
 from chat_service.wiring import Services
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,14 @@ def build_server(services: Services) -> tuple[grpc.aio.Server, Any]:
     async def admit(principal: Principal, method: str) -> None:
         await services.admission.admit(principal.tenant_id)
 
-    server = grpc.aio.server(
-        interceptors=[
-            ErrorTranslationInterceptor(domain=settings.service_name),
-            AuthInterceptor(services.verifier, domain=settings.service_name, admit=admit),
-        ],
-        options=server_options(settings),
-    )
+    interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
+        ErrorTranslationInterceptor(domain=settings.service_name),
+        AuthInterceptor(services.verifier, domain=settings.service_name, admit=admit),
+    ]
+    if not isinstance(services.metrics, NoMetrics):  # no cost on the calls without METRICS_PORT
+        # Outermost: it sees the status the caller gets, refusals included.
+        interceptors.insert(0, MetricsInterceptor(services.metrics))
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(
         ChatServicer(
             send_message=services.send_message,

@@ -13,7 +13,7 @@ import logging
 import time
 
 from chat_service.domain.errors import ResourceExhausted
-from chat_service.ports import CoordinationUnavailable, RateLimiter
+from chat_service.ports import CoordinationUnavailable, Metrics, NoMetrics, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,9 @@ _WARN_EVERY_SECONDS = 10.0
 
 
 class TenantAdmission:
-    def __init__(self, limiter: RateLimiter) -> None:
+    def __init__(self, limiter: RateLimiter, *, metrics: Metrics | None = None) -> None:
         self._limiter = limiter
+        self._metrics = metrics or NoMetrics()
         self._last_warning = 0.0
 
     async def admit(self, tenant_id: str, cost: int = 1) -> None:
@@ -32,6 +33,7 @@ class TenantAdmission:
             self._warn(exc)
             return
         if not decision.allowed:
+            self._metrics.rate_limited()
             raise ResourceExhausted(
                 "the tenant's request rate limit is exceeded",
                 reason="RATE_LIMITED",

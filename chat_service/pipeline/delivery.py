@@ -71,6 +71,8 @@ from chat_service.ports import (
     DeliveryClaimant,
     DeliveryError,
     DeliveryReceipt,
+    Metrics,
+    NoMetrics,
     StoreUnavailable,
 )
 
@@ -148,6 +150,7 @@ class DeliveryQueue:
         owner: str | None = None,
         jitter: Callable[[], float] = random.random,
         sleep: Sleep = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         """`owner`: this process's id in delivery leases, unique among live
         processes sharing the store and best kept across restarts (wiring
@@ -163,6 +166,7 @@ class DeliveryQueue:
         self._listeners = list(listeners)
         self._jitter = jitter
         self._sleep = sleep
+        self._metrics = metrics or NoMetrics()
         self._queues: dict[str, deque[tuple[Conversation, Message]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         # Queued or being delivered, so that no message is queued twice.
@@ -401,6 +405,10 @@ class DeliveryQueue:
                 receipt = await self._attempt(sender, conversation, message)
             except DeliveryError as error:
                 wait = self._wait_after(error, attempt)
+                self._metrics.delivery(conversation.channel, "failed")
+                self._metrics.delivery(
+                    conversation.channel, "dead_lettered" if wait is None else "retried"
+                )
                 log.warning(
                     "delivery of %s failed (attempt %d/%d%s): %s",
                     message.message_id,
@@ -418,6 +426,7 @@ class DeliveryQueue:
                     log.debug("%s was taken over by another process", message.message_id)
                     return
             else:
+                self._metrics.delivery(conversation.channel, "sent")
                 await self._record(
                     conversation,
                     message,

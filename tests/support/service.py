@@ -136,6 +136,11 @@ def default_store_for_services(store: ServiceStore) -> Iterator[ServiceStore]:
         _default_store = previous
 
 
+_SHELL_SETTINGS_IGNORED = frozenset(
+    {"WORKERS", "METRICS_PORT", "JWT_JWKS_URL", "SECURITY_HUB_URL", "MCP_ENGINE_URL"}
+)
+
+
 class ServiceProcess:
     def __init__(
         self,
@@ -160,7 +165,9 @@ class ServiceProcess:
     def start(self, timeout: float = 20.0) -> ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {
-            **os.environ,
+            # Settings that change what the service is (set in a developer's
+            # shell, say) never leak into a test's service: a test sets them.
+            **{k: v for k, v in os.environ.items() if k not in _SHELL_SETTINGS_IGNORED},
             "SERVICE_HOST": "127.0.0.1",
             "SERVICE_PORT": str(self.port),
             "DATA_DIR": str(self.data_dir),

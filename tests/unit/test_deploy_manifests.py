@@ -125,12 +125,16 @@ def test_the_service_rolls_out_as_the_seed_says(
 
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
-def test_probes_ask_the_grpc_health_service_on_the_service_port(
+def test_probes_ask_the_grpc_health_service_and_the_ports_are_named(
     rendered: dict[str, list[Manifest]], rendering: str
 ) -> None:
     main = container(one(rendered[rendering], "Deployment", "chat-service"))
-    port = int(config(rendered[rendering])["SERVICE_PORT"])
-    assert main["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+    settings = config(rendered[rendering])
+    port = int(settings["SERVICE_PORT"])
+    assert main["ports"] == [
+        {"name": "grpc", "containerPort": port, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": int(settings["METRICS_PORT"]), "protocol": "TCP"},
+    ]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         # No `service`: the whole server (""), which turns NOT_SERVING on drain.
         assert main[probe]["grpc"] == {"port": port}, probe

@@ -39,6 +39,7 @@ OUTSIDE_WORLD = (
     "urllib3",
     "http.client",
     "urllib.request",
+    "prometheus_client",
 )
 # The layers allowed to speak protobuf: the neutral mapping package, the gRPC
 # API, and the adapters whose outside world is protobuf (MCP Engine, Kafka,
@@ -160,6 +161,18 @@ def test_only_the_mapping_layers_import_generated_code() -> None:
             str(found)
             for found in _all_imports()
             if _within(found.target, GENERATED) and not _within(found.module, SPEAKS_PROTOBUF)
+        ]
+    )
+
+
+def test_only_the_metrics_adapter_imports_prometheus_client() -> None:
+    # The rest records through the Metrics port (chat_service/ports.py).
+    _assert_none(
+        [
+            str(found)
+            for found in _all_imports()
+            if _within(found.target, ("prometheus_client",))
+            and not _within(found.module, ("adapters.metrics",))
         ]
     )
 

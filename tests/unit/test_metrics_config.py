@@ -1,0 +1,103 @@
+"""METRICS_PORT: off unless set, checked at start, one port per worker."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from adapters.metrics import MetricsServer, PrometheusMetrics
+from chat_service.__main__ import main
+from chat_service.bootstrap import build_services
+from chat_service.config import ConfigError, Settings
+from chat_service.ports import NoMetrics
+
+
+def test_metrics_are_off_by_default() -> None:
+    settings = Settings.from_env({})
+
+    assert settings.metrics_port == 0
+    assert settings.metrics_listen_port == 0
+
+
+def test_each_worker_serves_metrics_on_a_port_of_its_own() -> None:
+    settings = Settings.from_env({"METRICS_PORT": "9464"})
+
+    assert settings.metrics_listen_port == 9464
+    assert dataclasses.replace(settings, worker_index=0).metrics_listen_port == 9464
+    assert dataclasses.replace(settings, worker_index=3).metrics_listen_port == 9467
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "65536", "9464.5"])
+def test_a_bad_metrics_port_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="METRICS_PORT"):
+        Settings.from_env({"METRICS_PORT": value})
+
+
+def test_the_metrics_port_must_not_be_the_service_port() -> None:
+    with pytest.raises(ConfigError, match="METRICS_PORT must differ from SERVICE_PORT"):
+        Settings.from_env({"METRICS_PORT": "8001", "SERVICE_PORT": "8001"})
+
+
+def test_a_non_numeric_metrics_port_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("METRICS_PORT", "metrics")
+
+    assert main(["serve"]) == 2
+
+    assert "METRICS_PORT must be an integer" in capsys.readouterr().err
+
+
+async def test_a_worker_whose_metrics_port_is_past_65535_is_refused(tmp_path: Path) -> None:
+    settings = dataclasses.replace(
+        Settings.from_env({"METRICS_PORT": "65535", "DATA_DIR": str(tmp_path)}),
+        workers=2,
+        worker_index=1,
+    )
+
+    with pytest.raises(ConfigError, match="METRICS_PORT 65535 \\+ worker index 1"):
+        await build_services(settings)
+
+
+async def test_without_a_metrics_port_nothing_is_recorded(tmp_path: Path) -> None:
+    services = await build_services(Settings.from_env({"DATA_DIR": str(tmp_path)}))
+    try:
+        assert isinstance(services.metrics, NoMetrics)
+    finally:
+        await services.close()
+
+
+async def test_a_taken_metrics_port_fails_the_start_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings.from_env(
+            {"METRICS_PORT": str(port), "SERVICE_HOST": "127.0.0.1", "DATA_DIR": str(tmp_path)}
+        )
+        services = await build_services(settings)
+        try:
+            with pytest.raises(OSError, match="check METRICS_PORT"):
+                await services.start()
+        finally:
+            await services.close()
+
+
+async def test_closing_stops_the_metrics_thread_and_frees_the_port() -> None:
+    server = MetricsServer(PrometheusMetrics(), "127.0.0.1", 0)
+    await server.start()
+    port = server.port
+    # prometheus_client's server thread: Python names it after its target.
+    serving = [t for t in threading.enumerate() if "serve_forever" in t.name]
+    assert serving
+
+    await server.close()
+
+    assert not [t for t in serving if t.is_alive()]
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))
