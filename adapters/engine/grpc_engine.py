@@ -16,9 +16,9 @@ from __future__ import annotations
 import grpc
 from chatbot.mcp.v1 import engine_service_pb2 as pb
 from chatbot.mcp.v1 import engine_service_pb2_grpc
-from cryptography import x509
 
 from adapters.engine.mapping import reply_from_proto, request_to_proto
+from adapters.grpc_channels import client_channel
 from chat_service.ports import EngineFailure, EngineReply, EngineRequest
 
 CHANNEL_OPTIONS = [
@@ -42,13 +42,13 @@ class GrpcEngine:
         tls: bool = False,
         root_certificates: bytes | None = None,
     ) -> None:
-        if root_certificates is not None:
-            _check_certificates(root_certificates)
-        if tls:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = client_channel(
+            target,
+            options=CHANNEL_OPTIONS,
+            tls=tls,
+            root_certificates=root_certificates,
+            whose="the engine's",
+        )
         self._stub = engine_service_pb2_grpc.EngineServiceStub(self._channel)
         self._timeout = timeout
 
@@ -68,12 +68,3 @@ class GrpcEngine:
 
     async def close(self) -> None:
         await self._channel.close(grace=None)
-
-
-def _check_certificates(pem: bytes) -> None:
-    """Refuse a CA file with no certificate at start-up: grpc would only
-    fail each call, the engine looking merely unreachable."""
-    try:
-        x509.load_pem_x509_certificates(pem)
-    except ValueError:
-        raise ValueError("the engine's CA file holds no PEM certificate") from None

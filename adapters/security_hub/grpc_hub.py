@@ -17,8 +17,8 @@ import logging
 import grpc
 from chatbot.security.v1 import security_hub_pb2 as pb
 from chatbot.security.v1 import security_hub_pb2_grpc
-from cryptography import x509
 
+from adapters.grpc_channels import client_channel
 from chat_service.domain.errors import Unavailable
 from chat_service.ports import PermissionDecision, TokenValidation
 
@@ -53,13 +53,13 @@ class GrpcSecurityHub:
         tls: bool = False,
         root_certificates: bytes | None = None,
     ) -> None:
-        if root_certificates is not None:
-            _check_certificates(root_certificates)
-        if tls:
-            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = client_channel(
+            target,
+            options=CHANNEL_OPTIONS,
+            tls=tls,
+            root_certificates=root_certificates,
+            whose="the Security Hub's",
+        )
         self._stub = security_hub_pb2_grpc.SecurityHubServiceStub(self._channel)
         self._timeout = timeout
 
@@ -98,15 +98,6 @@ class GrpcSecurityHub:
 
     async def close(self) -> None:
         await self._channel.close(grace=None)
-
-
-def _check_certificates(pem: bytes) -> None:
-    """Refuse a CA file with no certificate at start-up: grpc would only
-    fail each call, the hub looking merely unreachable."""
-    try:
-        x509.load_pem_x509_certificates(pem)
-    except ValueError:
-        raise ValueError("the Security Hub's CA file holds no PEM certificate") from None
 
 
 def _unavailable(call: str, error: Exception) -> Unavailable:
