@@ -56,11 +56,19 @@ def status_name(code: Any) -> str:
     return found.name if found is not None else "UNKNOWN"
 
 
+# The server's deadline is the client's, counted from when the call arrived:
+# it runs out later than the client's by the time the call took to arrive
+# (more on a loaded machine). A client whose deadline passed cancels the call,
+# so the cancel can reach the handler while the server's own deadline is
+# still that much ahead.
+_DEADLINE_SKEW_SECONDS = 0.5
+
+
 def _past_deadline(context: ServicerContext) -> bool:
-    """Whether the call had a deadline and it has passed (time_remaining()
-    is None without one, and never below 0)."""
+    """Whether the call had a deadline and it has passed, as the client saw
+    it (time_remaining() is None without one, and never below 0)."""
     remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0
+    return remaining is not None and remaining <= _DEADLINE_SKEW_SECONDS
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
