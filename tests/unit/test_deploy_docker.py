@@ -75,7 +75,8 @@ def test_final_stage_runs_the_service_as_a_fixed_non_root_user() -> None:
     users = [args for word, args in stage if word == "USER"]
     assert users == ["10001:10001"]  # numeric: runAsNonRoot can check it
     assert words.index("USER") < words.index("ENTRYPOINT")
-    assert [args for word, args in stage if word == "EXPOSE"] == [str(Settings().port)]
+    # The gRPC port, and the metrics port the manifests set (METRICS_PORT).
+    assert [args for word, args in stage if word == "EXPOSE"] == [str(Settings().port), "9464"]
     assert "HEALTHCHECK" not in words
     env = " ".join(args for word, args in stage if word == "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in env
