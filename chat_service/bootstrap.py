@@ -13,6 +13,7 @@ Nothing is built at import time; `build_services` is called by the server
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import uuid
@@ -42,7 +43,7 @@ from adapters.memory.locks import InProcessConversationLocks
 from adapters.memory.log_publisher import LogPublisher
 from adapters.memory.rate_limit import InProcessRateLimiter
 from adapters.memory.session_cache import InProcessSessionCache
-from adapters.metrics import MeasuredEngine, MetricsServer, PrometheusMetrics
+from adapters.metrics import MeasuredEngine, MeasuredLocks, MetricsServer, PrometheusMetrics
 from adapters.mongo import InvalidMongoUri, MongoStore
 from adapters.mongo.channel_store import MongoChannelStore
 from adapters.redis.breaker import CircuitBreaker
@@ -117,7 +118,7 @@ async def choose_parts(settings: Settings, life: Lifecycle) -> Parts:
     secret_box = channel_secret_box(settings)
     store = await _store(settings, life)
     channels = _channel_store(store)
-    coordination = _coordination(settings, life)
+    coordination = _measured_locks(_coordination(settings, life), metrics)
     inbound = _inbound(settings, life)
     sender_factories = _sender_factories(settings, life)
     # SMS keeps its users' opt-outs (STOP, START) beside the connections.
@@ -174,6 +175,13 @@ def _measured(engine: Engine, metrics: Metrics) -> Engine:
     if isinstance(metrics, NoMetrics):
         return engine
     return MeasuredEngine(engine, metrics)
+
+
+def _measured_locks(coordination: Coordination, metrics: Metrics) -> Coordination:
+    """The conversation locks, their waits timed when metrics are recorded."""
+    if isinstance(metrics, NoMetrics):
+        return coordination
+    return dataclasses.replace(coordination, locks=MeasuredLocks(coordination.locks, metrics))
 
 
 def _sender_factories(settings: Settings, life: Lifecycle) -> dict[Channel, SenderFactory]:

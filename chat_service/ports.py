@@ -883,6 +883,15 @@ class Metrics(Protocol):
         read when the metrics are collected."""
         ...
 
+    def lock_waited(self, outcome: str, seconds: float) -> None:
+        """One wait for a conversation's lock; `outcome` "acquired" or "timeout"."""
+        ...
+
+    def outbox_lag(self, events: int) -> None:
+        """Events written to the outbox and not yet published, as the relay
+        saw after its last batch."""
+        ...
+
 
 class NoMetrics:
     """Metrics: nothing recorded (METRICS_PORT unset, and unit tests)."""
@@ -906,4 +915,10 @@ class NoMetrics:
         pass
 
     def gauge_open(self, kind: str, count: Callable[[], int]) -> None:
+        pass
+
+    def lock_waited(self, outcome: str, seconds: float) -> None:
+        pass
+
+    def outbox_lag(self, events: int) -> None:
         pass

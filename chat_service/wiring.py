@@ -254,7 +254,12 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
         invalidate=directory.invalidate,
     )
     relay = OutboxRelay(
-        store, parts.publisher, relay_settings(settings), owner=parts.relay_owner, clock=clock
+        store,
+        parts.publisher,
+        relay_settings(settings),
+        owner=parts.relay_owner,
+        clock=clock,
+        metrics=parts.metrics,
     )
     tail = EventTail(store)
     live = LiveFeed(coordination.bus)

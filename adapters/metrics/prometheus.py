@@ -41,6 +41,7 @@ FALLBACK_REASONS = frozenset({"timeout", "unavailable", "error", "invalid_reply"
 ATTEMPT_OUTCOMES = frozenset({"sent", "failed"})
 OPEN_KINDS = frozenset({"streams", "watches"})
 GRPC_KINDS = frozenset({"unary", "client_stream", "server_stream", "bidi_stream"})
+LOCK_OUTCOMES = frozenset({"acquired", "timeout"})
 OTHER = "other"
 
 # RPCs: from a millisecond (a health check, a read on SQLite) to
@@ -50,6 +51,9 @@ RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 # Engine calls take from milliseconds (the builtin engine) to the engine
 # timeout (MCP_ENGINE_TIMEOUT_MS, 8 s by default; at most 30 s).
 ENGINE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Lock waits: most are granted at once (well under a millisecond), a
+# contended one waits out the holder's call (up to LOCK_TIMEOUT, seconds).
+LOCK_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 def _bounded(value: str, allowed: frozenset[str]) -> str:
@@ -135,6 +139,18 @@ class PrometheusMetrics:
             ("kind",),
             registry=r,
         )
+        self._lock_wait = Histogram(
+            "chat_lock_wait_seconds",
+            "Waits for a conversation's lock, by outcome (acquired, timeout).",
+            ("outcome",),
+            buckets=LOCK_BUCKETS,
+            registry=r,
+        )
+        self._outbox_lag = Gauge(
+            "chat_outbox_lag_events",
+            "Events in the outbox not yet published, after the relay's last batch.",
+            registry=r,
+        )
 
     def _series(self, metric: Any, *labels: str) -> Any:
         """metric.labels(*labels), kept: labels() validates and locks on
@@ -183,6 +199,12 @@ class PrometheusMetrics:
         # Read in the server's thread at each scrape: a len() of a set,
         # atomic under the GIL.
         self._open.labels(_bounded(kind, OPEN_KINDS)).set_function(count)
+
+    def lock_waited(self, outcome: str, seconds: float) -> None:
+        self._series(self._lock_wait, _bounded(outcome, LOCK_OUTCOMES)).observe(seconds)
+
+    def outbox_lag(self, events: int) -> None:
+        self._outbox_lag.set(events)
 
 
 class MetricsServer:

@@ -33,7 +33,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from chat_service.pipeline.batch_loop import drain_with_retention
-from chat_service.ports import Clock, ConversationStore, EventPublisher, StoreUnavailable
+from chat_service.ports import (
+    Clock,
+    ConversationStore,
+    EventPublisher,
+    Metrics,
+    NoMetrics,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,7 @@ class OutboxRelay:
         *,
         owner: str | None = None,
         clock: Clock | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -68,6 +76,9 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.published = 0
+        # The lag costs a read of the newest position per batch: only when
+        # it is recorded.
+        self._metrics = None if metrics is None or isinstance(metrics, NoMetrics) else metrics
 
     def wake(self) -> None:
         """Something was written: look at the outbox now rather than at the next poll."""
@@ -111,7 +122,20 @@ class OutboxRelay:
         await self._publisher.publish(entries)
         await self._store.mark_published(self.owner, [entry.position for entry in entries])
         self.published += len(entries)
+        if self._metrics is not None:
+            await self._record_lag(entries[-1].position)
         return len(entries)
+
+    async def _record_lag(self, published_through: int) -> None:
+        # Written since this claim, or held by other relays: still to go. The
+        # batch is published either way: a store that cannot say leaves the
+        # gauge as it was rather than failing the relay's pass.
+        assert self._metrics is not None
+        try:
+            newest = await self._store.last_event_position()
+        except StoreUnavailable:
+            return
+        self._metrics.outbox_lag(max(0, newest - published_through))
 
     async def drain(self, timeout: float) -> None:
         """Publish what is in the outbox now, for a clean shutdown; whatever is

@@ -168,3 +168,32 @@ async def test_an_engine_that_cannot_be_reached_counts_a_fallback(
     assert value(samples, engine, engine="mcp", outcome="ok") == 0
     assert value(samples, "chat_engine_fallbacks_total", reason="unavailable") == 1
     assert value(samples, "chat_messages_total", channel="web", direction="out") >= 1
+
+
+async def test_lock_waits_and_the_outbox_lag_are_recorded(fresh_service: ServiceProcess) -> None:
+    metrics_port = free_port()
+    fresh_service.extra_env["METRICS_PORT"] = str(metrics_port)
+    fresh_service.start()
+    _, started = await asyncio.to_thread(scrape, metrics_port)
+    sends = 3
+    async with grpc.aio.insecure_channel(fresh_service.address) as channel:
+        stub = chat_service_pb2_grpc.ChatServiceStub(channel)
+        auth = bearer(fresh_service.token("acme"))
+        for _ in range(sends):
+            await stub.SendMessage(send_request(), metadata=auth)
+
+    # The embedded default publishes to the log: wait for the relay to have
+    # published every received message, then for its last batch's lag.
+    for _ in range(200):
+        if fresh_service.logs().count("event message.received ") == sends:
+            break
+        await asyncio.sleep(0.05)
+    assert fresh_service.logs().count("event message.received ") == sends
+    published = await scraped_until(metrics_port, lambda s: value(s, "chat_outbox_lag_events") == 0)
+
+    assert ("chat_outbox_lag_events", frozenset()) in started
+    assert ("chat_outbox_lag_events", frozenset()) in published
+    assert value(published, "chat_outbox_lag_events") == 0
+    # Each SendMessage holds its conversation's lock once; none waited too long.
+    assert value(published, "chat_lock_wait_seconds_count", outcome="acquired") == sends
+    assert value(published, "chat_lock_wait_seconds_count", outcome="timeout") == 0

@@ -56,6 +56,8 @@ def _exercised() -> PrometheusMetrics:
     metrics.rate_limited()
     metrics.gauge_open(TENANT, lambda: 3)
     metrics.gauge_open("streams", lambda: 2)
+    metrics.lock_waited(f"timeout for {CONVERSATION}", 0.2)
+    metrics.outbox_lag(4)
     return metrics
 
 
@@ -81,6 +83,7 @@ def test_made_up_values_are_recorded_as_other() -> None:
     assert value("chat_engine_request_seconds_count", {"engine": "mcp", "outcome": "other"}) == 1
     assert value("chat_open_streams", {"kind": "other"}) == 3
     assert value("chat_open_streams", {"kind": "streams"}) == 2
+    assert value("chat_lock_wait_seconds_count", {"outcome": "other"}) == 1
     assert value("chat_messages_total", {"channel": "whatsapp", "direction": "in"}) == 1
     assert value("chat_messages_total", {"channel": "whatsapp", "direction": "out"}) == 1
 
