@@ -130,9 +130,14 @@ async def test_deliveries_and_watches_are_counted(fresh_service: ServiceProcess)
             metrics_port, lambda s: value(s, dead, channel="whatsapp") == 1
         )
         watch.cancel()
+        # The status is recorded as the call ends, the watch closes as its
+        # handler unwinds: either may show first.
         ended = await scraped_until(
             metrics_port,
-            lambda s: value(s, "grpc_server_handled_total", **WATCH, grpc_code="CANCELLED") == 1,
+            lambda s: (
+                value(s, "grpc_server_handled_total", **WATCH, grpc_code="CANCELLED") == 1
+                and value(s, "chat_open_streams", kind="watches") == 0
+            ),
         )
 
     attempts = "chat_delivery_attempts_total"
