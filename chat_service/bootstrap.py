@@ -80,6 +80,7 @@ from chat_service.ports import (
     Metrics,
     NoMetrics,
     SecretBox,
+    SigningKeys,
 )
 from chat_service.wiring import (
     Coordination,
@@ -390,33 +391,38 @@ def _authenticator(settings: Settings, life: Lifecycle) -> Authenticator:
         )
         life.starters.append(keys.start)
         life.closers.append(keys.aclose)
-        try:
-            return JwtVerifier(
-                signing_keys=keys,
-                algorithms=jwt.algorithms,
-                issuer=jwt.issuer,
-                audience=jwt.audience,
-                leeway_seconds=jwt.leeway_seconds,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"JWT settings: {exc}") from exc
+        return _jwt_verifier(settings, signing_keys=keys)
     return _verifier(settings)
+
+
+def _jwt_verifier(
+    settings: Settings,
+    *,
+    public_key_pem: str = "",
+    secret: str = "",
+    signing_keys: SigningKeys | None = None,
+) -> JwtVerifier:
+    """A verifier of the configured JWT rules with these keys (a static key
+    or secret, or a JWKS): a refused combination is a configuration error."""
+    jwt = settings.jwt
+    try:
+        return JwtVerifier(
+            public_key_pem=public_key_pem,
+            secret=secret,
+            signing_keys=signing_keys,
+            algorithms=jwt.algorithms,
+            issuer=jwt.issuer,
+            audience=jwt.audience,
+            leeway_seconds=jwt.leeway_seconds,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"JWT settings: {exc}") from exc
 
 
 def _verifier(settings: Settings) -> JwtVerifier:
     jwt = settings.jwt
     if jwt.configured:
-        try:
-            return JwtVerifier(
-                public_key_pem=jwt.public_key_pem,
-                secret=jwt.secret,
-                algorithms=jwt.algorithms,
-                issuer=jwt.issuer,
-                audience=jwt.audience,
-                leeway_seconds=jwt.leeway_seconds,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"JWT settings: {exc}") from exc
+        return _jwt_verifier(settings, public_key_pem=jwt.public_key_pem, secret=jwt.secret)
     if not settings.dev_jwt_key_allowed:
         raise ConfigError(DEV_KEY_REFUSED)
     key = load_or_create_dev_key(settings.data_dir)

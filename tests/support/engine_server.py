@@ -13,6 +13,8 @@ from chatbot.chat.v1 import content_pb2, resources_pb2
 from chatbot.mcp.v1 import engine_service_pb2 as pb
 from chatbot.mcp.v1 import engine_service_pb2_grpc
 
+from tests.support.grpc_stub_server import serving
+
 
 @dataclass
 class EngineBehaviour:
@@ -69,14 +71,11 @@ async def running_engine(
 ) -> AsyncIterator[EngineBehaviour]:
     """An engine on 127.0.0.1:port; TLS with `credentials`."""
     behaviour = EngineBehaviour()
-    server = grpc.aio.server()
-    engine_service_pb2_grpc.add_EngineServiceServicer_to_server(_Engine(behaviour), server)
-    if credentials is None:
-        server.add_insecure_port(f"127.0.0.1:{port}")
-    else:
-        server.add_secure_port(f"127.0.0.1:{port}", credentials)
-    await server.start()
-    try:
+    async with serving(
+        lambda server: engine_service_pb2_grpc.add_EngineServiceServicer_to_server(
+            _Engine(behaviour), server
+        ),
+        port,
+        credentials,
+    ):
         yield behaviour
-    finally:
-        await server.stop(grace=0.5)

@@ -15,6 +15,8 @@ import grpc
 from chatbot.security.v1 import security_hub_pb2 as pb
 from chatbot.security.v1 import security_hub_pb2_grpc
 
+from tests.support.grpc_stub_server import serving
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -109,14 +111,11 @@ async def running_security_hub(
 ) -> AsyncIterator[HubBehaviour]:
     """A Security Hub on 127.0.0.1:port; TLS with `credentials`."""
     behaviour = HubBehaviour()
-    server = grpc.aio.server()
-    security_hub_pb2_grpc.add_SecurityHubServiceServicer_to_server(_Hub(behaviour), server)
-    if credentials is None:
-        server.add_insecure_port(f"127.0.0.1:{port}")
-    else:
-        server.add_secure_port(f"127.0.0.1:{port}", credentials)
-    await server.start()
-    try:
+    async with serving(
+        lambda server: security_hub_pb2_grpc.add_SecurityHubServiceServicer_to_server(
+            _Hub(behaviour), server
+        ),
+        port,
+        credentials,
+    ):
         yield behaviour
-    finally:
-        await server.stop(grace=0.5)
