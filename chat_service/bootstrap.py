@@ -17,6 +17,9 @@ import dataclasses
 import logging
 import socket
 import uuid
+from functools import partial
+
+from opentelemetry import trace
 
 from adapters.channels.bot_framework import BotTokens, ConnectorKeys, login_client
 from adapters.channels.graph_api import GraphApi
@@ -56,6 +59,15 @@ from adapters.secrets import AesGcmSecretBox
 from adapters.security_hub import GrpcSecurityHub
 from adapters.sqlite.channel_store import SqliteChannelStore
 from adapters.sqlite.store import SqliteStore
+from adapters.tracing import (
+    HttpTracing,
+    OtelTracer,
+    TracedEngine,
+    TracedLocks,
+    TracingSettings,
+    open_tracer_provider,
+    shut_down,
+)
 from chat_service.auth import Authenticator, JwtVerifier, load_or_create_dev_key
 from chat_service.config import (
     CHANNEL_SECRETS_KEY_REFUSED,
@@ -79,8 +91,10 @@ from chat_service.ports import (
     InboundChannel,
     Metrics,
     NoMetrics,
+    NoTracer,
     SecretBox,
     SigningKeys,
+    Tracer,
 )
 from chat_service.wiring import (
     Coordination,
@@ -112,6 +126,8 @@ async def build_services(settings: Settings) -> Services:
 async def choose_parts(settings: Settings, life: Lifecycle) -> Parts:
     """An adapter for every port, as the settings say; what each opens is
     closed by `life`."""
+    # First, so that its exporter closes last: the spans of the stop go too.
+    tracing = _tracing(settings, life)
     metrics = _metrics(settings, life)
     verifier = _authenticator(settings, life)
     tokens = _page_tokens(settings)
@@ -119,19 +135,21 @@ async def choose_parts(settings: Settings, life: Lifecycle) -> Parts:
     secret_box = channel_secret_box(settings)
     store = await _store(settings, life)
     channels = _channel_store(store)
-    coordination = _measured_locks(_coordination(settings, life), metrics)
+    coordination = _traced_locks(
+        _measured_locks(_coordination(settings, life), metrics), tracing.tracer
+    )
     inbound = _inbound(settings, life)
-    sender_factories = _sender_factories(settings, life)
+    sender_factories = _sender_factories(settings, life, tracing)
     # SMS keeps its users' opt-outs (STOP, START) beside the connections.
     inbound[Channel.SMS] = SmsInbound(opt_outs=channels, clock=SystemClock())
-    sender_factories[Channel.SMS] = _sms_sender_factory(settings, life, channels)
+    sender_factories[Channel.SMS] = _sms_sender_factory(settings, life, channels, tracing)
     return Parts(
         store=store,
         connections=channels,
         inbox=channels,
         coordination=coordination,
         publisher=_publisher(settings, life),
-        engine=_measured(_engine(settings, life), metrics),
+        engine=_traced(_measured(_engine(settings, life), metrics), tracing),
         clock=SystemClock(),
         verifier=verifier,
         tokens=tokens,
@@ -144,7 +162,52 @@ async def choose_parts(settings: Settings, life: Lifecycle) -> Parts:
         state_cache=coordination.sessions if settings.redis_url else None,
         lifecycle=life,
         metrics=metrics,
+        tracer=tracing.tracer,
+        rpc_tracer=tracing.otel,
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Tracing:
+    tracer: Tracer  # the core's steps
+    otel: trace.Tracer | None  # the adapters' and the RPCs' spans; None: no tracing
+
+    def http(self, platform: str) -> HttpTracing:
+        return HttpTracing(self.otel, platform)
+
+
+def _tracing(settings: Settings, life: Lifecycle) -> _Tracing:
+    """Spans over OTLP to OTEL_EXPORTER_OTLP_ENDPOINT, sent in the
+    background until the service stops; nothing traced without it."""
+    config = settings.tracing
+    if not config.endpoint:
+        return _Tracing(NoTracer(), None)
+    provider = open_tracer_provider(
+        TracingSettings(
+            endpoint=config.endpoint,
+            service_name=config.service_name or settings.service_name,
+            instance_id=relay_owner(settings),
+            sampler=config.sampler,
+            ratio=config.ratio,
+        )
+    )
+    life.closers.append(partial(shut_down, provider))
+    tracer = OtelTracer(provider)
+    return _Tracing(tracer, tracer.otel)
+
+
+def _traced(engine: Engine, tracing: _Tracing) -> Engine:
+    """The engine, each call a span when traced."""
+    if tracing.otel is None:
+        return engine
+    return TracedEngine(engine, tracing.otel)
+
+
+def _traced_locks(coordination: Coordination, tracer: Tracer) -> Coordination:
+    """The conversation locks, each wait a span when traced."""
+    if isinstance(tracer, NoTracer):
+        return coordination
+    return dataclasses.replace(coordination, locks=TracedLocks(coordination.locks, tracer))
 
 
 def _metrics(settings: Settings, life: Lifecycle) -> Metrics:
@@ -164,7 +227,7 @@ def _metrics(settings: Settings, life: Lifecycle) -> Metrics:
             "is SERVICE_PORT: the workers' metrics ports (METRICS_PORT + 0..N-1) must not "
             "include it"
         )
-    metrics = PrometheusMetrics()
+    metrics = PrometheusMetrics(tenant_labels=settings.metrics_tenant_labels)
     server = MetricsServer(metrics, settings.host, port)
     life.starters.append(server.start)
     life.closers.append(server.close)
@@ -185,39 +248,41 @@ def _measured_locks(coordination: Coordination, metrics: Metrics) -> Coordinatio
     return dataclasses.replace(coordination, locks=MeasuredLocks(coordination.locks, metrics))
 
 
-def _sender_factories(settings: Settings, life: Lifecycle) -> dict[Channel, SenderFactory]:
+def _sender_factories(
+    settings: Settings, life: Lifecycle, tracing: _Tracing
+) -> dict[Channel, SenderFactory]:
     """The platforms replies are delivered to: one Graph API client (and
     connection pool) per platform, closed on shutdown."""
-    whatsapp = GraphApi(settings.meta_graph_api_base_url)
+    whatsapp = GraphApi(settings.meta_graph_api_base_url, tracing=tracing.http("whatsapp"))
     life.closers.append(whatsapp.aclose)
-    messenger = GraphApi(settings.meta_graph_api_base_url)
+    messenger = GraphApi(settings.meta_graph_api_base_url, tracing=tracing.http("messenger"))
     life.closers.append(messenger.aclose)
-    slack = SlackWebApi(settings.slack_api_base_url)
+    slack = SlackWebApi(settings.slack_api_base_url, tracing=tracing.http("slack"))
     life.closers.append(slack.aclose)
     return {
         Channel.WHATSAPP: whatsapp_sender_factory(
             whatsapp, rate_per_second=settings.whatsapp_rate_per_second
         ),
         Channel.MESSENGER: messenger_sender_factory(messenger),
-        Channel.TEAMS: _teams_sender_factory(settings, life),
+        Channel.TEAMS: _teams_sender_factory(settings, life, tracing),
         Channel.SLACK: slack_sender_factory(slack),
     }
 
 
 def _sms_sender_factory(
-    settings: Settings, life: Lifecycle, opt_outs: ConnectionStore
+    settings: Settings, life: Lifecycle, opt_outs: ConnectionStore, tracing: _Tracing
 ) -> SenderFactory:
     """SMS replies through Twilio's REST API; nothing to a number that sent STOP."""
-    twilio = TwilioApi(settings.twilio_api_base_url)
+    twilio = TwilioApi(settings.twilio_api_base_url, tracing=tracing.http("sms"))
     life.closers.append(twilio.aclose)
     return sms_sender_factory(twilio, opt_outs)
 
 
-def _teams_sender_factory(settings: Settings, life: Lifecycle) -> SenderFactory:
+def _teams_sender_factory(settings: Settings, life: Lifecycle, tracing: _Tracing) -> SenderFactory:
     """Teams replies: the Bot Connector's endpoints, and the bots' tokens."""
-    connector, login = ConnectorApi(), login_client()
+    connector, login = ConnectorApi(tracing=tracing.http("teams")), login_client()
     life.closers.extend((connector.aclose, login.aclose))
-    tokens = BotTokens(settings.teams_token_url, http=login)
+    tokens = BotTokens(settings.teams_token_url, http=login, tracing=tracing.http("teams"))
     return teams_sender_factory(connector, tokens, token_url=settings.teams_token_url)
 
 

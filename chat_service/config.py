@@ -24,6 +24,9 @@ MAX_INTEGER = 2**53
 MAX_WORKERS = 64
 # An HMAC key shorter than its hash is weaker than the hash (RFC 2104, 3).
 MIN_PAGE_TOKEN_SECRET_BYTES = 32
+# Each tenant METRICS_TENANT_LABELS lists is a series of its own per labelled
+# metric and channel: a few large tenants, not the tenant directory.
+MAX_METRICS_TENANT_LABELS = 100
 _HOUR_MS = 3_600_000
 
 DEV_KEY_REFUSED = (
@@ -120,6 +123,33 @@ class JwtSettings:
         return bool(self.public_key_pem or self.secret or self.jwks_url)
 
 
+# OTEL_TRACES_SAMPLER's values (OpenTelemetry's SDK environment variables);
+# the *traceidratio ones sample OTEL_TRACES_SAMPLER_ARG of the traces.
+TRACE_SAMPLERS = frozenset(
+    {
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSettings:
+    """Tracing (adapters/tracing/), named by OpenTelemetry's own variables."""
+
+    # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT: an
+    # OTLP/gRPC collector (http:// in plaintext, https:// with TLS); "" (the
+    # default): nothing is traced, and calls out carry no trace context.
+    endpoint: str = ""
+    service_name: str = ""  # OTEL_SERVICE_NAME; "": SERVICE_NAME
+    sampler: str = "parentbased_always_on"  # OTEL_TRACES_SAMPLER
+    ratio: float = 1.0  # OTEL_TRACES_SAMPLER_ARG
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     service_name: str = "chat-service"
@@ -128,6 +158,10 @@ class Settings:
     # METRICS_PORT: Prometheus's /metrics over HTTP on SERVICE_HOST; 0 (the
     # default): none. Worker i of `--workers N` serves it on METRICS_PORT + i.
     metrics_port: int = 0
+    # METRICS_TENANT_LABELS: tenants whose per-tenant metrics carry
+    # tenant="<id>"; the rest are tenant="other". Empty: no tenant label.
+    metrics_tenant_labels: tuple[str, ...] = ()
+    tracing: TraceSettings = field(default_factory=TraceSettings)
     log_level: str = "INFO"
     log_format: str = "text"
     # WORKERS (or `serve --workers N`): processes serving one port
@@ -267,6 +301,8 @@ class Settings:
             host=r.text("SERVICE_HOST", defaults.host),
             port=r.integer("SERVICE_PORT", defaults.port, low=0, high=65535),
             metrics_port=r.integer("METRICS_PORT", defaults.metrics_port, low=0, high=65535),
+            tracing=r.tracing(),
+            metrics_tenant_labels=_metrics_tenants(r.csv("METRICS_TENANT_LABELS")),
             log_level=r.choice(
                 "LOG_LEVEL", defaults.log_level, {"DEBUG", "INFO", "WARNING", "ERROR"}, upper=True
             ),
@@ -410,6 +446,8 @@ class Settings:
         )
         if settings.metrics_port and settings.metrics_port == settings.port:
             raise ConfigError("METRICS_PORT must differ from SERVICE_PORT")
+        if settings.metrics_tenant_labels and not settings.metrics_port:
+            raise ConfigError("METRICS_TENANT_LABELS needs METRICS_PORT (no metrics are served)")
         if settings.mcp_engine_timeout_ms > settings.request_timeout_ms:
             raise ConfigError("MCP_ENGINE_TIMEOUT_MS must not exceed REQUEST_TIMEOUT_MS")
         _check_token_sources(settings)
@@ -517,6 +555,19 @@ class _Reader:
             raise ConfigError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
         return value
 
+    def tracing(self) -> TraceSettings:
+        defaults = TraceSettings()
+        for name in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+            # The exporter here speaks OTLP over gRPC only.
+            self.choice(name, "grpc", {"grpc"})
+        return TraceSettings(
+            endpoint=self.url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", {"http", "https"})
+            or self.url("OTEL_EXPORTER_OTLP_ENDPOINT", {"http", "https"}),
+            service_name=self.text("OTEL_SERVICE_NAME", defaults.service_name),
+            sampler=self.choice("OTEL_TRACES_SAMPLER", defaults.sampler, set(TRACE_SAMPLERS)),
+            ratio=self.number("OTEL_TRACES_SAMPLER_ARG", defaults.ratio, low=0, high=1),
+        )
+
     def csv(self, name: str) -> tuple[str, ...]:
         value = self._raw(name)
         if value is None:
@@ -592,6 +643,35 @@ def _check_token_sources(settings: Settings) -> None:
             f"SECURITY_HUB_URL cannot be combined with {' or '.join(configured)}: with a "
             "Security Hub, tokens are validated by the hub, not with local keys"
         )
+
+
+def _metrics_tenants(ids: tuple[str, ...]) -> tuple[str, ...]:
+    """METRICS_TENANT_LABELS: tenant ids as tokens carry them, each once,
+    at most MAX_METRICS_TENANT_LABELS of them, and never "other" (the label
+    of every tenant not listed)."""
+    if not ids:
+        return ()
+    # Here, not at the top: auth loads the JWT and crypto libraries, which
+    # reading settings without this list has no use for.
+    from chat_service.auth import TENANT_ID_PATTERN
+
+    for tenant in ids:
+        if not TENANT_ID_PATTERN.fullmatch(tenant):
+            raise ConfigError(
+                f"METRICS_TENANT_LABELS: {tenant[:40]!r} is not a tenant id (1 to 128 "
+                "letters, digits, '.', '_' or '-', starting with a letter or a digit)"
+            )
+        if tenant == "other":
+            raise ConfigError(
+                "METRICS_TENANT_LABELS must not list 'other': it labels every tenant not listed"
+            )
+    unique = tuple(dict.fromkeys(ids))
+    if len(unique) > MAX_METRICS_TENANT_LABELS:
+        raise ConfigError(
+            f"METRICS_TENANT_LABELS lists {len(unique)} tenants, at most "
+            f"{MAX_METRICS_TENANT_LABELS}: each is a series of its own per metric"
+        )
+    return unique
 
 
 def _check_grpc_target(name: str, target: str) -> None:

@@ -1,4 +1,9 @@
-"""Logging set-up: plain text for people, JSON lines for log pipelines."""
+"""Logging set-up: plain text for people, JSON lines for log pipelines.
+
+A line logged while a trace is current (the call's span when tracing is
+on, adapters/tracing/) carries its trace and span ids: `trace_id` and
+`span_id` in JSON, ` [trace_id=... span_id=...]` at the end in text.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,24 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from opentelemetry import trace
+
+
+class TraceIds(logging.Filter):
+    """Sets `trace_id` and `span_id` on each record: the current span's (hex,
+    as W3C traceparent writes them), or "" outside a trace. A filter, so that
+    they are read in the thread and context that logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = trace.get_current_span().get_span_context()
+        trace_id = span_id = shown = ""
+        if context.is_valid:
+            trace_id = format(context.trace_id, "032x")
+            span_id = format(context.span_id, "016x")
+            shown = f" [trace_id={trace_id} span_id={span_id}]"
+        record.__dict__.update(trace_id=trace_id, span_id=span_id, trace=shown)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,6 +45,10 @@ class JsonFormatter(logging.Formatter):
         }
         if self._worker is not None:
             entry["worker"] = self._worker
+        trace_id = getattr(record, "trace_id", "")
+        if trace_id:
+            entry["trace_id"] = trace_id
+            entry["span_id"] = getattr(record, "span_id", "")
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -37,8 +64,9 @@ def configure_logging(
     else:
         name = service_name if worker is None else f"{service_name}[worker-{worker}]"
         handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s")
+            logging.Formatter(f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s%(trace)s")
         )
+    handler.addFilter(TraceIds())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

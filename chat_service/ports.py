@@ -9,10 +9,11 @@ or Kafka.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from types import TracebackType
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from chat_service.domain.calls import CallAnswer, CallEvent
 from chat_service.domain.connections import AuditEntry, ChannelConnection
@@ -849,8 +850,10 @@ class SecurityHub(Protocol):
 class Metrics(Protocol):
     """What the service counts and times (METRICS_PORT; adapters/metrics/).
     Every label is bounded: RPC names and codes, channels, outcomes and
-    reasons from fixed sets. Never a tenant, user, conversation or message
-    id (each would make a series per value)."""
+    reasons from fixed sets. Never a user, conversation or message id (each
+    would make a series per value), nor a tenant id but the few an operator
+    lists (METRICS_TENANT_LABELS), on what is one tenant's: its messages
+    (`committed`: the change's conversation), deliveries and refusals."""
 
     def rpc_started(self, service: str, method: str, kind: str) -> None:
         """A call began; `kind`: unary, client_stream, server_stream or bidi_stream."""
@@ -869,13 +872,14 @@ class Metrics(Protocol):
         """One engine call: `outcome` "ok", or the failure's reason."""
         ...
 
-    def delivery(self, channel: Channel, outcome: str) -> None:
-        """A delivery step; `outcome`: "sent" or "failed" (an attempt),
-        "retried" (another attempt is scheduled), "dead_lettered" (given up)."""
+    def delivery(self, tenant_id: str, channel: Channel, outcome: str) -> None:
+        """A delivery step of a `tenant_id` reply; `outcome`: "sent" or
+        "failed" (an attempt), "retried" (another attempt is scheduled),
+        "dead_lettered" (given up)."""
         ...
 
-    def rate_limited(self) -> None:
-        """A call was refused by the rate limit."""
+    def rate_limited(self, tenant_id: str) -> None:
+        """A call of `tenant_id` was refused by its rate limit."""
         ...
 
     def gauge_open(self, kind: str, count: Callable[[], int]) -> None:
@@ -908,10 +912,10 @@ class NoMetrics:
     def engine_called(self, engine: str, outcome: str, seconds: float) -> None:
         pass
 
-    def delivery(self, channel: Channel, outcome: str) -> None:
+    def delivery(self, tenant_id: str, channel: Channel, outcome: str) -> None:
         pass
 
-    def rate_limited(self) -> None:
+    def rate_limited(self, tenant_id: str) -> None:
         pass
 
     def gauge_open(self, kind: str, count: Callable[[], int]) -> None:
@@ -922,3 +926,78 @@ class NoMetrics:
 
     def outbox_lag(self, events: int) -> None:
         pass
+
+
+# ------------------------------------------------------------------- tracing
+
+SpanValue: TypeAlias = str | int | float | bool
+SpanAttributes: TypeAlias = Mapping[str, SpanValue]
+
+
+class Span(Protocol):
+    """The span of a step in progress."""
+
+    def set(self, key: str, value: SpanValue) -> None:
+        """An attribute learnt during the step (never a user's text or a secret)."""
+        ...
+
+    def fail(self, description: str) -> None:
+        """The step failed (an exception that escapes the span marks it too)."""
+        ...
+
+
+class Tracer(Protocol):
+    """Spans around the pipeline's steps (OTLP when configured,
+    adapters/tracing/). The current span follows a call through its awaits
+    (context variables), so a step's span is the child of the RPC's; work
+    that another task does later (delivery) carries the position it was
+    queued from with `capture`."""
+
+    def span(
+        self, name: str, attributes: SpanAttributes | None = None, *, origin: object = None
+    ) -> AbstractContextManager[Span]:
+        """A span around a step, the current one's child, or `origin`'s (a
+        value `capture` returned) when given."""
+        ...
+
+    def capture(self) -> object:
+        """Where the trace is now, for a span started elsewhere later; None
+        when nothing is traced."""
+        ...
+
+
+class _NoSpan:
+    __slots__ = ()
+
+    def set(self, key: str, value: SpanValue) -> None:
+        pass
+
+    def fail(self, description: str) -> None:
+        pass
+
+    def __enter__(self) -> _NoSpan:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pass
+
+
+_NO_SPAN = _NoSpan()
+
+
+class NoTracer:
+    """Tracer: nothing traced (no OTLP endpoint, and unit tests). One shared
+    do-nothing span: no cost on the calls."""
+
+    def span(
+        self, name: str, attributes: SpanAttributes | None = None, *, origin: object = None
+    ) -> AbstractContextManager[Span]:
+        return _NO_SPAN
+
+    def capture(self) -> object:
+        return None

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
+from opentelemetry import trace
+
 from chat_service.auth import Authenticator
 from chat_service.config import Settings
 from chat_service.domain.enums import Channel, DeliveryStatus
@@ -54,9 +56,11 @@ from chat_service.ports import (
     LiveBus,
     Metrics,
     NoMetrics,
+    NoTracer,
     RateLimiter,
     SecretBox,
     SessionCache,
+    Tracer,
     WebhookInbox,
 )
 
@@ -121,6 +125,10 @@ class Parts:
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     # What is counted and timed (METRICS_PORT); the engine comes measured.
     metrics: Metrics = field(default_factory=NoMetrics)
+    # The pipeline's step spans (OTLP); the engine and the locks come traced.
+    tracer: Tracer = field(default_factory=NoTracer)
+    # The RPCs' server spans (grpc_api/tracing_interceptor.py); None: none.
+    rpc_tracer: trace.Tracer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +178,7 @@ class Services:
     engine: Engine
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     metrics: Metrics = field(default_factory=NoMetrics)  # the gRPC interceptor's too
+    rpc_tracer: trace.Tracer | None = None  # the server spans' (Parts.rpc_tracer)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _inbox_task: asyncio.Task[None] | None = None
 
@@ -282,7 +291,7 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
         wake_tail()
         live.delivery_changed(message, status)
 
-    writer = ConversationWriter(store, listeners)
+    writer = ConversationWriter(store, listeners, tracer=parts.tracer)
     delivery = DeliveryQueue(
         store=store,
         senders={
@@ -300,6 +309,7 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
         # process takes its own delivery leases back at once.
         owner=parts.relay_owner,
         metrics=parts.metrics,
+        tracer=parts.tracer,
     )
     admission = TenantAdmission(coordination.limiter, metrics=parts.metrics)
     # Answers what the service cannot read (webhooks' unsupported types)
@@ -318,6 +328,7 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
             lock_timeout=settings.lock_timeout,
             fallback_text=settings.fallback_text,
         ),
+        tracer=parts.tracer,
     )
     update_status = UpdateConversationStatus(
         store=store,
@@ -411,6 +422,7 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
         engine=parts.engine,
         lifecycle=parts.lifecycle,
         metrics=parts.metrics,
+        rpc_tracer=parts.rpc_tracer,
     )
 
 

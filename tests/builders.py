@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from opentelemetry import trace
+
 from adapters.secrets import AesGcmSecretBox
 from chat_service.auth import JwtVerifier
 from chat_service.bootstrap import in_process_coordination
@@ -42,8 +44,10 @@ from chat_service.ports import (
     EventPublisher,
     InboundChannel,
     LiveBus,
+    NoTracer,
     SecretBox,
     SessionCache,
+    Tracer,
     VersionConflict,
 )
 from chat_service.wiring import Parts, Services, Tuning, wire
@@ -242,6 +246,8 @@ def build_core(
     inbound: Mapping[Channel, InboundChannel] | None = None,
     settings: Settings = CORE_SETTINGS,
     tuning: Tuning = FAST,
+    tracer: Tracer | None = None,
+    rpc_tracer: trace.Tracer | None = None,
 ) -> Services:
     """The core through production's wiring (chat_service.wiring.wire), with
     fakes for the store, engine, clock and publisher, the in-process
@@ -271,5 +277,7 @@ def build_core(
         senders={} if senders is None else senders,
         inbound={} if inbound is None else inbound,
         state_cache=state_cache,
+        tracer=NoTracer() if tracer is None else tracer,
+        rpc_tracer=rpc_tracer,
     )
     return wire(parts, settings, tuning)

@@ -54,6 +54,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from adapters.channels.http_api import redact, retry_after, unreachable_as_delivery_error
+from adapters.tracing.http import NO_HTTP_TRACING, HttpTracing
 from chat_service.domain.errors import Unauthenticated, Unavailable
 from chat_service.ports import DeliveryError
 
@@ -422,7 +423,9 @@ class BotTokens:
         http: httpx.AsyncClient,
         margin: float = TOKEN_REFRESH_MARGIN_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
+        tracing: HttpTracing = NO_HTTP_TRACING,
     ) -> None:
+        self._tracing = tracing
         self._token_url = token_url
         self._http = http
         self._margin = margin
@@ -463,7 +466,9 @@ class BotTokens:
             "scope": TOKEN_SCOPE,
         }
         with unreachable_as_delivery_error("the Bot Framework token endpoint"):
-            response = await self._http.post(self._token_url, data=form, timeout=DEFAULT_TIMEOUT)
+            response = await self._tracing.request(
+                self._http, "POST", self._token_url, data=form, timeout=DEFAULT_TIMEOUT
+            )
         body = _json_object(response) or {}
         if not response.is_success:
             raise _token_error(response, body, password)

@@ -7,7 +7,8 @@ teams_send.py's ConnectorApi; twilio_api.py can use it the same way):
   the configuration does not name) and asks for JSON. Its `_send` turns a
   timeout or a connection failure into a retryable DeliveryError naming
   the platform and the error's type only (never the URL, which may carry
-  ids, nor the request).
+  ids, nor the request). With `tracing`, each request is a client span
+  whose trace context the platform gets (adapters/tracing/http.py).
 - `retry_after`: the `Retry-After` header (RFC 9110 10.2.3: seconds or an
   HTTP date), bounded.
 - `json_object`: an answer's JSON object, or None.
@@ -29,6 +30,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from adapters.tracing.http import NO_HTTP_TRACING, HttpTracing
 from chat_service.ports import DeliveryError
 
 # Long enough for a platform on a bad day, short enough that the delivery
@@ -55,7 +57,9 @@ class HttpApi:
         *,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
+        tracing: HttpTracing = NO_HTTP_TRACING,
     ) -> None:
+        self._tracing = tracing
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/" if base_url else "",
             timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
@@ -69,7 +73,7 @@ class HttpApi:
         """The platform's answer, whatever its status; DeliveryError
         (retryable) when there is none."""
         with unreachable_as_delivery_error(self.platform):
-            return await self._client.request(method, url, **request)
+            return await self._tracing.request(self._client, method, url, **request)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -19,6 +19,7 @@ from chatbot.mcp.v1 import engine_service_pb2_grpc
 
 from adapters.engine.mapping import reply_from_proto, request_to_proto
 from adapters.grpc_channels import client_channel
+from adapters.tracing.propagation import trace_headers
 from chat_service.ports import EngineFailure, EngineReply, EngineRequest
 
 CHANNEL_OPTIONS = [
@@ -55,7 +56,11 @@ class GrpcEngine:
     async def process(self, request: EngineRequest) -> EngineReply:
         try:
             response: pb.ProcessMessageResponse = await self._stub.ProcessMessage(
-                request_to_proto(request), timeout=self._timeout
+                request_to_proto(request),
+                timeout=self._timeout,
+                # The trace context, when the call is traced: the engine's
+                # spans join the caller's trace.
+                metadata=tuple(trace_headers().items()) or None,
             )
         except grpc.aio.AioRpcError as error:
             code = error.code()

@@ -9,7 +9,8 @@ Each instance has a registry of its own (not prometheus_client's global
 one): nothing is registered at import time, and tests can build several.
 Every label value comes from a fixed set; a value outside it (an engine
 failure reason a future adapter invents, say) is recorded as "other", so
-no input can grow the number of series.
+no input can grow the number of series. The one tenant label is opt-in and
+bounded the same way (tenant_labels.py).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from adapters.metrics.tenant_labels import TenantLabels
 from chat_service.domain.enums import Channel
 from chat_service.domain.events import EventType
 from chat_service.ports import ConversationChange
@@ -30,7 +32,8 @@ from chat_service.ports import ConversationChange
 log = logging.getLogger(__name__)
 
 # Labels per metric, checked by tests/unit/test_metrics_labels.py: none may
-# name a tenant, user, conversation or message.
+# name a tenant, user, conversation or message. The per-tenant metrics
+# (PER_TENANT) add `tenant` to these when METRICS_TENANT_LABELS lists tenants.
 GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 GRPC_HANDLED_LABELS = (*GRPC_LABELS, "grpc_code")
 MESSAGE_LABELS = ("channel", "direction")
@@ -43,6 +46,19 @@ OPEN_KINDS = frozenset({"streams", "watches"})
 GRPC_KINDS = frozenset({"unary", "client_stream", "server_stream", "bidi_stream"})
 LOCK_OUTCOMES = frozenset({"acquired", "timeout"})
 OTHER = "other"
+# What an operator asks about one tenant: its traffic (messages in and out),
+# its refusals by its own rate limit, and its deliveries (a tenant's broken
+# channel credentials fail its deliveries only). Not the RPCs (counted
+# before the caller is authenticated, with go-grpc-prometheus's label set),
+# the engine's calls and fallbacks, lock waits, open streams or the outbox
+# lag: shared parts of the service, whose trouble is not one tenant's.
+PER_TENANT = (
+    "chat_messages_total",
+    "chat_rate_limited_total",
+    "chat_delivery_attempts_total",
+    "chat_delivery_retries_total",
+    "chat_delivery_dead_lettered_total",
+)
 
 # RPCs: from a millisecond (a health check, a read on SQLite) to
 # REQUEST_TIMEOUT_MS (30 s by default), so that no call the service lets run
@@ -61,11 +77,16 @@ def _bounded(value: str, allowed: frozenset[str]) -> str:
 
 
 class PrometheusMetrics:
-    """Metrics recorded in `registry` (a new one when not given)."""
+    """Metrics recorded in `registry` (a new one when not given); the
+    PER_TENANT ones labelled `tenant` when `tenant_labels` lists tenants."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, tenant_labels: Iterable[str] = ()
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._tenant = TenantLabels(tenant_labels)
+        tenant = self._tenant.names
         r = self.registry
         self._started = Counter(
             "grpc_server_started_total",
@@ -91,7 +112,7 @@ class PrometheusMetrics:
         self._messages = Counter(
             "chat_messages_total",
             "Messages stored: in (from users) and out (replies), per channel.",
-            MESSAGE_LABELS,
+            (*MESSAGE_LABELS, *tenant),
             registry=r,
         )
         self._engine_seconds = Histogram(
@@ -113,24 +134,25 @@ class PrometheusMetrics:
         self._attempts = Counter(
             "chat_delivery_attempts_total",
             "Delivery attempts to platforms per channel: sent or failed.",
-            DELIVERY_LABELS,
+            (*DELIVERY_LABELS, *tenant),
             registry=r,
         )
         self._retries = Counter(
             "chat_delivery_retries_total",
             "Delivery retries scheduled after a failed attempt, per channel.",
-            ("channel",),
+            ("channel", *tenant),
             registry=r,
         )
         self._dead_lettered = Counter(
             "chat_delivery_dead_lettered_total",
             "Replies given up (stored FAILED) after their last failed attempt, per channel.",
-            ("channel",),
+            ("channel", *tenant),
             registry=r,
         )
         self._rate_limited = Counter(
             "chat_rate_limited_total",
             "Calls refused by the per-tenant rate limit (RESOURCE_EXHAUSTED).",
+            tenant,
             registry=r,
         )
         self._open = Gauge(
@@ -172,9 +194,10 @@ class PrometheusMetrics:
         self._series(self._handling, *labels).observe(seconds)
 
     def committed(self, change: ConversationChange) -> None:
+        tenant = self._tenant.values(change.conversation.tenant_id)
         for message in change.messages:
             direction = "out" if message.is_outbound else "in"
-            self._series(self._messages, message.channel.value, direction).inc()
+            self._series(self._messages, message.channel.value, direction, *tenant).inc()
         for event in change.events:
             if event.event_type is EventType.FALLBACK_USED:
                 reason = str(event.metadata.get("reason", ""))
@@ -184,16 +207,20 @@ class PrometheusMetrics:
         outcome = _bounded(outcome, ENGINE_OUTCOMES)
         self._series(self._engine_seconds, engine, outcome).observe(seconds)
 
-    def delivery(self, channel: Channel, outcome: str) -> None:
+    def delivery(self, tenant_id: str, channel: Channel, outcome: str) -> None:
+        tenant = self._tenant.values(tenant_id)
         if outcome == "retried":
-            self._retries.labels(channel.value).inc()
+            self._series(self._retries, channel.value, *tenant).inc()
         elif outcome == "dead_lettered":
-            self._dead_lettered.labels(channel.value).inc()
+            self._series(self._dead_lettered, channel.value, *tenant).inc()
         else:
-            self._attempts.labels(channel.value, _bounded(outcome, ATTEMPT_OUTCOMES)).inc()
+            outcome = _bounded(outcome, ATTEMPT_OUTCOMES)
+            self._series(self._attempts, channel.value, outcome, *tenant).inc()
 
-    def rate_limited(self) -> None:
-        self._rate_limited.inc()
+    def rate_limited(self, tenant_id: str) -> None:
+        tenant = self._tenant.values(tenant_id)
+        # Unlabelled, the metric is its only series (labels() refuses no labels).
+        (self._series(self._rate_limited, *tenant) if tenant else self._rate_limited).inc()
 
     def gauge_open(self, kind: str, count: Callable[[], int]) -> None:
         # Read in the server's thread at each scrape: a len() of a set,

@@ -71,6 +71,20 @@ def _past_deadline(context: ServicerContext) -> bool:
     return remaining is not None and remaining <= _DEADLINE_SKEW_SECONDS
 
 
+def ended_with(kind: type[BaseException] | None, context: ServicerContext) -> str:
+    """The status (its name) a call ends with, from how its handler ended:
+    normally or by abort (the code it set), cancelled, or by an exception."""
+    if kind is None or issubclass(kind, grpc.aio.AbortError):
+        return status_name(context.code())
+    if issubclass(kind, (asyncio.CancelledError, GeneratorExit)):
+        # The caller went away (a stream closed from its side), or its
+        # deadline passed: grpc cancels the handler either way, and the
+        # caller gets DEADLINE_EXCEEDED for the latter.
+        return "DEADLINE_EXCEEDED" if _past_deadline(context) else "CANCELLED"
+    # grpc answers an exception that escaped every interceptor so.
+    return "UNKNOWN"
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -118,15 +132,6 @@ class _Measured:
         error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if kind is None or issubclass(kind, grpc.aio.AbortError):
-            code = status_name(self._context.code())
-        elif issubclass(kind, (asyncio.CancelledError, GeneratorExit)):
-            # The caller went away (a stream closed from its side), or its
-            # deadline passed: grpc cancels the handler either way, and the
-            # caller gets DEADLINE_EXCEEDED for the latter.
-            code = "DEADLINE_EXCEEDED" if _past_deadline(self._context) else "CANCELLED"
-        else:
-            # grpc answers an exception that escaped every interceptor so.
-            code = "UNKNOWN"
+        code = ended_with(kind, self._context)
         elapsed = time.monotonic() - self._started
         self._metrics.rpc_handled(self._service, self._method, self._kind, code, elapsed)

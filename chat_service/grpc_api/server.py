@@ -36,6 +36,7 @@ from chat_service.grpc_api.auth_interceptor import AuthInterceptor
 from chat_service.grpc_api.error_interceptor import ErrorTranslationInterceptor
 from chat_service.grpc_api.metrics_interceptor import MetricsInterceptor
 from chat_service.grpc_api.servicer import ChatServicer
+from chat_service.grpc_api.tracing_interceptor import TracingInterceptor
 from chat_service.ports import NoMetrics, StoreUnavailable
 from chat_service.wiring import Services
 
@@ -95,6 +96,9 @@ def build_server(services: Services) -> tuple[grpc.aio.Server, Any]:
     if not isinstance(services.metrics, NoMetrics):  # no cost on the calls without METRICS_PORT
         # Outermost: it sees the status the caller gets, refusals included.
         interceptors.insert(0, MetricsInterceptor(services.metrics))
+    if services.rpc_tracer is not None:  # nor without OTEL_EXPORTER_OTLP_ENDPOINT
+        # Outermost too: the span is current in the metrics and auth scopes.
+        interceptors.insert(0, TracingInterceptor(services.rpc_tracer))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(
         ChatServicer(

@@ -33,7 +33,7 @@ class TenantAdmission:
             self._warn(exc)
             return
         if not decision.allowed:
-            self._metrics.rate_limited()
+            self._metrics.rate_limited(tenant_id)
             raise ResourceExhausted(
                 "the tenant's request rate limit is exceeded",
                 reason="RATE_LIMITED",

@@ -29,6 +29,8 @@ from chat_service.ports import (
     EngineFailure,
     EngineReply,
     EngineRequest,
+    NoTracer,
+    Tracer,
 )
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,9 @@ class BotAnswer:
         clock: Clock,
         engine_timeout: float,
         fallback_text: str,
+        tracer: Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or NoTracer()
         self._store = store
         self._writer = writer
         self._engine = engine
@@ -106,13 +110,14 @@ class BotAnswer:
         """The engine's reply, or None and why there is none."""
         history: Sequence[Message] = ()
         if self._engine.history_size > 0:
-            history = await self._store.list_messages(
-                conversation.tenant_id,
-                conversation.conversation_id,
-                limit=self._engine.history_size,
-                after_sequence=inbound.sequence,
-                descending=True,
-            )
+            with self._tracer.span("chat.store.read_history"):
+                history = await self._store.list_messages(
+                    conversation.tenant_id,
+                    conversation.conversation_id,
+                    limit=self._engine.history_size,
+                    after_sequence=inbound.sequence,
+                    descending=True,
+                )
         request = EngineRequest(
             tenant_id=conversation.tenant_id,
             conversation_id=conversation.conversation_id,

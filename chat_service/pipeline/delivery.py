@@ -50,6 +50,7 @@ Likewise a process stalled longer than a lease in the middle of an attempt
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import uuid
@@ -73,7 +74,9 @@ from chat_service.ports import (
     DeliveryReceipt,
     Metrics,
     NoMetrics,
+    NoTracer,
     StoreUnavailable,
+    Tracer,
 )
 
 log = logging.getLogger(__name__)
@@ -151,6 +154,7 @@ class DeliveryQueue:
         jitter: Callable[[], float] = random.random,
         sleep: Sleep = asyncio.sleep,
         metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """`owner`: this process's id in delivery leases, unique among live
         processes sharing the store and best kept across restarts (wiring
@@ -167,6 +171,10 @@ class DeliveryQueue:
         self._jitter = jitter
         self._sleep = sleep
         self._metrics = metrics or NoMetrics()
+        self._tracer = tracer or NoTracer()
+        # Where each queued message's trace was when it was queued (the
+        # SendMessage that stored it): its delivery's span continues it.
+        self._origins: dict[_Key, object] = {}
         self._queues: dict[str, deque[tuple[Conversation, Message]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         # Queued or being delivered, so that no message is queued twice.
@@ -203,11 +211,19 @@ class DeliveryQueue:
             return 0
         key = f"{conversation.tenant_id}/{conversation.conversation_id}"
         queue = self._queues.setdefault(key, deque())
+        origin = self._tracer.capture()
         for message in fresh:
             self._queued.add((message.tenant_id, message.message_id))
             queue.append((conversation, message))
+            if origin is not None:
+                self._origins[(message.tenant_id, message.message_id)] = origin
         if key not in self._workers:
-            self._workers[key] = asyncio.create_task(self._work(key), name=f"deliver {key}")
+            # In a context of its own: the conversation's worker outlives the
+            # call that started it and delivers later calls' messages too
+            # (each continues its own call's trace: _origins).
+            self._workers[key] = asyncio.create_task(
+                self._work(key), name=f"deliver {key}", context=contextvars.Context()
+            )
         return len(fresh)
 
     def resubmit(self, conversation: Conversation, message: Message) -> None:
@@ -364,7 +380,17 @@ class DeliveryQueue:
                 conversation, message = queue[0]
                 held = (message.tenant_id, message.message_id)
                 try:
-                    await self._deliver(queue, conversation, message)
+                    with self._tracer.span(
+                        "chat.deliver",
+                        {
+                            "chat.channel": conversation.channel.value,
+                            "chat.tenant_id": message.tenant_id,
+                            "chat.conversation_id": message.conversation_id,
+                            "chat.message_id": message.message_id,
+                        },
+                        origin=self._origins.pop(held, None),
+                    ):
+                        await self._deliver(queue, conversation, message)
                     # Recorded (which ended its lease), or another's.
                     self._leased.pop(held, None)
                 except Exception:
@@ -383,6 +409,7 @@ class DeliveryQueue:
             else:  # cancelled: what is left stays PENDING in the store
                 for _, message in queue:
                     self._queued.discard((message.tenant_id, message.message_id))
+                    self._origins.pop((message.tenant_id, message.message_id), None)
                 del self._queues[key]
 
     async def _deliver(
@@ -405,9 +432,11 @@ class DeliveryQueue:
                 receipt = await self._attempt(sender, conversation, message)
             except DeliveryError as error:
                 wait = self._wait_after(error, attempt)
-                self._metrics.delivery(conversation.channel, "failed")
+                self._metrics.delivery(conversation.tenant_id, conversation.channel, "failed")
                 self._metrics.delivery(
-                    conversation.channel, "dead_lettered" if wait is None else "retried"
+                    conversation.tenant_id,
+                    conversation.channel,
+                    "dead_lettered" if wait is None else "retried",
                 )
                 log.warning(
                     "delivery of %s failed (attempt %d/%d%s): %s",
@@ -426,7 +455,7 @@ class DeliveryQueue:
                     log.debug("%s was taken over by another process", message.message_id)
                     return
             else:
-                self._metrics.delivery(conversation.channel, "sent")
+                self._metrics.delivery(conversation.tenant_id, conversation.channel, "sent")
                 await self._record(
                     conversation,
                     message,
@@ -470,6 +499,7 @@ class DeliveryQueue:
                 log.debug("%s is delivered by another process", item[1].message_id)
                 queue.remove(item)
                 self._queued.discard((item[1].tenant_id, item[1].message_id))
+                self._origins.pop((item[1].tenant_id, item[1].message_id), None)
         return held[0]
 
     async def _claim(self, message: Message) -> bool:
@@ -516,8 +546,14 @@ class DeliveryQueue:
         """One call to the platform; whatever goes wrong is a DeliveryError, so a
         connector's bug or a hung platform cannot stall the conversation's queue."""
         try:
-            async with asyncio.timeout(self._policy.attempt_timeout):
-                return await sender.send(conversation, message)
+            with self._tracer.span("chat.deliver.attempt") as span:
+                try:
+                    async with asyncio.timeout(self._policy.attempt_timeout):
+                        return await sender.send(conversation, message)
+                except DeliveryError as error:
+                    span.set("chat.delivery.retryable", error.retryable)
+                    span.fail(str(error))
+                    raise
         except DeliveryError:
             raise
         except TimeoutError:

@@ -54,6 +54,7 @@ from chat_service.ports import (
     Engine,
     LockLease,
     SessionCache,
+    Tracer,
 )
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class SendMessage:
         clock: Clock,
         settings: SendSettings,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        tracer: Tracer | None = None,
     ) -> None:
         self._locks = locks
         self._lock_timeout = settings.lock_timeout
@@ -118,6 +120,7 @@ class SendMessage:
                 clock=clock,
                 engine_timeout=settings.engine_timeout,
                 fallback_text=settings.fallback_text,
+                tracer=tracer,
             ),
             clock=clock,
         )

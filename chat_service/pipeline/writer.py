@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from chat_service.domain.model import Conversation
-from chat_service.ports import ConversationChange, ConversationStore
+from chat_service.ports import ConversationChange, ConversationStore, NoTracer, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,11 @@ class ConversationWriter:
         listeners: Sequence[CommitListener] = (),
         *,
         cache_size: int = CACHED_CONVERSATIONS,
+        tracer: Tracer | None = None,
     ) -> None:
         self._store = store
         self._listeners = list(listeners)
+        self._tracer = tracer or NoTracer()
         self.conversations = ConversationCache(store, size=cache_size)
 
     def subscribe(self, listener: CommitListener) -> None:
@@ -98,7 +100,8 @@ class ConversationWriter:
     async def write(self, change: ConversationChange) -> None:
         conversation = change.conversation
         try:
-            await self._store.write(change)
+            with self._tracer.span("chat.store.write"):
+                await self._store.write(change)
         except BaseException:
             # Refused, or not known to be written (a lost store, a
             # cancellation while the write runs): the next reader reads it.

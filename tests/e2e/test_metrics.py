@@ -202,3 +202,56 @@ async def test_lock_waits_and_the_outbox_lag_are_recorded(fresh_service: Service
     # Each SendMessage holds its conversation's lock once; none waited too long.
     assert value(published, "chat_lock_wait_seconds_count", outcome="acquired") == sends
     assert value(published, "chat_lock_wait_seconds_count", outcome="timeout") == 0
+
+
+async def test_a_listed_tenant_has_series_of_its_own_and_the_rest_are_other(
+    fresh_service: ServiceProcess,
+) -> None:
+    metrics_port = free_port()
+    fresh_service.extra_env.update(
+        {
+            "METRICS_PORT": str(metrics_port),
+            "METRICS_TENANT_LABELS": "acme",
+            # acme's third call and globex's second are refused.
+            "RATE_LIMIT_TENANTS": "acme=0.001:2,globex=0.001:1",
+        }
+    )
+    fresh_service.start()
+    async with grpc.aio.insecure_channel(fresh_service.address) as channel:
+        stub = chat_service_pb2_grpc.ChatServiceStub(channel)
+        acme = bearer(fresh_service.token("acme"))
+        globex = bearer(fresh_service.token("globex"))
+        for _ in range(2):
+            await stub.SendMessage(send_request(), metadata=acme)
+        assert await refused(stub.SendMessage(send_request(), metadata=acme)) is (
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
+        # No WhatsApp connection: globex's reply is dead-lettered.
+        whatsapp = send_request(channel=resources_pb2.CHANNEL_WHATSAPP)
+        await stub.SendMessage(whatsapp, metadata=globex)
+        assert await refused(stub.SendMessage(send_request(), metadata=globex)) is (
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
+
+    dead = "chat_delivery_dead_lettered_total"
+    samples = await scraped_until(
+        metrics_port, lambda s: value(s, dead, channel="whatsapp", tenant="other") == 1
+    )
+
+    messages = "chat_messages_total"
+    assert value(samples, messages, channel="web", direction="in", tenant="acme") == 2
+    assert value(samples, messages, channel="web", direction="out", tenant="acme") >= 2
+    assert value(samples, messages, channel="whatsapp", direction="in", tenant="other") == 1
+    assert value(samples, messages, channel="whatsapp", direction="out", tenant="other") >= 1
+    assert value(samples, "chat_rate_limited_total", tenant="acme") == 1
+    assert value(samples, "chat_rate_limited_total", tenant="other") == 1
+    assert value(samples, dead, channel="whatsapp", tenant="other") == 1
+    assert value(samples, dead, channel="whatsapp", tenant="acme") == 0
+    # The tenant is the listed one or "other" (globex has no series of its
+    # own), the per-tenant metrics have no series without it, and the RPCs'
+    # (go-grpc-prometheus's labels) have no tenant.
+    tenants = {dict(labels).get("tenant") for name, labels in samples if name.startswith("chat_")}
+    assert {"acme", "other"} <= tenants <= {"acme", "other", None}
+    assert value(samples, messages, channel="web", direction="in") == 0
+    assert value(samples, "chat_rate_limited_total") == 0
+    assert not [labels for name, labels in samples if "tenant" in dict(labels) and "grpc" in name]

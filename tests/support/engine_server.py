@@ -23,6 +23,8 @@ class EngineBehaviour:
     intent: str = "mcp_echo"
     escalate: bool = False
     requests: list[pb.ProcessMessageRequest] = field(default_factory=list)
+    # Each call's invocation metadata (lower-case keys), in the order of `requests`.
+    metadata: list[dict[str, str]] = field(default_factory=list)
     called: asyncio.Event = field(default_factory=asyncio.Event)
 
     def reset(self) -> None:
@@ -32,6 +34,7 @@ class EngineBehaviour:
         self.delay, self.fail_with = fresh.delay, fresh.fail_with
         self.intent, self.escalate = fresh.intent, fresh.escalate
         self.requests.clear()
+        self.metadata.clear()
         self.called = fresh.called
 
 
@@ -44,6 +47,13 @@ class _Engine(engine_service_pb2_grpc.EngineServiceServicer):
     ) -> pb.ProcessMessageResponse:
         behaviour = self.behaviour
         behaviour.requests.append(request)
+        behaviour.metadata.append(
+            {
+                key: value
+                for key, value in context.invocation_metadata() or ()
+                if isinstance(value, str)
+            }
+        )
         behaviour.called.set()
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)

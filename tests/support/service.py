@@ -137,7 +137,15 @@ def default_store_for_services(store: ServiceStore) -> Iterator[ServiceStore]:
 
 
 _SHELL_SETTINGS_IGNORED = frozenset(
-    {"WORKERS", "METRICS_PORT", "JWT_JWKS_URL", "SECURITY_HUB_URL", "MCP_ENGINE_URL"}
+    {
+        "WORKERS",
+        "METRICS_PORT",
+        "JWT_JWKS_URL",
+        "SECURITY_HUB_URL",
+        "MCP_ENGINE_URL",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    }
 )
 
 

@@ -53,7 +53,7 @@ def test_docker_compose_refuses_an_unknown_key(tmp_path: Path) -> None:
 
 
 def test_every_service_has_an_image_or_a_build(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"chat-service", "edge", *STORES}
+    assert set(compose["services"]) == {"chat-service", "edge", "jaeger", *STORES}
     for name, service in compose["services"].items():
         assert "image" in service or "build" in service, name
         build = service.get("build")
@@ -61,6 +61,14 @@ def test_every_service_has_an_image_or_a_build(compose: dict[str, Any]) -> None:
             context = (COMPOSE.parent / build["context"]).resolve()
             assert context == ROOT
             assert (context / build["dockerfile"]).is_file(), name
+
+
+def test_the_traces_go_to_the_jaeger_receiver_it_runs(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    endpoint = services["chat-service"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert endpoint == "http://jaeger:4317"
+    # Jaeger's OTLP receiver listens on localhost unless told otherwise.
+    assert "receivers.otlp.protocols.grpc.endpoint=0.0.0.0:4317" in services["jaeger"]["command"]
 
 
 def test_the_service_waits_for_healthy_stores(compose: dict[str, Any]) -> None:

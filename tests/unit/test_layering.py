@@ -40,6 +40,7 @@ OUTSIDE_WORLD = (
     "http.client",
     "urllib.request",
     "prometheus_client",
+    "opentelemetry",
 )
 # The layers allowed to speak protobuf: the neutral mapping package, the gRPC
 # API, and the adapters whose outside world is protobuf (MCP Engine, Kafka,
@@ -173,6 +174,28 @@ def test_only_the_metrics_adapter_imports_prometheus_client() -> None:
             for found in _all_imports()
             if _within(found.target, ("prometheus_client",))
             and not _within(found.module, ("adapters.metrics",))
+        ]
+    )
+
+
+# The tracing adapter, the server spans' interceptor, the log lines' trace
+# ids and the composition root that wires them; the core traces through the
+# Tracer port (chat_service/ports.py).
+SPEAKS_OPENTELEMETRY = (
+    "adapters.tracing",
+    "chat_service.grpc_api.tracing_interceptor",
+    "chat_service.logs",
+    *COMPOSITION_ROOT,
+)
+
+
+def test_only_the_tracing_layers_import_opentelemetry() -> None:
+    _assert_none(
+        [
+            str(found)
+            for found in _all_imports()
+            if _within(found.target, ("opentelemetry",))
+            and not _within(found.module, SPEAKS_OPENTELEMETRY)
         ]
     )
 

@@ -12,7 +12,7 @@ import pytest
 from adapters.metrics import MetricsServer, PrometheusMetrics
 from chat_service.__main__ import main
 from chat_service.bootstrap import build_services
-from chat_service.config import ConfigError, Settings
+from chat_service.config import MAX_METRICS_TENANT_LABELS, ConfigError, Settings
 from chat_service.ports import NoMetrics
 
 
@@ -101,3 +101,77 @@ async def test_closing_stops_the_metrics_thread_and_frees_the_port() -> None:
     assert not [t for t in serving if t.is_alive()]
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))
+
+
+def test_no_tenant_is_labelled_by_default() -> None:
+    assert Settings.from_env({"METRICS_PORT": "9464"}).metrics_tenant_labels == ()
+
+
+def test_the_labelled_tenants_are_read_once_each_in_order() -> None:
+    settings = Settings.from_env(
+        {"METRICS_PORT": "9464", "METRICS_TENANT_LABELS": " acme, globex.eu ,acme,Big_Co-1"}
+    )
+
+    assert settings.metrics_tenant_labels == ("acme", "globex.eu", "Big_Co-1")
+
+
+def test_up_to_the_bound_of_tenants_can_be_labelled() -> None:
+    listed = [f"tenant-{index}" for index in range(MAX_METRICS_TENANT_LABELS)]
+    env = {"METRICS_PORT": "9464", "METRICS_TENANT_LABELS": ",".join(listed)}
+
+    assert Settings.from_env(env).metrics_tenant_labels == tuple(listed)
+    with pytest.raises(ConfigError, match=f"at most {MAX_METRICS_TENANT_LABELS}"):
+        Settings.from_env({**env, "METRICS_TENANT_LABELS": ",".join([*listed, "one-more"])})
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("acme,not a tenant", "'not a tenant' is not a tenant id"),
+        ("-acme", "'-acme' is not a tenant id"),
+        ("acme,a/b", "'a/b' is not a tenant id"),
+        ("x" * 129, "is not a tenant id"),
+        ("acme,other", "must not list 'other'"),
+    ],
+)
+def test_a_bad_tenant_list_names_the_variable(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"METRICS_TENANT_LABELS.*{message}"):
+        Settings.from_env({"METRICS_PORT": "9464", "METRICS_TENANT_LABELS": value})
+
+
+def test_labelled_tenants_need_the_metrics_port() -> None:
+    with pytest.raises(ConfigError, match="METRICS_TENANT_LABELS needs METRICS_PORT"):
+        Settings.from_env({"METRICS_TENANT_LABELS": "acme"})
+
+
+def test_a_bad_tenant_list_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("METRICS_PORT", "9464")
+    monkeypatch.setenv("METRICS_TENANT_LABELS", "acme,*")
+
+    assert main(["serve"]) == 2
+
+    assert "METRICS_TENANT_LABELS: '*' is not a tenant id" in capsys.readouterr().err
+
+
+async def test_the_labelled_tenants_reach_the_metrics(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "METRICS_PORT": "9464",
+            "METRICS_TENANT_LABELS": "acme",
+            "SERVICE_HOST": "127.0.0.1",
+            "DATA_DIR": str(tmp_path),
+        }
+    )
+    services = await build_services(settings)
+    try:
+        assert isinstance(services.metrics, PrometheusMetrics)
+        services.metrics.rate_limited("acme")
+        services.metrics.rate_limited("globex")
+        count = services.metrics.registry.get_sample_value
+        assert count("chat_rate_limited_total", {"tenant": "acme"}) == 1
+        assert count("chat_rate_limited_total", {"tenant": "other"}) == 1
+    finally:
+        await services.close()

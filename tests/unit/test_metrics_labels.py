@@ -1,8 +1,11 @@
-"""The Prometheus metrics' labels: bounded, and never a tenant or a user.
+"""The Prometheus metrics' labels: bounded, and never a user, nor a tenant
+but one METRICS_TENANT_LABELS lists.
 
 Every method of the Metrics port is exercised with ids no label may carry;
 then every series of the registry is read back: its label names come from
-the allowed set, and no label value holds one of those ids.
+the allowed set, and no label value holds one of those ids. The same holds
+with tenants listed, none of them the caller's: the tenant label is then
+"other", and on the per-tenant metrics only.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import cast
 import pytest
 
 from adapters.metrics import MeasuredEngine, PrometheusMetrics
+from adapters.metrics.prometheus import PER_TENANT
 from chat_service.config import Settings
 from chat_service.domain.enums import Channel, MessageRole
 from chat_service.domain.events import EventType
@@ -38,8 +42,8 @@ ALLOWED_LABELS = {
 }
 
 
-def _exercised() -> PrometheusMetrics:
-    metrics = PrometheusMetrics()
+def _exercised(tenant_labels: tuple[str, ...] = ()) -> PrometheusMetrics:
+    metrics = PrometheusMetrics(tenant_labels=tenant_labels)
     conversation = make_conversation(
         tenant_id=TENANT, user_id=USER, conversation_id=CONVERSATION, channel=Channel.WHATSAPP
     )
@@ -51,9 +55,10 @@ def _exercised() -> PrometheusMetrics:
     metrics.rpc_handled("chatbot.chat.v1.ChatService", "SendMessage", "unary", "OK", 0.01)
     # Unbounded values a caller or an adapter could make up become "other".
     metrics.engine_called("mcp", f"unavailable for {TENANT}", 0.2)
-    metrics.delivery(Channel.WHATSAPP, USER)
-    metrics.delivery(Channel.WHATSAPP, "dead_lettered")
-    metrics.rate_limited()
+    metrics.delivery(TENANT, Channel.WHATSAPP, USER)
+    metrics.delivery(TENANT, Channel.WHATSAPP, "retried")
+    metrics.delivery(TENANT, Channel.WHATSAPP, "dead_lettered")
+    metrics.rate_limited(TENANT)
     metrics.gauge_open(TENANT, lambda: 3)
     metrics.gauge_open("streams", lambda: 2)
     metrics.lock_waited(f"timeout for {CONVERSATION}", 0.2)
@@ -67,6 +72,20 @@ def test_no_label_names_a_tenant_or_a_user() -> None:
     assert samples
     for sample in samples:
         assert set(sample.labels) <= ALLOWED_LABELS, sample
+        for value in sample.labels.values():
+            assert not any(secret in value for secret in IDENTIFYING), sample
+
+
+def test_with_other_tenants_listed_a_tenant_is_other_and_only_on_per_tenant_metrics() -> None:
+    metrics = _exercised(tenant_labels=("listed-1", "listed-2"))
+    samples = [sample for family in metrics.registry.collect() for sample in family.samples]
+
+    # prometheus_client adds a *_created sample per counter series.
+    labelled = {s.name.removesuffix("_created") for s in samples if "tenant" in s.labels}
+    assert labelled == {name.removesuffix("_total") for name in PER_TENANT} | set(PER_TENANT)
+    for sample in samples:
+        assert set(sample.labels) <= ALLOWED_LABELS | {"tenant"}, sample
+        assert sample.labels.get("tenant", "other") == "other", sample
         for value in sample.labels.values():
             assert not any(secret in value for secret in IDENTIFYING), sample
 
