@@ -362,6 +362,7 @@ def wire(parts: Parts, settings: Settings, tuning: Tuning = Tuning()) -> Service
         owner=parts.relay_owner,
         listeners=[delivery_changed],
         settings=replace(tuning.inbox, retention=timedelta(hours=settings.inbox_retention_hours)),
+        tracer=parts.tracer,
     )
     streams = ConversationStreams(
         StreamServices(

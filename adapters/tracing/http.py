@@ -52,7 +52,11 @@ class HttpTracing:
             set_status_on_exception=False,
         ) as span:
             headers = dict(request.pop("headers", None) or {})
-            headers.update(trace_headers())
+            # traceparent only: a caller's tracestate (vendor data, which
+            # may come from outside through the edge) is not the platform's.
+            traceparent = trace_headers().get("traceparent")
+            if traceparent is not None:
+                headers["traceparent"] = traceparent
             try:
                 response = await client.request(method, url, headers=headers, **request)
             except BaseException as error:
@@ -75,5 +79,5 @@ def _target(client: httpx.AsyncClient, url: str) -> httpx.URL:
     base URL when relative (as httpx does with a base ending in /)."""
     parsed = httpx.URL(url)
     if parsed.is_relative_url and str(client.base_url):
-        return client.base_url.join(url)
+        parsed = client.base_url.join(url)
     return parsed.copy_with(username=None, password=None)

@@ -13,6 +13,7 @@ variables (OTEL_EXPORTER_OTLP_HEADERS, _CERTIFICATE, _TIMEOUT, ...) apply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ def open_tracer_provider(settings: TracingSettings) -> TracerProvider:
         resource=resource, sampler=sampler_of(settings.sampler, settings.ratio)
     )
     exporter = OTLPSpanExporter(
-        endpoint=settings.endpoint, insecure=settings.endpoint.startswith("http://")
+        endpoint=settings.endpoint, insecure=settings.endpoint.lower().startswith("http://")
     )
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
@@ -104,7 +105,9 @@ async def shut_down(provider: TracerProvider) -> None:
         except Exception:
             log.exception("tracing: shutting the exporter down failed")
         finally:
-            loop.call_soon_threadsafe(finished)
+            # RuntimeError: the loop closed first, nobody waits any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(finished)
 
     threading.Thread(target=run, name="tracing shutdown", daemon=True).start()
     try:

@@ -20,6 +20,7 @@ health checks and reflection.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
@@ -86,7 +87,7 @@ class _Traced:
     """One call's span: started and made current on entry; its status set
     and ended on exit."""
 
-    __slots__ = ("_context", "_method", "_service", "_span", "_token", "_tracer")
+    __slots__ = ("_context", "_method", "_service", "_span", "_task", "_token", "_tracer")
 
     def __init__(
         self, tracer: trace.Tracer, service: str, method: str, context: ServicerContext
@@ -97,6 +98,7 @@ class _Traced:
         self._context = context
         self._span: trace.Span = trace.INVALID_SPAN
         self._token: object = None
+        self._task: asyncio.Task[Any] | None = None
 
     async def __aenter__(self) -> None:
         self._span = self._tracer.start_span(
@@ -110,6 +112,7 @@ class _Traced:
             },
         )
         self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        self._task = asyncio.current_task()
 
     async def __aexit__(
         self,
@@ -127,5 +130,9 @@ class _Traced:
                 described = f"{code}: {type(error).__name__}" if escaped else code
                 span.set_status(Status(StatusCode.ERROR, described))
         finally:
-            otel_context.detach(self._token)  # type: ignore[arg-type]
+            # A response stream cancelled while grpc.aio writes is closed
+            # later, from another task: the attach was in the handler's task,
+            # whose context ends with it; detaching there would fail.
+            if asyncio.current_task() is self._task:
+                otel_context.detach(self._token)  # type: ignore[arg-type]
             span.end()

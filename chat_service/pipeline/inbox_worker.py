@@ -91,8 +91,10 @@ from chat_service.ports import (
     ConversationStore,
     InboundChannel,
     InboundMessageEffects,
+    NoTracer,
     OpenedConnection,
     StoreUnavailable,
+    Tracer,
     WebhookDelivery,
     WebhookInbox,
 )
@@ -204,7 +206,9 @@ class InboxWorker:
         owner: str,
         listeners: Sequence[DeliveryListener] = (),
         settings: InboxSettings = InboxSettings(),
+        tracer: Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or NoTracer()
         self._inbox = inbox
         self._inbound = dict(inbound)
         self._directory = directory
@@ -346,6 +350,19 @@ class InboxWorker:
                 self._held[user] = min(position, self._held.get(user, position))
 
     async def _message(self, delivery: WebhookDelivery, message: PlatformMessage) -> None:
+        # A trace of its own (the webhook's call ended at the inbox): the
+        # message's steps, its engine call and its reply's delivery in it.
+        with self._tracer.span(
+            "chat.inbox.message",
+            {
+                "chat.channel": delivery.channel.value,
+                "chat.tenant_id": delivery.tenant_id,
+                "chat.inbox.position": delivery.position,
+            },
+        ):
+            await self._handle_message(delivery, message)
+
+    async def _handle_message(self, delivery: WebhookDelivery, message: PlatformMessage) -> None:
         connection = await self._connection(delivery, message.account_id)
         if connection is None:
             self.stats.no_connection += 1

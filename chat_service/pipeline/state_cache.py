@@ -27,6 +27,7 @@ conversation's while the state is the same.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import OrderedDict
 
@@ -72,7 +73,11 @@ class StateCacheFeed:
             self.dropped += 1
         if self._active < self._max_workers:
             self._active += 1
-            worker = asyncio.create_task(self._work(), name="conversation state cache feed")
+            # In a context of its own: it outlives the call that started it
+            # (whose trace its log lines must not name).
+            worker = asyncio.create_task(
+                self._work(), name="conversation state cache feed", context=contextvars.Context()
+            )
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
 

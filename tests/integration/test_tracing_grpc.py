@@ -5,6 +5,7 @@ continued, the status recorded, the call's steps under its span."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ CALLER_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 CALLER_SPAN = 0x00F067AA0BA902B7
 TRACEPARENT = f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01"
 SEND = "chatbot.chat.v1.ChatService/SendMessage"
+EXPORT = "chatbot.chat.v1.ChatService/ExportConversation"
 
 
 class FailingStore(InMemoryStore):
@@ -201,7 +203,7 @@ async def test_a_streamed_answer_is_one_span_to_its_status(served: Served) -> No
     ]
     assert chunks
 
-    span = served.traces.one("chatbot.chat.v1.ChatService/ExportConversation")
+    span = served.traces.one(EXPORT)
     assert parent_id(span) == CALLER_SPAN
     assert span.attributes is not None
     assert span.attributes["rpc.grpc.status_code"] == 0
@@ -214,3 +216,37 @@ async def test_health_checks_are_not_traced(served: Served) -> None:
     await served.stub.SendMessage(send_request(), metadata=metadata())
     assert [span.name for span in served.traces.spans() if span.name.startswith("grpc.")] == []
     assert served.traces.named(SEND)  # while the service's own calls are
+
+
+async def test_a_response_stream_cancelled_while_written_ends_its_span_cleanly(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client that stops reading a large export: grpc.aio is blocked writing
+    # when the cancel comes and closes the handler later, from another task.
+    conversation = builders.make_conversation(user_id="caller")
+    messages = [
+        builders.make_message(conversation, sequence, text="y" * 3000, user_id="caller")
+        for sequence in range(1, 3001)
+    ]
+    await served.store.write(builders.create_change(conversation, messages))
+    call = served.stub.ExportConversation(
+        chat_service_pb2.ExportConversationRequest(
+            conversation_id=conversation.conversation_id,
+            format=chat_service_pb2.EXPORT_FORMAT_JSON_LINES,
+        ),
+        metadata=metadata(),
+    )
+    assert await call.read()
+    await asyncio.sleep(0.5)  # the server fills the flow-control window and waits
+    call.cancel()
+    for _ in range(200):
+        if served.traces.named(EXPORT):
+            break
+        await asyncio.sleep(0.02)
+
+    [span] = served.traces.named(EXPORT)
+    assert span.attributes is not None
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
+    # (grpc itself logs the cancelled write; OpenTelemetry must not fail
+    # to detach the span's context, the handler's task being gone.)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []

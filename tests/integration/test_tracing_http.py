@@ -15,9 +15,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from adapters.channels.http_api import HttpApi
 from adapters.tracing import HttpTracing
+from adapters.tracing.propagation import W3C
 from chat_service.ports import DeliveryError
 from tests.support.net import free_port
 from tests.support.tracing import Traces, span_id, trace_id, traceparent_ids
+
+CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 class Probe(HttpApi):
@@ -68,7 +71,9 @@ async def test_a_request_is_a_client_span_the_platform_is_told_of(
     platform: Platform, traces: Traces
 ) -> None:
     probe = Probe(platform.url, tracing=HttpTracing(traces.tracer.otel, "probe"))
-    with traces.tracer.otel.start_as_current_span("delivery") as parent:
+    # Under a caller's trace whose tracestate (vendor data) is not the platform's.
+    caller = W3C.extract({"traceparent": CALLER, "tracestate": "vendor=internal"})
+    with traces.tracer.otel.start_as_current_span("delivery", context=caller) as parent:
         response = await probe.post_item("v2/items?access_token=s3cret")
     await probe.aclose()
     assert response.status_code == 200
@@ -88,6 +93,7 @@ async def test_a_request_is_a_client_span_the_platform_is_told_of(
     [headers] = platform.seen
     assert traceparent_ids(headers["traceparent"]) == (trace_id(span), span_id(span))
     assert headers["Authorization"] == "Bearer t"  # the request's own headers kept
+    assert "tracestate" not in {name.lower() for name in headers}
 
 
 async def test_a_refusal_marks_the_span_an_error(platform: Platform, traces: Traces) -> None:

@@ -3,6 +3,9 @@ endpoint is set, checked at start, and the samplers they name."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from adapters.tracing import provider as provider_module
 from adapters.tracing.provider import sampler_of
 from chat_service.__main__ import main
 from chat_service.bootstrap import build_services
@@ -129,3 +133,31 @@ def test_every_sampler_setting_is_one_the_provider_knows() -> None:
         assert sampler_of(name, 0.5) is not None
     with pytest.raises(ValueError, match="unknown sampler"):
         sampler_of("jaeger_remote", 1.0)
+
+
+class _SlowProvider:
+    """A provider whose shutdown outlasts the stop's wait (a collector away)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+    def shutdown(self) -> None:
+        time.sleep(0.2)
+        self.done.set()
+
+
+def test_a_shutdown_that_overruns_is_left_behind_without_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(provider_module, "SHUTDOWN_SECONDS", 0.01)
+    failures: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(args.exc_value))
+    slow = _SlowProvider()
+
+    # The loop ends (and closes) long before the shutdown thread does.
+    asyncio.run(provider_module.shut_down(slow))  # type: ignore[arg-type]
+    assert slow.done.wait(5)
+    time.sleep(0.05)  # the thread's last step, after the provider's shutdown
+
+    assert failures == []
+    assert "spans not exported within" in caplog.text

@@ -5,6 +5,7 @@ down to the platform call, which gets the trace context (`traceparent`)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +22,7 @@ from tests import builders
 from tests.builders import TENANT
 from tests.fakes import InMemoryStore, ScriptedEngine
 from tests.support.tracing import Traces, parent_id, span_id, trace_id, traceparent_ids
+from tests.unit.test_webhooks import fixture, make_harness
 
 USER_TEXT = "my card number is 4242"
 
@@ -141,29 +143,46 @@ async def test_each_failed_attempt_is_an_error_span_of_one_delivery(traces: Trac
     ]
 
 
+class GatedSender(HeaderSender):
+    """HeaderSender whose first attempt waits for `gate`: the conversation's
+    delivery worker is still busy with it when the next reply is queued."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.sending = asyncio.Event()
+
+    async def send(self, conversation: Conversation, message: Message) -> DeliveryReceipt:
+        if not self.headers:
+            self.sending.set()
+            await self.gate.wait()
+        return await super().send(conversation, message)
+
+
 async def test_two_calls_on_one_conversation_deliver_in_their_own_traces(
     traces: Traces,
 ) -> None:
     # The conversation's delivery worker is one task for both replies: each
     # must still continue the call that queued it, not the first call.
-    sender = HeaderSender()
-    engine = ScriptedEngine()
-    engine.delay = 0.05  # the second call is queued while the first delivers
-    services = traced_core(traces, sender, engine)
+    sender = GatedSender()
+    services = traced_core(traces, sender, ScriptedEngine())
     with traces.tracer.otel.start_as_current_span("caller"):
         first = await services.send_message(inbound("m-1"))
-    conversation = first.result.conversation_id
+    await sender.sending.wait()  # the worker holds the first reply
     with traces.tracer.otel.start_as_current_span("caller"):
         await services.send_message(
             InboundMessage(
                 tenant_id=TENANT,
                 message_id="m-2",
-                conversation_id=conversation,
+                conversation_id=first.result.conversation_id,
                 user_id="user-1",
                 channel=Channel.SMS,
                 content=MessageContent.of_text("again"),
             )
         )
+    # Both replies queued (2) for the one worker (1) of the conversation.
+    assert services.delivery.pending == 3
+    sender.gate.set()
     assert await services.delivery.wait_idle(2)
 
     callers = {trace_id(span): span_id(span) for span in traces.named("caller")}
@@ -217,3 +236,23 @@ async def test_a_delivery_queued_outside_a_trace_starts_its_own(traces: Traces) 
     assert traceparent_ids(sender.headers[1]["traceparent"])[0] == trace_id(
         by_message[second.message_id]
     )
+
+
+async def test_a_webhook_message_is_one_trace_from_the_inbox_to_its_delivery(
+    traces: Traces,
+) -> None:
+    # The webhook's own call ends once the delivery is in the inbox: the
+    # worker that handles it later starts the message's trace.
+    harness = await make_harness(tracer=traces.tracer)
+    await harness.post("whatsapp", fixture("whatsapp", "text_message"))
+    assert await harness.work() == 1
+    assert await harness.core.delivery.wait_idle(2)
+    await harness.core.delivery.close(1)
+
+    inbox = traces.one("chat.inbox.message")
+    assert inbox.parent is None
+    assert inbox.attributes is not None
+    assert inbox.attributes["chat.channel"] == "whatsapp"
+    assert {trace_id(span) for span in traces.spans()} == {trace_id(inbox)}
+    assert {parent_id(span) for span in traces.named("chat.store.write")} == {span_id(inbox)}
+    assert parent_id(traces.one("chat.deliver")) == span_id(inbox)

@@ -35,7 +35,7 @@ from chat_service.domain.model import Message
 from chat_service.domain.webhooks import UNSUPPORTED_REPLY, inbound_message_id, session_of
 from chat_service.pipeline.inbox_worker import InboxSettings
 from chat_service.pipeline.webhooks import MAX_WEBHOOK_BODY_BYTES, WebhookAnswer
-from chat_service.ports import ConversationChange, ConversationQuery, StoreUnavailable
+from chat_service.ports import ConversationChange, ConversationQuery, StoreUnavailable, Tracer
 from chat_service.wiring import Services
 from tests.builders import (
     FAST,
@@ -167,7 +167,10 @@ class Harness:
 
 
 async def make_harness(
-    *, store: InMemoryStore | None = None, settings: InboxSettings | None = None
+    *,
+    store: InMemoryStore | None = None,
+    settings: InboxSettings | None = None,
+    tracer: Tracer | None = None,
 ) -> Harness:
     store = store or InMemoryStore()
     channels = InMemoryChannelStore()
@@ -187,6 +190,7 @@ async def make_harness(
             Channel.MESSENGER: MessengerInbound(),
         },
         tuning=dataclasses.replace(FAST, inbox=settings or InboxSettings()),
+        tracer=tracer,
     )
     whatsapp = await core.connections.create(
         TENANT,
