@@ -16,10 +16,11 @@ platform's own signature) need no token.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
+from types import TracebackType
 from typing import Any, TypeAlias
 
 import grpc
@@ -35,7 +36,11 @@ from chat_service.auth import (
 )
 from chat_service.domain.errors import ChatError, PermissionDenied, Unauthenticated
 from chat_service.grpc_api.errors import abort_with_error
-from chat_service.grpc_api.handler_wrapping import ServicerContext, wrap_method_handler
+from chat_service.grpc_api.handler_wrapping import (
+    ServicerContext,
+    WrappedHandlers,
+    wrap_method_handler,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +126,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._verifier = verifier
         self._domain = domain
         self._admit = admit
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -134,13 +140,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         # No handler: grpc answers UNIMPLEMENTED, which reveals nothing.
         if handler is None or is_public_method(method):
             return handler
-        metadata = tuple(handler_call_details.invocation_metadata or ())
-        return wrap_method_handler(handler, partial(self._authenticated, method, metadata))
+        return self._wrapped.get(
+            method,
+            handler,
+            lambda found: wrap_method_handler(found, partial(_Authenticated, self, method)),
+        )
 
-    @asynccontextmanager
-    async def _authenticated(
-        self, method: str, metadata: Metadata, context: ServicerContext
-    ) -> AsyncIterator[None]:
+    async def admit_call(self, method: str, context: ServicerContext) -> None:
+        """Authenticates (and admits) the call, binding its caller; aborts it
+        with the refusal's status otherwise."""
+        metadata = tuple(context.invocation_metadata() or ())
         try:
             principal = await self.authenticate(method, metadata)
             if self._admit is not None:
@@ -149,7 +158,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             logger.debug("refused %s: %s", method, error.reason)
             await abort_with_error(context, error, domain=self._domain)
         _principal.set(principal)
-        yield
 
     async def authenticate(self, method: str, metadata: Metadata) -> Principal:
         """The caller of `method`, or Unauthenticated / PermissionDenied
@@ -163,6 +171,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         await self._verifier.authorize(principal, required_scope(method), method)
         return principal
+
+
+class _Authenticated:
+    """One call's scope: its caller authenticated on entry (a class rather
+    than @asynccontextmanager: it runs on every call)."""
+
+    __slots__ = ("_context", "_interceptor", "_method")
+
+    def __init__(self, interceptor: AuthInterceptor, method: str, context: ServicerContext) -> None:
+        self._interceptor = interceptor
+        self._method = method
+        self._context = context
+
+    async def __aenter__(self) -> None:
+        await self._interceptor.admit_call(self._method, self._context)
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pass
 
 
 def _bearer_token(metadata: Metadata) -> str:

@@ -14,9 +14,9 @@ Install it first (outermost), before the AuthInterceptor:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from functools import partial
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -30,6 +30,7 @@ from chat_service.grpc_api.errors import (
 )
 from chat_service.grpc_api.handler_wrapping import (
     ServicerContext,
+    WrappedHandlers,
     refusing_undecodable,
     wrap_method_handler,
 )
@@ -42,6 +43,7 @@ class ErrorTranslationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[t
 
     def __init__(self, *, domain: str) -> None:
         self._domain = domain
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -53,20 +55,43 @@ class ErrorTranslationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[t
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return wrap_method_handler(
-            refusing_undecodable(handler), partial(self._translated, handler_call_details.method)
+        method = handler_call_details.method
+        return self._wrapped.get(
+            method,
+            handler,
+            lambda found: wrap_method_handler(
+                refusing_undecodable(found), partial(_Translated, self._domain, method)
+            ),
         )
 
-    @asynccontextmanager
-    async def _translated(self, method: str, context: ServicerContext) -> AsyncIterator[None]:
-        try:
-            yield
-        except grpc.aio.AbortError:
-            raise  # the status is already chosen
-        except ChatError as error:
-            await abort_with_error(context, error, domain=self._domain)
-        except NotImplementedError:
-            await abort_with_status(context, unimplemented_status(domain=self._domain))
-        except Exception:
-            logger.exception("unexpected error in %s", method)
-            await abort_with_status(context, internal_error_status(domain=self._domain))
+
+class _Translated:
+    """One call's scope: what escapes the handler becomes its status. A
+    class rather than @asynccontextmanager: it runs on every call."""
+
+    __slots__ = ("_context", "_domain", "_method")
+
+    def __init__(self, domain: str, method: str, context: ServicerContext) -> None:
+        self._domain = domain
+        self._method = method
+        self._context = context
+
+    async def __aenter__(self) -> None:
+        pass
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if error is None or isinstance(error, grpc.aio.AbortError):
+            return  # the status is already chosen
+        if isinstance(error, ChatError):
+            await abort_with_error(self._context, error, domain=self._domain)
+        elif isinstance(error, NotImplementedError):
+            await abort_with_status(self._context, unimplemented_status(domain=self._domain))
+        elif isinstance(error, Exception):
+            logger.exception("unexpected error in %s", self._method, exc_info=error)
+            await abort_with_status(self._context, internal_error_status(domain=self._domain))
+        # Anything else (a cancellation) goes on as it is.

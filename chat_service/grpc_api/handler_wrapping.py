@@ -56,6 +56,34 @@ def wrap_method_handler(
     return handler
 
 
+class WrappedHandlers:
+    """An interceptor's wrapped handlers, one per method. A scope depends on
+    the method alone (what a call brings, its metadata, reaches the scope
+    through its context), so each method's handler is wrapped once, on its
+    first call, rather than on every call. Keyed by the method, checked by
+    the handler's identity: only methods a handler serves get here, a fixed
+    set."""
+
+    def __init__(self) -> None:
+        self._by_method: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
+
+    def get(
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler[Any, Any],
+        wrap: Callable[[grpc.RpcMethodHandler[Any, Any]], grpc.RpcMethodHandler[Any, Any]],
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """`wrap(handler)`, made once per method (and handler)."""
+        cached = self._by_method.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = wrap(handler)
+        self._by_method[method] = (handler, wrapped)
+        return wrapped
+
+
 def _single_response(behaviour: _Behaviour, scope: CallScope) -> _Behaviour:
     async def behaviour_in_scope(request: Any, context: ServicerContext) -> Any:
         async with scope(context):

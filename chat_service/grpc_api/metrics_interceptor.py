@@ -22,7 +22,11 @@ from typing import Any
 
 import grpc
 
-from chat_service.grpc_api.handler_wrapping import ServicerContext, wrap_method_handler
+from chat_service.grpc_api.handler_wrapping import (
+    ServicerContext,
+    WrappedHandlers,
+    wrap_method_handler,
+)
 from chat_service.ports import Metrics
 
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
@@ -88,6 +92,7 @@ def ended_with(kind: type[BaseException] | None, context: ServicerContext) -> st
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -99,7 +104,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        service, method = split_method(handler_call_details.method)
+        full_method = handler_call_details.method
+        return self._wrapped.get(
+            full_method, handler, lambda found: self._measured(full_method, found)
+        )
+
+    def _measured(
+        self, full_method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        service, method = split_method(full_method)
         return wrap_method_handler(
             handler, partial(_Measured, self._metrics, service, method, rpc_kind(handler))
         )

@@ -32,7 +32,11 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from chat_service.grpc_api.handler_wrapping import ServicerContext, wrap_method_handler
+from chat_service.grpc_api.handler_wrapping import (
+    ServicerContext,
+    WrappedHandlers,
+    wrap_method_handler,
+)
 from chat_service.grpc_api.metrics_interceptor import ended_with, split_method
 
 _W3C = TraceContextTextMapPropagator()
@@ -56,6 +60,7 @@ UNTRACED_SERVICES = frozenset(
 class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, tracer: trace.Tracer) -> None:
         self._tracer = tracer
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -67,10 +72,17 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        service, method = split_method(handler_call_details.method)
+        full_method = handler_call_details.method
+        service, method = split_method(full_method)
         if service in UNTRACED_SERVICES:
             return handler
-        return wrap_method_handler(handler, partial(_Traced, self._tracer, service, method))
+        return self._wrapped.get(
+            full_method,
+            handler,
+            lambda found: wrap_method_handler(
+                found, partial(_Traced, self._tracer, service, method)
+            ),
+        )
 
 
 def caller_context(metadata: Any) -> otel_context.Context:

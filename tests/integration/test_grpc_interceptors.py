@@ -487,3 +487,51 @@ async def test_unknown_method_is_unimplemented(server: _Server) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await call(b"", metadata=server.auth())
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_calls_through_one_wrapped_handler_each_see_their_own_caller(
+    server: _Server,
+) -> None:
+    # The interceptors wrap a method's handler once (WrappedHandlers): each
+    # call's caller still comes from that call's own metadata.
+    for tenant in ("tenant-a", "tenant-b", "tenant-a"):
+        response = await server.stub.GetConversation(
+            chat_service_pb2.GetConversationRequest(conversation_id="c-1"),
+            metadata=server.auth(tenant),
+        )
+        assert response.conversation.user_id == f"{tenant}/alice"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await server.stub.GetConversation(
+            chat_service_pb2.GetConversationRequest(conversation_id="c-1")
+        )
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_each_method_s_handler_is_wrapped_once(tmp_path: Path) -> None:
+    interceptors = [
+        ErrorTranslationInterceptor(domain=DOMAIN),
+        AuthInterceptor(load_or_create_dev_key(tmp_path).verifier(), domain=DOMAIN),
+    ]
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+
+    async def continuation(details: grpc.HandlerCallDetails) -> Any:
+        return handler
+
+    @dataclass
+    class Details:
+        method: str
+        invocation_metadata: tuple[tuple[str, str], ...] = ()
+
+    def details(method: str) -> grpc.HandlerCallDetails:
+        return Details(method)  # type: ignore[return-value]
+
+    send = f"/{CHAT_SERVICE}/SendMessage"
+    for interceptor in interceptors:
+        first = await interceptor.intercept_service(continuation, details(send))
+        again = await interceptor.intercept_service(continuation, details(send))
+        other = await interceptor.intercept_service(
+            continuation, details(f"/{CHAT_SERVICE}/ListMessages")
+        )
+        assert first is again
+        assert first is not handler
+        assert other is not first
