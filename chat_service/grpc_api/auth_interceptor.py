@@ -38,7 +38,7 @@ from chat_service.domain.errors import ChatError, PermissionDenied, Unauthentica
 from chat_service.grpc_api.errors import abort_with_error
 from chat_service.grpc_api.handler_wrapping import (
     ServicerContext,
-    WrappedHandlers,
+    WrappingInterceptor,
     wrap_method_handler,
 )
 
@@ -116,35 +116,24 @@ def required_scope(method: str) -> str:
     return REQUIRED_SCOPES.get(method, SCOPE_WRITE)
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class AuthInterceptor(WrappingInterceptor):
     """Authenticates each non-public call; see the module's docstring.
 
     `domain` is the ErrorInfo domain of its errors (the service's name).
     """
 
     def __init__(self, verifier: Authenticator, *, domain: str, admit: Admit | None = None) -> None:
+        super().__init__()
         self._verifier = verifier
         self._domain = domain
         self._admit = admit
-        self._wrapped = WrappedHandlers()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        # No handler: grpc answers UNIMPLEMENTED, which reveals nothing.
-        if handler is None or is_public_method(method):
+        if is_public_method(method):
             return handler
-        return self._wrapped.get(
-            method,
-            handler,
-            lambda found: wrap_method_handler(found, partial(_Authenticated, self, method)),
-        )
+        return wrap_method_handler(handler, partial(_Authenticated, self, method))
 
     async def admit_call(self, method: str, context: ServicerContext) -> None:
         """Authenticates (and admits) the call, binding its caller; aborts it

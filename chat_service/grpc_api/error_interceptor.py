@@ -14,7 +14,6 @@ Install it first (outermost), before the AuthInterceptor:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -30,7 +29,7 @@ from chat_service.grpc_api.errors import (
 )
 from chat_service.grpc_api.handler_wrapping import (
     ServicerContext,
-    WrappedHandlers,
+    WrappingInterceptor,
     refusing_undecodable,
     wrap_method_handler,
 )
@@ -38,30 +37,18 @@ from chat_service.grpc_api.handler_wrapping import (
 logger = logging.getLogger(__name__)
 
 
-class ErrorTranslationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class ErrorTranslationInterceptor(WrappingInterceptor):
     """`domain` is the ErrorInfo domain of the statuses (the service's name)."""
 
     def __init__(self, *, domain: str) -> None:
+        super().__init__()
         self._domain = domain
-        self._wrapped = WrappedHandlers()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        return self._wrapped.get(
-            method,
-            handler,
-            lambda found: wrap_method_handler(
-                refusing_undecodable(found), partial(_Translated, self._domain, method)
-            ),
+        return wrap_method_handler(
+            refusing_undecodable(handler), partial(_Translated, self._domain, method)
         )
 
 

@@ -13,7 +13,7 @@ ServicerContext. Request deserializers and response serializers are kept.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, aclosing
 from typing import Any, TypeAlias
 
@@ -56,31 +56,46 @@ def wrap_method_handler(
     return handler
 
 
-class WrappedHandlers:
-    """An interceptor's wrapped handlers, one per method. A scope depends on
-    the method alone (what a call brings, its metadata, reaches the scope
-    through its context), so each method's handler is wrapped once, on its
-    first call, rather than on every call. Keyed by the method, checked by
-    the handler's identity: only methods a handler serves get here, a fixed
-    set."""
+class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """A server interceptor that runs the calls of the methods it covers
+    inside scopes of its own: subclasses say how in `wrap`.
+
+    A method's handler is wrapped once, on its first call, not on every
+    call: a scope depends on the method alone (what a call brings, its
+    metadata, reaches the scope through its context). Kept by method and
+    checked by the handler's identity; only methods a handler serves get
+    here, a fixed set. Methods no handler serves are left to grpc
+    (UNIMPLEMENTED), never wrapped: their names come from the caller.
+    """
 
     def __init__(self) -> None:
-        self._by_method: dict[
+        self._wrapped: dict[
             str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
         ] = {}
 
-    def get(
-        self,
-        method: str,
-        handler: grpc.RpcMethodHandler[Any, Any],
-        wrap: Callable[[grpc.RpcMethodHandler[Any, Any]], grpc.RpcMethodHandler[Any, Any]],
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        """`wrap(handler)`, made once per method (and handler)."""
-        cached = self._by_method.get(method)
+        """`handler` of `method` ("/package.Service/Method") as this
+        interceptor runs it (`handler` itself for a method it leaves alone)."""
+        raise NotImplementedError
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = wrap(handler)
-        self._by_method[method] = (handler, wrapped)
+        wrapped = self.wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
         return wrapped
 
 

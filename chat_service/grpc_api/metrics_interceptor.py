@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -24,7 +23,7 @@ import grpc
 
 from chat_service.grpc_api.handler_wrapping import (
     ServicerContext,
-    WrappedHandlers,
+    WrappingInterceptor,
     wrap_method_handler,
 )
 from chat_service.ports import Metrics
@@ -89,32 +88,17 @@ def ended_with(kind: type[BaseException] | None, context: ServicerContext) -> st
     return "UNKNOWN"
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class MetricsInterceptor(WrappingInterceptor):
     def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
         self._metrics = metrics
-        self._wrapped = WrappedHandlers()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        full_method = handler_call_details.method
-        return self._wrapped.get(
-            full_method, handler, lambda found: self._measured(full_method, found)
-        )
-
-    def _measured(
-        self, full_method: str, handler: grpc.RpcMethodHandler[Any, Any]
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        service, method = split_method(full_method)
+        service, name = split_method(method)
         return wrap_method_handler(
-            handler, partial(_Measured, self._metrics, service, method, rpc_kind(handler))
+            handler, partial(_Measured, self._metrics, service, name, rpc_kind(handler))
         )
 
 

@@ -21,7 +21,6 @@ health checks and reflection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -34,7 +33,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from chat_service.grpc_api.handler_wrapping import (
     ServicerContext,
-    WrappedHandlers,
+    WrappingInterceptor,
     wrap_method_handler,
 )
 from chat_service.grpc_api.metrics_interceptor import ended_with, split_method
@@ -57,32 +56,18 @@ UNTRACED_SERVICES = frozenset(
 )
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class TracingInterceptor(WrappingInterceptor):
     def __init__(self, tracer: trace.Tracer) -> None:
+        super().__init__()
         self._tracer = tracer
-        self._wrapped = WrappedHandlers()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        full_method = handler_call_details.method
-        service, method = split_method(full_method)
+        service, name = split_method(method)
         if service in UNTRACED_SERVICES:
             return handler
-        return self._wrapped.get(
-            full_method,
-            handler,
-            lambda found: wrap_method_handler(
-                found, partial(_Traced, self._tracer, service, method)
-            ),
-        )
+        return wrap_method_handler(handler, partial(_Traced, self._tracer, service, name))
 
 
 def caller_context(metadata: Any) -> otel_context.Context:

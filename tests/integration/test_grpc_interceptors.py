@@ -492,7 +492,7 @@ async def test_unknown_method_is_unimplemented(server: _Server) -> None:
 async def test_calls_through_one_wrapped_handler_each_see_their_own_caller(
     server: _Server,
 ) -> None:
-    # The interceptors wrap a method's handler once (WrappedHandlers): each
+    # The interceptors wrap a method's handler once (WrappingInterceptor): each
     # call's caller still comes from that call's own metadata.
     for tenant in ("tenant-a", "tenant-b", "tenant-a"):
         response = await server.stub.GetConversation(
