@@ -940,8 +940,14 @@ async def test_concurrent_writers_and_a_relay_leave_no_gap_lose_no_event_and_kee
         if transactions
         else SerializedTransactions(serial=NoLock())  # journalled: all at once
     )
+    # Ordering, not outages, is under test: a request timeout the test
+    # server (pure Python) meets on a loaded machine, not the one-second
+    # timeout that makes the outage tests quick.
     store = await open_store(
-        mongo_uri, write_lease=timedelta(seconds=10), transactions=transactions
+        mongo_uri,
+        write_lease=timedelta(seconds=10),
+        transactions=transactions,
+        timeout_ms=10_000,
     )
     try:
         shared = create_change(make_conversation())
