@@ -22,9 +22,11 @@ How it works (the scripts are in lock_scripts.py):
   queue and hands back a grant it may have won without hearing the answer
   (a reply lost with the connection), so neither a ghost in the queue nor a
   grant nobody knows of holds the lock for a waiter TTL or a lease.
-- A release outlives a cancelled holder (it runs as a task the holder waits
-  for, shielded): a holder cancelled at the end of its work (a deadline)
-  still frees the lock at once.
+- A release outlives a cancelled holder: a holder cancelled during its
+  release (a deadline at the end of its work) hands it to the background,
+  which sends it again, so the lock is still freed at once.
+- A hold's renewal is a timer until the first renewal is due (a third of
+  the lease); only a hold that lasts that long gets a renewing task.
 - Polls go through the shared circuit breaker (breaker.py): while Redis is
   known to be failing they fail fast. Renewals and releases are always
   tried (when the breaker is open the release is handed to the background
@@ -43,16 +45,18 @@ that key at once, so the common handoff has no delay at all.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
-from adapters.redis import lock_scripts
+from adapters.redis import lock_scripts, script_runner
 from adapters.redis.background import BoundedBackground
 from adapters.redis.breaker import CircuitBreaker
 from adapters.redis.client import hash_tagged
@@ -152,35 +156,37 @@ class RedisFairLocks:
         self._namespace = namespace
         self._fenced = fenced
         self._timings = timings
-        self._acquire = redis.register_script(lock_scripts.ACQUIRE)
-        self._renew = redis.register_script(lock_scripts.RENEW)
-        self._release = redis.register_script(lock_scripts.RELEASE)
-        self._leave = redis.register_script(lock_scripts.LEAVE)
+        # Through the client's queue (script_runner.py): batched under load,
+        # and sent in order, which a waiter's LEAVE after its ACQUIRE needs.
+        scripts = script_runner.for_client(redis)
+        self._acquire = scripts.register(lock_scripts.ACQUIRE)
+        self._renew = scripts.register(lock_scripts.RENEW)
+        self._release = scripts.register(lock_scripts.RELEASE)
+        self._leave = scripts.register(lock_scripts.LEAVE)
         self._local = _LocalReleases()
+        # Waiter ids: unique across processes by the prefix, within this one
+        # by the counter (no random bytes, a system call, per hold).
+        self._waiter_prefix = f"{uuid.uuid4().hex}-"
+        self._waiters = itertools.count(1)
         # Leaves and releases that outlive their caller (background.py).
         self._background = BoundedBackground()
-        # Releases under way that a holder waits for, kept so that they are
-        # not garbage-collected should the holder be cancelled meanwhile.
-        self._releases: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
     async def hold(self, name: str, *, timeout: float) -> AsyncIterator[LockLease]:
         """Hold lock `name`; LockTimeout after `timeout` seconds in the queue,
         CoordinationUnavailable when Redis fails."""
         keys = _LockKeys.of(hash_tagged(self._prefix, self._namespace, name))
-        waiter = uuid.uuid4().hex
+        waiter = f"{self._waiter_prefix}{next(self._waiters):x}"
         token = await self._wait_for_grant(name, keys, waiter, timeout)
         owner_value = f"{waiter} {token}"
-        renewal = asyncio.create_task(
-            self._keep_renewing(name, keys, owner_value), name=f"renew lock {name}"
-        )
+        renewal = _Renewal(self._timings, lambda: self._keep_renewing(name, keys, owner_value))
         try:
             yield LockLease(key=name, fencing_token=token)
         finally:
             # Not awaited: waiting for it could swallow a cancellation of this
             # task. A renewal still in flight is harmless: it extends the
             # lease only while the owner value is still ours.
-            renewal.cancel()
+            renewal.stop()
             await self._release_soon(name, keys, owner_value)
 
     async def waiting(self, name: str) -> int:
@@ -240,10 +246,14 @@ class RedisFairLocks:
             log.warning("%s; the waiter's entry expires on its own", error)
 
     async def _keep_renewing(self, name: str, keys: _LockKeys, owner_value: str) -> None:
+        """Renews now, then every interval (started an interval into the hold)."""
         timings = self._timings
-        interval = timings.renew_interval or timings.lease / 3
+        interval = _renew_interval(timings)
+        first = True
         while True:
-            await asyncio.sleep(interval)
+            if not first:
+                await asyncio.sleep(interval)
+            first = False
             try:
                 with coordination_errors(f"renew {name}", self._breaker, gated=False):
                     renewed = await self._renew(
@@ -264,11 +274,15 @@ class RedisFairLocks:
             # Redis failed just now: do not hold the caller for it.
             self._background.spawn(self._give_back(name, keys, owner_value), f"release {name}")
             return
-        release = asyncio.create_task(self._give_back(name, keys, owner_value))
-        self._releases.add(release)
-        release.add_done_callback(self._releases.discard)
-        # Shielded: cancelling the holder now must not cancel the release.
-        await asyncio.shield(release)
+        try:
+            await self._give_back(name, keys, owner_value)
+        except asyncio.CancelledError:
+            # The holder was cancelled (a deadline) with its release under
+            # way. A second one from the background makes sure the lock is
+            # freed at once, whatever became of the first (a release is a
+            # compare-and-delete: twice does no harm).
+            self._background.spawn(self._give_back(name, keys, owner_value), f"release {name}")
+            raise
 
     async def _give_back(self, name: str, keys: _LockKeys, owner_value: str) -> None:
         # A failed release is logged, not raised: the work inside the lock is
@@ -280,6 +294,35 @@ class RedisFairLocks:
             log.warning("%s; the lease will expire on its own", error)
         finally:
             self._local.released(name)
+
+
+class _Renewal:
+    """A hold's renewals: a timer until the first is due, then a task.
+
+    Most holds end well within a renewal interval (a third of the lease), so
+    a hold costs a timer, not a task that starts, sleeps and is cancelled.
+    """
+
+    __slots__ = ("_handle", "_renewing", "_task")
+
+    def __init__(
+        self, timings: LockTimings, renewing: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
+        self._renewing = renewing
+        self._task: asyncio.Task[None] | None = None
+        self._handle = asyncio.get_running_loop().call_later(_renew_interval(timings), self._due)
+
+    def _due(self) -> None:
+        self._task = asyncio.create_task(self._renewing(), name="renew lock")
+
+    def stop(self) -> None:
+        self._handle.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _renew_interval(timings: LockTimings) -> float:
+    return timings.renew_interval or timings.lease / 3
 
 
 def _acquire_keys(keys: _LockKeys) -> list[str]:

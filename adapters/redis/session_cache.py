@@ -29,6 +29,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from adapters.redis import script_runner
 from adapters.redis.breaker import CircuitBreaker
 from adapters.redis.client import DEFAULT_PREFIX
 from adapters.redis.errors import coordination_errors
@@ -69,7 +70,7 @@ class RedisSessionCache:
         self._prefix = prefix
         self._session_ttl_ms = round(session_ttl * 1000)
         self._state_ttl_ms = round(state_ttl * 1000)
-        self._put_state = redis.register_script(_PUT_STATE)
+        self._put_state = script_runner.for_client(redis).register(_PUT_STATE)
 
     async def get_session(self, tenant_id: str, session_id: str) -> dict[str, Any] | None:
         with coordination_errors("get session", self._breaker):

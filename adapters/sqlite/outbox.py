@@ -28,7 +28,7 @@ from adapters.storage.outbox import (
 )
 from adapters.storage.times import now_micros
 from chat_service.domain.event_codec import event_from_dict
-from chat_service.domain.events import OutboxEntry
+from chat_service.domain.events import DomainEvent, OutboxEntry
 
 _OLDEST_UNPUBLISHED = """
 SELECT position, event, claimed_by, claimed_until FROM outbox
@@ -38,8 +38,41 @@ LIMIT :limit
 """
 
 
+class WrittenEvents:
+    """The events this process wrote lately, by their stored text, so that a
+    claim (or a read of the log) takes the event itself instead of decoding
+    its text again: the relay would decode each event only to publish it.
+
+    Filled on the event loop's thread as a write is encoded, before it
+    commits; that is safe because only the event itself has its text
+    (event ids are unique), so a text found in the log is that event's,
+    whether or not the write that remembered it committed. Read on the
+    writer's and the readers' threads with `get` only, which the GIL keeps
+    whole beside the loop thread's inserts and evictions. Bounded: the
+    oldest go first, and an event not found is decoded as before.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._events: dict[str, DomainEvent] = {}
+        self._size = size
+
+    def remember(self, text: str, event: DomainEvent) -> None:
+        events = self._events
+        events[text] = event
+        if len(events) > self._size:
+            del events[next(iter(events))]
+
+    def event_of(self, text: str) -> DomainEvent:
+        event = self._events.get(text)
+        return event_from_dict(load_json(text)) if event is None else event
+
+
 def claim(
-    connection: sqlite3.Connection, owner: str, limit: int, lease_micros: int
+    connection: sqlite3.Connection,
+    owner: str,
+    limit: int,
+    lease_micros: int,
+    written: WrittenEvents | None = None,
 ) -> list[OutboxEntry]:
     now = now_micros()
     oldest = connection.execute(_OLDEST_UNPUBLISHED, {"limit": limit}).fetchall()
@@ -53,7 +86,7 @@ def claim(
             " WHERE position BETWEEN ? AND ? AND published_at IS NULL",
             (owner, now + lease_micros, rows[0]["position"], rows[-1]["position"]),
         )
-    return [_entry(row) for row in rows]
+    return [_entry(row, written) for row in rows]
 
 
 def mark_published(connection: sqlite3.Connection, owner: str, positions: Sequence[int]) -> None:
@@ -70,7 +103,11 @@ def mark_published(connection: sqlite3.Connection, owner: str, positions: Sequen
 
 
 def read_events(
-    connection: sqlite3.Connection, after_position: int, limit: int, tenant_id: str | None
+    connection: sqlite3.Connection,
+    after_position: int,
+    limit: int,
+    tenant_id: str | None,
+    written: WrittenEvents | None = None,
 ) -> list[OutboxEntry]:
     if tenant_id is None:
         sql = "SELECT position, event FROM outbox WHERE position > ? ORDER BY position LIMIT ?"
@@ -81,7 +118,7 @@ def read_events(
             " ORDER BY position LIMIT ?"
         )
         params = (tenant_id, after_position, limit)
-    entries = [_entry(row) for row in connection.execute(sql, params)]
+    entries = [_entry(row, written) for row in connection.execute(sql, params)]
     # After the rows: a pruning that removed any of them had recorded its
     # reach before (in its own transaction), so it is seen here.
     refuse_pruned(after_position, pruned_through(connection))
@@ -126,5 +163,8 @@ def prune(
     return int(deleted.rowcount)
 
 
-def _entry(row: sqlite3.Row) -> OutboxEntry:
-    return OutboxEntry(row["position"], event_from_dict(load_json(row["event"])))
+def _entry(row: sqlite3.Row, written: WrittenEvents | None) -> OutboxEntry:
+    text = row["event"]
+    if written is not None:
+        return OutboxEntry(row["position"], written.event_of(text))
+    return OutboxEntry(row["position"], event_from_dict(load_json(text)))

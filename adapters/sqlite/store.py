@@ -73,6 +73,8 @@ class SqliteStore:
         self._readers = readers
         self._iter_batch_size = iter_batch_size
         self._closed = False
+        # What this process wrote, for its claims and reads of the log (outbox.py).
+        self._written = outbox.WrittenEvents()
 
     @classmethod
     async def open(
@@ -201,6 +203,8 @@ class SqliteStore:
         check_change(change)
         # Encoded here, so the writer thread holds the write lock for SQL only.
         encoded = EncodedChange.of(change)
+        for event, (_, text) in zip(change.events, encoded.events, strict=True):
+            self._written.remember(text, event)
         await self._write(lambda c: write_change(c, encoded))
 
     async def update_delivery_status(
@@ -266,7 +270,7 @@ class SqliteStore:
     ) -> Sequence[OutboxEntry]:
         lease = seconds_to_micros(lease_seconds)
         limit = positive_limit(limit)
-        return await self._write(lambda c: outbox.claim(c, owner, limit, lease))
+        return await self._write(lambda c: outbox.claim(c, owner, limit, lease, self._written))
 
     async def mark_published(self, owner: str, positions: Sequence[int]) -> None:
         if positions:
@@ -280,7 +284,7 @@ class SqliteStore:
         limit = positive_limit(limit)
         self._check_open()
         return await self._readers.run(
-            lambda c: outbox.read_events(c, after_position, limit, tenant_id)
+            lambda c: outbox.read_events(c, after_position, limit, tenant_id, self._written)
         )
 
     async def last_event_position(self) -> int:

@@ -29,8 +29,16 @@ async def test_a_stalled_redis_costs_one_slow_call_not_every_call(
     # A cooldown well past the 21 fast calls below, also on a loaded
     # machine: were it over before they are, a call would probe the stalled
     # Redis and take the slow path (seen at 0.5 s on a busy 2-core machine).
+    # A rate too low for the limiter's reservations (adapters/redis/
+    # rate_limit.py): every call asks Redis, so the first one finds out.
     fresh_service.extra_env.update(
-        {"REDIS_URL": disposable_redis.url, "JWT_DEV_KEY": "allow", "REDIS_BREAKER_SECONDS": "1.5"}
+        {
+            "REDIS_URL": disposable_redis.url,
+            "JWT_DEV_KEY": "allow",
+            "REDIS_BREAKER_SECONDS": "1.5",
+            "RATE_LIMIT_PER_SECOND": "20",
+            "RATE_LIMIT_BURST": "200",
+        }
     )
     fresh_service.start()
     auth = bearer(fresh_service.token("acme"))

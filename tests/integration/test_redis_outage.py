@@ -35,7 +35,8 @@ def operations(
     client = redis_clients(url)
     breaker = breaker or CircuitBreaker()
     locks = RedisConversationLocks(client, breaker=breaker)
-    limiter = RedisRateLimiter(client, lambda _: RateLimit(rate=100, burst=100), breaker=breaker)
+    # A rate too low for reservations (rate_limit.py): every call asks Redis.
+    limiter = RedisRateLimiter(client, lambda _: RateLimit(rate=20, burst=100), breaker=breaker)
     cache = RedisSessionCache(client, breaker=breaker)
 
     async def lock() -> None:

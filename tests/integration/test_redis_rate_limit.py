@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 
-from adapters.redis.rate_limit import RedisRateLimiter
+from redis.asyncio import Redis
+
+from adapters.redis.client import connect_redis
+from adapters.redis.rate_limit import RedisRateLimiter, reservation
 from chat_service.config import RateLimit
+from chat_service.ports import CoordinationUnavailable
 from tests.support.redis import RedisClients
 
 
@@ -90,3 +96,125 @@ async def test_an_idle_bucket_expires_once_it_would_be_full(
     await limiter.acquire("t1")
     ttl_ms = await client.pttl(f"{redis_prefix}rate:t1")
     assert 0 < ttl_ms <= 100 + 1000  # burst / rate, plus a second of slack
+
+
+# Reservations (rate_limit.py): a tenant whose rate is high enough takes
+# tokens a few at a time. A long reservation window lets a slow rate (no
+# token comes back during a test) have them: these counts are exact.
+SLOW = 0.001  # tokens per second
+LONG_WINDOW = 10_000.0  # seconds of the rate per reservation: 10 tokens
+
+
+def test_the_reservation_is_a_part_of_the_rate_bounded_by_the_burst() -> None:
+    assert reservation(RateLimit(rate=20, burst=40)) == 1  # exact: Redis on every call
+    assert reservation(RateLimit(rate=100, burst=200)) == 5  # the defaults: 50 ms of the rate
+    assert reservation(RateLimit(rate=1_000_000, burst=1_000_000)) == 32
+    assert reservation(RateLimit(rate=1_000_000, burst=8)) == 2
+
+
+async def stored_tokens(client: Redis, prefix: str, tenant: str) -> int:
+    tokens = await client.hget(f"{prefix}rate:{tenant}", "tokens")
+    assert tokens is not None
+    return math.floor(float(tokens))
+
+
+async def test_a_reservation_is_taken_from_the_bucket_and_spent_here(
+    redis_clients: RedisClients, redis_prefix: str
+) -> None:
+    client = redis_clients()
+    limiter = RedisRateLimiter(
+        client, fixed(rate=SLOW, burst=400), prefix=redis_prefix, reservation_seconds=LONG_WINDOW
+    )
+    assert (await limiter.acquire("t1")).allowed
+    assert limiter.held("t1") == 9
+    assert await stored_tokens(client, redis_prefix, "t1") == 390
+    for _ in range(9):
+        assert (await limiter.acquire("t1")).allowed
+    # Spent here: Redis was not asked again.
+    assert limiter.held("t1") == 0
+    assert await stored_tokens(client, redis_prefix, "t1") == 390
+    assert (await limiter.acquire("t1")).allowed
+    assert limiter.held("t1") == 9
+    assert await stored_tokens(client, redis_prefix, "t1") == 380
+
+
+async def test_concurrent_callers_share_one_round_trip(
+    redis_clients: RedisClients, redis_prefix: str
+) -> None:
+    client = redis_clients()
+    limiter = RedisRateLimiter(
+        client, fixed(rate=SLOW, burst=400), prefix=redis_prefix, reservation_seconds=LONG_WINDOW
+    )
+    decisions = await asyncio.gather(*(limiter.acquire("t1") for _ in range(10)))
+    assert all(d.allowed for d in decisions)
+    # One reservation for all ten, not one each.
+    assert await stored_tokens(client, redis_prefix, "t1") == 390
+    assert limiter.held("t1") == 0
+
+
+async def test_reserving_processes_never_spend_a_token_twice(
+    redis_clients: RedisClients, redis_prefix: str
+) -> None:
+    limits = fixed(rate=SLOW, burst=45)
+    a, b = (
+        RedisRateLimiter(
+            redis_clients(), limits, prefix=redis_prefix, reservation_seconds=LONG_WINDOW
+        )
+        for _ in range(2)
+    )
+    decisions = await asyncio.gather(
+        *(limiter.acquire("t1") for _ in range(30) for limiter in (a, b))
+    )
+    # Every token of the burst spent once, the last reservation a part one.
+    assert sum(d.allowed for d in decisions) == 45
+    assert a.held("t1") + b.held("t1") == 0
+    refused = [d for d in decisions if not d.allowed]
+    assert all(d.retry_after > 0 for d in refused)
+
+
+async def test_waiters_on_a_failed_round_trip_fail_too(redis_prefix: str) -> None:
+    # A Redis nobody listens on: the round trip fails, and every caller that
+    # waited for it hears so (admission then lets them in).
+    client = connect_redis("redis://127.0.0.1:9", max_connections=4, socket_timeout=0.5)
+    try:
+        limiter = RedisRateLimiter(
+            client,
+            fixed(rate=SLOW, burst=400),
+            prefix=redis_prefix,
+            reservation_seconds=LONG_WINDOW,
+        )
+        outcomes = await asyncio.gather(
+            *(limiter.acquire("t1") for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(outcome, CoordinationUnavailable) for outcome in outcomes)
+        assert limiter.held("t1") == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_caller_that_leaves_during_the_round_trip_loses_no_tokens(
+    redis_clients: RedisClients, redis_prefix: str
+) -> None:
+    # A client's deadline cancels the caller; the round trip it started
+    # still takes its reservation, which the next callers spend.
+    client = redis_clients()
+    limiter = RedisRateLimiter(
+        client, fixed(rate=SLOW, burst=400), prefix=redis_prefix, reservation_seconds=LONG_WINDOW
+    )
+    for _ in range(5):
+        leaving = asyncio.create_task(limiter.acquire("t1"))
+        await asyncio.sleep(0)  # its round trip is on its way
+        leaving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leaving
+    for _ in range(500):  # the round trip ends after its caller left
+        if limiter.held("t1"):
+            break
+        await asyncio.sleep(0.01)
+
+    # One reservation taken (the later callers found it held), none lost.
+    assert await stored_tokens(client, redis_prefix, "t1") == 390
+    assert limiter.held("t1") == 10
+    for _ in range(10):
+        assert (await limiter.acquire("t1")).allowed
+    assert await stored_tokens(client, redis_prefix, "t1") == 390

@@ -17,8 +17,9 @@ import pytest
 from adapters.sqlite import SqliteStore
 from adapters.sqlite.connections import GroupCommitWriter, connect
 from adapters.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
-from chat_service.domain.enums import DeliveryStatus
+from chat_service.domain.enums import ConversationStatus, DeliveryStatus
 from chat_service.domain.event_codec import event_to_dict
+from chat_service.domain.events import EventType
 from chat_service.ports import StoreUnavailable
 from tests.builders import (
     TENANT,
@@ -76,6 +77,40 @@ async def test_data_survives_close_and_reopen(db_path: Path) -> None:
         assert [entry.event for entry in remaining] == [pending]
     finally:
         await reopened.close()
+
+
+async def test_events_this_process_wrote_are_claimed_without_decoding_them(
+    store: SqliteStore, db_path: Path
+) -> None:
+    # The relay publishes what it claims: the events this store wrote are
+    # handed back as they were written, not decoded again from their text.
+    conversation = make_conversation()
+    message = make_message(conversation, 1)
+    events = [
+        make_event(conversation, message=message),
+        make_event(
+            conversation,
+            EventType.STATUS_CHANGED,
+            metadata={"from": "active", "to": "completed", "reason": "done", "score": 0.5},
+            conversation_status=ConversationStatus.COMPLETED,
+        ),
+    ]
+    await store.write(create_change(conversation, [message], events))
+
+    claimed = await store.claim_outbox("relay", limit=10, lease_seconds=30)
+    assert [entry.event for entry in claimed] == events
+    assert all(entry.event is event for entry, event in zip(claimed, events, strict=True))
+    read = await store.read_events(after_position=0, limit=10)
+    assert all(entry.event is event for entry, event in zip(read, events, strict=True))
+
+    # Another process has not written them: it decodes the same events.
+    other = await SqliteStore.open(db_path)
+    try:
+        decoded = await other.read_events(after_position=0, limit=10)
+    finally:
+        await other.close()
+    assert [entry.event for entry in decoded] == events
+    assert decoded[0].event is not events[0]
 
 
 async def test_opening_creates_directories_and_schema_idempotently(db_path: Path) -> None:
