@@ -148,7 +148,7 @@ class _Codec:
             self._decoders.append((field.name, _value_decoder(hint), when_absent))
         # Every field's value in one call (a tuple, in the encoders' order).
         names = [name for name, _, _ in self._encoders]
-        self._values = operator.attrgetter(*names) if len(names) > 1 else _one(names[0])
+        self._values = operator.attrgetter(*names) if len(names) > 1 else _fields_of(names)
 
     def encode(self, obj: object) -> Document:
         document: Document = {}
@@ -246,8 +246,12 @@ def _value_encoder(hint: Any) -> _Encode | None:
 _enum_value = operator.attrgetter("_value_")
 
 
-def _one(name: str) -> Callable[[object], tuple[object]]:
-    get = operator.attrgetter(name)
+def _fields_of(names: list[str]) -> Callable[[object], tuple[object, ...]]:
+    """The values of at most one field, as a tuple (attrgetter of one name
+    gives the value itself)."""
+    if not names:
+        return lambda obj: ()
+    get = operator.attrgetter(names[0])
     return lambda obj: (get(obj),)
 
 

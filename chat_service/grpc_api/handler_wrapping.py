@@ -1,6 +1,7 @@
 """Run a grpc.aio method handler, of any of the four kinds, inside a scope.
 
-The server interceptors (authentication, error translation) do their work
+The server interceptors (tracing, metrics, error translation,
+authentication; WrappingInterceptor is their base) do their work
 by wrapping the handler's behaviour rather than in `intercept_service`:
 the scope then runs in the task that runs the handler, so a context
 variable it sets is the handler's, and whatever the handler raises passes
