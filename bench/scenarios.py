@@ -188,6 +188,12 @@ async def send_message_production(settings: LoadSettings) -> LoadResult:
         return await send_messages(service, settings)
 
 
+async def send_message_grpc_layer(settings: LoadSettings) -> LoadResult:
+    # No pipeline behind the RPC: its work counters would all read zero.
+    async with running_chat_service(module="bench.grpc_layer_service") as service:
+        return await send_messages(service, settings)
+
+
 async def send_messages(service: RunningService, settings: LoadSettings) -> LoadResult:
     """SendMessage load: each caller writes into a conversation of its own.
 
@@ -355,6 +361,14 @@ SCENARIOS: Sequence[Scenario] = (
         "send-message-sqlite",
         "SendMessage on the embedded defaults (SQLite, in-process, built-in engine)",
         send_message_sqlite,
+        baseline=ECHO_UNARY,
+    ),
+    Scenario(
+        "send-message-grpc-layer",
+        "SendMessage's gRPC layer alone (interceptors, authentication, rate limit, "
+        "validation, mapping) over a use case that answers at once: the ceiling "
+        "of SendMessage's speed, whatever its pipeline does",
+        send_message_grpc_layer,
         baseline=ECHO_UNARY,
     ),
     Scenario(

@@ -120,7 +120,11 @@ class RunningService:
 
 @asynccontextmanager
 async def running_chat_service(
-    env: Mapping[str, str] | None = None, *, counters: bool = False, workers: int = 1
+    env: Mapping[str, str] | None = None,
+    *,
+    counters: bool = False,
+    workers: int = 1,
+    module: str = "chat_service",
 ) -> AsyncIterator[RunningService]:
     """`python -m chat_service` on a fresh data directory, serving when yielded.
 
@@ -128,7 +132,8 @@ async def running_chat_service(
     coordination and event parts. With `counters`, the service counts its
     work (chat_service/bench_counters.py) for the probe to read. `workers`:
     WORKERS, processes on the port (more than one needs REDIS_URL in `env`);
-    yielded once every one listens.
+    yielded once every one listens. `module`: what runs as the service
+    (bench.grpc_layer_service: the gRPC layer alone).
     """
     async with temporary_directory("bench-service-") as data_dir:
         port = free_port()
@@ -152,7 +157,7 @@ async def running_chat_service(
             **(env or {}),
         }
         async with running_child(
-            "chat service", "chat_service", log_path=data_dir / "service.log", env=settings
+            "chat service", module, log_path=data_dir / "service.log", env=settings
         ) as child:
             address = f"127.0.0.1:{port}"
             await _wait_serving(child, address)

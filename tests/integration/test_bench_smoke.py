@@ -28,6 +28,7 @@ from bench.stream_load import run_stream_load
 # Each scenario run by default and the bare grpc.aio baseline it is compared against.
 PAIRS = {
     "send-message-sqlite": "echo-unary",
+    "send-message-grpc-layer": "echo-unary",
     "send-message-redis-kafka-sqlite": "echo-unary",
     "send-message-2-workers-redis": "echo-unary",
     "send-message-production": "echo-unary",
@@ -62,6 +63,7 @@ def test_a_short_bench_run_reports_every_scenario_and_its_ratios(
         "echo-unary",
         "echo-bidi",
         "send-message-sqlite",
+        "send-message-grpc-layer",
         "send-message-redis-kafka-sqlite",
         "send-message-2-workers-redis",
         "send-message-production",
@@ -102,6 +104,8 @@ def test_a_short_bench_run_reports_every_scenario_and_its_ratios(
             )
         assert echo["counters_per_call"] is None  # the echo keeps none
     _assert_plausible_counters(report["scenarios"])
+    # The gRPC layer alone: no pipeline behind it, so no work to count.
+    assert report["scenarios"]["send-message-grpc-layer"]["counters_per_call"] is None
     for run in report["runs"]:
         assert run["usage"]["calls"] > 0
         counters = run["usage"]["counters"]
