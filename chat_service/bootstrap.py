@@ -213,20 +213,9 @@ def _traced_locks(coordination: Coordination, tracer: Tracer) -> Coordination:
 def _metrics(settings: Settings, life: Lifecycle) -> Metrics:
     """Prometheus metrics served on METRICS_PORT (this worker's), from the
     start of the service to its end; none without it."""
-    port = settings.metrics_listen_port
+    port = settings.metrics_listen_port  # the workers' range: workers.check
     if not port:
         return NoMetrics()
-    if port > 65535:
-        raise ConfigError(
-            f"METRICS_PORT {settings.metrics_port} + worker index {settings.worker_index} "
-            "is past 65535: lower METRICS_PORT or the workers"
-        )
-    if settings.worker_index is not None and port == settings.port:
-        raise ConfigError(
-            f"METRICS_PORT {settings.metrics_port} + worker index {settings.worker_index} "
-            "is SERVICE_PORT: the workers' metrics ports (METRICS_PORT + 0..N-1) must not "
-            "include it"
-        )
     metrics = PrometheusMetrics(tenant_labels=settings.metrics_tenant_labels)
     server = MetricsServer(metrics, settings.host, port)
     life.starters.append(server.start)

@@ -139,6 +139,21 @@ def check(settings: Settings) -> None:
             f"WORKERS={settings.workers} (or serve --workers) needs a fixed SERVICE_PORT, "
             "not 0: every worker listens on it"
         )
+    if settings.metrics_port:
+        # Worker i serves its metrics on METRICS_PORT + i: checked here, before
+        # any starts, not by the one worker whose port it is (the others
+        # would be serving by then, and then be drained again).
+        last = settings.metrics_port + settings.workers - 1
+        if last > 65535:
+            raise ConfigError(
+                f"METRICS_PORT {settings.metrics_port} + worker index {settings.workers - 1} "
+                "is past 65535: lower METRICS_PORT or the workers"
+            )
+        if settings.metrics_port <= settings.port <= last:
+            raise ConfigError(
+                f"METRICS_PORT {settings.metrics_port} to {last} (one per worker) includes "
+                "SERVICE_PORT: the workers' metrics ports (METRICS_PORT + 0..N-1) must not"
+            )
 
 
 def worker_counters_path(path: str, index: int) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapters.metrics import MetricsServer, PrometheusMetrics
+from chat_service import workers
 from chat_service.__main__ import main
 from chat_service.bootstrap import build_services
 from chat_service.config import MAX_METRICS_TENANT_LABELS, ConfigError, Settings
@@ -53,15 +54,29 @@ def test_a_non_numeric_metrics_port_stops_the_start(
     assert "METRICS_PORT must be an integer" in capsys.readouterr().err
 
 
-async def test_a_worker_whose_metrics_port_is_past_65535_is_refused(tmp_path: Path) -> None:
+def test_workers_whose_metrics_ports_run_past_65535_are_refused_before_any_starts() -> None:
     settings = dataclasses.replace(
-        Settings.from_env({"METRICS_PORT": "65535", "DATA_DIR": str(tmp_path)}),
-        workers=2,
-        worker_index=1,
+        Settings.from_env({"METRICS_PORT": "65535", "REDIS_URL": "redis://r:6379"}), workers=2
     )
 
     with pytest.raises(ConfigError, match="METRICS_PORT 65535 \\+ worker index 1"):
-        await build_services(settings)
+        workers.check(settings)
+
+
+def test_workers_whose_metrics_ports_include_the_service_port_are_refused_before_any_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Worker 2's metrics port would be SERVICE_PORT: no worker may start.
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1")
+    monkeypatch.setenv("SERVICE_PORT", "8001")
+    monkeypatch.setenv("METRICS_PORT", "7999")
+
+    assert main(["serve", "--workers", "4"]) == 2
+
+    assert "METRICS_PORT 7999 to 8002 (one per worker) includes SERVICE_PORT" in (
+        capsys.readouterr().err
+    )
 
 
 async def test_without_a_metrics_port_nothing_is_recorded(tmp_path: Path) -> None:
