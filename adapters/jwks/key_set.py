@@ -35,19 +35,19 @@ import math
 import re
 import time
 import urllib.parse
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from chat_service.auth import JWKS_ALGORITHMS
 from chat_service.domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 JWKS_UNAVAILABLE = "JWKS_UNAVAILABLE"
-ALGORITHMS = frozenset({"RS256", "ES256", "EdDSA"})
 MIN_RSA_BITS = 2048
 MAX_DOCUMENT_BYTES = 1024 * 1024
 DEFAULT_TIMEOUT_SECONDS = 5.0
@@ -74,7 +74,6 @@ class JwksKeys:
         min_refresh_seconds: float = 30.0,
         max_age_seconds: float = 300.0,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-        algorithms: Collection[str] = ALGORITHMS,
         http: httpx.AsyncClient | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -86,7 +85,6 @@ class JwksKeys:
             )
         self._min_refresh = min_refresh_seconds
         self._max_age_bound = max(max_age_seconds, min_refresh_seconds)
-        self._algorithms = frozenset(algorithms) & ALGORITHMS
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(timeout=timeout_seconds, follow_redirects=False)
         # The whole fetch's deadline: httpx's timeout bounds each read only,
@@ -243,7 +241,7 @@ class JwksKeys:
             log.debug("JWKS entry %r skipped: %s", kid, type(error).__name__)
             return None
         algorithm, key = jwk.algorithm_name, jwk.key
-        if algorithm not in self._algorithms or not _signs_with(algorithm, key):
+        if algorithm not in JWKS_ALGORITHMS or not _signs_with(algorithm, key):
             return None
         return kid, (algorithm, key)
 

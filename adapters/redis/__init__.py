@@ -1,7 +1,7 @@
 """Redis adapters: the coordination a service of several processes needs.
 
-One module per concern: fair conversation locks and idempotency claims
-(fair_lock.py underneath both), per-tenant rate limits, the cross-process
+One module per concern: fair conversation locks (fair_lock.py underneath
+locks.py), per-tenant rate limits, the cross-process
 live bus, and the session / conversation-state cache. client.py builds the
 one client they share; errors.py turns Redis failures into the ports'
 CoordinationUnavailable; breaker.py is the circuit breaker they share, so

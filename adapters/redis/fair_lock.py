@@ -1,6 +1,5 @@
 """A fair (first come, first served) lease lock over Redis, shared by every
-process of the service. Conversation locks and idempotency claims are both
-this lock under different key namespaces.
+process of the service: the conversation locks (locks.py).
 
 How it works (the scripts are in lock_scripts.py):
 - A waiter's first attempt takes a ticket: it joins the lock's queue, a
@@ -134,11 +133,8 @@ class _LocalReleases:
 
 
 class RedisFairLocks:
-    """Fair lease locks named by string, under `<prefix><namespace>:`.
-
-    `fenced`: whether grants carry a fencing token (conversation locks) or
-    not (idempotency claims, whose token would be unused; it is then 0).
-    """
+    """Fair lease locks named by string, under `<prefix><namespace>:`; every
+    grant carries a fencing token."""
 
     def __init__(
         self,
@@ -146,7 +142,6 @@ class RedisFairLocks:
         *,
         prefix: str,
         namespace: str,
-        fenced: bool,
         timings: LockTimings,
         breaker: CircuitBreaker | None = None,
     ) -> None:
@@ -154,7 +149,6 @@ class RedisFairLocks:
         self._breaker = breaker or CircuitBreaker()
         self._prefix = prefix
         self._namespace = namespace
-        self._fenced = fenced
         self._timings = timings
         # Through the client's queue (script_runner.py): batched under load,
         # and sent in order, which a waiter's LEAVE after its ACQUIRE needs.
@@ -203,7 +197,6 @@ class RedisFairLocks:
             waiter,
             _ms(timings.lease),
             _ms(timings.waiter_ttl),
-            1 if self._fenced else 0,
             _FENCE_TTL_MS,
         )
         delay = timings.min_poll

@@ -19,7 +19,7 @@ tostring would print them in exponent form.
 from __future__ import annotations
 
 # KEYS: owner, queue, alive, tickets, fence
-# ARGV: waiter, lease_ms, waiter_ttl_ms, fenced (1/0), fence_ttl_ms
+# ARGV: waiter, lease_ms, waiter_ttl_ms, fence_ttl_ms
 # Returns the token (a string) when granted, nil otherwise.
 #
 # The fencing token is max(last + 1, now in microseconds): strictly above
@@ -32,8 +32,7 @@ local owner, queue, alive, tickets, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4], 
 local waiter = ARGV[1]
 local lease_ms = tonumber(ARGV[2])
 local waiter_ttl_ms = tonumber(ARGV[3])
-local fenced = ARGV[4] == '1'
-local fence_ttl_ms = tonumber(ARGV[5])
+local fence_ttl_ms = tonumber(ARGV[4])
 
 local held = redis.call('GET', owner)
 if held then
@@ -68,13 +67,10 @@ end
 
 redis.call('ZREM', queue, waiter)
 redis.call('ZREM', alive, waiter)
-local token = '0'
-if fenced then
-  local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
-  local last = tonumber(redis.call('GET', fence) or '0')
-  token = string.format('%.0f', math.max(last + 1, now_us))
-  redis.call('SET', fence, token, 'PX', fence_ttl_ms)
-end
+local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local last = tonumber(redis.call('GET', fence) or '0')
+local token = string.format('%.0f', math.max(last + 1, now_us))
+redis.call('SET', fence, token, 'PX', fence_ttl_ms)
 redis.call('SET', owner, waiter .. ' ' .. token, 'PX', lease_ms)
 return token
 """

@@ -29,7 +29,6 @@ class RedisConversationLocks:
             redis,
             prefix=prefix,
             namespace="lock",
-            fenced=True,
             timings=timings or LockTimings(),
             breaker=breaker,
         )

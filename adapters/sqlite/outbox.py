@@ -72,7 +72,7 @@ def claim(
     owner: str,
     limit: int,
     lease_micros: int,
-    written: WrittenEvents | None = None,
+    written: WrittenEvents,
 ) -> list[OutboxEntry]:
     now = now_micros()
     oldest = connection.execute(_OLDEST_UNPUBLISHED, {"limit": limit}).fetchall()
@@ -107,7 +107,7 @@ def read_events(
     after_position: int,
     limit: int,
     tenant_id: str | None,
-    written: WrittenEvents | None = None,
+    written: WrittenEvents,
 ) -> list[OutboxEntry]:
     if tenant_id is None:
         sql = "SELECT position, event FROM outbox WHERE position > ? ORDER BY position LIMIT ?"
@@ -163,8 +163,5 @@ def prune(
     return int(deleted.rowcount)
 
 
-def _entry(row: sqlite3.Row, written: WrittenEvents | None) -> OutboxEntry:
-    text = row["event"]
-    if written is not None:
-        return OutboxEntry(row["position"], written.event_of(text))
-    return OutboxEntry(row["position"], event_from_dict(load_json(text)))
+def _entry(row: sqlite3.Row, written: WrittenEvents) -> OutboxEntry:
+    return OutboxEntry(row["position"], written.event_of(row["event"]))

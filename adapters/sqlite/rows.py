@@ -3,8 +3,10 @@ JSON (in the shared serialization shape) for the structured rest."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from adapters.storage import json_text
 from adapters.storage.search import message_search_text
@@ -68,43 +70,46 @@ def conversation_params(conversation: Conversation) -> Params:
 # so that an id is not reused while its entry lives; past the bound the whole
 # memo goes (it refills with the conversations in use).
 _MEMO_SIZE = 4096
-_state_texts: dict[int, tuple[ConversationState, str]] = {}
-_metadata_texts: dict[int, tuple[ChannelMetadata, str]] = {}
+_T = TypeVar("_T")
 
 
-def _state_json(state: ConversationState) -> str:
-    kept = _state_texts.get(id(state))
-    if kept is not None and kept[0] is state:
-        return kept[1]
-    text = dump_json(conversation_state_to_dict(state))
-    if len(_state_texts) >= _MEMO_SIZE:
-        _state_texts.clear()
-    _state_texts[id(state)] = (state, text)
-    return text
+class _TextsByIdentity(Generic[_T]):
+    """`encode(value)`, kept by the value's identity."""
 
+    def __init__(self, encode: Callable[[_T], str]) -> None:
+        self._encode = encode
+        self._texts: dict[int, tuple[_T, str]] = {}
 
-def _conversation_metadata_json(metadata: ChannelMetadata) -> str:
-    kept = _metadata_texts.get(id(metadata))
-    if kept is not None and kept[0] is metadata:
-        return kept[1]
-    text = _metadata_json(metadata)
-    if len(_metadata_texts) >= _MEMO_SIZE:
-        _metadata_texts.clear()
-    _metadata_texts[id(metadata)] = (metadata, text)
-    return text
+    def __call__(self, value: _T) -> str:
+        kept = self._texts.get(id(value))
+        if kept is not None and kept[0] is value:
+            return kept[1]
+        text = self._encode(value)
+        if len(self._texts) >= _MEMO_SIZE:
+            self._texts.clear()
+        self._texts[id(value)] = (value, text)
+        return text
 
 
 _NO_METADATA = ChannelMetadata()
-_no_metadata_text: list[str] = []  # made on first use
+
+
+@functools.cache
+def _no_metadata_text() -> str:
+    return dump_json(channel_metadata_to_dict(_NO_METADATA))
 
 
 def _metadata_json(metadata: ChannelMetadata) -> str:
     """Most messages (every bot reply) have no channel metadata: that text is made once."""
     if metadata != _NO_METADATA:
         return dump_json(channel_metadata_to_dict(metadata))
-    if not _no_metadata_text:
-        _no_metadata_text.append(dump_json(channel_metadata_to_dict(_NO_METADATA)))
-    return _no_metadata_text[0]
+    return _no_metadata_text()
+
+
+_state_json = _TextsByIdentity[ConversationState](
+    lambda state: dump_json(conversation_state_to_dict(state))
+)
+_conversation_metadata_json = _TextsByIdentity[ChannelMetadata](_metadata_json)
 
 
 def conversation_from_row(row: sqlite3.Row) -> Conversation:

@@ -25,10 +25,6 @@ class HttpTracing:
         self._tracer = tracer
         self._platform = platform
 
-    @property
-    def enabled(self) -> bool:
-        return self._tracer is not None
-
     async def request(
         self, client: httpx.AsyncClient, method: str, url: str, **request: Any
     ) -> httpx.Response:
