@@ -24,6 +24,7 @@ from bench.children import Child, free_port, running_child, temporary_directory
 from bench.probes import ServerProbe
 from chat_service.auth import load_or_create_dev_key
 from chat_service.bench_counters import ENV_VARIABLE as COUNTERS_VARIABLE
+from chat_service.config import variables_read
 from tests.support.kafka import KafkaBroker
 from tests.support.mongo import MongoServer
 from tests.support.redis import RedisServer
@@ -36,39 +37,12 @@ BENCH_CHANNEL_SECRETS_KEY = "bench:" + "A" * 43 + "="
 # Generous enough never to throttle the bench's single tenant.
 UNLIMITED_RATE = "1000000000"
 
-# The service reads these; a scenario starts from none of them set (the
-# embedded defaults) whatever the bench's own environment holds, and adds
-# its own (MONGODB_URI, ...) on top.
-_SERVICE_VARIABLES = (
-    "MONGODB_URI",
-    "REDIS_URL",
-    "KAFKA_BROKERS",
-    "MCP_ENGINE_URL",
-    "SECURITY_HUB_URL",
-    "RATE_LIMIT_TENANTS",
-    "JWT_PUBLIC_KEY",
-    "JWT_PUBLIC_KEY_FILE",
-    "JWT_SECRET",
-    "JWT_SECRET_FILE",
-    "JWT_ALGORITHMS",
-    "JWT_ISSUER",
-    "JWT_AUDIENCE",
-    "JWT_DEV_KEY",
-    "PAGE_TOKEN_SECRET",
-    "PAGE_TOKEN_SECRET_FILE",
-    "CHANNEL_SECRETS_KEY",
-    "CHANNEL_SECRETS_KEY_FILE",
-    "MCP_ENGINE_TLS",
-    "MCP_ENGINE_CA",
-    "MCP_ENGINE_CA_FILE",
-    "WORKERS",
-    "METRICS_PORT",
-    "JWT_JWKS_URL",
-    "SECURITY_HUB_TLS",
-    "SECURITY_HUB_CA",
-    "SECURITY_HUB_CA_FILE",
-    COUNTERS_VARIABLE,
-)
+
+# Every variable the service reads: a scenario starts from none of them set
+# (the embedded defaults) whatever the bench's own environment holds, and
+# adds its own (MONGODB_URI, ...) on top.
+def _service_variables() -> tuple[str, ...]:
+    return (*sorted(variables_read()), COUNTERS_VARIABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +113,7 @@ async def running_chat_service(
         port = free_port()
         counters_path = data_dir / "bench-counters.json" if counters else None
         settings = {
-            **dict.fromkeys(_SERVICE_VARIABLES, ""),
+            **dict.fromkeys(_service_variables(), ""),
             "SERVICE_HOST": "127.0.0.1",
             "SERVICE_PORT": str(port),
             "DATA_DIR": str(data_dir),

@@ -473,6 +473,27 @@ class Settings:
         return settings
 
 
+def variables_read() -> frozenset[str]:
+    """Every environment variable Settings.from_env looks at (for tools that
+    must start the service from none of them, or check that a file names
+    only real ones)."""
+    env = _Recording()
+    Settings.from_env(env)
+    return frozenset(env.asked)
+
+
+class _Recording(dict[str, str]):
+    """An empty environment that remembers every name it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        self.asked.add(key)
+        return super().get(key, default)
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env

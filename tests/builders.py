@@ -44,6 +44,8 @@ from chat_service.ports import (
     EventPublisher,
     InboundChannel,
     LiveBus,
+    Metrics,
+    NoMetrics,
     NoTracer,
     SecretBox,
     SessionCache,
@@ -248,6 +250,7 @@ def build_core(
     tuning: Tuning = FAST,
     tracer: Tracer | None = None,
     rpc_tracer: trace.Tracer | None = None,
+    metrics: Metrics | None = None,
 ) -> Services:
     """The core through production's wiring (chat_service.wiring.wire), with
     fakes for the store, engine, clock and publisher, the in-process
@@ -279,5 +282,6 @@ def build_core(
         state_cache=state_cache,
         tracer=NoTracer() if tracer is None else tracer,
         rpc_tracer=rpc_tracer,
+        metrics=NoMetrics() if metrics is None else metrics,
     )
     return wire(parts, settings, tuning)

@@ -235,15 +235,11 @@ async def test_a_resume_token_resumes_and_a_tampered_one_is_refused(
     sent = await stub.SendMessage(
         text_request("watched", conversation_id=tenant.conversation_id), metadata=tenant.auth
     )
-    # The tenant fixture's own events may come first: a watch "from now on"
-    # starts where the server's event tail has handed out, which trails
-    # the log's end by the tail's wake-up delay (or by a poll), so events
-    # committed just before it opened can still come (never fewer than
-    # those committed after). The watched message's event follows them.
+    # A watch "from now on" starts at the log's end when it opened: none of
+    # the tenant fixture's earlier events comes first.
     first = await _next(watch)
-    while first.event.message_id != sent.message_id:
-        first = await _next(watch)
     watch.cancel()
+    assert first.event.message_id == sent.message_id
     assert first.event.event_type == "message.received"
     assert first.event.conversation_id == sent.conversation_id
 

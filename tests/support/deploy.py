@@ -6,10 +6,9 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
-from chat_service.config import Settings
+from chat_service.config import variables_read
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -36,21 +35,7 @@ def run(command: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
-class _Recording(dict[str, str]):
-    """An environment that remembers every name it is asked for."""
-
-    def __init__(self, values: Mapping[str, str]) -> None:
-        super().__init__(values)
-        self.asked: set[str] = set()
-
-    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        self.asked.add(key)
-        return super().get(key, default)
-
-
 def settings_read() -> frozenset[str]:
     """Every environment variable Settings.from_env looks at: a setting
     renamed in chat_service/config.py disappears from here."""
-    env = _Recording({})
-    Settings.from_env(env)
-    return frozenset(env.asked)
+    return variables_read()

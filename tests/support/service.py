@@ -140,6 +140,7 @@ _SHELL_SETTINGS_IGNORED = frozenset(
     {
         "WORKERS",
         "METRICS_PORT",
+        "METRICS_TENANT_LABELS",
         "JWT_JWKS_URL",
         "SECURITY_HUB_URL",
         "MCP_ENGINE_URL",

@@ -13,7 +13,7 @@ from adapters.metrics import MeasuredLocks, PrometheusMetrics
 from chat_service.domain.events import OutboxEntry
 from chat_service.pipeline.outbox_relay import OutboxRelay, RelaySettings
 from chat_service.ports import LockTimeout, StoreUnavailable
-from tests.builders import create_change, make_conversation, make_event
+from tests.builders import build_core, create_change, make_conversation, make_event
 from tests.fakes import InMemoryStore
 
 
@@ -81,6 +81,20 @@ async def test_the_relay_records_what_is_left_after_each_batch() -> None:
     assert _lag(metrics) == 1
     assert await relay.publish_once() == 1
     assert _lag(metrics) == 0
+
+
+async def test_the_wired_relay_records_the_lag_in_the_service_s_metrics() -> None:
+    # Through production's wiring: the relay is given the service's metrics.
+    store = InMemoryStore()
+    conversation = make_conversation()
+    await store.write(
+        create_change(conversation, events=[make_event(conversation) for _ in range(150)])
+    )
+    metrics = PrometheusMetrics()
+    services = build_core(store=store, metrics=metrics)
+
+    assert await services.relay.publish_once() == 100  # a batch without Kafka
+    assert _lag(metrics) == 50
 
 
 async def test_a_store_that_cannot_tell_the_lag_does_not_fail_the_published_batch() -> None:
