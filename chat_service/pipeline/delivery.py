@@ -137,6 +137,20 @@ class DeliveryPolicy:
 
 # A message as the queue knows it: (tenant_id, message_id).
 _Key = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Queued:
+    """A reply in its conversation's queue, with where the trace of the call
+    that queued it was (its delivery's span continues it; None: untraced)."""
+
+    conversation: Conversation
+    message: Message
+    origin: object = None
+
+    @property
+    def key(self) -> _Key:
+        return (self.message.tenant_id, self.message.message_id)
 _T = TypeVar("_T")
 
 
@@ -172,10 +186,7 @@ class DeliveryQueue:
         self._sleep = sleep
         self._metrics = metrics or NoMetrics()
         self._tracer = tracer or NoTracer()
-        # Where each queued message's trace was when it was queued (the
-        # SendMessage that stored it): its delivery's span continues it.
-        self._origins: dict[_Key, object] = {}
-        self._queues: dict[str, deque[tuple[Conversation, Message]]] = {}
+        self._queues: dict[str, deque[_Queued]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         # Queued or being delivered, so that no message is queued twice.
         self._queued: set[_Key] = set()
@@ -214,13 +225,11 @@ class DeliveryQueue:
         origin = self._tracer.capture()
         for message in fresh:
             self._queued.add((message.tenant_id, message.message_id))
-            queue.append((conversation, message))
-            if origin is not None:
-                self._origins[(message.tenant_id, message.message_id)] = origin
+            queue.append(_Queued(conversation, message, origin))
         if key not in self._workers:
             # In a context of its own: the conversation's worker outlives the
             # call that started it and delivers later calls' messages too
-            # (each continues its own call's trace: _origins).
+            # (each continues its own call's trace: _Queued.origin).
             self._workers[key] = asyncio.create_task(
                 self._work(key), name=f"deliver {key}", context=contextvars.Context()
             )
@@ -377,8 +386,8 @@ class DeliveryQueue:
         queue = self._queues[key]
         try:
             while queue:
-                conversation, message = queue[0]
-                held = (message.tenant_id, message.message_id)
+                head = queue[0]
+                conversation, message, held = head.conversation, head.message, head.key
                 try:
                     with self._tracer.span(
                         "chat.deliver",
@@ -388,7 +397,7 @@ class DeliveryQueue:
                             "chat.conversation_id": message.conversation_id,
                             "chat.message_id": message.message_id,
                         },
-                        origin=self._origins.pop(held, None),
+                        origin=head.origin,
                     ):
                         await self._deliver(queue, conversation, message)
                     # Recorded (which ended its lease), or another's.
@@ -407,14 +416,13 @@ class DeliveryQueue:
             if not queue:
                 del self._queues[key]
             else:  # cancelled: what is left stays PENDING in the store
-                for _, message in queue:
-                    self._queued.discard((message.tenant_id, message.message_id))
-                    self._origins.pop((message.tenant_id, message.message_id), None)
+                for item in queue:
+                    self._queued.discard(item.key)
                 del self._queues[key]
 
     async def _deliver(
         self,
-        queue: deque[tuple[Conversation, Message]],
+        queue: deque[_Queued],
         conversation: Conversation,
         message: Message,
     ) -> None:
@@ -466,7 +474,7 @@ class DeliveryQueue:
                 )
                 return
 
-    async def _wait_holding(self, queue: deque[tuple[Conversation, Message]], wait: float) -> bool:
+    async def _wait_holding(self, queue: deque[_Queued], wait: float) -> bool:
         """Waits `wait` seconds holding the leases of `queue`, renewed every
         third of a lease; False as soon as its head is no longer ours."""
         remaining = wait
@@ -479,7 +487,7 @@ class DeliveryQueue:
             if remaining <= 0:
                 return True
 
-    async def _hold(self, queue: deque[tuple[Conversation, Message]]) -> bool:
+    async def _hold(self, queue: deque[_Queued]) -> bool:
         """Claims (renews) the head of a conversation's queue, and the replies
         queued behind it whose lease is not fresh (taken within the last
         third of a lease), so that no other process sends them, nor sends
@@ -492,14 +500,13 @@ class DeliveryQueue:
             taken = self._leased.get((message.tenant_id, message.message_id))
             return taken is not None and taken > fresh_since
 
-        stale = [item for item in behind if not fresh(item[1])]
-        held = await asyncio.gather(*(self._claim(m) for _, m in (head, *stale)))
+        stale = [item for item in behind if not fresh(item.message)]
+        held = await asyncio.gather(*(self._claim(item.message) for item in (head, *stale)))
         for item, ours in zip(stale, held[1:], strict=True):
             if not ours and item in queue:
-                log.debug("%s is delivered by another process", item[1].message_id)
+                log.debug("%s is delivered by another process", item.message.message_id)
                 queue.remove(item)
-                self._queued.discard((item[1].tenant_id, item[1].message_id))
-                self._origins.pop((item[1].tenant_id, item[1].message_id), None)
+                self._queued.discard(item.key)
         return held[0]
 
     async def _claim(self, message: Message) -> bool:
