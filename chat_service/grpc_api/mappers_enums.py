@@ -19,6 +19,7 @@ from chat_service.domain.errors import FieldViolation
 from chat_service.protomap.enums import EnumMapping
 
 _D = TypeVar("_D", bound=Enum)
+_K = TypeVar("_K", int, str)
 
 _SORT_ORDERS = EnumMapping(
     {
@@ -58,29 +59,34 @@ MAX_UNKNOWN_REPORTED = 10
 
 
 def enum_set_from_proto(
-    numbers: Sequence[int],
-    from_proto: Callable[[int], _D | None],
+    numbers: Sequence[_K],
+    from_proto: Callable[[_K], _D | None],
     *,
     field: str,
     noun: str,
     violations: list[FieldViolation],
+    hint: str = "",
 ) -> frozenset[_D]:
-    """The distinct values of a repeated enum field (a filter).
+    """The distinct values of a repeated enum field (a filter): its numbers,
+    or the strings of a field that names the values (event types).
 
-    A number the mapping does not know (UNSPECIFIED among them) adds a
-    violation naming its first index, for at most MAX_UNKNOWN_REPORTED
-    distinct numbers: a 4 MiB request holds millions of them, and one
-    violation each would cost seconds and a status no trailer can carry.
+    A value the mapping does not know (UNSPECIFIED among them) adds a
+    violation naming its first index (and `hint`), for at most
+    MAX_UNKNOWN_REPORTED distinct values: a 4 MiB request holds millions of
+    them, and one violation each would cost seconds and a status no trailer
+    can carry.
     """
     converted = {number: from_proto(number) for number in set(numbers)}
     unknown = {number for number, value in converted.items() if value is None}
     if unknown:
         wanted = min(len(unknown), MAX_UNKNOWN_REPORTED)
-        reported: set[int] = set()
+        reported: set[_K] = set()
         for index, number in enumerate(numbers):
             if number in unknown and number not in reported:
                 reported.add(number)
-                violations.append(FieldViolation(f"{field}[{index}]", f"unknown {noun} {number}"))
+                violations.append(
+                    FieldViolation(f"{field}[{index}]", f"unknown {noun} {number!r}{hint}")
+                )
                 if len(reported) == wanted:
                     break
     return frozenset(value for value in converted.values() if value is not None)

@@ -18,7 +18,7 @@ import csv
 import io
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -48,7 +48,6 @@ from chat_service.grpc_api.auth_interceptor import current_principal
 from chat_service.grpc_api.errors import to_status
 from chat_service.grpc_api.mappers import inbound_from_stream_message
 from chat_service.grpc_api.mappers_enums import (
-    MAX_UNKNOWN_REPORTED,
     enum_set_from_proto,
     export_format_from_proto,
 )
@@ -406,32 +405,20 @@ def _watch_filters(
         noun="status",
         violations=violations,
     )
-    event_types = _event_types(request.event_types, violations)
+    event_types = enum_set_from_proto(
+        request.event_types,
+        _EVENT_TYPES.get,
+        field="event_types",
+        noun="event type",
+        violations=violations,
+        hint=f" (one of {', '.join(sorted(_EVENT_TYPES))})",
+    )
     if violations:
         raise InvalidArgument(violations)
     return channels, statuses, event_types
 
 
 _EVENT_TYPES = {event_type.value: event_type for event_type in EventType}
-
-
-def _event_types(names: Sequence[str], violations: list[FieldViolation]) -> frozenset[EventType]:
-    """As enum_set_from_proto, for the event types' plain strings."""
-    known = {name: _EVENT_TYPES.get(name) for name in set(names)}
-    unknown = {name for name, event_type in known.items() if event_type is None}
-    reported: set[str] = set()
-    for index, name in enumerate(names):
-        if len(reported) == min(len(unknown), MAX_UNKNOWN_REPORTED):
-            break
-        if name in unknown and name not in reported:
-            reported.add(name)
-            violations.append(
-                FieldViolation(
-                    f"event_types[{index}]",
-                    f"is not an event type (one of {', '.join(sorted(_EVENT_TYPES))})",
-                )
-            )
-    return frozenset(event_type for event_type in known.values() if event_type is not None)
 
 
 # ---------------------------------------------------------- ExportConversation
