@@ -151,6 +151,8 @@ class _Queued:
     @property
     def key(self) -> _Key:
         return (self.message.tenant_id, self.message.message_id)
+
+
 _T = TypeVar("_T")
 
 
