@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -66,13 +67,9 @@ def _new_id() -> str:
     ids = _ids
     if ids is None:
         ids = _ids = _id_generator()
-    text = f"{ids.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    return str(uuid.UUID(int=ids.getrandbits(128), version=4))
 
 
-# The version (4) and variant (RFC 4122) bits of a UUID as an integer.
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 _ids: random.Random | None = None  # made on first use
 
 
