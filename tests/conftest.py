@@ -6,7 +6,11 @@ was skipped, and the summary says how many ran.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from tests.support.tracing import Traces
 
 # Fixtures that start real servers (Redis, MongoDB, Kafka) on free ports.
 pytest_plugins = ["tests.support.redis", "tests.support.kafka", "tests.support.mongo"]
@@ -35,3 +39,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(f"  {nodeid}", red=True)
     else:
         terminalreporter.write_line(f"all {passed} tests ran; none skipped", green=True)
+
+
+@pytest.fixture
+def traces() -> Iterator[Traces]:
+    """Spans read back from the SDK's in-memory exporter (tests/support/tracing.py)."""
+    traces = Traces.start()
+    yield traces
+    traces.provider.shutdown()

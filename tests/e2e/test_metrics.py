@@ -14,6 +14,7 @@ from chatbot.chat.v1 import chat_service_pb2_grpc, resources_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.requests import send_request
+from tests.support.channel_e2e import eventually
 from tests.support.grpc_client import bearer
 from tests.support.net import free_port
 from tests.support.service import ServiceProcess
@@ -46,12 +47,11 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 async def scraped_until(port: int, done: Callable[[Samples], bool]) -> Samples:
     """/metrics once `done` holds of it (what the service does after a call
     returns, a delivery or a stream's end, comes a little later)."""
-    for _ in range(200):
-        _, samples = await asyncio.to_thread(scrape, port)
-        if done(samples):
-            return samples
-        await asyncio.sleep(0.05)
-    return samples
+
+    async def samples() -> Samples:
+        return (await asyncio.to_thread(scrape, port))[1]
+
+    return await eventually(samples, done)
 
 
 async def refused(call: Awaitable[object]) -> grpc.StatusCode:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
 
 import grpc
 import pytest
@@ -26,29 +25,6 @@ def auth(service: ServiceProcess) -> Metadata:
     return bearer(service.token(f"tenant-{uuid.uuid4().hex[:8]}"))
 
 
-async def open_with(
-    client: StreamClient,
-    kinds: Sequence[pb.StreamEventKind.ValueType],
-    *,
-    conversation_id: str = "",
-    resume_after: int | None = None,
-    omit_own: bool = False,
-) -> pb.StreamOpened:
-    frame = pb.StreamOpen(
-        conversation_id=conversation_id,
-        user_id="user-1",
-        channel=resources_pb2.CHANNEL_WEB,
-        event_kinds=kinds,
-        omit_own_messages=omit_own,
-    )
-    if resume_after is not None:
-        frame.resume_after_sequence = resume_after
-    client.send(open=frame)
-    first = await client.next()
-    assert first.WhichOneof("event") == "opened", first
-    return first.opened
-
-
 async def kinds_until_message(client: StreamClient, message_id: str) -> list[str]:
     """The kinds of the frames received up to the message `message_id`."""
     kinds = []
@@ -65,9 +41,11 @@ async def test_a_stream_gets_only_the_kinds_it_asked_for_and_empty_means_all(
     actor = StreamClient(stub, auth)
     conversation_id = (await actor.open()).conversation.conversation_id
     only_messages = StreamClient(stub, auth)
-    await open_with(only_messages, [pb.STREAM_EVENT_KIND_MESSAGE], conversation_id=conversation_id)
+    await only_messages.open(
+        event_kinds=[pb.STREAM_EVENT_KIND_MESSAGE], conversation_id=conversation_id
+    )
     everything = StreamClient(stub, auth)
-    await open_with(everything, [], conversation_id=conversation_id)
+    await everything.open(event_kinds=[], conversation_id=conversation_id)
 
     # One event of every kind, then a last message that marks the end.
     # Typing first, taken before anything else is queued: a queued typing
@@ -100,7 +78,7 @@ async def test_acks_and_errors_arrive_whatever_the_kinds(
     stub: chat_service_pb2_grpc.ChatServiceAsyncStub, auth: Metadata
 ) -> None:
     client = StreamClient(stub, auth)
-    opened = await open_with(client, [pb.STREAM_EVENT_KIND_STATUS])
+    opened = await client.open(event_kinds=[pb.STREAM_EVENT_KIND_STATUS])
     client.send(
         message=pb.StreamMessage(
             message_id="bad-1",
@@ -134,11 +112,8 @@ async def test_a_resume_replays_messages_when_they_are_asked_for(
     conversation_id = sent.conversation_id
 
     with_messages = StreamClient(stub, auth)
-    await open_with(
-        with_messages,
-        [pb.STREAM_EVENT_KIND_MESSAGE],
-        conversation_id=conversation_id,
-        resume_after=0,
+    await with_messages.open(
+        event_kinds=[pb.STREAM_EVENT_KIND_MESSAGE], conversation_id=conversation_id, resume_after=0
     )
     replayed = await with_messages.messages_through(2)
     assert [m.sequence for m in replayed] == [1, 2]
@@ -146,8 +121,8 @@ async def test_a_resume_replays_messages_when_they_are_asked_for(
     # Without messages nothing is replayed: the first frame after `opened`
     # is the status change made after the stream opened.
     without = StreamClient(stub, auth)
-    await open_with(
-        without, [pb.STREAM_EVENT_KIND_STATUS], conversation_id=conversation_id, resume_after=0
+    await without.open(
+        event_kinds=[pb.STREAM_EVENT_KIND_STATUS], conversation_id=conversation_id, resume_after=0
     )
     await stub.UpdateConversationStatus(
         pb.UpdateConversationStatusRequest(
@@ -165,13 +140,13 @@ async def test_a_client_can_leave_out_its_own_messages(
     stub: chat_service_pb2_grpc.ChatServiceAsyncStub, auth: Metadata
 ) -> None:
     me = StreamClient(stub, auth)
-    opened = await open_with(me, [pb.STREAM_EVENT_KIND_MESSAGE], omit_own=True)
+    opened = await me.open(event_kinds=[pb.STREAM_EVENT_KIND_MESSAGE], omit_own=True)
     conversation_id = opened.conversation.conversation_id
     # The same user on another device, leaving out its own messages too:
     # "own" is what a stream sent itself, so it still gets mine.
     peer = StreamClient(stub, auth)
-    await open_with(
-        peer, [pb.STREAM_EVENT_KIND_MESSAGE], conversation_id=conversation_id, omit_own=True
+    await peer.open(
+        event_kinds=[pb.STREAM_EVENT_KIND_MESSAGE], conversation_id=conversation_id, omit_own=True
     )
 
     me.say("hi", "own-1")
@@ -300,10 +275,10 @@ async def test_a_slow_reader_is_not_ended_for_kinds_it_did_not_ask_for(
         # Both read nothing during the flood: one carries every kind (the
         # control: the flood does fill a buffer), one status changes only.
         control = StreamClient(stub, auth)
-        await open_with(control, [], conversation_id=conversation_id)
+        await control.open(event_kinds=[], conversation_id=conversation_id)
         statuses_only = StreamClient(stub, auth)
-        await open_with(
-            statuses_only, [pb.STREAM_EVENT_KIND_STATUS], conversation_id=conversation_id
+        await statuses_only.open(
+            event_kinds=[pb.STREAM_EVENT_KIND_STATUS], conversation_id=conversation_id
         )
 
         request = text_request(

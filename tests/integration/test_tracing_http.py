@@ -5,7 +5,7 @@ recorded, and no URL query (where a platform may take a token) in it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -17,6 +17,7 @@ from adapters.channels.http_api import HttpApi
 from adapters.tracing import HttpTracing
 from adapters.tracing.propagation import W3C
 from chat_service.ports import DeliveryError
+from tests.support.emulators import EmulatorServer
 from tests.support.net import free_port
 from tests.support.tracing import Traces, span_id, trace_id, traceparent_ids
 
@@ -49,22 +50,13 @@ async def platform() -> AsyncIterator[Platform]:
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    found.url = f"http://127.0.0.1:{port}/api"
+    server = EmulatorServer(app)
+    await server.start()
+    found.url = f"{server.origin}/api"
     try:
         yield found
     finally:
-        await runner.cleanup()
-
-
-@pytest.fixture
-def traces() -> Iterator[Traces]:
-    traces = Traces.start()
-    yield traces
-    traces.provider.shutdown()
+        await server.stop()
 
 
 async def test_a_request_is_a_client_span_the_platform_is_told_of(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -38,9 +38,15 @@ class StreamClient:
         user_id: str = "user-1",
         channel: resources_pb2.Channel.ValueType = resources_pb2.CHANNEL_WEB,
         resume_after: int | None = None,
+        event_kinds: Sequence[pb.StreamEventKind.ValueType] = (),
+        omit_own: bool = False,
     ) -> pb.StreamOpened:
         open_frame = pb.StreamOpen(
-            conversation_id=conversation_id, user_id=user_id, channel=channel
+            conversation_id=conversation_id,
+            user_id=user_id,
+            channel=channel,
+            event_kinds=event_kinds,
+            omit_own_messages=omit_own,
         )
         if resume_after is not None:
             open_frame.resume_after_sequence = resume_after

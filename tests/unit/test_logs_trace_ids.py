@@ -24,13 +24,6 @@ def root_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
-@pytest.fixture
-def traces() -> Iterator[Traces]:
-    traces = Traces.start()
-    yield traces
-    traces.provider.shutdown()
-
-
 def test_a_json_line_in_a_span_carries_its_ids(
     root_logging: None, traces: Traces, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,9 +6,7 @@ down to the platform call, which gets the trace context (`traceparent`)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
-import pytest
 from opentelemetry.trace import StatusCode
 
 from adapters.memory.locks import InProcessConversationLocks
@@ -52,13 +50,6 @@ def inbound(message_id: str) -> InboundMessage:
         channel=Channel.SMS,
         content=MessageContent.of_text(USER_TEXT),
     )
-
-
-@pytest.fixture
-def traces() -> Iterator[Traces]:
-    traces = Traces.start()
-    yield traces
-    traces.provider.shutdown()
 
 
 def traced_core(traces: Traces, sender: HeaderSender, engine: ScriptedEngine) -> Services:
