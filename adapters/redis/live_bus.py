@@ -248,8 +248,12 @@ class RedisLiveBus:
             wanted = self._wanted()
             added, removed = wanted - self._sent, self._sent - wanted
             if added:
-                await pubsub.subscribe(*sorted(added))
+                # Marked sent before the await: the reader may take Redis's
+                # confirmation while subscribe() is still returning, and
+                # drops a confirmation of a channel it does not know as sent
+                # (synced() then waited for ever: seen under load in CI).
                 self._sent |= added
+                await pubsub.subscribe(*sorted(added))
             if removed:
                 self._sent -= removed
                 self._confirmed -= removed

@@ -230,3 +230,27 @@ async def test_close_ends_the_subscriber_even_when_its_cancellation_is_swallowed
         await redis.connecting.wait()
     async with asyncio.timeout(3):  # it would retry for ever
         await bus.close(flush_timeout=0.1)
+
+
+async def test_a_confirmation_read_while_subscribe_returns_still_counts(
+    redis_clients: RedisClients, redis_prefix: str
+) -> None:
+    # Under load the reader can take Redis's "subscribe" confirmation before
+    # subscribe() has returned to the task that sent it. A stand-in for the
+    # pub/sub connection makes that order certain.
+    bus = RedisLiveBus(redis_clients(), prefix=redis_prefix)
+    bus.subscribe("topic", Heard())
+
+    class ConfirmingFirst:
+        async def subscribe(self, *channels: str) -> None:
+            for channel in channels:
+                await bus._handle({"type": "subscribe", "channel": channel})
+
+    syncing = asyncio.create_task(bus._sync_subscriptions(ConfirmingFirst()))  # type: ignore[arg-type]
+    try:
+        await asyncio.wait_for(bus.synced(), 5)
+    finally:
+        syncing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await syncing
+    assert bus.listening
