@@ -136,7 +136,9 @@ async def read_events(
     bootstrap_servers: str, topic: str, *, at_least: int, timeout: float = 10.0
 ) -> list[ConsumedEvent]:
     """Every record of `topic` from the beginning: reads until it has at least
-    `at_least` records and has reached the end of every partition, or until
+    `at_least` distinct events (by event id: a duplicate, which delivery at
+    least once makes after an outage, must not stand in for an event still
+    on its way) and has reached the end of every partition, or until
     `timeout` seconds passed (then returns what it has; the caller's count
     check fails). Records are in partition order, each partition's in
     offset order."""
@@ -153,14 +155,15 @@ async def read_events(
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         by_partition: dict[int, list[ConsumedEvent]] = {tp.partition: [] for tp in partitions}
+        seen: set[str] = set()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             batches = await consumer.getmany(*partitions, timeout_ms=200)
             for tp, records in batches.items():
-                by_partition[tp.partition].extend(_consumed(record) for record in records)
-            if sum(map(len, by_partition.values())) >= at_least and await _at_end(
-                consumer, partitions
-            ):
+                consumed = [_consumed(record) for record in records]
+                by_partition[tp.partition].extend(consumed)
+                seen.update(event.event.event_id for event in consumed)
+            if len(seen) >= at_least and await _at_end(consumer, partitions):
                 break
         return [record for p in sorted(by_partition) for record in by_partition[p]]
     finally:
