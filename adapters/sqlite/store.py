@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -325,7 +326,7 @@ def _open_connections(
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = connect(path, busy_timeout=busy_timeout)
         opened.append(writer)
-        journal = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        journal = _switch_to_wal(writer, deadline=time.monotonic() + busy_timeout)
         if str(journal).lower() != "wal":
             raise StoreUnavailable(f"{path}: cannot use WAL (journal mode is {journal})")
         # PRAGMA takes no parameters; the value was checked against a fixed set.
@@ -343,3 +344,21 @@ def _open_connections(
             raise StoreUnavailable(f"cannot open SQLite store {path}: {error}") from error
         raise
     return opened
+
+
+def _switch_to_wal(writer: sqlite3.Connection, *, deadline: float) -> object:
+    """The journal mode after asking for WAL.
+
+    While another process holds a fresh file's write lock (a second worker
+    creating the same database), SQLite answers this switch SQLITE_BUSY at
+    once, without calling the busy handler (it would deadlock otherwise), so
+    the busy timeout is honoured here by hand.
+    """
+    while True:
+        try:
+            return writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as error:
+            busy = (getattr(error, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)

@@ -169,6 +169,41 @@ async def test_a_lock_held_past_the_busy_timeout_makes_the_store_unavailable(
         await store.close()
 
 
+async def test_opening_waits_for_another_process_creating_the_same_database(
+    tmp_path: Path,
+) -> None:
+    """Two workers starting on one fresh DATA_DIR: one may still hold the new
+    file's write lock (rollback journal, before WAL) when the other switches
+    it to WAL, and SQLite answers that switch "locked" at once, without its
+    busy handler. Opening waits it out (the CI failure of a 2-worker start)."""
+    db_path = tmp_path / "chat.db"
+    other_process = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    other_process.execute("BEGIN IMMEDIATE")
+    other_process.execute("CREATE TABLE started_first (a)")
+    release = asyncio.get_running_loop().call_later(0.3, other_process.execute, "COMMIT")
+    try:
+        store = await SqliteStore.open(db_path, busy_timeout=5.0)
+    finally:
+        release.cancel()
+        other_process.close()
+    try:
+        await store.write(create_change(make_conversation()))
+    finally:
+        await store.close()
+
+
+async def test_opening_gives_up_when_the_lock_outlasts_the_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    db_path = tmp_path / "chat.db"
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as other_process:
+        other_process.execute("BEGIN IMMEDIATE")
+        other_process.execute("CREATE TABLE started_first (a)")
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await SqliteStore.open(db_path, busy_timeout=0.2)
+        other_process.execute("ROLLBACK")
+
+
 # ------------------------------------------------------------- concurrency
 
 
