@@ -44,8 +44,17 @@ _UNUSABLE = frozenset(
 
 
 def means_unavailable(error: sqlite3.Error) -> bool:
+    return _primary_code(error) in _UNUSABLE
+
+
+def means_busy(error: sqlite3.Error) -> bool:
+    """Another connection holds the lock this statement needs."""
+    return _primary_code(error) == sqlite3.SQLITE_BUSY
+
+
+def _primary_code(error: sqlite3.Error) -> int | None:
     code = getattr(error, "sqlite_errorcode", None)
-    return code is not None and (code & 0xFF) in _UNUSABLE
+    return None if code is None else code & 0xFF
 
 
 def connect(path: Path, *, busy_timeout: float, read_only: bool = False) -> sqlite3.Connection:

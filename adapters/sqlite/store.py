@@ -29,6 +29,7 @@ from adapters.sqlite.connections import (
     ConnectionPool,
     GroupCommitWriter,
     connect,
+    means_busy,
     means_unavailable,
 )
 from adapters.sqlite.queries import (
@@ -358,7 +359,6 @@ def _switch_to_wal(writer: sqlite3.Connection, *, deadline: float) -> object:
         try:
             return writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         except sqlite3.OperationalError as error:
-            busy = (getattr(error, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
-            if not busy or time.monotonic() >= deadline:
+            if not means_busy(error) or time.monotonic() >= deadline:
                 raise
         time.sleep(0.01)
